@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use drmguard::data::{self, Split, folder};
+use drmguard::report::grid::write_label_grid;
+use drmguard::task::Task;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write a built-in synthetic dataset in the user format (DIR/labels.csv plus PNG images).
+    Synth(SynthArgs),
+    /// Draw a grid of samples with their labels (gaze arrows, head axes) into a PNG.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Built-in task: gaze or headpose.
+    #[arg(long)]
+    task: Task,
+    /// Number of samples (all splits together).
+    #[arg(long)]
+    n: usize,
+    /// Image side in pixels, divisible by 8.
+    #[arg(long, default_value_t = 64)]
+    image_size: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (created; its parent must exist).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// A data folder in the user format.
+    #[arg(long)]
+    data: PathBuf,
+    /// Task whose labels the folder holds.
+    #[arg(long)]
+    task: Task,
+    /// Side at which images are read, divisible by 8.
+    #[arg(long, default_value_t = 64)]
+    image_size: u32,
+    /// How many samples to draw.
+    #[arg(long, default_value_t = 16)]
+    count: usize,
+    #[arg(long, default_value_t = 8)]
+    columns: usize,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Synth(a) => {
+            let ds = data::synthesize(a.task, a.n, a.image_size, a.seed).context("--n / --image-size")?;
+            folder::write(&ds, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
+            let test = ds.split(Split::Test).len();
+            let val = ds.split(Split::Val).len();
+            println!(
+                "wrote {} {} samples ({}×{}) to {} (splits by file name: {} train, {val} val, {test} test)",
+                ds.len(),
+                a.task,
+                a.image_size,
+                a.image_size,
+                a.out.display(),
+                ds.len() - val - test
+            );
+            Ok(())
+        }
+        DataCommand::Show(a) => {
+            let ds = folder::load(&a.data, a.image_size, Some(a.task.output_names()))?;
+            write_label_grid(&ds, a.task, a.count, a.columns, &a.out)?;
+            println!("wrote {}", a.out.display());
+            Ok(())
+        }
+    }
+}

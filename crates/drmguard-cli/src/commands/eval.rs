@@ -1,0 +1,68 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use drmguard::data::{DataSource, Split};
+use drmguard::device::DeviceKind;
+use drmguard::metrics::constant_predictor_error;
+use drmguard::model_file;
+use drmguard::train::evaluate;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model weights (MODEL.safetensors with its sidecar MODEL.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// A data folder in the user format; without it, the model's own data source is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Which split to evaluate on: test, val, train or all.
+    #[arg(long, default_value = "test")]
+    split: Split,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
+    let device = device.device()?;
+    let (model, card) = model_file::load(&a.model, &device).with_context(|| format!("--model {}", a.model.display()))?;
+    let source = match &a.data {
+        Some(dir) => DataSource::Folder { path: dir.clone() },
+        None => card.data.clone(),
+    };
+    let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
+    let error = evaluate(&model, card.task, &data, card.training.batch_size)?;
+    let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
+    if a.json {
+        let out = json!({
+            "model": a.model,
+            "task": card.task,
+            "data": source.describe(),
+            "split": a.split,
+            "samples": data.len(),
+            "metric": card.task.metric_name(),
+            "clean_error_deg": error.mean_deg,
+            "clean_error_per_output_deg": error.per_output_deg,
+            "mean_predictor_error_deg": baseline.mean_deg,
+            "mean_predictor_error_per_output_deg": baseline.per_output_deg,
+            "output_names": card.output_names,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("model   {} ({} task, {})", a.model.display(), card.task, card.task.metric_name());
+    println!("data    {} ({:?} split, {} samples)", source.describe(), a.split, data.len());
+    println!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
+    println!("{:<24}{:>9.2}°{:>17.2}°", "error", error.mean_deg, baseline.mean_deg);
+    for (j, name) in card.output_names.iter().enumerate() {
+        println!(
+            "{:<24}{:>9.2}°{:>17.2}°",
+            format!("  |{name}| error"),
+            error.per_output_deg[j],
+            baseline.per_output_deg[j]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use drmguard::data::{DataSource, Split};
+use drmguard::device::DeviceKind;
+use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard};
+use drmguard::models::Architecture;
+use drmguard::task::Task;
+use drmguard::train::{self, Profile, TrainConfig};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Task: gaze or headpose.
+    #[arg(long)]
+    task: Task,
+    /// A data folder in the user format; without it, built-in synthetic data are drawn.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// smoke (seconds, for tests), small (CPU default: ResNet-18 width 16, 64×64),
+    /// paper (ResNet-18 width 64, 224×224, for GPUs).
+    #[arg(long, default_value = "small")]
+    profile: Profile,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Synthetic samples to draw (all splits); ignored with --data.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Input side in pixels, divisible by 8.
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// ResNet-18 width multiplier (64 = torchvision).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate (cosine-decayed to 1% of it).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Output weights, MODEL.safetensors; the sidecar MODEL.json is written beside it.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
+    let mut config = TrainConfig::new(a.task, a.profile, a.seed);
+    if let Some(v) = a.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = a.samples {
+        config.samples = v;
+    }
+    if let Some(v) = a.image_size {
+        config.image_size = v;
+    }
+    if let Some(v) = a.batch_size {
+        config.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        config.learning_rate = v;
+        config.min_learning_rate = v * 0.01;
+    }
+    if let Some(w) = a.width {
+        config.architecture = match config.architecture {
+            Architecture::Resnet18 { .. } => Architecture::Resnet18 { width: w },
+            Architecture::SmallCnn { .. } => Architecture::SmallCnn { width: w },
+        };
+    }
+    config.validate().context("training options")?;
+    if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out {}: the model file must end in .safetensors", a.out.display());
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("--out {}: folder {} does not exist", a.out.display(), parent.display());
+    }
+    let source = match &a.data {
+        Some(dir) => DataSource::Folder { path: std::fs::canonicalize(dir).with_context(|| format!("--data {}", dir.display()))? },
+        None => DataSource::Synthetic { task: a.task, n: config.samples, seed: config.seed, image_size: config.image_size },
+    };
+    let started = Instant::now();
+    tracing::info!("loading {}", source.describe());
+    let train_set = source.load(a.task, config.image_size, Split::Train).context("--data")?;
+    let val_set = source.load(a.task, config.image_size, Split::Val).context("--data")?;
+    tracing::info!(train = train_set.len(), val = val_set.len(), seconds = started.elapsed().as_secs_f64(), "data ready");
+
+    let device = device.device()?;
+    let (model, history) = train::train(&config, &train_set, &val_set, &device)?;
+    let card = ModelCard {
+        format_version: CARD_FORMAT_VERSION,
+        drmguard_version: env!("CARGO_PKG_VERSION").into(),
+        task: a.task,
+        output_names: a.task.output_names().iter().map(|s| s.to_string()).collect(),
+        output_units: "radians".into(),
+        model: config.model_spec(),
+        training: config.clone(),
+        data: source,
+        data_hash: train_set.content_hash(),
+        label_mean: train_set.label_mean(),
+        history,
+        train_seconds: started.elapsed().as_secs_f64(),
+    };
+    model_file::save(&a.out, &model, &card)?;
+    let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
+    println!(
+        "trained {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
+        a.task,
+        card.train_seconds,
+        last,
+        a.out.display(),
+        model_file::card_path(&a.out).display()
+    );
+    Ok(())
+}

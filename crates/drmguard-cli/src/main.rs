@@ -1,0 +1,58 @@
+//! `drmguard`: find and remove backdoors in deep regression models.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drmguard::device::DeviceKind;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "drmguard", version, about = "Find and remove backdoors in deep regression models")]
+struct Cli {
+    /// Compute device: cpu (burn's flex backend), or cuda / wgpu when built with those features.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: DeviceKind,
+    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides this.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or inspect datasets.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Train a regression model on built-in or user data.
+    Train(commands::train::TrainArgs),
+    /// Evaluate a trained model on held-out data.
+    Eval(commands::eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn,drmguard=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Data(cmd) => commands::data::run(cmd),
+        Command::Train(args) => commands::train::run(args, cli.device),
+        Command::Eval(args) => commands::eval::run(args, cli.device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

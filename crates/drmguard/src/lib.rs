@@ -1,0 +1,18 @@
+//! drmguard: find and remove backdoors in deep regression models.
+//!
+//! The crate is organised by concern: [`data`] (built-in synthetic tasks and users' image folders),
+//! [`models`] (regressors split as f = H ∘ F), [`train`], [`metrics`], [`report`], and
+//! [`model_file`] (weights plus a JSON sidecar).
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod io;
+pub mod metrics;
+pub mod model_file;
+pub mod models;
+pub mod report;
+pub mod task;
+pub mod train;
+
+pub use error::{Error, Result};

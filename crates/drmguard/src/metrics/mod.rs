@@ -1,0 +1,74 @@
+//! Task errors in degrees: 3-D angular error for gaze, mean absolute error for head pose.
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::Task;
+
+/// Gaze (pitch, yaw) to a unit 3-D direction.
+pub fn gaze_vector(pitch: f64, yaw: f64) -> [f64; 3] {
+    [pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()]
+}
+
+/// Angle in degrees between two gaze directions given as (pitch, yaw).
+pub fn angular_error_deg(a: &[f32], b: &[f32]) -> f64 {
+    let u = gaze_vector(a[0] as f64, a[1] as f64);
+    let v = gaze_vector(b[0] as f64, b[1] as f64);
+    let cos = (u[0] * v[0] + u[1] * v[1] + u[2] * v[2]).clamp(-1.0, 1.0);
+    cos.acos().to_degrees()
+}
+
+/// Errors of predictions against labels (both row-major `[n, d]`, radians).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// The task's headline error in degrees: mean angular error (gaze) or mean absolute error
+    /// over all axes (head pose).
+    pub mean_deg: f64,
+    /// Mean absolute error per output, in degrees.
+    pub per_output_deg: Vec<f64>,
+}
+
+pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError {
+    let d = task.output_dim();
+    assert_eq!(predictions.len(), labels.len(), "predictions and labels differ in length");
+    let n = (labels.len() / d).max(1) as f64;
+    let mut per_output = vec![0.0f64; d];
+    let mut angular = 0.0f64;
+    for (p, y) in predictions.chunks_exact(d).zip(labels.chunks_exact(d)) {
+        for j in 0..d {
+            per_output[j] += ((p[j] - y[j]) as f64).abs().to_degrees();
+        }
+        if task == Task::Gaze {
+            angular += angular_error_deg(p, y);
+        }
+    }
+    per_output.iter_mut().for_each(|e| *e /= n);
+    let mean_deg = match task {
+        Task::Gaze => angular / n,
+        Task::HeadPose => per_output.iter().sum::<f64>() / d as f64,
+    };
+    TaskError { mean_deg, per_output_deg: per_output }
+}
+
+/// The error of always predicting `constant` (e.g. the training labels' mean).
+pub fn constant_predictor_error(task: Task, constant: &[f32], labels: &[f32]) -> TaskError {
+    let predictions: Vec<f32> = constant.iter().copied().cycle().take(labels.len()).collect();
+    task_error(task, &predictions, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn angular_error_of_pure_yaw_difference_is_the_yaw_difference() {
+        let e = angular_error_deg(&[0.0, 0.1], &[0.0, -0.2]);
+        assert!((e - 0.3f64.to_degrees()).abs() < 1e-4, "{e}");
+    }
+
+    #[test]
+    fn head_pose_error_is_the_mean_absolute_error() {
+        let e = task_error(Task::HeadPose, &[0.1, 0.0, 0.0, 0.0, 0.0, 0.0], &[0.0; 6]);
+        assert!((e.per_output_deg[0] - 0.05f64.to_degrees()).abs() < 1e-5);
+        assert!((e.mean_deg - 0.05f64.to_degrees() / 3.0).abs() < 1e-5);
+    }
+}

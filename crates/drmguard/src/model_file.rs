@@ -1,0 +1,121 @@
+//! A model on disk: `MODEL.safetensors` (weights, torchvision-style names) plus the sidecar
+//! `MODEL.json` (the [`ModelCard`]) with everything needed to use the model again.
+
+use std::path::{Path, PathBuf};
+
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataSource;
+use crate::error::{Error, Result};
+use crate::io::{read_json, write_json};
+use crate::models::{Model, ModelSpec};
+use crate::task::Task;
+use crate::train::{EpochRecord, TrainConfig};
+
+pub const CARD_FORMAT_VERSION: u32 = 1;
+
+/// The sidecar of a trained model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format_version: u32,
+    pub drmguard_version: String,
+    pub task: Task,
+    pub output_names: Vec<String>,
+    /// Units of the outputs (and of the labels).
+    pub output_units: String,
+    pub model: ModelSpec,
+    pub training: TrainConfig,
+    pub data: DataSource,
+    /// SHA-256 of the training split (names, labels, pixels).
+    pub data_hash: String,
+    /// Mean training label: the "mean predictor" that evaluation compares against.
+    pub label_mean: Vec<f32>,
+    pub history: Vec<EpochRecord>,
+    pub train_seconds: f64,
+}
+
+/// The sidecar path of a weights file: the same name with a `.json` extension.
+pub fn card_path(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+/// Saves weights and sidecar; each file is written atomically, the weights first.
+pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
+    if weights.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(Error::invalid(
+            "model path",
+            format!("{} (must end in .safetensors)", weights.display()),
+        ));
+    }
+    if let Some(parent) = weights.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(Error::Write {
+            path: weights.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
+        });
+    }
+    let mut store = SafetensorsStore::from_file(weights).overwrite(true).skip_enum_variants(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| Error::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
+    write_json(&card_path(weights), card)
+}
+
+/// Loads a model and its sidecar. The weights must match the sidecar's architecture exactly.
+pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
+    if !weights.is_file() {
+        return Err(Error::Read {
+            path: weights.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file"),
+        });
+    }
+    let card_file = card_path(weights);
+    if !card_file.is_file() {
+        return Err(Error::Read {
+            path: card_file,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the model's sidecar is missing (drmguard writes MODEL.json beside MODEL.safetensors)",
+            ),
+        });
+    }
+    let card: ModelCard = read_json(&card_file)?;
+    if card.format_version != CARD_FORMAT_VERSION {
+        return Err(Error::Json {
+            path: card_file,
+            message: format!("format_version {} is not supported (expected {CARD_FORMAT_VERSION})", card.format_version),
+        });
+    }
+    if card.model.outputs != card.task.output_dim() || card.output_names.len() != card.model.outputs {
+        return Err(Error::Json {
+            path: card_file,
+            message: format!(
+                "task {} has {} outputs, the sidecar declares {} outputs named [{}]",
+                card.task,
+                card.task.output_dim(),
+                card.model.outputs,
+                card.output_names.join(", ")
+            ),
+        });
+    }
+    let mut model = card.model.init(device)?;
+    let weights_err = |message: String| Error::Weights { path: weights.to_path_buf(), message };
+    let mut store = SafetensorsStore::from_file(weights).skip_enum_variants(true);
+    let result = model.load_from(&mut store).map_err(|e| weights_err(e.to_string()))?;
+    if !result.missing.is_empty() || !result.unused.is_empty() || !result.errors.is_empty() {
+        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
+        let unused: Vec<&str> = result.unused.iter().map(String::as_str).take(5).collect();
+        return Err(weights_err(format!(
+            "the weights disagree with the sidecar's architecture {:?}: missing [{}], unexpected [{}], {} shape errors{}",
+            card.model.architecture,
+            missing.join(", "),
+            unused.join(", "),
+            result.errors.len(),
+            result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+        )));
+    }
+    Ok((model, card))
+}

@@ -1,0 +1,134 @@
+//! Regression models f = H ∘ F: a backbone F to penultimate features and one linear head H.
+
+pub mod resnet;
+pub mod small_cnn;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+pub use resnet::ResNet;
+pub use small_cnn::SmallCnn;
+
+/// What every defense needs from a model: its penultimate features, its head, and the head's
+/// weight rows w_j (one per output), whose angles to the features DRMGuard regularises.
+pub trait Regressor {
+    /// F: images `[n, 3, S, S]` with values in [0, 1] to features `[n, k]`.
+    fn features(&self, x: Tensor<4>) -> Tensor<2>;
+    /// H: features `[n, k]` to outputs `[n, d]`.
+    fn head(&self, z: Tensor<2>) -> Tensor<2>;
+    /// H's weight rows, `[d, k]`.
+    fn head_weight(&self) -> Tensor<2>;
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head(self.features(x))
+    }
+}
+
+/// Per-channel input normalisation applied inside the model, so that callers (and generators)
+/// always work with images in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// torchvision's ImageNet statistics, so that ImageNet-style weights can be used as they are.
+    pub fn imagenet() -> Self {
+        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+    }
+
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let device = x.device();
+        let mean = Tensor::<1>::from_floats(self.mean, &device).reshape([1, 3, 1, 1]);
+        let std = Tensor::<1>::from_floats(self.std, &device).reshape([1, 3, 1, 1]);
+        (x - mean) / std
+    }
+}
+
+/// The architectures drmguard builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Architecture {
+    /// torchvision's ResNet-18 with every stage's width scaled: `width` = 64 is the original.
+    Resnet18 { width: usize },
+    /// A three-stage CNN for tests.
+    SmallCnn { width: usize },
+}
+
+impl Architecture {
+    pub fn validate(&self) -> Result<()> {
+        let width = match self {
+            Architecture::Resnet18 { width } | Architecture::SmallCnn { width } => *width,
+        };
+        if !(1..=1024).contains(&width) {
+            return Err(Error::invalid("model width", format!("{width} (must be within 1..=1024)")));
+        }
+        Ok(())
+    }
+}
+
+/// Everything needed to build a model again before loading its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    /// Side of the square RGB input.
+    pub input_size: u32,
+    /// Range of the input values the model expects, before normalisation.
+    pub input_range: [f32; 2],
+    pub normalization: Normalization,
+    pub outputs: usize,
+}
+
+impl ModelSpec {
+    pub fn init(&self, device: &Device) -> Result<Model> {
+        self.architecture.validate()?;
+        crate::data::validate_image_size(self.input_size)?;
+        if self.outputs == 0 {
+            return Err(Error::invalid("model outputs", "0"));
+        }
+        let norm = self.normalization.clone();
+        Ok(match self.architecture {
+            Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
+            Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
+        })
+    }
+}
+
+/// A model built by drmguard. Its parameter names are the backbone's own (`conv1.weight`, …)
+/// when saved without enum variant names (see [`crate::model_file`]).
+#[derive(Module, Debug)]
+pub enum Model {
+    Resnet(ResNet),
+    SmallCnn(SmallCnn),
+}
+
+impl Model {
+    fn fc(&self) -> &Linear {
+        match self {
+            Model::Resnet(m) => &m.fc,
+            Model::SmallCnn(m) => &m.fc,
+        }
+    }
+}
+
+impl Regressor for Model {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Model::Resnet(m) => m.features(x),
+            Model::SmallCnn(m) => m.features(x),
+        }
+    }
+
+    fn head(&self, z: Tensor<2>) -> Tensor<2> {
+        self.fc().forward(z)
+    }
+
+    fn head_weight(&self) -> Tensor<2> {
+        // burn stores a linear layer's weight as [in, out]; the rows w_j are its columns.
+        self.fc().weight.val().transpose()
+    }
+}

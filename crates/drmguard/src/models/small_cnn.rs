@@ -1,0 +1,52 @@
+//! A small CNN for tests and quick experiments: three strided conv–BN–ReLU stages, global average
+//! pooling, and a linear head.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::Normalization;
+use super::resnet::global_avg_pool;
+
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct SmallCnn {
+    pub blocks: Vec<ConvBlock>,
+    pub fc: Linear,
+    #[module(skip)]
+    pub norm: Normalization,
+}
+
+impl SmallCnn {
+    /// Channels `width`, `2·width`, `4·width`; features have `4·width` entries.
+    pub fn new(width: usize, outputs: usize, norm: Normalization, device: &Device) -> Self {
+        let channels = [3, width, 2 * width, 4 * width];
+        let blocks = channels
+            .windows(2)
+            .map(|c| ConvBlock {
+                conv: Conv2dConfig::new([c[0], c[1]], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(false)
+                    .init(device),
+                bn: BatchNormConfig::new(c[1]).init(device),
+            })
+            .collect();
+        SmallCnn { blocks, fc: LinearConfig::new(4 * width, outputs).init(device), norm }
+    }
+
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.norm.apply(x);
+        for b in &self.blocks {
+            x = relu(b.bn.forward(b.conv.forward(x)));
+        }
+        global_avg_pool(x)
+    }
+}

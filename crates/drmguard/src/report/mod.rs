@@ -1,0 +1,2 @@
+//! Pictures and summaries for people.
+pub mod grid;

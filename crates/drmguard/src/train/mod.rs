@@ -1,0 +1,210 @@
+//! Supervised training of a regression model: L1 loss, Adam, cosine learning-rate schedule,
+//! validation after every epoch.
+
+pub mod profile;
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::metrics::{TaskError, task_error};
+use crate::models::{Architecture, Model, ModelSpec, Normalization, Regressor};
+use crate::task::Task;
+pub use profile::{Profile, ProfileDefaults};
+
+/// The resolved training configuration (profile defaults plus overrides), stored in the sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: Task,
+    pub profile: Profile,
+    pub architecture: Architecture,
+    pub image_size: u32,
+    /// Synthetic samples drawn when no data folder is given (all splits together).
+    pub samples: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of Adam; the cosine schedule decays it to `min_learning_rate`.
+    pub learning_rate: f64,
+    pub min_learning_rate: f64,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn new(task: Task, profile: Profile, seed: u64) -> Self {
+        let d = profile.defaults();
+        TrainConfig {
+            task,
+            profile,
+            architecture: d.architecture,
+            image_size: d.image_size,
+            samples: d.samples,
+            epochs: d.epochs,
+            batch_size: d.batch_size,
+            learning_rate: d.learning_rate,
+            min_learning_rate: d.learning_rate * 0.01,
+            seed,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.architecture.validate()?;
+        crate::data::validate_image_size(self.image_size)?;
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", "0 (need at least 1)"));
+        }
+        if self.batch_size < 2 {
+            return Err(Error::invalid("batch size", format!("{} (batch norm needs at least 2)", self.batch_size)));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(Error::invalid("learning rate", format!("{}", self.learning_rate)));
+        }
+        Ok(())
+    }
+
+    pub fn model_spec(&self) -> ModelSpec {
+        ModelSpec {
+            architecture: self.architecture.clone(),
+            input_size: self.image_size,
+            input_range: [0.0, 1.0],
+            normalization: Normalization::imagenet(),
+            outputs: self.task.output_dim(),
+        }
+    }
+
+    /// Cosine decay from `learning_rate` to `min_learning_rate` over `total` steps.
+    pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        let t = step as f64 / total.max(1) as f64;
+        self.min_learning_rate
+            + 0.5 * (self.learning_rate - self.min_learning_rate) * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+}
+
+/// What happened in one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_error_deg: f64,
+    pub seconds: f64,
+}
+
+/// Trains a fresh model on `train`, validating on `val` after every epoch.
+pub fn train(config: &TrainConfig, train: &Dataset, val: &Dataset, device: &Device) -> Result<(Model, Vec<EpochRecord>)> {
+    config.validate()?;
+    if train.len() < config.batch_size {
+        return Err(Error::Data(format!(
+            "the training split has {} samples, fewer than one batch of {}",
+            train.len(),
+            config.batch_size
+        )));
+    }
+    if val.is_empty() {
+        return Err(Error::Data("the validation split is empty".into()));
+    }
+    for ds in [train, val] {
+        if ds.image_size != config.image_size || ds.dim() != config.task.output_dim() {
+            return Err(Error::Data(format!(
+                "data of {}×{} images with {} outputs do not fit a {} model on {}×{} images",
+                ds.image_size,
+                ds.image_size,
+                ds.dim(),
+                config.task,
+                config.image_size,
+                config.image_size
+            )));
+        }
+    }
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let mut model = config.model_spec().init(&device)?;
+    let mut optim = AdamConfig::new().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+
+    let steps_per_epoch = train.len() / config.batch_size;
+    let total = steps_per_epoch * config.epochs;
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("train {}", config.task));
+    let mut history = Vec::with_capacity(config.epochs);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut step = 0;
+    for epoch in 1..=config.epochs {
+        let started = Instant::now();
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0f64;
+        for batch in order.chunks_exact(config.batch_size) {
+            let (x, y) = train.batch(batch, &device);
+            let loss = (model.forward(x) - y).abs().mean();
+            let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                return Err(Error::Numerical(format!("the training loss became {loss_value} at epoch {epoch}, step {step}")));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(config.learning_rate_at(step, total), model, grads);
+            loss_sum += loss_value;
+            step += 1;
+            bar.set_message(format!("epoch {epoch}/{}, loss {loss_value:.4}", config.epochs));
+            bar.inc(1);
+        }
+        let val_error = evaluate(&model.valid(), config.task, val, config.batch_size)?;
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / steps_per_epoch as f64,
+            val_error_deg: val_error.mean_deg,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch,
+            train_loss = record.train_loss,
+            val_error_deg = record.val_error_deg,
+            seconds = record.seconds,
+            "epoch done"
+        );
+        bar.println(format!(
+            "epoch {epoch}/{}: train L1 {:.4} rad, validation error {:.2}° ({:.0} s)",
+            config.epochs, record.train_loss, record.val_error_deg, record.seconds
+        ));
+        history.push(record);
+    }
+    bar.finish_and_clear();
+    Ok((model.valid(), history))
+}
+
+/// Runs `model` over all of `data` in batches; returns predictions, row-major `[n, d]`.
+pub fn predict(model: &Model, data: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
+    let device = model_device(model);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let mut out = Vec::with_capacity(data.len() * data.dim());
+    for batch in indices.chunks(batch_size.max(1)) {
+        let (x, _) = data.batch(batch, &device);
+        let y = model.forward(x).into_data();
+        let values = y.try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
+        }
+        out.extend(values);
+    }
+    Ok(out)
+}
+
+/// The task error of `model` on `data`.
+pub fn evaluate(model: &Model, task: Task, data: &Dataset, batch_size: usize) -> Result<TaskError> {
+    let predictions = predict(model, data, batch_size)?;
+    Ok(task_error(task, &predictions, &data.labels))
+}
+
+fn model_device(model: &Model) -> Device {
+    model.devices().into_iter().next().unwrap_or_default()
+}
