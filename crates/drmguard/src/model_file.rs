@@ -1,9 +1,9 @@
-//! A model on disk: `MODEL.safetensors` (weights, torchvision-style names) plus the sidecar
+//! A model on disk: `MODEL.safetensors` (weights with torchvision's names and layouts) plus the sidecar
 //! `MODEL.json` (the [`ModelCard`]) with everything needed to use the model again.
 
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,14 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
         });
     }
-    let mut store = SafetensorsStore::from_file(weights).overwrite(true).skip_enum_variants(true);
+    // torchvision's names and layouts on disk: BatchNorm `weight`/`bias`, `fc.weight` as
+    // [out, in], shortcuts as `downsample.0` / `downsample.1`.
+    let mut store = SafetensorsStore::from_file(weights)
+        .overwrite(true)
+        .skip_enum_variants(true)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_key_remapping(r"\.downsample\.conv\.", ".downsample.0.")
+        .with_key_remapping(r"\.downsample\.bn\.", ".downsample.1.");
     model
         .save_into(&mut store)
         .map_err(|e| Error::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
@@ -103,7 +110,11 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     }
     let mut model = card.model.init(device)?;
     let weights_err = |message: String| Error::Weights { path: weights.to_path_buf(), message };
-    let mut store = SafetensorsStore::from_file(weights).skip_enum_variants(true);
+    let mut store = SafetensorsStore::from_file(weights)
+        .skip_enum_variants(true)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_key_remapping(r"\.downsample\.0\.", ".downsample.conv.")
+        .with_key_remapping(r"\.downsample\.1\.", ".downsample.bn.");
     let result = model.load_from(&mut store).map_err(|e| weights_err(e.to_string()))?;
     if !result.missing.is_empty() || !result.unused.is_empty() || !result.errors.is_empty() {
         let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();

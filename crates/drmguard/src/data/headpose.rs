@@ -183,6 +183,15 @@ impl HeadScene {
         }
     }
 
+    /// The same head, background and lighting under another pose.
+    pub fn with_pose(mut self, yaw: f32, pitch: f32, roll: f32) -> Self {
+        self.yaw = yaw;
+        self.pitch = pitch;
+        self.roll = roll;
+        self.rotation = rotation(yaw, pitch, roll);
+        self
+    }
+
     /// Projects a point given in head coordinates to image coordinates in [0, 1].
     pub fn project(&self, head_point: Vec3) -> [f32; 2] {
         let p = mat_vec(&self.rotation, head_point);

@@ -2,8 +2,9 @@
 //! `fc`), split as f = H ∘ F: F runs up to the globally pooled features, H is the linear `fc`.
 //! `width` scales every stage (64 is torchvision's ResNet-18; 16 is a fast CPU variant).
 //!
-//! One naming difference with torchvision: a block's shortcut is `downsample.conv` / `downsample.bn`
-//! here, `downsample.0` / `downsample.1` there; loading PyTorch state dicts remaps those keys.
+//! In memory a block's shortcut is `downsample.conv` / `downsample.bn` and BatchNorm holds
+//! `gamma`/`beta`; [`crate::model_file`] writes torchvision's `downsample.0` / `downsample.1` and
+//! `weight`/`bias` on disk, so the files are torchvision state dicts.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};

@@ -172,10 +172,6 @@ pub fn train(config: &TrainConfig, train: &Dataset, val: &Dataset, device: &Devi
             seconds = record.seconds,
             "epoch done"
         );
-        bar.println(format!(
-            "epoch {epoch}/{}: train L1 {:.4} rad, validation error {:.2}° ({:.0} s)",
-            config.epochs, record.train_loss, record.val_error_deg, record.seconds
-        ));
         history.push(record);
     }
     bar.finish_and_clear();
