@@ -1,5 +1,14 @@
 //! `drmguard`: find and remove backdoors in deep regression models.
 
+/// Prints a line to stdout, returning an error (not panicking like `println!`) when stdout is
+/// closed, e.g. when the output is piped into `head`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 mod commands;
 
 use std::process::ExitCode;

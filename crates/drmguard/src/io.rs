@@ -15,15 +15,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if !parent.is_dir() {
         return Err(Error::Write {
             path: path.to_path_buf(),
-            source: std::io::Error::new(
+            cause: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("folder {} does not exist", parent.display()),
             ),
         });
     }
-    let write_err = |source| Error::Write {
+    let write_err = |cause| Error::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(write_err)?;
     tmp.write_all(bytes).map_err(write_err)?;
@@ -44,9 +44,9 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Reads and parses a JSON file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     serde_json::from_str(&text).map_err(|e| Error::Json {
         path: path.to_path_buf(),

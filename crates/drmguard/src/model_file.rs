@@ -54,7 +54,7 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     {
         return Err(Error::Write {
             path: weights.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
         });
     }
     // torchvision's names and layouts on disk: BatchNorm `weight`/`bias`, `fc.weight` as
@@ -76,14 +76,14 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     if !weights.is_file() {
         return Err(Error::Read {
             path: weights.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file"),
         });
     }
     let card_file = card_path(weights);
     if !card_file.is_file() {
         return Err(Error::Read {
             path: card_file,
-            source: std::io::Error::new(
+            cause: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the model's sidecar is missing (drmguard writes MODEL.json beside MODEL.safetensors)",
             ),

@@ -60,7 +60,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             folder::write(&ds, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
             let test = ds.split(Split::Test).len();
             let val = ds.split(Split::Val).len();
-            println!(
+            out!(
                 "wrote {} {} samples ({}×{}) to {} (splits by file name: {} train, {val} val, {test} test)",
                 ds.len(),
                 a.task,
@@ -74,7 +74,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         DataCommand::Show(a) => {
             let ds = folder::load(&a.data, a.image_size, Some(a.task.output_names()))?;
             write_label_grid(&ds, a.task, a.count, a.columns, &a.out)?;
-            println!("wrote {}", a.out.display());
+            out!("wrote {}", a.out.display());
             Ok(())
         }
     }

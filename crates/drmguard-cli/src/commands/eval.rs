@@ -49,15 +49,15 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             "mean_predictor_error_per_output_deg": baseline.per_output_deg,
             "output_names": card.output_names,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("model   {} ({} task, {})", a.model.display(), card.task, card.task.metric_name());
-    println!("data    {} ({:?} split, {} samples)", source.describe(), a.split, data.len());
-    println!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
-    println!("{:<24}{:>9.2}°{:>17.2}°", "error", error.mean_deg, baseline.mean_deg);
+    out!("model   {} ({} task, {})", a.model.display(), card.task, card.task.metric_name());
+    out!("data    {} ({:?} split, {} samples)", source.describe(), a.split, data.len());
+    out!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
+    out!("{:<24}{:>9.2}°{:>17.2}°", "error", error.mean_deg, baseline.mean_deg);
     for (j, name) in card.output_names.iter().enumerate() {
-        println!(
+        out!(
             "{:<24}{:>9.2}°{:>17.2}°",
             format!("  |{name}| error"),
             error.per_output_deg[j],

@@ -106,7 +106,7 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     };
     model_file::save(&a.out, &model, &card)?;
     let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
-    println!(
+    out!(
         "trained {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
         a.task,
         card.train_seconds,

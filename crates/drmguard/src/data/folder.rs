@@ -21,11 +21,11 @@ pub fn load(dir: &Path, image_size: u32, expected_outputs: Option<&[&str]>) -> R
     if !dir.is_dir() {
         return Err(Error::Read {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such data folder"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such data folder"),
         });
     }
     let csv_path = dir.join(LABELS_FILE);
-    let text = std::fs::read(&csv_path).map_err(|source| Error::Read { path: csv_path.clone(), source })?;
+    let text = std::fs::read(&csv_path).map_err(|cause| Error::Read { path: csv_path.clone(), cause })?;
     let csv_err = |line: u64, message: String| Error::Csv { path: csv_path.clone(), line, message };
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(Cursor::new(text));
 
@@ -86,9 +86,9 @@ pub fn load(dir: &Path, image_size: u32, expected_outputs: Option<&[&str]>) -> R
 
 fn read_image(path: &Path, size: u32) -> Result<image::RgbImage> {
     let img = image::ImageReader::open(path)
-        .map_err(|source| Error::Read { path: path.to_path_buf(), source })?
+        .map_err(|cause| Error::Read { path: path.to_path_buf(), cause })?
         .with_guessed_format()
-        .map_err(|source| Error::Read { path: path.to_path_buf(), source })?
+        .map_err(|cause| Error::Read { path: path.to_path_buf(), cause })?
         .decode()
         .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?
         .to_rgb8();
@@ -106,10 +106,10 @@ pub fn write(ds: &Dataset, dir: &Path) -> Result<()> {
     {
         return Err(Error::Write {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
         });
     }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|cause| Error::Write { path: dir.to_path_buf(), cause })?;
     for (name, img) in ds.names.iter().zip(&ds.images) {
         let path: PathBuf = dir.join(name);
         let mut bytes = Vec::new();
@@ -120,12 +120,12 @@ pub fn write(ds: &Dataset, dir: &Path) -> Result<()> {
     let mut out = csv::Writer::from_writer(Vec::new());
     let header: Vec<&str> = std::iter::once("file").chain(ds.output_names.iter().map(String::as_str)).collect();
     let csv_path = dir.join(LABELS_FILE);
-    let werr = |e: csv::Error| Error::Write { path: csv_path.clone(), source: std::io::Error::other(e) };
+    let werr = |e: csv::Error| Error::Write { path: csv_path.clone(), cause: std::io::Error::other(e) };
     out.write_record(&header).map_err(werr)?;
     for i in 0..ds.len() {
         let row = std::iter::once(ds.names[i].clone()).chain(ds.label(i).iter().map(|v| v.to_string()));
         out.write_record(row).map_err(werr)?;
     }
-    let bytes = out.into_inner().map_err(|e| Error::Write { path: csv_path.clone(), source: e.into_error() })?;
+    let bytes = out.into_inner().map_err(|e| Error::Write { path: csv_path.clone(), cause: e.into_error() })?;
     write_atomic(&csv_path, &bytes)
 }

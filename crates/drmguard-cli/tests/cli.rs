@@ -1,0 +1,100 @@
+//! The `drmguard` binary end to end: the main workflow on tiny data, and bad input that must give
+//! one clear message and a non-zero exit, never a panic or a partial output file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn drmguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drmguard")).args(args).output().expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command that must fail, and returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = drmguard(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    err
+}
+
+#[test]
+fn synth_train_and_eval_work_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = tmp.path().join("m.safetensors");
+    let (data_s, model_s) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let o = drmguard(&["data", "synth", "--task", "headpose", "--n", "200", "--image-size", "32", "--seed", "2", "--out", data_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(data.join("labels.csv").is_file());
+    let o = drmguard(&["train", "--task", "headpose", "--data", data_s, "--profile", "smoke", "--epochs", "2", "--out", model_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(model.is_file() && tmp.path().join("m.json").is_file(), "weights and sidecar are written");
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("m.json")).unwrap()).unwrap();
+    for key in ["task", "model", "training", "data", "data_hash", "label_mean", "output_names", "output_units"] {
+        assert!(card.get(key).is_some(), "sidecar lacks {key}: {card}");
+    }
+    assert_eq!(card["training"]["seed"], 0);
+    let o = drmguard(&["eval", "--model", model_s, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["clean_error_deg", "mean_predictor_error_deg"] {
+        let v = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {report}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    let o = drmguard(&["data", "show", "--data", data_s, "--task", "headpose", "--image-size", "32", "--count", "4", "--out", tmp.path().join("grid.png").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(image::open(tmp.path().join("grid.png")).is_ok());
+}
+
+#[test]
+fn unknown_task_and_profile_are_named() {
+    let err = fails(&["train", "--task", "pose", "--out", "/tmp/x.safetensors"]);
+    assert!(err.contains("unknown task 'pose'") && err.contains("gaze, headpose"), "{err}");
+    let err = fails(&["train", "--task", "gaze", "--profile", "huge", "--out", "/tmp/x.safetensors"]);
+    assert!(err.contains("unknown profile 'huge'"), "{err}");
+    let err = fails(&["eval", "--model", "x.safetensors", "--device", "tpu"]);
+    assert!(err.contains("unknown device 'tpu'"), "{err}");
+}
+
+#[test]
+fn bad_image_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d");
+    let err = fails(&["data", "synth", "--task", "gaze", "--n", "4", "--image-size", "30", "--out", out.to_str().unwrap()]);
+    assert!(err.contains("divisible by 8"), "{err}");
+    assert!(!out.exists(), "no output on error");
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--image-size", "36", "--out", tmp.path().join("m.safetensors").to_str().unwrap()]);
+    assert!(err.contains("divisible by 8"), "{err}");
+}
+
+#[test]
+fn missing_inputs_and_output_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.safetensors");
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--data", "/nonexistent/data", "--out", model.to_str().unwrap()]);
+    assert!(err.contains("/nonexistent/data"), "{err}");
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--out", "/nonexistent/dir/m.safetensors"]);
+    assert!(err.contains("/nonexistent/dir") && err.contains("does not exist"), "{err}");
+    let err = fails(&["eval", "--model", model.to_str().unwrap()]);
+    assert!(err.contains("m.safetensors"), "{err}");
+    assert!(!model.exists());
+}
+
+#[test]
+fn a_corrupt_labels_file_is_reported_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let o = drmguard(&["data", "synth", "--task", "gaze", "--n", "40", "--image-size", "32", "--out", data.to_str().unwrap()]);
+    assert!(o.status.success());
+    let csv = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let broken = csv.replacen("000003.png,", "000003.png,x", 1);
+    std::fs::write(data.join("labels.csv"), broken).unwrap();
+    let model = tmp.path().join("m.safetensors");
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--data", data.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    assert!(err.contains("labels.csv:5"), "{err}");
+    assert!(!model.exists() && !Path::new(&tmp.path().join("m.json")).exists(), "no partial output");
+}
