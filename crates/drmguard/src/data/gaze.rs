@@ -91,13 +91,13 @@ impl GazeScene {
         [p.cos() * y.sin(), -p.sin(), p.cos() * y.cos()]
     }
 
-    fn to_face(&self, u: f32, v: f32) -> [f32; 2] {
+    fn face_coords(&self, u: f32, v: f32) -> [f32; 2] {
         let (s, c) = (-self.roll).sin_cos();
         let (du, dv) = (u - self.centre[0], v - self.centre[1]);
         [c * du - s * dv, s * du + c * dv]
     }
 
-    fn from_face(&self, q: [f32; 2]) -> [f32; 2] {
+    fn image_coords(&self, q: [f32; 2]) -> [f32; 2] {
         let (s, c) = self.roll.sin_cos();
         [
             self.centre[0] + c * q[0] - s * q[1],
@@ -107,7 +107,7 @@ impl GazeScene {
 
     /// Image position of eye `side` (−1 left, +1 right): the centre of its eyeball.
     pub fn eye_centre(&self, side: f32) -> [f32; 2] {
-        self.from_face([side * self.eye_half_spacing + self.shift, 0.0])
+        self.image_coords([side * self.eye_half_spacing + self.shift, 0.0])
     }
 
     /// Image position of the centre of eye `side`'s pupil.
@@ -185,7 +185,7 @@ impl GazeScene {
 
     /// The colour at image point (u, v).
     pub fn shade(&self, u: f32, v: f32) -> Rgb {
-        let q = self.to_face(u, v);
+        let q = self.face_coords(u, v);
         let Some(light) = self.skin_shading(q) else {
             return self.background.at(u, v);
         };

@@ -20,7 +20,7 @@ pub const MAX_IMAGE_SIZE: u32 = 1024;
 
 /// Checks an image side: the generators downsample three times, so it must be divisible by 8.
 pub fn validate_image_size(size: u32) -> Result<()> {
-    if size % 8 != 0 || !(MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE).contains(&size) {
+    if !size.is_multiple_of(8) || !(MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE).contains(&size) {
         return Err(Error::invalid(
             "image size",
             format!("{size} (must be divisible by 8 and within {MIN_IMAGE_SIZE}..={MAX_IMAGE_SIZE})"),

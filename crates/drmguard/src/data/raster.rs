@@ -149,16 +149,14 @@ pub fn rasterise(
                     let u = (px as f32 + (sx as f32 + 0.5) / ss as f32) * inv;
                     let v = (py as f32 + (sy as f32 + 0.5) / ss as f32) * inv;
                     let c = shade(u, v);
-                    for k in 0..3 {
-                        acc[k] += c[k];
-                    }
+                    acc.iter_mut().zip(c).for_each(|(a, c)| *a += c);
                 }
             }
             let n = (ss * ss) as f32;
             let pixel = img.get_pixel_mut(px, py);
-            for k in 0..3 {
-                let value = acc[k] / n + normal.sample(rng);
-                pixel.0[k] = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
+            for (out, a) in pixel.0.iter_mut().zip(acc) {
+                let value = a / n + normal.sample(rng);
+                *out = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
             }
         }
     }

@@ -101,6 +101,7 @@ impl ModelSpec {
 /// A model built by drmguard. Its parameter names are the backbone's own (`conv1.weight`, …)
 /// when saved without enum variant names (see [`crate::model_file`]).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one model per run: boxing would buy nothing
 pub enum Model {
     Resnet(ResNet),
     SmallCnn(SmallCnn),
