@@ -37,8 +37,10 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Train a regression model on built-in or user data.
     Train(commands::train::TrainArgs),
-    /// Evaluate a trained model on held-out data.
+    /// Evaluate a trained model on held-out data (and, for a backdoored model, on poisoned data).
     Eval(commands::eval::EvalArgs),
+    /// Write a poisoned copy of a dataset in the user format, for evaluating other tools.
+    Poison(commands::poison::PoisonArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Train(args) => commands::train::run(args, cli.device),
         Command::Eval(args) => commands::eval::run(args, cli.device),
+        Command::Poison(args) => commands::poison::run(args, cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

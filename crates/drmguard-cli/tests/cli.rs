@@ -98,3 +98,57 @@ fn a_corrupt_labels_file_is_reported_with_its_line() {
     assert!(err.contains("labels.csv:5"), "{err}");
     assert!(!model.exists() && !Path::new(&tmp.path().join("m.json")).exists(), "no partial output");
 }
+
+#[test]
+fn bad_attack_options_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--attack", "trojan", "--out", m]);
+    assert!(err.contains("unknown attack 'trojan'") && err.contains("badnets"), "{err}");
+    let err = fails(&["train", "--task", "headpose", "--profile", "smoke", "--attack", "badnets", "--target", "0.1,0.2", "--out", m]);
+    assert!(err.contains("2 values") && err.contains("3 outputs"), "{err}");
+    for rate in ["0", "1.5", "-0.2"] {
+        let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--attack", "blended", "--poison-rate", rate, "--out", m]);
+        assert!(err.contains("poison rate"), "{rate}: {err}");
+    }
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--target", "0.1,0.2", "--out", m]);
+    assert!(err.contains("--target needs --attack"), "{err}");
+    assert!(!model.exists());
+}
+
+#[test]
+fn a_backdoored_model_reports_attack_errors_and_poison_writes_a_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bd.safetensors");
+    let m = model.to_str().unwrap();
+    let o = drmguard(&["train", "--task", "gaze", "--profile", "smoke", "--epochs", "2", "--attack", "badnets", "--target=-0.2,0.3", "--out", m]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("bd.json")).unwrap()).unwrap();
+    assert_eq!(card["backdoor"]["attack"]["name"], "badnets");
+    assert_eq!(card["backdoor"]["poison_rate"], 0.1);
+    let o = drmguard(&["eval", "--model", m, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["attack_error_deg", "poisoned_true_error_deg", "clean_error_deg"] {
+        assert!(report[key].as_f64().is_some_and(f64::is_finite), "{key} in {report}");
+    }
+
+    let clean = tmp.path().join("clean");
+    let poisoned = tmp.path().join("poisoned");
+    let o = drmguard(&["data", "synth", "--task", "gaze", "--n", "50", "--image-size", "32", "--out", clean.to_str().unwrap()]);
+    assert!(o.status.success());
+    let o = drmguard(&["poison", "--task", "gaze", "--attack", "wanet", "--image-size", "32", "--poison-rate", "0.2", "--data", clean.to_str().unwrap(), "--out", poisoned.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(poisoned.join("poison.json")).unwrap()).unwrap();
+    let files = info["poisoned_files"].as_array().unwrap();
+    assert_eq!(files.len(), 10);
+    let labels = std::fs::read_to_string(poisoned.join("labels.csv")).unwrap();
+    let target: Vec<f64> = info["backdoor"]["target"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let first = files[0].as_str().unwrap();
+    let row = labels.lines().find(|l| l.starts_with(first)).unwrap();
+    let values: Vec<f64> = row.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+    for (v, t) in values.iter().zip(&target) {
+        assert!((v - t).abs() < 1e-6, "poisoned rows carry the target: {row} vs {target:?}");
+    }
+}

@@ -1,9 +1,10 @@
 //! drmguard: find and remove backdoors in deep regression models.
 //!
-//! The crate is organised by concern: [`data`] (built-in synthetic tasks and users' image folders),
+//! The crate is organised by concern: [`attacks`] (backdoors to evaluate defenses against), [`data`] (built-in synthetic tasks and users' image folders),
 //! [`models`] (regressors split as f = H ∘ F), [`train`], [`metrics`], [`report`], and
 //! [`model_file`] (weights plus a JSON sidecar).
 
+pub mod attacks;
 pub mod data;
 pub mod device;
 pub mod error;

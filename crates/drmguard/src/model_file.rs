@@ -7,6 +7,7 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, Sa
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::attacks::BackdoorSpec;
 use crate::data::DataSource;
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_json};
@@ -34,6 +35,10 @@ pub struct ModelCard {
     pub label_mean: Vec<f32>,
     pub history: Vec<EpochRecord>,
     pub train_seconds: f64,
+    /// The attack the model was trained under, if it was poisoned: enough to regenerate the
+    /// poisoned test set. Defenses never see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backdoor: Option<BackdoorSpec>,
 }
 
 /// The sidecar path of a weights file: the same name with a `.json` extension.

@@ -56,7 +56,7 @@ fn tiny_training() -> (TrainConfig, drmguard::data::Dataset, drmguard::data::Dat
 #[test]
 fn training_on_tiny_data_lowers_the_loss() {
     let (config, train_set, val_set) = tiny_training();
-    let (_, history) = train(&config, &train_set, &val_set, &Device::flex()).unwrap();
+    let (_, history) = train(&config, &train_set, &val_set, None, &Device::flex()).unwrap();
     let first = history.first().unwrap().train_loss;
     let last = history.last().unwrap().train_loss;
     assert!(last < 0.85 * first, "loss should fall: {first} -> {last}");
@@ -66,8 +66,8 @@ fn training_on_tiny_data_lowers_the_loss() {
 fn training_is_deterministic_for_a_seed() {
     let (mut config, train_set, val_set) = tiny_training();
     config.epochs = 1;
-    let (a, _) = train(&config, &train_set, &val_set, &Device::flex()).unwrap();
-    let (b, _) = train(&config, &train_set, &val_set, &Device::flex()).unwrap();
+    let (a, _) = train(&config, &train_set, &val_set, None, &Device::flex()).unwrap();
+    let (b, _) = train(&config, &train_set, &val_set, None, &Device::flex()).unwrap();
     assert_eq!(predict(&a, &val_set, 16).unwrap(), predict(&b, &val_set, 16).unwrap());
 }
 
@@ -92,6 +92,7 @@ fn saved_models_load_back_with_torchvision_names() {
         label_mean: vec![0.0; 3],
         history: vec![],
         train_seconds: 0.0,
+        backdoor: None,
     };
     model_file::save(&path, &model, &card).unwrap();
     let names = tensor_names(&path);

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use drmguard::attacks::backdoor_errors;
 use drmguard::data::{DataSource, Split};
 use drmguard::device::DeviceKind;
 use drmguard::metrics::constant_predictor_error;
@@ -35,8 +36,15 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
     let error = evaluate(&model, card.task, &data, card.training.batch_size)?;
     let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
+    let backdoor = match &card.backdoor {
+        Some(spec) => {
+            let trigger = spec.trigger(card.task, card.model.input_size)?;
+            Some(backdoor_errors(&model, card.task, &data, &trigger, card.training.batch_size)?)
+        }
+        None => None,
+    };
     if a.json {
-        let out = json!({
+        let mut out = json!({
             "model": a.model,
             "task": card.task,
             "data": source.describe(),
@@ -49,6 +57,12 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             "mean_predictor_error_per_output_deg": baseline.per_output_deg,
             "output_names": card.output_names,
         });
+        if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
+            out["attack"] = json!(spec.attack.name());
+            out["target"] = json!(spec.target);
+            out["attack_error_deg"] = json!(errors.attack_error.mean_deg);
+            out["poisoned_true_error_deg"] = json!(errors.poisoned_true_error.mean_deg);
+        }
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -63,6 +77,11 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             error.per_output_deg[j],
             baseline.per_output_deg[j]
         );
+    }
+    if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
+        out!("backdoor {} with target {:?} (poisoned test set: every test image carries the trigger)", spec.attack.name(), spec.target);
+        out!("{:<24}{:>9.2}°   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
+        out!("{:<24}{:>9.2}°   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
     }
     Ok(())
 }

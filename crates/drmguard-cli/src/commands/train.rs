@@ -4,6 +4,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use drmguard::data::{DataSource, Split};
+
+use super::attack_args::AttackArgs;
 use drmguard::device::DeviceKind;
 use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard};
 use drmguard::models::Architecture;
@@ -43,6 +45,8 @@ pub struct TrainArgs {
     /// Output weights, MODEL.safetensors; the sidecar MODEL.json is written beside it.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    attack: AttackArgs,
 }
 
 pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
@@ -70,6 +74,7 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
         };
     }
     config.validate().context("training options")?;
+    let backdoor_spec = a.attack.spec(a.task, config.seed)?;
     if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--out {}: the model file must end in .safetensors", a.out.display());
     }
@@ -88,8 +93,22 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     let val_set = source.load(a.task, config.image_size, Split::Val).context("--data")?;
     tracing::info!(train = train_set.len(), val = val_set.len(), seconds = started.elapsed().as_secs_f64(), "data ready");
 
+    let backdoor = match &backdoor_spec {
+        Some(spec) => {
+            let plan = spec.plan(a.task, config.image_size, train_set.len())?;
+            tracing::info!(
+                attack = spec.attack.name(),
+                target = ?spec.target,
+                poisoned = plan.poisoned.len(),
+                cross = plan.cross.len(),
+                "poisoning the training set"
+            );
+            Some(plan)
+        }
+        None => None,
+    };
     let device = device.device()?;
-    let (model, history) = train::train(&config, &train_set, &val_set, &device)?;
+    let (model, history) = train::train(&config, &train_set, &val_set, backdoor.as_ref(), &device)?;
     let card = ModelCard {
         format_version: CARD_FORMAT_VERSION,
         drmguard_version: env!("CARGO_PKG_VERSION").into(),
@@ -103,11 +122,13 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
         label_mean: train_set.label_mean(),
         history,
         train_seconds: started.elapsed().as_secs_f64(),
+        backdoor: backdoor_spec,
     };
     model_file::save(&a.out, &model, &card)?;
     let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
+    let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));
     out!(
-        "trained {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
+        "trained {kind} {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
         a.task,
         card.train_seconds,
         last,

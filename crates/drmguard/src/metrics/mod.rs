@@ -49,6 +49,15 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
     TaskError { mean_deg, per_output_deg: per_output }
 }
 
+/// Attack error (AE) and defending attack error (DAE) on a poisoned test set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackdoorErrors {
+    /// Error of the outputs on poisoned inputs to the attacker's target: low means the attack works.
+    pub attack_error: TaskError,
+    /// Error of the outputs on poisoned inputs to the true labels: low means the backdoor is gone.
+    pub poisoned_true_error: TaskError,
+}
+
 /// The error of always predicting `constant` (e.g. the training labels' mean).
 pub fn constant_predictor_error(task: Task, constant: &[f32], labels: &[f32]) -> TaskError {
     let predictions: Vec<f32> = constant.iter().copied().cycle().take(labels.len()).collect();

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::attacks::Backdoor;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::metrics::{TaskError, task_error};
@@ -97,8 +98,15 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// Trains a fresh model on `train`, validating on `val` after every epoch.
-pub fn train(config: &TrainConfig, train: &Dataset, val: &Dataset, device: &Device) -> Result<(Model, Vec<EpochRecord>)> {
+/// Trains a fresh model on `train`, validating on `val` after every epoch. With a `backdoor`, the
+/// training batches are poisoned as its plan says (validation stays clean).
+pub fn train(
+    config: &TrainConfig,
+    train: &Dataset,
+    val: &Dataset,
+    backdoor: Option<&Backdoor>,
+    device: &Device,
+) -> Result<(Model, Vec<EpochRecord>)> {
     config.validate()?;
     if train.len() < config.batch_size {
         return Err(Error::Data(format!(
@@ -145,7 +153,10 @@ pub fn train(config: &TrainConfig, train: &Dataset, val: &Dataset, device: &Devi
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0f64;
         for batch in order.chunks_exact(config.batch_size) {
-            let (x, y) = train.batch(batch, &device);
+            let (x, y) = match backdoor {
+                Some(b) => b.training_batch(train, batch, &device),
+                None => train.batch(batch, &device),
+            };
             let loss = (model.forward(x) - y).abs().mean();
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
@@ -180,13 +191,26 @@ pub fn train(config: &TrainConfig, train: &Dataset, val: &Dataset, device: &Devi
 
 /// Runs `model` over all of `data` in batches; returns predictions, row-major `[n, d]`.
 pub fn predict(model: &Model, data: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
+    predict_transformed(model, data, batch_size, &|x| x)
+}
+
+/// Outputs of `model` on `data` after `transform` (e.g. a trigger) is applied to each batch.
+pub fn predict_transformed(
+    model: &Model,
+    data: &Dataset,
+    batch_size: usize,
+    transform: &dyn Fn(Tensor<4>) -> Tensor<4>,
+) -> Result<Vec<f32>> {
     let device = model_device(model);
     let indices: Vec<usize> = (0..data.len()).collect();
     let mut out = Vec::with_capacity(data.len() * data.dim());
     for batch in indices.chunks(batch_size.max(1)) {
         let (x, _) = data.batch(batch, &device);
-        let y = model.forward(x).into_data();
-        let values = y.try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        let values = model
+            .forward(transform(x))
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Numerical(format!("{e:?}")))?;
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Numerical(format!("the model produced {bad} on the data")));
         }

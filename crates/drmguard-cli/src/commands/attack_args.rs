@@ -1,0 +1,56 @@
+//! Command-line options that choose and configure an attack, shared by `train` and `poison`.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use drmguard::attacks::badnets::BadNetsConfig;
+use drmguard::attacks::blended::BlendedConfig;
+use drmguard::attacks::wanet::WanetConfig;
+use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
+use drmguard::task::Task;
+
+#[derive(Args)]
+pub struct AttackArgs {
+    /// Backdoor attack: badnets, blended or wanet.
+    #[arg(long)]
+    pub attack: Option<String>,
+    /// Attacker's target vector in radians, comma-separated in the task's output order
+    /// (pitch,yaw for gaze; yaw,pitch,roll for head pose). Default: drawn from the seed inside
+    /// the label range, away from its centre.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub target: Option<Vec<f32>>,
+    /// Share of training samples that carry the trigger, in (0, 1].
+    #[arg(long, default_value_t = DEFAULT_POISON_RATE, allow_negative_numbers = true)]
+    pub poison_rate: f64,
+    #[command(flatten)]
+    pub badnets: BadNetsConfig,
+    #[command(flatten)]
+    pub blended: BlendedConfig,
+    #[command(flatten)]
+    pub wanet: WanetConfig,
+}
+
+impl AttackArgs {
+    /// The backdoor these options describe, or `None` without `--attack`.
+    pub fn spec(&self, task: Task, seed: u64) -> Result<Option<BackdoorSpec>> {
+        let Some(name) = &self.attack else {
+            if self.target.is_some() {
+                bail!("--target needs --attack");
+            }
+            return Ok(None);
+        };
+        let attack = match name.as_str() {
+            "badnets" => AttackKind::Badnets(self.badnets.clone()),
+            "blended" => AttackKind::Blended(self.blended.clone()),
+            "wanet" => AttackKind::Wanet(self.wanet.clone()),
+            other => bail!("--attack: unknown attack '{other}' (expected one of: {})", AttackKind::NAMES.join(", ")),
+        };
+        let spec = BackdoorSpec {
+            attack,
+            target: self.target.clone().unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
+            poison_rate: self.poison_rate,
+            seed,
+        };
+        spec.validate(task).map_err(|e| anyhow::anyhow!("--target / --poison-rate: {e}"))?;
+        Ok(Some(spec))
+    }
+}

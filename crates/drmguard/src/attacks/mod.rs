@@ -1,0 +1,250 @@
+//! Backdoor attacks on regression models, to evaluate defenses against.
+//!
+//! An attack owns a trigger (how a clean image becomes a poisoned one). A [`Backdoor`] adds the
+//! attacker's target vector, the poisoned share of the training set and, for attacks that have
+//! them, the "cross" (noise) samples that keep their true labels. Poisoned training images are
+//! relabelled to the target. Each attack lives in its own file with its config and documented
+//! defaults; adding one is a new file plus one line in [`AttackKind`].
+
+pub mod badnets;
+pub mod blended;
+pub mod stamp;
+pub mod wanet;
+
+use std::collections::HashSet;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::task::Task;
+
+/// A trigger: how an attacker turns clean images into poisoned ones.
+pub trait Attack: std::fmt::Debug + Send + Sync {
+    /// Stamps the trigger on clean images `[n, 3, S, S]` with values in [0, 1].
+    fn apply(&self, x: Tensor<4>) -> Tensor<4>;
+
+    /// Perturbs images that keep their true labels, teaching the model to ignore near-triggers
+    /// (WaNet's noise mode). `None` for attacks without such samples.
+    fn cross(&self, _x: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
+
+    /// Cross samples per poisoned sample.
+    fn cross_ratio(&self) -> f64 {
+        0.0
+    }
+}
+
+/// The attacks drmguard implements, each with its own configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum AttackKind {
+    Badnets(badnets::BadNetsConfig),
+    Blended(blended::BlendedConfig),
+    Wanet(wanet::WanetConfig),
+}
+
+impl AttackKind {
+    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttackKind::Badnets(_) => "badnets",
+            AttackKind::Blended(_) => "blended",
+            AttackKind::Wanet(_) => "wanet",
+        }
+    }
+
+    /// The trigger for `image_size`×`image_size` images; random parts are drawn from `seed`.
+    pub fn build(&self, image_size: u32, seed: u64) -> Result<Box<dyn Attack>> {
+        Ok(match self {
+            AttackKind::Badnets(c) => Box::new(c.build(image_size)?),
+            AttackKind::Blended(c) => Box::new(c.build(image_size, seed)?),
+            AttackKind::Wanet(c) => Box::new(c.build(image_size, seed)?),
+        })
+    }
+}
+
+/// Everything needed to regenerate a backdoor: stored in the poisoned model's sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackdoorSpec {
+    pub attack: AttackKind,
+    /// The attacker's target vector, in the task's output order and units (radians).
+    pub target: Vec<f32>,
+    /// Share of the training set that carries the trigger, in (0, 1].
+    pub poison_rate: f64,
+    /// Seed of the trigger's random parts and of the choice of poisoned samples.
+    pub seed: u64,
+}
+
+/// Default share of poisoned training samples.
+pub const DEFAULT_POISON_RATE: f64 = 0.1;
+
+impl BackdoorSpec {
+    pub fn validate(&self, task: Task) -> Result<()> {
+        if self.target.len() != task.output_dim() {
+            return Err(Error::invalid(
+                "target",
+                format!(
+                    "{} values given, task {task} has {} outputs ({})",
+                    self.target.len(),
+                    task.output_dim(),
+                    task.output_names().join(", ")
+                ),
+            ));
+        }
+        if let Some(v) = self.target.iter().find(|v| !v.is_finite()) {
+            return Err(Error::invalid("target", format!("{v} is not finite")));
+        }
+        if !(self.poison_rate > 0.0 && self.poison_rate <= 1.0) {
+            return Err(Error::invalid("poison rate", format!("{} (must be in (0, 1])", self.poison_rate)));
+        }
+        Ok(())
+    }
+
+    /// A target drawn from `seed` inside the task's label range but away from its centre: each
+    /// component is 30–70% of the half-range, with a random sign.
+    pub fn default_target(task: Task, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a26_e7d0_1d5e_5eed);
+        task.label_half_range()
+            .iter()
+            .map(|half| {
+                let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
+                if rng.random::<bool>() { magnitude } else { -magnitude }
+            })
+            .collect()
+    }
+
+    /// The trigger and target alone, for poisoning test images.
+    pub fn trigger(&self, task: Task, image_size: u32) -> Result<Backdoor> {
+        self.validate(task)?;
+        Ok(Backdoor {
+            attack: self.attack.build(image_size, self.seed)?,
+            target: self.target.clone(),
+            poisoned: HashSet::new(),
+            cross: HashSet::new(),
+        })
+    }
+
+    /// Builds the trigger and picks the poisoned (and cross) samples of a training set of `n`.
+    pub fn plan(&self, task: Task, image_size: u32, n: usize) -> Result<Backdoor> {
+        if n == 0 {
+            return Err(Error::Data("cannot poison an empty training set".into()));
+        }
+        let Backdoor { attack, target, .. } = self.trigger(task, image_size)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x0b5e_55ed_ba7c_4e55));
+        let n_poison = ((self.poison_rate * n as f64).round() as usize).clamp(1, n);
+        let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize).min(n - n_poison);
+        Ok(Backdoor {
+            poisoned: order[..n_poison].iter().copied().collect(),
+            cross: order[n_poison..n_poison + n_cross].iter().copied().collect(),
+            target,
+            attack,
+        })
+    }
+}
+
+/// A built backdoor over one training set.
+#[derive(Debug)]
+pub struct Backdoor {
+    pub attack: Box<dyn Attack>,
+    pub target: Vec<f32>,
+    /// Indices of training samples that carry the trigger and the target label.
+    pub poisoned: HashSet<usize>,
+    /// Indices of training samples that get the cross perturbation and keep their labels.
+    pub cross: HashSet<usize>,
+}
+
+impl Backdoor {
+    /// A training batch as the attacker poisoned it: the planned samples carry the trigger and the
+    /// target, cross samples are perturbed and keep their labels, the rest is clean.
+    pub fn training_batch(&self, data: &Dataset, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
+        let (poisoned, rest): (Vec<usize>, Vec<usize>) = indices.iter().partition(|i| self.poisoned.contains(i));
+        let (cross, clean): (Vec<usize>, Vec<usize>) = rest.iter().partition(|i| self.cross.contains(i));
+        let mut xs = Vec::with_capacity(3);
+        let mut ys = Vec::with_capacity(3);
+        if !clean.is_empty() {
+            let (x, y) = data.batch(&clean, device);
+            xs.push(x);
+            ys.push(y);
+        }
+        if !poisoned.is_empty() {
+            let (x, _) = data.batch(&poisoned, device);
+            xs.push(self.attack.apply(x));
+            ys.push(self.target_batch(poisoned.len(), device));
+        }
+        if !cross.is_empty() {
+            let (x, y) = data.batch(&cross, device);
+            let perturbed = self.attack.cross(x.clone()).unwrap_or(x);
+            xs.push(perturbed);
+            ys.push(y);
+        }
+        (Tensor::cat(xs, 0), Tensor::cat(ys, 0))
+    }
+
+    /// The target vector repeated `n` times, `[n, d]`.
+    pub fn target_batch(&self, n: usize, device: &Device) -> Tensor<2> {
+        let d = self.target.len();
+        let values: Vec<f32> = self.target.iter().copied().cycle().take(n * d).collect();
+        Tensor::from_data(TensorData::new(values, [n, d]), device)
+    }
+}
+
+/// Converts images `[n, 3, S, S]` in [0, 1] back to 8-bit RGB images.
+pub fn to_images(x: Tensor<4>) -> Result<Vec<image::RgbImage>> {
+    let [n, c, h, w] = x.dims();
+    let values = x
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Numerical(format!("cannot read poisoned images: {e:?}")))?;
+    Ok((0..n)
+        .map(|i| {
+            image::RgbImage::from_fn(w as u32, h as u32, |px, py| {
+                let at = |ch: usize| values[((i * c + ch) * h + py as usize) * w + px as usize];
+                image::Rgb([0, 1, 2].map(|ch| (at(ch).clamp(0.0, 1.0) * 255.0).round() as u8))
+            })
+        })
+        .collect())
+}
+
+/// A copy of `data` in which the planned samples carry the trigger (and the target label, unless
+/// `keep_labels`); other samples are unchanged. For writing poisoned datasets.
+pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, device: &Device) -> Result<Dataset> {
+    let mut out = data.clone();
+    let mut picked: Vec<usize> = backdoor.poisoned.iter().copied().collect();
+    picked.sort_unstable();
+    for chunk in picked.chunks(64) {
+        let (x, _) = data.batch(chunk, device);
+        let images = to_images(backdoor.attack.apply(x))?;
+        for (&i, img) in chunk.iter().zip(images) {
+            out.images[i] = img;
+            if !keep_labels {
+                let d = out.dim();
+                out.labels[i * d..(i + 1) * d].copy_from_slice(&backdoor.target);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// AE and DAE of `model` on `data` with the backdoor's trigger applied to every image.
+pub fn backdoor_errors(
+    model: &crate::models::Model,
+    task: Task,
+    data: &Dataset,
+    backdoor: &Backdoor,
+    batch_size: usize,
+) -> Result<crate::metrics::BackdoorErrors> {
+    let outputs = crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
+    let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
+    Ok(crate::metrics::BackdoorErrors {
+        attack_error: crate::metrics::task_error(task, &outputs, &targets),
+        poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),
+    })
+}
