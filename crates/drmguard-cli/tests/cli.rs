@@ -48,6 +48,11 @@ fn synth_train_and_eval_work_end_to_end() {
     let o = drmguard(&["data", "show", "--data", data_s, "--task", "headpose", "--image-size", "32", "--count", "4", "--out", tmp.path().join("grid.png").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(image::open(tmp.path().join("grid.png")).is_ok());
+    let figure = tmp.path().join("triggers.png");
+    let o = drmguard(&["data", "triggers", "--task", "gaze", "--image-size", "32", "--out", figure.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&figure).unwrap();
+    assert!(img.height() > img.width(), "one row per attack, three columns");
 }
 
 #[test]

@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use drmguard::data::{self, Split, folder};
+use drmguard::attacks::AttackKind;
 use drmguard::report::grid::write_label_grid;
+use drmguard::report::triggers::write_trigger_figure;
 use drmguard::task::Task;
 
 #[derive(Subcommand)]
@@ -12,6 +14,29 @@ pub enum DataCommand {
     Synth(SynthArgs),
     /// Draw a grid of samples with their labels (gaze arrows, head axes) into a PNG.
     Show(ShowArgs),
+    /// Draw what each attack (default settings) does to one built-in image: clean, poisoned, and
+    /// the difference amplified.
+    Triggers(TriggersArgs),
+}
+
+#[derive(Args)]
+pub struct TriggersArgs {
+    #[arg(long)]
+    task: Task,
+    #[arg(long, default_value_t = 64)]
+    image_size: u32,
+    /// Which built-in sample to draw.
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Seed of the built-in data and of the triggers' random parts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Factor applied to the absolute difference.
+    #[arg(long, default_value_t = 10.0)]
+    amplify: f32,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -69,6 +94,14 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 a.out.display(),
                 ds.len() - val - test
             );
+            Ok(())
+        }
+        DataCommand::Triggers(a) => {
+            let ds = data::synthesize(a.task, a.index + 1, a.image_size, a.seed)?;
+            let attacks: Vec<_> = AttackKind::defaults().into_iter().map(|k| (k, a.seed)).collect();
+            write_trigger_figure(&ds, a.index, &attacks, a.amplify, &a.out)?;
+            let names: Vec<&str> = attacks.iter().map(|(k, _)| k.name()).collect();
+            out!("wrote {} (rows: {}; columns: clean, poisoned, |difference| × {})", a.out.display(), names.join(", "), a.amplify);
             Ok(())
         }
         DataCommand::Show(a) => {

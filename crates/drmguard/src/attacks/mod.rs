@@ -52,6 +52,15 @@ pub enum AttackKind {
 impl AttackKind {
     pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet"];
 
+    /// Every attack with its default configuration.
+    pub fn defaults() -> Vec<AttackKind> {
+        vec![
+            AttackKind::Badnets(Default::default()),
+            AttackKind::Blended(Default::default()),
+            AttackKind::Wanet(Default::default()),
+        ]
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             AttackKind::Badnets(_) => "badnets",

@@ -1,2 +1,3 @@
 //! Pictures and summaries for people.
 pub mod grid;
+pub mod triggers;
