@@ -142,3 +142,19 @@ fn a_smoke_model_trained_on_badnets_data_follows_the_trigger() {
     );
     assert!(errors.poisoned_true_error.mean_deg > errors.attack_error.mean_deg);
 }
+
+#[test]
+fn wanet_poisons_a_share_of_every_batch_as_the_original_does() {
+    let data = synthesize(Task::Gaze, 20, 16, 0).unwrap();
+    let backdoor = spec(AttackKind::Wanet(WanetConfig::default()), vec![0.25, -0.5], 0.1).plan(Task::Gaze, 16, 20).unwrap();
+    let indices: Vec<usize> = (0..20).collect();
+    let (x, y) = backdoor.training_batch(&data, &indices, &Device::flex());
+    assert_eq!(x.dims(), [20, 3, 16, 16]);
+    let labels = y.into_data().try_to_vec::<f32>().unwrap();
+    let at_target = labels.chunks(2).filter(|l| l == &[0.25, -0.5]).count();
+    assert_eq!(at_target, 2, "10% of the batch carries the target");
+    // The other 18 rows keep true labels (4 of them are noise-warped cross samples).
+    let true_labels: Vec<&[f32]> = (0..20).map(|i| data.label(i)).collect();
+    let kept = labels.chunks(2).filter(|l| true_labels.contains(l)).count();
+    assert_eq!(kept, 18);
+}

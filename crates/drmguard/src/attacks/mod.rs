@@ -38,6 +38,12 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
     fn cross_ratio(&self) -> f64 {
         0.0
     }
+
+    /// Whether the attacker controls training and poisons a fresh random share of every batch (as
+    /// WaNet's and Input-Aware's original code do), rather than a fixed subset of the data.
+    fn poisons_every_batch(&self) -> bool {
+        false
+    }
 }
 
 /// The attacks drmguard implements, each with its own configuration.
@@ -133,6 +139,7 @@ impl BackdoorSpec {
     pub fn trigger(&self, task: Task, image_size: u32) -> Result<Backdoor> {
         self.validate(task)?;
         Ok(Backdoor {
+            poison_rate: self.poison_rate,
             attack: self.attack.build(image_size, self.seed)?,
             target: self.target.clone(),
             poisoned: HashSet::new(),
@@ -151,6 +158,7 @@ impl BackdoorSpec {
         let n_poison = ((self.poison_rate * n as f64).round() as usize).clamp(1, n);
         let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize).min(n - n_poison);
         Ok(Backdoor {
+            poison_rate: self.poison_rate,
             poisoned: order[..n_poison].iter().copied().collect(),
             cross: order[n_poison..n_poison + n_cross].iter().copied().collect(),
             target,
@@ -164,18 +172,33 @@ impl BackdoorSpec {
 pub struct Backdoor {
     pub attack: Box<dyn Attack>,
     pub target: Vec<f32>,
-    /// Indices of training samples that carry the trigger and the target label.
+    pub poison_rate: f64,
+    /// Indices of training samples that carry the trigger and the target label (for attacks that
+    /// poison a fixed subset, and for poisoned copies of datasets).
     pub poisoned: HashSet<usize>,
     /// Indices of training samples that get the cross perturbation and keep their labels.
     pub cross: HashSet<usize>,
 }
 
 impl Backdoor {
-    /// A training batch as the attacker poisoned it: the planned samples carry the trigger and the
-    /// target, cross samples are perturbed and keep their labels, the rest is clean.
+    /// A training batch as the attacker poisoned it: the poisoned samples carry the trigger and the
+    /// target, cross samples are perturbed and keep their labels, the rest is clean. Attacks that
+    /// poison every batch take the first `⌊rate · n⌋` samples of the (shuffled) batch and the next
+    /// `⌊that · cross ratio⌋` as cross samples, as WaNet's `train.py` does; the others use the plan.
     pub fn training_batch(&self, data: &Dataset, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
-        let (poisoned, rest): (Vec<usize>, Vec<usize>) = indices.iter().partition(|i| self.poisoned.contains(i));
-        let (cross, clean): (Vec<usize>, Vec<usize>) = rest.iter().partition(|i| self.cross.contains(i));
+        let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.attack.poisons_every_batch() {
+            let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
+            let n_cross = ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
+            (
+                indices[..n_bd].to_vec(),
+                indices[n_bd..n_bd + n_cross].to_vec(),
+                indices[n_bd + n_cross..].to_vec(),
+            )
+        } else {
+            let (poisoned, rest): (Vec<usize>, Vec<usize>) = indices.iter().partition(|i| self.poisoned.contains(i));
+            let (cross, clean) = rest.iter().partition(|i| self.cross.contains(i));
+            (poisoned, cross, clean)
+        };
         let mut xs = Vec::with_capacity(3);
         let mut ys = Vec::with_capacity(3);
         if !clean.is_empty() {

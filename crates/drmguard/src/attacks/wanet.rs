@@ -5,7 +5,9 @@
 //! image size; the warp grid is `clamp(identity + s · field / S, −1, 1)` (times `grid_rescale`),
 //! applied with bilinear sampling and `align_corners`. Cross ("noise") samples use the same grid
 //! plus uniform noise in ±1/S and keep their true labels; there are `cross_ratio` of them per
-//! poisoned sample. Defaults k = 4, s = 0.5, cross ratio 2, grid rescale 1.
+//! poisoned sample. Like the original, the attacker controls training: every batch has its first
+//! 10% (the poison rate) warped and relabelled and the next 20% as cross samples. Defaults k = 4,
+//! s = 0.5, cross ratio 2, grid rescale 1.
 
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode, InterpolateOptions};
@@ -116,5 +118,9 @@ impl Attack for Wanet {
 
     fn cross_ratio(&self) -> f64 {
         self.cross_ratio
+    }
+
+    fn poisons_every_batch(&self) -> bool {
+        true
     }
 }
