@@ -23,7 +23,7 @@ fn main() {
             normalization: Normalization::imagenet(),
             outputs: 2,
         };
-        let mut model = spec.init(&device).expect("a valid spec");
+        let mut model = spec.init(&device, 0).expect("a valid spec");
         let mut optim = AdamConfig::new().init();
         let x = Tensor::<4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
         let y = Tensor::<2>::random([batch, 2], Distribution::Uniform(-0.5, 0.5), &device);

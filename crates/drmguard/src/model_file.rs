@@ -113,7 +113,8 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
             ),
         });
     }
-    let mut model = card.model.init(device)?;
+    // Every weight is overwritten by the file; the seed only fills the skeleton.
+    let mut model = card.model.init(device, 0)?;
     let weights_err = |message: String| Error::Weights { path: weights.to_path_buf(), message };
     let mut store = SafetensorsStore::from_file(weights)
         .skip_enum_variants(true)

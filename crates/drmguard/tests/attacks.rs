@@ -1,6 +1,6 @@
 //! Trigger invariants of each attack, the poisoning plan, and a tiny end-to-end backdoor.
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::blended::BlendedConfig;
 use drmguard::attacks::wanet::WanetConfig;
@@ -10,8 +10,12 @@ use drmguard::metrics::task_error;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, predict, train};
 
+/// Random images from our own generator (the backend's is process-wide, shared by parallel tests).
 fn images(n: usize, s: usize) -> Tensor<4> {
-    Tensor::<4>::random([n, 3, s, s], Distribution::Uniform(0.0, 1.0), &Device::flex())
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((n * 1000 + s) as u64);
+    let values: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random()).collect();
+    Tensor::from_data(burn::tensor::TensorData::new(values, [n, 3, s, s]), &Device::flex())
 }
 
 fn values(x: Tensor<4>) -> Vec<f32> {
@@ -76,7 +80,7 @@ fn wanet_warps_slightly_and_its_noise_mode_differs() {
     let warped = attack.apply(x.clone());
     let change = (warped.clone() - x.clone()).abs().mean().into_scalar::<f32>();
     assert!(change > 1e-3 && change < 0.2, "a small but real change: {change}");
-    let cross = attack.cross(x).unwrap();
+    let cross = attack.cross(x, &mut rand::rng()).unwrap();
     let apart = (cross - warped).abs().mean().into_scalar::<f32>();
     assert!(apart > 1e-4, "noise samples are not the trigger: {apart}");
     assert_eq!(attack.cross_ratio(), 2.0);
@@ -148,7 +152,7 @@ fn wanet_poisons_a_share_of_every_batch_as_the_original_does() {
     let data = synthesize(Task::Gaze, 20, 16, 0).unwrap();
     let backdoor = spec(AttackKind::Wanet(WanetConfig::default()), vec![0.25, -0.5], 0.1).plan(Task::Gaze, 16, 20).unwrap();
     let indices: Vec<usize> = (0..20).collect();
-    let (x, y) = backdoor.training_batch(&data, &indices, &Device::flex());
+    let (x, y) = backdoor.training_batch(&data, &indices, &mut rand::rng(), &Device::flex());
     assert_eq!(x.dims(), [20, 3, 16, 16]);
     let labels = y.into_data().try_to_vec::<f32>().unwrap();
     let at_target = labels.chunks(2).filter(|l| l == &[0.25, -0.5]).count();

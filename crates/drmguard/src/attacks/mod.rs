@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +29,9 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
     fn apply(&self, x: Tensor<4>) -> Tensor<4>;
 
     /// Perturbs images that keep their true labels, teaching the model to ignore near-triggers
-    /// (WaNet's noise mode). `None` for attacks without such samples.
-    fn cross(&self, _x: Tensor<4>) -> Option<Tensor<4>> {
+    /// (WaNet's noise mode). `None` for attacks without such samples. Randomness comes from `rng`,
+    /// never from the device's global generator, so that concurrent trainings stay deterministic.
+    fn cross(&self, _x: Tensor<4>, _rng: &mut dyn RngCore) -> Option<Tensor<4>> {
         None
     }
 
@@ -185,7 +186,13 @@ impl Backdoor {
     /// target, cross samples are perturbed and keep their labels, the rest is clean. Attacks that
     /// poison every batch take the first `⌊rate · n⌋` samples of the (shuffled) batch and the next
     /// `⌊that · cross ratio⌋` as cross samples, as WaNet's `train.py` does; the others use the plan.
-    pub fn training_batch(&self, data: &Dataset, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
+    pub fn training_batch(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        rng: &mut dyn RngCore,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<2>) {
         let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.attack.poisons_every_batch() {
             let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
             let n_cross = ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
@@ -213,7 +220,7 @@ impl Backdoor {
         }
         if !cross.is_empty() {
             let (x, y) = data.batch(&cross, device);
-            let perturbed = self.attack.cross(x.clone()).unwrap_or(x);
+            let perturbed = self.attack.cross(x.clone(), rng).unwrap_or(x);
             xs.push(perturbed);
             ys.push(y);
         }

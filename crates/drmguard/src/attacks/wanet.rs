@@ -11,8 +11,8 @@
 
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -107,11 +107,12 @@ impl Attack for Wanet {
         Self::warp(x, grid)
     }
 
-    fn cross(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+    fn cross(&self, x: Tensor<4>, rng: &mut dyn RngCore) -> Option<Tensor<4>> {
         let [n, _, _, _] = x.dims();
         let s = self.size;
         let device = x.device();
-        let noise = Tensor::<4>::random([n, s, s, 2], Distribution::Uniform(-1.0, 1.0), &device) / s as f32;
+        let noise: Vec<f32> = (0..n * s * s * 2).map(|_| (rng.random::<f32>() * 2.0 - 1.0) / s as f32).collect();
+        let noise = Tensor::<4>::from_data(TensorData::new(noise, [n, s, s, 2]), &device);
         let grid = (self.grid(n, &device) + noise).clamp(-1.0, 1.0);
         Some(Self::warp(x, grid))
     }

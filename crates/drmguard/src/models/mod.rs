@@ -84,17 +84,35 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    pub fn init(&self, device: &Device) -> Result<Model> {
+    /// Builds the model with weights drawn from `seed`.
+    pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
         self.architecture.validate()?;
         crate::data::validate_image_size(self.input_size)?;
         if self.outputs == 0 {
             return Err(Error::invalid("model outputs", "0"));
         }
         let norm = self.normalization.clone();
-        Ok(match self.architecture {
+        // burn's CPU backend draws initial weights from one process-wide generator: hold it from
+        // seeding to the last draw, so that models built concurrently still get their seed's weights.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.seed(seed);
+        let model = match self.architecture {
             Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
             Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
-        })
+        };
+        // Parameters are initialised lazily, on first use: draw them now, under the lock.
+        model.visit(&mut Materialize);
+        Ok(model)
+    }
+}
+
+/// Forces burn's lazily initialised parameters to draw their values.
+struct Materialize;
+
+impl burn::module::ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 

@@ -132,8 +132,7 @@ pub fn train(
         }
     }
     let device = device.clone().autodiff();
-    device.seed(config.seed);
-    let mut model = config.model_spec().init(&device)?;
+    let mut model = config.model_spec().init(&device, config.seed)?;
     let mut optim = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
 
@@ -154,7 +153,7 @@ pub fn train(
         let mut loss_sum = 0.0f64;
         for batch in order.chunks_exact(config.batch_size) {
             let (x, y) = match backdoor {
-                Some(b) => b.training_batch(train, batch, &device),
+                Some(b) => b.training_batch(train, batch, &mut rng, &device),
                 None => train.batch(batch, &device),
             };
             let loss = (model.forward(x) - y).abs().mean();
