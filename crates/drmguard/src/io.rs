@@ -5,9 +5,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, then renames it, so that
-/// readers see either the old file or the complete new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Checks that the folder `path` would be written into exists, and returns it. Outputs are never
+/// written into folders that drmguard would have to invent.
+pub fn ensure_parent_exists(path: &Path) -> Result<&Path> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -21,6 +21,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             ),
         });
     }
+    Ok(parent)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, then renames it, so that
+/// readers see either the old file or the complete new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = ensure_parent_exists(path)?;
     let write_err = |cause| Error::Write {
         path: path.to_path_buf(),
         cause,

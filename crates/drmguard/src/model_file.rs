@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::attacks::BackdoorSpec;
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::io::{read_json, write_json};
+use crate::io::{ensure_parent_exists, read_json, write_json};
 use crate::models::{Model, ModelSpec};
 use crate::task::Task;
 use crate::train::{EpochRecord, TrainConfig};
@@ -54,14 +54,7 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
             format!("{} (must end in .safetensors)", weights.display()),
         ));
     }
-    if let Some(parent) = weights.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        return Err(Error::Write {
-            path: weights.to_path_buf(),
-            cause: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
-        });
-    }
+    ensure_parent_exists(weights)?;
     // torchvision's names and layouts on disk: BatchNorm `weight`/`bias`, `fc.weight` as
     // [out, in], shortcuts as `downsample.0` / `downsample.1`.
     let mut store = SafetensorsStore::from_file(weights)

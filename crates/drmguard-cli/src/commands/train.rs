@@ -4,6 +4,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use drmguard::data::{DataSource, Split};
+use drmguard::io::ensure_parent_exists;
 
 use super::attack_args::AttackArgs;
 use drmguard::device::DeviceKind;
@@ -78,11 +79,8 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--out {}: the model file must end in .safetensors", a.out.display());
     }
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        bail!("--out {}: folder {} does not exist", a.out.display(), parent.display());
-    }
+    // Fail before hours of training, not after.
+    ensure_parent_exists(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let source = match &a.data {
         Some(dir) => DataSource::Folder { path: std::fs::canonicalize(dir).with_context(|| format!("--data {}", dir.display()))? },
         None => DataSource::Synthetic { task: a.task, n: config.samples, seed: config.seed, image_size: config.image_size },

@@ -10,7 +10,7 @@ use image::imageops::FilterType;
 
 use super::{Dataset, validate_image_size};
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{ensure_parent_exists, write_atomic};
 
 pub const LABELS_FILE: &str = "labels.csv";
 
@@ -101,14 +101,7 @@ fn read_image(path: &Path, size: u32) -> Result<image::RgbImage> {
 
 /// Writes `ds` to `dir` (created if missing; its parent must exist): PNG images, then `labels.csv`.
 pub fn write(ds: &Dataset, dir: &Path) -> Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        return Err(Error::Write {
-            path: dir.to_path_buf(),
-            cause: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", parent.display())),
-        });
-    }
+    ensure_parent_exists(dir)?;
     std::fs::create_dir_all(dir).map_err(|cause| Error::Write { path: dir.to_path_buf(), cause })?;
     for (name, img) in ds.names.iter().zip(&ds.images) {
         let path: PathBuf = dir.join(name);
