@@ -41,6 +41,10 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Write a poisoned copy of a dataset in the user format, for evaluating other tools.
     Poison(commands::poison::PoisonArgs),
+    /// Decide whether a model is backdoored (DRMGuard), with a JSON and Markdown report.
+    Scan(commands::scan::ScanArgs),
+    /// Remove a backdoor: reverse-engineer the trigger, then fine-tune on reversed images with true labels.
+    Mitigate(commands::mitigate::MitigateArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,13 +59,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Data(cmd) => commands::data::run(cmd),
-        Command::Train(args) => commands::train::run(args, cli.device),
-        Command::Eval(args) => commands::eval::run(args, cli.device),
-        Command::Poison(args) => commands::poison::run(args, cli.device),
+        Command::Data(cmd) => commands::data::run(cmd).map(|()| None),
+        Command::Train(args) => commands::train::run(args, cli.device).map(|()| None),
+        Command::Eval(args) => commands::eval::run(args, cli.device).map(|()| None),
+        Command::Poison(args) => commands::poison::run(args, cli.device).map(|()| None),
+        Command::Scan(args) => commands::scan::run(args, cli.device),
+        Command::Mitigate(args) => commands::mitigate::run(args, cli.device).map(|()| None),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -6,6 +6,7 @@
 
 pub mod attacks;
 pub mod data;
+pub mod defenses;
 pub mod device;
 pub mod error;
 pub mod io;
@@ -16,4 +17,5 @@ pub mod report;
 pub mod task;
 pub mod train;
 
+pub use burn;
 pub use error::{Error, Result};

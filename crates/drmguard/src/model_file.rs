@@ -39,6 +39,9 @@ pub struct ModelCard {
     /// poisoned test set. Defenses never see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backdoor: Option<BackdoorSpec>,
+    /// Set on a repaired model: the defense, its resolved config and what it measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigation: Option<serde_json::Value>,
 }
 
 /// The sidecar path of a weights file: the same name with a `.json` extension.

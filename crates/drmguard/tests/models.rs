@@ -95,6 +95,7 @@ fn saved_models_load_back_with_torchvision_names() {
         history: vec![],
         train_seconds: 0.0,
         backdoor: None,
+        mitigation: None,
     };
     model_file::save(&path, &model, &card).unwrap();
     let names = tensor_names(&path);

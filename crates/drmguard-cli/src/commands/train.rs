@@ -121,6 +121,7 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
         history,
         train_seconds: started.elapsed().as_secs_f64(),
         backdoor: backdoor_spec,
+        mitigation: None,
     };
     model_file::save(&a.out, &model, &card)?;
     let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
+pub use crate::data::to_images;
 use crate::error::{Error, Result};
 use crate::task::Task;
 
@@ -233,23 +234,6 @@ impl Backdoor {
         let values: Vec<f32> = self.target.iter().copied().cycle().take(n * d).collect();
         Tensor::from_data(TensorData::new(values, [n, d]), device)
     }
-}
-
-/// Converts images `[n, 3, S, S]` in [0, 1] back to 8-bit RGB images.
-pub fn to_images(x: Tensor<4>) -> Result<Vec<image::RgbImage>> {
-    let [n, c, h, w] = x.dims();
-    let values = x
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Numerical(format!("cannot read poisoned images: {e:?}")))?;
-    Ok((0..n)
-        .map(|i| {
-            image::RgbImage::from_fn(w as u32, h as u32, |px, py| {
-                let at = |ch: usize| values[((i * c + ch) * h + py as usize) * w + px as usize];
-                image::Rgb([0, 1, 2].map(|ch| (at(ch).clamp(0.0, 1.0) * 255.0).round() as u8))
-            })
-        })
-        .collect())
 }
 
 /// A copy of `data` in which the planned samples carry the trigger (and the target label, unless

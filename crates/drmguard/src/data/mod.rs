@@ -157,6 +157,23 @@ impl Dataset {
     }
 }
 
+/// Converts images `[n, 3, S, S]` in [0, 1] back to 8-bit RGB images.
+pub fn to_images(x: Tensor<4>) -> Result<Vec<image::RgbImage>> {
+    let [n, c, h, w] = x.dims();
+    let values = x
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Numerical(format!("cannot read images back from a tensor: {e:?}")))?;
+    Ok((0..n)
+        .map(|i| {
+            image::RgbImage::from_fn(w as u32, h as u32, |px, py| {
+                let at = |ch: usize| values[((i * c + ch) * h + py as usize) * w + px as usize];
+                image::Rgb([0, 1, 2].map(|ch| (at(ch).clamp(0.0, 1.0) * 255.0).round() as u8))
+            })
+        })
+        .collect())
+}
+
 /// Where a model's data came from: enough to draw the same samples again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

@@ -92,19 +92,26 @@ impl ModelSpec {
             return Err(Error::invalid("model outputs", "0"));
         }
         let norm = self.normalization.clone();
-        // burn's CPU backend draws initial weights from one process-wide generator: hold it from
-        // seeding to the last draw, so that models built concurrently still get their seed's weights.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        device.seed(seed);
-        let model = match self.architecture {
+        Ok(init_seeded(device, seed, || match self.architecture {
             Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
             Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
-        };
-        // Parameters are initialised lazily, on first use: draw them now, under the lock.
-        model.visit(&mut Materialize);
-        Ok(model)
+        }))
     }
+}
+
+/// Builds a module whose initial weights depend on `seed` only.
+///
+/// burn's CPU backend draws initial weights from one process-wide generator: hold it from seeding
+/// to the last draw, so that modules built concurrently (parallel tests, a benchmark) still get
+/// their seed's weights.
+pub fn init_seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce() -> M) -> M {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    let module = build();
+    // Parameters are initialised lazily, on first use: draw them now, under the lock.
+    module.visit(&mut Materialize);
+    module
 }
 
 /// Forces burn's lazily initialised parameters to draw their values.

@@ -83,10 +83,14 @@ impl TrainConfig {
 
     /// Cosine decay from `learning_rate` to `min_learning_rate` over `total` steps.
     pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
-        let t = step as f64 / total.max(1) as f64;
-        self.min_learning_rate
-            + 0.5 * (self.learning_rate - self.min_learning_rate) * (1.0 + (std::f64::consts::PI * t).cos())
+        cosine_learning_rate(self.learning_rate, self.min_learning_rate, step, total)
     }
+}
+
+/// Cosine decay from `peak` to `min` over `total` steps.
+pub fn cosine_learning_rate(peak: f64, min: f64, step: usize, total: usize) -> f64 {
+    let t = step as f64 / total.max(1) as f64;
+    min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 /// What happened in one epoch.
@@ -186,6 +190,59 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok((model.valid(), history))
+}
+
+/// Settings of a fine-tuning run on a small set (mitigation, the fine-tuning baseline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak Adam learning rate, cosine-decayed to 1% of it.
+    pub learning_rate: f64,
+    pub seed: u64,
+}
+
+/// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
+/// mode); returns the model in inference mode and the mean loss of each epoch.
+pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
+    if config.epochs == 0 || config.batch_size < 2 {
+        return Err(Error::invalid("fine-tuning epochs / batch size", format!("{} / {}", config.epochs, config.batch_size)));
+    }
+    if !(config.learning_rate > 0.0 && config.learning_rate.is_finite()) {
+        return Err(Error::invalid("fine-tuning learning rate", format!("{}", config.learning_rate)));
+    }
+    if data.len() < config.batch_size {
+        return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
+    }
+    let device = device.clone().autodiff();
+    let mut model = model.clone().fork(&device).train();
+    let mut optim = AdamConfig::new().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let steps_per_epoch = data.len() / config.batch_size;
+    let total = steps_per_epoch * config.epochs;
+    let mut losses = Vec::with_capacity(config.epochs);
+    let mut step = 0;
+    for epoch in 1..=config.epochs {
+        order.shuffle(&mut rng);
+        let mut sum = 0.0;
+        for batch in order.chunks_exact(config.batch_size) {
+            let (x, y) = data.batch(batch, &device);
+            let loss = (model.forward(x) - y).abs().mean();
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}")));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let lr = cosine_learning_rate(config.learning_rate, config.learning_rate * 0.01, step, total);
+            model = optim.step(lr, model, grads);
+            sum += value;
+            step += 1;
+        }
+        losses.push(sum / steps_per_epoch as f64);
+        tracing::debug!(epoch, loss = sum / steps_per_epoch as f64, "fine-tuning epoch done");
+    }
+    Ok((model.valid(), losses))
 }
 
 /// Runs `model` over all of `data` in batches; returns predictions, row-major `[n, d]`.

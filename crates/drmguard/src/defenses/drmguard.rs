@@ -1,0 +1,455 @@
+//! DRMGuard (method.md §4–§6, §12): train a generator G on the clean set so that the frozen
+//! model's outputs on G(x) collapse (λ1 · output variance), the penultimate features' angles to
+//! the head's weight rows concentrate (λ2 · r_f), and G(x) stays close to x (L1, re-weighted by the
+//! momentum attention map, MTR). If a small change suffices, I(f) = mean |G(x) − x| < ε, the model
+//! is flagged. Mitigation ([`super::unlearn`]) fine-tunes the model on reversed images paired with
+//! their true labels.
+//!
+//! Every open point of the method is a switch: the generator ([`GeneratorKind`]), r_f raw or
+//! RAV-normalised ([`FeatureReg`]), and where the MTR weights enter ([`Mtr`]).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::generator::{Generator, GeneratorKind};
+use super::{CleanSet, Detection, Suspect};
+use crate::data::to_images;
+use crate::error::{Error, Result};
+use crate::models::{Model, Regressor, init_seeded};
+use crate::task::{DEG, Task};
+
+/// The feature-space regulariser r_f (method.md §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureReg {
+    /// Mean over outputs of the batch variance of the angle between features and w_j (rad²).
+    Raw,
+    /// The same, each divided by the angle variance of the clean set (a ratio, like RAV).
+    Rav,
+    /// No feature-space term (ablation).
+    Off,
+}
+
+/// Where the momentum attention map enters (method.md §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mtr {
+    /// Re-weight the L1 term: pixels the model attends to cost 1 + γ·M.
+    Loss,
+    /// Re-weight the gradient of the output and feature terms reaching G by 1 / (1 + γ·M).
+    Gradient,
+    /// No attention map (ablation).
+    Off,
+}
+
+/// DRMGuard's settings. Defaults follow method.md §12; λ1 and λ2 default per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct DrmGuardConfig {
+    /// Generator architecture.
+    #[arg(long, value_enum, default_value_t = GeneratorKind::Unet)]
+    pub generator: GeneratorKind,
+    /// Generator base width (channels w, 2w, 4w).
+    #[arg(long = "generator-width", default_value_t = 16)]
+    pub generator_width: usize,
+    /// Weight of the output variance (default: 20 for gaze, 10 for head pose).
+    #[arg(long)]
+    pub lambda1: Option<f64>,
+    /// Weight of the feature-space term r_f (default: 800 for gaze, 100 for head pose).
+    #[arg(long)]
+    pub lambda2: Option<f64>,
+    /// Feature-space regulariser: raw angle variance, RAV-normalised, or off.
+    #[arg(long = "feature-reg", value_enum, default_value_t = FeatureReg::Raw)]
+    pub feature_reg: FeatureReg,
+    /// Momentum reverse trigger: re-weight the L1 loss, the gradient, or off.
+    #[arg(long, value_enum, default_value_t = Mtr::Loss)]
+    pub mtr: Mtr,
+    /// MTR momentum β of the attention map.
+    #[arg(long = "mtr-beta", default_value_t = 0.9)]
+    pub mtr_beta: f64,
+    /// MTR strength γ.
+    #[arg(long = "mtr-gamma", default_value_t = 4.0)]
+    pub mtr_gamma: f64,
+    /// Optimisation steps of G.
+    #[arg(long, default_value_t = 600)]
+    pub steps: usize,
+    /// Images per step.
+    #[arg(long = "batch-size", default_value_t = 50)]
+    pub batch_size: usize,
+    /// Adam learning rate of G.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Decision threshold ε on I(f) = mean |G(x) − x| (images in [0, 1]).
+    #[arg(long, default_value_t = 0.03)]
+    pub epsilon: f64,
+    /// Seed of G's initial weights and of the batch order.
+    #[arg(long = "defense-seed", default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Default for DrmGuardConfig {
+    fn default() -> Self {
+        DrmGuardConfig {
+            generator: GeneratorKind::Unet,
+            generator_width: 16,
+            lambda1: None,
+            lambda2: None,
+            feature_reg: FeatureReg::Raw,
+            mtr: Mtr::Loss,
+            mtr_beta: 0.9,
+            mtr_gamma: 4.0,
+            steps: 600,
+            batch_size: 50,
+            lr: 1e-3,
+            epsilon: 0.03,
+            seed: 0,
+        }
+    }
+}
+
+/// Per-task weights of method.md §4.1.
+pub fn default_lambdas(task: Task) -> (f64, f64) {
+    match task {
+        Task::Gaze => (20.0, 800.0),
+        Task::HeadPose => (10.0, 100.0),
+    }
+}
+
+impl DrmGuardConfig {
+    /// The config with λ1 and λ2 filled in for `task`, checked.
+    pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
+        let (l1, l2) = default_lambdas(task);
+        let c = DrmGuardConfig { lambda1: Some(self.lambda1.unwrap_or(l1)), lambda2: Some(self.lambda2.unwrap_or(l2)), ..self.clone() };
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        if !finite_nonneg(c.lambda1.unwrap_or_default()) || !finite_nonneg(c.lambda2.unwrap_or_default()) {
+            return Err(Error::invalid("DRMGuard λ1 / λ2", format!("{:?} / {:?} (must be finite and ≥ 0)", c.lambda1, c.lambda2)));
+        }
+        if !(0.0..1.0).contains(&c.mtr_beta) || !finite_nonneg(c.mtr_gamma) {
+            return Err(Error::invalid("MTR β / γ", format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma)));
+        }
+        if c.steps == 0 {
+            return Err(Error::invalid("DRMGuard steps", "0"));
+        }
+        if c.batch_size < 2 {
+            return Err(Error::invalid("DRMGuard batch size", format!("{} (variances need at least 2)", c.batch_size)));
+        }
+        if !(1..=256).contains(&c.generator_width) {
+            return Err(Error::invalid("generator width", format!("{} (must be within 1..=256)", c.generator_width)));
+        }
+        if !(c.lr > 0.0 && c.lr.is_finite()) || !(c.epsilon > 0.0 && c.epsilon.is_finite()) {
+            return Err(Error::invalid("DRMGuard learning rate / ε", format!("{} / {}", c.lr, c.epsilon)));
+        }
+        Ok(c)
+    }
+}
+
+/// One logged point of the optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub loss: f64,
+    /// Mean over outputs of the output variance (rad²).
+    pub output_variance: f64,
+    /// The (MTR-weighted) L1 term.
+    pub similarity: f64,
+    /// Unweighted mean |G(x) − x| on the batch.
+    pub l1: f64,
+    pub feature_term: f64,
+}
+
+/// What reverse engineering found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReversalSummary {
+    /// I(f) over the whole clean set.
+    pub score: f64,
+    /// Mean of f(G(x)): the estimated target vector (radians).
+    pub estimated_target: Vec<f32>,
+    /// Standard deviation of f(G(x)) per output, degrees.
+    pub output_std_deg: Vec<f64>,
+    /// Standard deviation of f(x) per output on the clean images, degrees (for comparison).
+    pub clean_output_std_deg: Vec<f64>,
+    /// Ratio of angle variance of the reversed to the clean images, mean over outputs.
+    pub rav: f64,
+    pub rav_per_output: Vec<f64>,
+    pub steps: usize,
+    pub history: Vec<StepRecord>,
+    pub seconds_per_step: f64,
+}
+
+/// A trained generator and what it found.
+pub struct Reversal {
+    /// G in inference mode, on the defense's (non-autodiff) device.
+    pub generator: Generator,
+    pub summary: ReversalSummary,
+    pub config: DrmGuardConfig,
+}
+
+impl Reversal {
+    /// Clean images `indices` of `clean` and their reversed versions G(x), as 8-bit images.
+    pub fn image_pairs(&self, clean: &CleanSet, indices: &[usize], device: &Device) -> Result<(Vec<RgbImage>, Vec<RgbImage>)> {
+        let generator = self.generator.clone().to_device(device);
+        let (x, _) = clean.batch(indices, device);
+        let reversed = to_images(generator.forward(x.clone()))?;
+        Ok((to_images(x)?, reversed))
+    }
+}
+
+/// The DRMGuard defense with a resolved config.
+#[derive(Debug, Clone)]
+pub struct DrmGuard {
+    pub config: DrmGuardConfig,
+}
+
+impl DrmGuard {
+    pub fn new(config: DrmGuardConfig) -> Self {
+        DrmGuard { config }
+    }
+
+    /// Reverse-engineers a trigger and decides.
+    pub fn detect(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<(Detection, Reversal)> {
+        let started = Instant::now();
+        let reversal = self.reverse(suspect, clean, device)?;
+        let c = &reversal.config;
+        let s = &reversal.summary;
+        let detection = Detection {
+            defense: "drmguard".into(),
+            backdoored: s.score < c.epsilon,
+            score: s.score,
+            threshold: c.epsilon,
+            margin: s.score - c.epsilon,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            details: serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?,
+        };
+        Ok((detection, reversal))
+    }
+
+    /// Trains G on the clean set against the frozen suspect (method.md §12).
+    pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Reversal> {
+        let config = self.config.resolved(suspect.task)?;
+        clean.check_for(suspect, config.batch_size)?;
+        let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
+        let ad = device.clone().autodiff();
+        // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
+        // flow through it to the images.
+        let model = suspect.model.clone().fork(&ad).freeze();
+        let weight = model.head_weight().detach();
+        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
+        let angle_var_clean = Tensor::<1>::from_floats(
+            clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
+            &ad,
+        )
+        .reshape([1, -1]);
+
+        let mut generator = init_seeded(&ad, config.seed, || Generator::new(config.generator, config.generator_width, &ad));
+        let mut optim = AdamConfig::new().init();
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6d72_6775_6172_6421);
+        let mut order: Vec<usize> = (0..clean.len()).collect();
+        let mut cursor = order.len();
+        let mut attention: Option<Tensor<2>> = None;
+        let mut history = Vec::new();
+        let log_every = (config.steps / 40).max(1);
+        let bar = ProgressBar::new(config.steps as u64).with_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix("drmguard");
+        let started = Instant::now();
+        for step in 0..config.steps {
+            if cursor + config.batch_size > order.len() {
+                order.shuffle(&mut rng);
+                cursor = 0;
+            }
+            let batch = &order[cursor..cursor + config.batch_size];
+            cursor += config.batch_size;
+            let (x, _) = clean.batch(batch, &ad);
+
+            let pixel_weight = match config.mtr {
+                Mtr::Off => None,
+                mode => {
+                    let saliency = saliency(&model, x.clone())?;
+                    let m = match attention.take() {
+                        None => saliency,
+                        Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
+                    };
+                    attention = Some(m.clone());
+                    let [h, w] = m.dims();
+                    let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
+                    Some((mode, w4))
+                }
+            };
+
+            let reversed = generator.forward(x.clone());
+            let into_model = match &pixel_weight {
+                // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
+                Some((Mtr::Gradient, w)) => {
+                    let scale = w.clone().recip();
+                    reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
+                }
+                _ => reversed.clone(),
+            };
+            let z = model.features(into_model);
+            let y = model.head(z.clone());
+            let output_variance = y.var_bias(0).mean();
+            let diff = (reversed - x).abs();
+            let l1 = diff.clone().mean();
+            let similarity = match &pixel_weight {
+                Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
+                _ => l1.clone(),
+            };
+            let mut loss = output_variance.clone() * lambda1 + similarity.clone();
+            let feature_term = match config.feature_reg {
+                FeatureReg::Off => None,
+                reg => {
+                    let var = angles(z, weight.clone()).var_bias(0);
+                    let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
+                    Some(var.mean())
+                }
+            };
+            if let Some(term) = &feature_term {
+                loss = loss + term.clone() * lambda2;
+            }
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                return Err(Error::Numerical(format!(
+                    "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
+                )));
+            }
+            if step % log_every == 0 || step + 1 == config.steps {
+                let record = StepRecord {
+                    step,
+                    loss: loss_value,
+                    output_variance: scalar(output_variance),
+                    similarity: scalar(similarity),
+                    l1: scalar(l1),
+                    feature_term: feature_term.map(scalar).unwrap_or(0.0),
+                };
+                tracing::debug!(?record, "drmguard step");
+                bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
+                history.push(record);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &generator);
+            generator = optim.step(config.lr, generator, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let seconds_per_step = started.elapsed().as_secs_f64() / config.steps as f64;
+
+        let generator = generator.valid();
+        let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
+        let rav_per_output: Vec<f64> = reversed_stats
+            .angle_var
+            .iter()
+            .zip(&clean_stats.angle_var)
+            .map(|(r, c)| r / c.max(1e-12))
+            .collect();
+        let summary = ReversalSummary {
+            score: reversed_stats.l1,
+            estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
+            output_std_deg: reversed_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
+            clean_output_std_deg: clean_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
+            rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
+            rav_per_output,
+            steps: config.steps,
+            history,
+            seconds_per_step,
+        };
+        tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
+        Ok(Reversal { generator, summary, config })
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+/// Angles (radians) between features `[n, k]` and each weight row `[d, k]`: `[n, d]`.
+fn angles(z: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    let dots = z.clone().matmul(weight.clone().transpose());
+    let z_norm = z.powi_scalar(2).sum_dim(1).sqrt(); // [n, 1]
+    let w_norm = weight.powi_scalar(2).sum_dim(1).sqrt().reshape([1, -1]); // [1, d]
+    let cos = dots / (z_norm * w_norm + 1e-8);
+    cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6).acos()
+}
+
+/// The model's gradient saliency: mean over batch and channels of |∂ Σ_j f_j(x) / ∂x|, scaled to
+/// a maximum of 1, `[S, S]`. No gradient reaches G.
+fn saliency(model: &Model, x: Tensor<4>) -> Result<Tensor<2>> {
+    let x = x.require_grad();
+    let grads = model.forward(x.clone()).sum().backward();
+    let g = x
+        .grad(&grads)
+        .ok_or_else(|| Error::Numerical("no input gradient for the MTR attention map".into()))?;
+    let [_, _, h, w] = g.dims();
+    let s = g.abs().mean_dim(0).mean_dim(1).reshape([h, w]);
+    let max = s.clone().max().reshape([1, 1]);
+    Ok(s / (max + 1e-12))
+}
+
+/// Statistics of the model on the clean set, or on its reversed images when `generator` is given.
+struct SetStats {
+    /// Mean |G(x) − x| (0 without a generator).
+    l1: f64,
+    output_mean: Vec<f64>,
+    /// Population standard deviation per output (radians).
+    output_std: Vec<f64>,
+    /// Population variance of the feature angle per output (rad²).
+    angle_var: Vec<f64>,
+}
+
+fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Generator>, batch_size: usize) -> Result<SetStats> {
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    let generator = generator.map(|g| g.clone().to_device(&device));
+    let weight = model.head_weight();
+    let indices: Vec<usize> = (0..clean.len()).collect();
+    let (mut outputs, mut angle_values) = (Vec::new(), Vec::new());
+    let mut l1_sum = 0.0f64;
+    for batch in indices.chunks(batch_size.max(1)) {
+        let (x, _) = clean.batch(batch, &device);
+        let input = match &generator {
+            Some(g) => {
+                let r = g.forward(x.clone());
+                l1_sum += scalar((r.clone() - x).abs().sum());
+                r
+            }
+            None => x,
+        };
+        let z = model.features(input);
+        outputs.extend(values(model.head(z.clone()))?);
+        angle_values.extend(values(angles(z, weight.clone()))?);
+    }
+    let d = weight.dims()[0];
+    if let Some(bad) = outputs.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Numerical(format!("the model produced {bad} on the clean set")));
+    }
+    let (output_mean, output_var) = column_mean_var(&outputs, d);
+    let (_, angle_var) = column_mean_var(&angle_values, d);
+    let s = clean.data().image_size as f64;
+    Ok(SetStats {
+        l1: l1_sum / (clean.len() as f64 * 3.0 * s * s),
+        output_mean,
+        output_std: output_var.iter().map(|v| v.sqrt()).collect(),
+        angle_var,
+    })
+}
+
+fn values(t: Tensor<2>) -> Result<Vec<f32>> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
+}
+
+fn column_mean_var(rows: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (rows.len() / d).max(1) as f64;
+    let mean: Vec<f64> = (0..d).map(|j| rows.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n).collect();
+    let var = (0..d)
+        .map(|j| rows.iter().skip(j).step_by(d).map(|&v| (v as f64 - mean[j]).powi(2)).sum::<f64>() / n)
+        .collect();
+    (mean, var)
+}

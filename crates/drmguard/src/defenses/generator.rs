@@ -1,0 +1,137 @@
+//! Image-to-image generators G for trigger reverse engineering (method.md §4.3), both after the
+//! authors' SecureGaze code: 3×3 convolutions with BatchNorm and ReLU, three 2× down-samplings
+//! (so the image side must be divisible by 8), bilinear up-sampling, and an output squashed into
+//! (0, 1) by `tanh(x) / (2 + 1e-7) + 0.5`. The output is the whole image G(x), not a residual.
+//!
+//! - [`GeneratorKind::EncoderDecoder`]: 13 convolutions, no skips (widths w, 2w, 4w; w = 32 in
+//!   SecureGaze).
+//! - [`GeneratorKind::Unet`]: the U-Net with skip concatenations (widths w, 2w, 4w; w = 64 in
+//!   SecureGaze), 13 convolutions in use.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which generator architecture to reverse-engineer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorKind {
+    /// 13-conv encoder–decoder without skips.
+    EncoderDecoder,
+    /// U-Net with skip connections.
+    Unet,
+}
+
+impl std::fmt::Display for GeneratorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GeneratorKind::EncoderDecoder => "encoder-decoder",
+            GeneratorKind::Unet => "unet",
+        })
+    }
+}
+
+/// A 3×3 "same" convolution followed by BatchNorm.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        ConvBn {
+            conv: Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            bn: BatchNormConfig::new(cout).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+
+    fn relu(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.forward(x))
+    }
+}
+
+fn upsample(x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([2 * h, 2 * w]))
+}
+
+fn squash(x: Tensor<4>) -> Tensor<4> {
+    x.tanh() / (2.0 + 1e-7) + 0.5
+}
+
+/// The generator G: images `[n, 3, S, S]` in [0, 1] to images of the same shape in (0, 1).
+#[derive(Module, Debug)]
+pub struct Generator {
+    /// Convolutions in the order they run.
+    pub convs: Vec<ConvBn>,
+    pub pool: MaxPool2d,
+    #[module(skip)]
+    pub kind: GeneratorKind,
+}
+
+impl Generator {
+    /// A freshly initialised generator with base width `width` (channels `width`, `2·width`, `4·width`).
+    pub fn new(kind: GeneratorKind, width: usize, device: &Device) -> Self {
+        let (w1, w2, w3) = (width, 2 * width, 4 * width);
+        let layout: &[(usize, usize)] = match kind {
+            GeneratorKind::EncoderDecoder => &[
+                // encoder
+                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
+                // decoder
+                (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, 3),
+            ],
+            GeneratorKind::Unet => &[
+                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
+                // bottleneck
+                (w3, w3),
+                // decoder: each first conv sees the up-sampled path concatenated with the skip
+                (2 * w3, w2), (w2, w2), (2 * w2, w1), (w1, w1), (2 * w1, 3), (3, 3),
+            ],
+        };
+        Generator {
+            convs: layout.iter().map(|&(cin, cout)| ConvBn::new(cin, cout, device)).collect(),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            kind,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = &self.convs;
+        match self.kind {
+            GeneratorKind::EncoderDecoder => {
+                let mut x = x;
+                for stage in 0..3 {
+                    x = c[2 * stage + 1].relu(c[2 * stage].relu(x));
+                    x = self.pool.forward(x);
+                }
+                x = upsample(c[6].relu(x));
+                x = upsample(c[8].relu(c[7].relu(x)));
+                x = upsample(c[10].relu(c[9].relu(x)));
+                squash(c[12].forward(c[11].relu(x)))
+            }
+            GeneratorKind::Unet => {
+                let s1 = c[1].relu(c[0].relu(x));
+                let s2 = c[3].relu(c[2].relu(self.pool.forward(s1.clone())));
+                let s3 = c[5].relu(c[4].relu(self.pool.forward(s2.clone())));
+                let b = upsample(c[6].relu(self.pool.forward(s3.clone())));
+                let u3 = c[8].relu(c[7].relu(Tensor::cat(vec![b, s3], 1)));
+                let u2 = c[10].relu(c[9].relu(Tensor::cat(vec![upsample(u3), s2], 1)));
+                let u1 = c[11].relu(Tensor::cat(vec![upsample(u2), s1], 1));
+                squash(c[12].forward(u1))
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Defenses: decide whether a model is backdoored, and repair it.
+//!
+//! A defense sees exactly two things: the [`Suspect`] (the model, its task and input spec) and
+//! the defender's [`CleanSet`]. Neither type can carry the attack: a `Suspect` is built from a
+//! model card by dropping its backdoor record, and a `CleanSet` can only be loaded from a user
+//! folder or drawn fresh from the built-in generator, never made from a poisoned [`Dataset`].
+//! This module does not depend on [`crate::attacks`].
+
+pub mod drmguard;
+pub mod generator;
+pub mod unlearn;
+
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataSource, Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model_file::ModelCard;
+use crate::models::{Model, ModelSpec};
+use crate::task::Task;
+pub use drmguard::{DrmGuard, DrmGuardConfig};
+
+/// A model under suspicion, as a defense sees it.
+#[derive(Debug, Clone)]
+pub struct Suspect {
+    pub model: Model,
+    pub task: Task,
+    pub spec: ModelSpec,
+    pub output_names: Vec<String>,
+    /// Where the model's training data came from (not the data themselves): for built-in
+    /// tasks, a defender's sample is drawn with a different seed.
+    training_data: DataSource,
+    /// Training samples the model saw (all splits), for the default clean-set size.
+    training_samples: usize,
+}
+
+impl Suspect {
+    /// The suspect view of a loaded model: everything in the card except the attack.
+    pub fn new(model: Model, card: &ModelCard) -> Self {
+        Suspect {
+            model,
+            task: card.task,
+            spec: card.model.clone(),
+            output_names: card.output_names.clone(),
+            training_data: card.data.clone(),
+            training_samples: card.training.samples,
+        }
+    }
+
+    pub fn image_size(&self) -> u32 {
+        self.spec.input_size
+    }
+}
+
+/// Stream mixed into the training data's seed to draw the defender's built-in sample.
+const DEFENDER_SEED_STREAM: u64 = 0xdefe_2d00_5eed_0001;
+
+/// The defender's clean, correctly labelled images.
+#[derive(Debug, Clone)]
+pub struct CleanSet {
+    data: Dataset,
+    origin: String,
+}
+
+impl CleanSet {
+    /// Default size: 5% of the training set, and at least 500 images.
+    pub fn default_size(suspect: &Suspect) -> usize {
+        (suspect.training_samples / 20).max(500)
+    }
+
+    /// All images of a user folder in the `labels.csv` format.
+    pub fn from_folder(path: &std::path::Path, suspect: &Suspect) -> Result<Self> {
+        let source = DataSource::Folder { path: path.to_path_buf() };
+        let data = source.load(suspect.task, suspect.image_size(), Split::All)?;
+        Self::checked(data, source.describe())
+    }
+
+    /// A fresh sample of the built-in task, drawn with a seed derived from (and different from)
+    /// the training data's, so that it shares no image with the training set.
+    pub fn fresh_builtin(suspect: &Suspect, n: usize) -> Result<Self> {
+        let DataSource::Synthetic { task, seed, .. } = &suspect.training_data else {
+            return Err(Error::Data(
+                "the model was trained on a user folder: pass the defender's clean images with --data".into(),
+            ));
+        };
+        let seed = seed ^ DEFENDER_SEED_STREAM;
+        let data = crate::data::synthesize(*task, n, suspect.image_size(), seed)?;
+        Self::checked(data, format!("{n} fresh built-in {task} images (seed {seed})"))
+    }
+
+    fn checked(data: Dataset, origin: String) -> Result<Self> {
+        if data.is_empty() {
+            return Err(Error::Data(format!("the clean set {origin} is empty")));
+        }
+        Ok(CleanSet { data, origin })
+    }
+
+    /// Checks that the set fits `suspect` and holds at least one batch.
+    pub fn check_for(&self, suspect: &Suspect, batch_size: usize) -> Result<()> {
+        if self.data.image_size != suspect.image_size() || self.data.dim() != suspect.spec.outputs {
+            return Err(Error::Data(format!(
+                "the clean set has {}×{} images with {} outputs; the model takes {}×{} images and has {} outputs",
+                self.data.image_size,
+                self.data.image_size,
+                self.data.dim(),
+                suspect.image_size(),
+                suspect.image_size(),
+                suspect.spec.outputs
+            )));
+        }
+        if self.len() < batch_size {
+            return Err(Error::Data(format!(
+                "the clean set has {} images, fewer than one batch of {batch_size}",
+                self.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
+        self.data.batch(indices, device)
+    }
+}
+
+/// The verdict of a detector, with the numbers behind it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Detection {
+    pub defense: String,
+    pub backdoored: bool,
+    /// The defense's statistic (for DRMGuard, I(f)).
+    pub score: f64,
+    pub threshold: f64,
+    /// How the score compares to the threshold: backdoored iff `score < threshold` for
+    /// DRMGuard. Positive margins mean "looks benign".
+    pub margin: f64,
+    pub elapsed_s: f64,
+    /// Defense-specific results (estimated target, RAV, history, …).
+    pub details: serde_json::Value,
+}
+
+/// Known defenses, for `--defense`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefenseKind {
+    /// DRMGuard: generator-based trigger reverse engineering with output-variance and
+    /// feature-angle objectives (detection and mitigation).
+    Drmguard,
+}
+
+impl std::fmt::Display for DefenseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DefenseKind::Drmguard => "drmguard",
+        })
+    }
+}
