@@ -45,6 +45,9 @@ enum Command {
     Scan(commands::scan::ScanArgs),
     /// Remove a backdoor: reverse-engineer the trigger, then fine-tune on reversed images with true labels.
     Mitigate(commands::mitigate::MitigateArgs),
+    /// The whole story on built-in gaze data: train (or reuse) a benign and a backdoored model,
+    /// scan both, repair the backdoored one, print a table.
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Poison(args) => commands::poison::run(args, cli.device).map(|()| None),
         Command::Scan(args) => commands::scan::run(args, cli.device),
         Command::Mitigate(args) => commands::mitigate::run(args, cli.device).map(|()| None),
+        Command::Demo(args) => commands::demo::run(args, cli.device).map(|()| None),
     };
     match result {
         Ok(None) => ExitCode::SUCCESS,

@@ -5,8 +5,10 @@ use clap::Args;
 use drmguard::attacks::backdoor_errors;
 use drmguard::data::{DataSource, Split};
 use drmguard::device::DeviceKind;
-use drmguard::metrics::constant_predictor_error;
-use drmguard::model_file;
+use drmguard::data::Dataset;
+use drmguard::metrics::{BackdoorErrors, TaskError, constant_predictor_error};
+use drmguard::model_file::{self, ModelCard};
+use drmguard::models::Model;
 use drmguard::train::evaluate;
 use serde_json::json;
 
@@ -34,15 +36,8 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         None => card.data.clone(),
     };
     let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
-    let error = evaluate(&model, card.task, &data, card.training.batch_size)?;
+    let (error, backdoor) = errors_on(&model, &card, &data)?;
     let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
-    let backdoor = match &card.backdoor {
-        Some(spec) => {
-            let trigger = spec.trigger(card.task, card.model.input_size)?;
-            Some(backdoor_errors(&model, card.task, &data, &trigger, card.training.batch_size)?)
-        }
-        None => None,
-    };
     if a.json {
         let mut out = json!({
             "model": a.model,
@@ -84,4 +79,18 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         out!("{:<24}{:>9.2}°   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
     }
     Ok(())
+}
+
+/// The clean error of `model` on `data` and, when the card records a backdoor, AE and DAE on
+/// `data` with every image triggered.
+pub fn errors_on(model: &Model, card: &ModelCard, data: &Dataset) -> Result<(TaskError, Option<BackdoorErrors>)> {
+    let error = evaluate(model, card.task, data, card.training.batch_size)?;
+    let backdoor = match &card.backdoor {
+        Some(spec) => {
+            let trigger = spec.trigger(card.task, card.model.input_size)?;
+            Some(backdoor_errors(model, card.task, data, &trigger, card.training.batch_size)?)
+        }
+        None => None,
+    };
+    Ok((error, backdoor))
 }

@@ -1,5 +1,6 @@
 pub mod attack_args;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod mitigate;
 pub mod poison;

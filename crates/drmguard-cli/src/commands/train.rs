@@ -1,17 +1,16 @@
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use drmguard::data::{DataSource, Split};
+use drmguard::data::DataSource;
 use drmguard::io::ensure_parent_exists;
 
 use super::attack_args::AttackArgs;
 use drmguard::device::DeviceKind;
-use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard};
+use drmguard::model_file;
 use drmguard::models::Architecture;
 use drmguard::task::Task;
-use drmguard::train::{self, Profile, TrainConfig};
+use drmguard::train::{Profile, TrainConfig, TrainJob};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -85,44 +84,9 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
         Some(dir) => DataSource::Folder { path: std::fs::canonicalize(dir).with_context(|| format!("--data {}", dir.display()))? },
         None => DataSource::Synthetic { task: a.task, n: config.samples, seed: config.seed, image_size: config.image_size },
     };
-    let started = Instant::now();
-    tracing::info!("loading {}", source.describe());
-    let train_set = source.load(a.task, config.image_size, Split::Train).context("--data")?;
-    let val_set = source.load(a.task, config.image_size, Split::Val).context("--data")?;
-    tracing::info!(train = train_set.len(), val = val_set.len(), seconds = started.elapsed().as_secs_f64(), "data ready");
-
-    let backdoor = match &backdoor_spec {
-        Some(spec) => {
-            let plan = spec.plan(a.task, config.image_size, train_set.len())?;
-            tracing::info!(
-                attack = spec.attack.name(),
-                target = ?spec.target,
-                poisoned = plan.poisoned.len(),
-                cross = plan.cross.len(),
-                "poisoning the training set"
-            );
-            Some(plan)
-        }
-        None => None,
-    };
     let device = device.device()?;
-    let (model, history) = train::train(&config, &train_set, &val_set, backdoor.as_ref(), &device)?;
-    let card = ModelCard {
-        format_version: CARD_FORMAT_VERSION,
-        drmguard_version: env!("CARGO_PKG_VERSION").into(),
-        task: a.task,
-        output_names: a.task.output_names().iter().map(|s| s.to_string()).collect(),
-        output_units: "radians".into(),
-        model: config.model_spec(),
-        training: config.clone(),
-        data: source,
-        data_hash: train_set.content_hash(),
-        label_mean: train_set.label_mean(),
-        history,
-        train_seconds: started.elapsed().as_secs_f64(),
-        backdoor: backdoor_spec,
-        mitigation: None,
-    };
+    let job = TrainJob { config, source, backdoor: backdoor_spec };
+    let (model, card) = job.run(&device).context("training")?;
     model_file::save(&a.out, &model, &card)?;
     let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
     let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));

@@ -57,6 +57,15 @@ pub struct DrmGuardConfig {
     /// Generator architecture.
     #[arg(long, value_enum, default_value_t = GeneratorKind::Unet)]
     pub generator: GeneratorKind,
+    /// Residual generator: G(x) = clamp(x + s·tanh(net(x)), 0, 1), with the learnt scale s
+    /// starting at this value (0: G starts as the identity). Without it, G outputs the whole image
+    /// as in the paper.
+    #[arg(long)]
+    pub residual: Option<f32>,
+    /// Steps of pure reconstruction (L1 only) before the full objective, so that G starts
+    /// near the identity.
+    #[arg(long = "warmup-steps", default_value_t = 0)]
+    pub warmup_steps: usize,
     /// Generator base width (channels w, 2w, 4w).
     #[arg(long = "generator-width", default_value_t = 16)]
     pub generator_width: usize,
@@ -99,6 +108,8 @@ impl Default for DrmGuardConfig {
     fn default() -> Self {
         DrmGuardConfig {
             generator: GeneratorKind::Unet,
+            residual: None,
+            warmup_steps: 0,
             generator_width: 16,
             lambda1: None,
             lambda2: None,
@@ -144,7 +155,7 @@ impl DrmGuardConfig {
         if !(1..=256).contains(&c.generator_width) {
             return Err(Error::invalid("generator width", format!("{} (must be within 1..=256)", c.generator_width)));
         }
-        if !(c.lr > 0.0 && c.lr.is_finite()) || !(c.epsilon > 0.0 && c.epsilon.is_finite()) {
+        if !(c.lr > 0.0 && c.lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
             return Err(Error::invalid("DRMGuard learning rate / ε", format!("{} / {}", c.lr, c.epsilon)));
         }
         Ok(c)
@@ -248,7 +259,7 @@ impl DrmGuard {
         )
         .reshape([1, -1]);
 
-        let mut generator = init_seeded(&ad, config.seed, || Generator::new(config.generator, config.generator_width, &ad));
+        let mut generator = init_seeded(&ad, config.seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
         let mut optim = AdamConfig::new().init();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6d72_6775_6172_6421);
         let mut order: Vec<usize> = (0..clean.len()).collect();
@@ -256,13 +267,28 @@ impl DrmGuard {
         let mut attention: Option<Tensor<2>> = None;
         let mut history = Vec::new();
         let log_every = (config.steps / 40).max(1);
-        let bar = ProgressBar::new(config.steps as u64).with_style(
+        let bar = ProgressBar::new((config.warmup_steps + config.steps) as u64).with_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
                 .expect("a valid progress template")
                 .progress_chars("=> "),
         );
         bar.set_prefix("drmguard");
         let started = Instant::now();
+        for step in 0..config.warmup_steps {
+            if cursor + config.batch_size > order.len() {
+                order.shuffle(&mut rng);
+                cursor = 0;
+            }
+            let (x, _) = clean.batch(&order[cursor..cursor + config.batch_size], &ad);
+            cursor += config.batch_size;
+            let l1 = (generator.forward(x.clone()) - x).abs().mean();
+            if step % log_every == 0 {
+                bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
+            }
+            let grads = GradientsParams::from_grads(l1.backward(), &generator);
+            generator = optim.step(config.lr, generator, grads);
+            bar.inc(1);
+        }
         for step in 0..config.steps {
             if cursor + config.batch_size > order.len() {
                 order.shuffle(&mut rng);
@@ -332,7 +358,12 @@ impl DrmGuard {
                     l1: scalar(l1),
                     feature_term: feature_term.map(scalar).unwrap_or(0.0),
                 };
-                tracing::debug!(?record, "drmguard step");
+                // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
+                if step % (log_every * 4) == 0 {
+                    tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
+                } else {
+                    tracing::debug!(?record, "drmguard step");
+                }
                 bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
                 history.push(record);
             }
@@ -341,7 +372,7 @@ impl DrmGuard {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let seconds_per_step = started.elapsed().as_secs_f64() / config.steps as f64;
+        let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
 
         let generator = generator.valid();
         let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;

@@ -8,7 +8,7 @@
 //! - [`GeneratorKind::Unet`]: the U-Net with skip concatenations (widths w, 2w, 4w; w = 64 in
 //!   SecureGaze), 13 convolutions in use.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -78,13 +78,16 @@ pub struct Generator {
     /// Convolutions in the order they run.
     pub convs: Vec<ConvBn>,
     pub pool: MaxPool2d,
+    /// Residual mode only: G(x) = clamp(x + scale · tanh(net(x)), 0, 1); with `scale` starting at 0,
+    /// G starts as the identity.
+    pub residual_scale: Option<Param<Tensor<1>>>,
     #[module(skip)]
     pub kind: GeneratorKind,
 }
 
 impl Generator {
     /// A freshly initialised generator with base width `width` (channels `width`, `2·width`, `4·width`).
-    pub fn new(kind: GeneratorKind, width: usize, device: &Device) -> Self {
+    pub fn new(kind: GeneratorKind, width: usize, residual: Option<f32>, device: &Device) -> Self {
         let (w1, w2, w3) = (width, 2 * width, 4 * width);
         let layout: &[(usize, usize)] = match kind {
             GeneratorKind::EncoderDecoder => &[
@@ -104,11 +107,23 @@ impl Generator {
         Generator {
             convs: layout.iter().map(|&(cin, cout)| ConvBn::new(cin, cout, device)).collect(),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            residual_scale: residual.map(|s0| Param::from_tensor(Tensor::from_floats([s0], device))),
             kind,
         }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.residual_scale {
+            None => squash(self.net(x)),
+            Some(scale) => {
+                let step = self.net(x.clone()).tanh() * scale.val().reshape([1, 1, 1, 1]);
+                (x + step).clamp(0.0, 1.0)
+            }
+        }
+    }
+
+    /// The convolutional network, before the output squashing.
+    fn net(&self, x: Tensor<4>) -> Tensor<4> {
         let c = &self.convs;
         match self.kind {
             GeneratorKind::EncoderDecoder => {
@@ -120,7 +135,7 @@ impl Generator {
                 x = upsample(c[6].relu(x));
                 x = upsample(c[8].relu(c[7].relu(x)));
                 x = upsample(c[10].relu(c[9].relu(x)));
-                squash(c[12].forward(c[11].relu(x)))
+                c[12].forward(c[11].relu(x))
             }
             GeneratorKind::Unet => {
                 let s1 = c[1].relu(c[0].relu(x));
@@ -130,7 +145,7 @@ impl Generator {
                 let u3 = c[8].relu(c[7].relu(Tensor::cat(vec![b, s3], 1)));
                 let u2 = c[10].relu(c[9].relu(Tensor::cat(vec![upsample(u3), s2], 1)));
                 let u1 = c[11].relu(Tensor::cat(vec![upsample(u2), s1], 1));
-                squash(c[12].forward(u1))
+                c[12].forward(u1)
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Supervised training of a regression model: L1 loss, Adam, cosine learning-rate schedule,
 //! validation after every epoch.
 
+pub mod job;
 pub mod profile;
 
 use std::time::Instant;
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{TaskError, task_error};
 use crate::models::{Architecture, Model, ModelSpec, Normalization, Regressor};
 use crate::task::Task;
+pub use job::{TrainJob, cache_root};
 pub use profile::{Profile, ProfileDefaults};
 
 /// The resolved training configuration (profile defaults plus overrides), stored in the sidecar.

@@ -1,0 +1,120 @@
+//! `drmguard scan` and `mitigate` on tiny models: the report files, and bad input that must give
+//! one clear message and a non-zero exit, never a panic or a partial report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn drmguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drmguard")).args(args).output().expect("the binary runs")
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = drmguard(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    err
+}
+
+/// A smoke-profile gaze model trained for one epoch, in `dir`.
+fn smoke_model(dir: &Path) -> PathBuf {
+    let model = dir.join("m.safetensors");
+    let o = drmguard(&["train", "--task", "gaze", "--profile", "smoke", "--epochs", "1", "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    model
+}
+
+const FAST: [&str; 6] = ["--steps", "3", "--batch-size", "8", "--clean-size", "16"];
+
+#[test]
+fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    let out = tmp.path().join("scan");
+    let mut args = vec!["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(FAST);
+    let o = drmguard(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for key in ["backdoored", "score", "threshold", "defense", "estimated_target", "target_spread_deg", "rav", "steps", "elapsed_s", "seed", "config"] {
+        assert!(report.get(key).is_some(), "report.json lacks {key}: {report}");
+    }
+    assert_eq!(report["estimated_target"].as_array().unwrap().len(), 2);
+    assert!(out.join("report.md").is_file() && out.join("reversed.png").is_file() && out.join("config.json").is_file());
+
+    let repaired = tmp.path().join("fixed.safetensors");
+    let mut args = vec!["mitigate", "--model", model.to_str().unwrap(), "--out", repaired.to_str().unwrap(), "--unlearn-epochs", "1", "--unlearn-batch-size", "8"];
+    args.extend(FAST);
+    let o = drmguard(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bad_models_and_clean_sets_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    let m = model.to_str().unwrap();
+    let out = tmp.path().join("scan");
+    let o = out.to_str().unwrap();
+
+    // A clean set smaller than one batch.
+    let err = fails(&["scan", "--model", m, "--out", o, "--clean-size", "10"]);
+    assert!(err.contains("fewer than one batch of 50"), "{err}");
+
+    // A user folder whose labels do not fit the task.
+    let data = tmp.path().join("data");
+    let s = drmguard(&["data", "synth", "--task", "headpose", "--n", "60", "--image-size", "32", "--out", data.to_str().unwrap()]);
+    assert!(s.status.success());
+    let err = fails(&["scan", "--model", m, "--out", o, "--data", data.to_str().unwrap()]);
+    assert!(err.contains("labels.csv") && err.contains("pitch"), "{err}");
+
+    // The sidecar disagrees with the weights.
+    let card_path = model.with_extension("json");
+    let card = std::fs::read_to_string(&card_path).unwrap();
+    std::fs::write(&card_path, card.replace("\"width\": 8", "\"width\": 16")).unwrap();
+    let err = fails(&["scan", "--model", m, "--out", o]);
+    assert!(err.contains("disagree with the sidecar"), "{err}");
+
+    // No sidecar at all.
+    std::fs::remove_file(&card_path).unwrap();
+    let err = fails(&["scan", "--model", m, "--out", o]);
+    assert!(err.contains("sidecar is missing"), "{err}");
+    assert!(!out.join("report.json").exists(), "no report on error");
+}
+
+#[test]
+fn a_model_with_nan_outputs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    // Overwrite every weight with NaN: safetensors is an 8-byte header length, the JSON header,
+    // then raw little-endian tensors.
+    let mut bytes = std::fs::read(&model).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for chunk in bytes[8 + header..].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&model, bytes).unwrap();
+    let out = tmp.path().join("scan");
+    let mut args = vec!["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(FAST);
+    let err = fails(&args);
+    assert!(err.contains("NaN"), "{err}");
+    assert!(!out.join("report.json").exists());
+}
+
+#[test]
+fn bad_defense_options_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    let m = model.to_str().unwrap();
+    let o = tmp.path().join("scan");
+    let o = o.to_str().unwrap();
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "magic"]);
+    assert!(err.contains("magic"), "{err}");
+    let err = fails(&["scan", "--model", m, "--out", o, "--epsilon=-1"]);
+    assert!(err.contains("ε"), "{err}");
+    let err = fails(&["scan", "--model", m, "--out", o, "--steps", "0"]);
+    assert!(err.contains("steps"), "{err}");
+}

@@ -1,0 +1,127 @@
+//! A whole training run as one value: config, data source and optional backdoor in, model and
+//! sidecar out. Shared by `drmguard train`, `drmguard demo` and the benchmark, which caches
+//! trained models by the job's hash.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{TrainConfig, train};
+use crate::attacks::BackdoorSpec;
+use crate::data::{DataSource, Split};
+use crate::error::Result;
+use crate::model_file::{self, CARD_FORMAT_VERSION, ModelCard};
+use crate::models::Model;
+
+/// Everything that determines a trained model.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainJob {
+    pub config: TrainConfig,
+    pub source: DataSource,
+    pub backdoor: Option<BackdoorSpec>,
+}
+
+impl TrainJob {
+    /// A job on the built-in data of `config.task`, drawn with the config's seed and sizes.
+    pub fn builtin(config: TrainConfig, backdoor: Option<BackdoorSpec>) -> Self {
+        let source = DataSource::Synthetic {
+            task: config.task,
+            n: config.samples,
+            seed: config.seed,
+            image_size: config.image_size,
+        };
+        TrainJob { config, source, backdoor }
+    }
+
+    /// A short hash of the job and the drmguard version: equal jobs give equal models, so a cache
+    /// can be keyed by it.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(&(self, env!("CARGO_PKG_VERSION"))).expect("a train job serialises");
+        let digest = Sha256::digest(&json);
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Loads the data, trains, and returns the model with its sidecar.
+    pub fn run(&self, device: &Device) -> Result<(Model, ModelCard)> {
+        let config = &self.config;
+        config.validate()?;
+        if let Some(spec) = &self.backdoor {
+            spec.validate(config.task)?;
+        }
+        let started = Instant::now();
+        tracing::info!("loading {}", self.source.describe());
+        let train_set = self.source.load(config.task, config.image_size, Split::Train)?;
+        let val_set = self.source.load(config.task, config.image_size, Split::Val)?;
+        tracing::info!(train = train_set.len(), val = val_set.len(), seconds = started.elapsed().as_secs_f64(), "data ready");
+        let plan = match &self.backdoor {
+            Some(spec) => {
+                let plan = spec.plan(config.task, config.image_size, train_set.len())?;
+                tracing::info!(
+                    attack = spec.attack.name(),
+                    target = ?spec.target,
+                    poisoned = plan.poisoned.len(),
+                    cross = plan.cross.len(),
+                    "poisoning the training set"
+                );
+                Some(plan)
+            }
+            None => None,
+        };
+        let (model, history) = train(config, &train_set, &val_set, plan.as_ref(), device)?;
+        let card = ModelCard {
+            format_version: CARD_FORMAT_VERSION,
+            drmguard_version: env!("CARGO_PKG_VERSION").into(),
+            task: config.task,
+            output_names: config.task.output_names().iter().map(|s| s.to_string()).collect(),
+            output_units: "radians".into(),
+            model: config.model_spec(),
+            training: config.clone(),
+            data: self.source.clone(),
+            data_hash: train_set.content_hash(),
+            label_mean: train_set.label_mean(),
+            history,
+            train_seconds: started.elapsed().as_secs_f64(),
+            backdoor: self.backdoor.clone(),
+            mitigation: None,
+        };
+        Ok((model, card))
+    }
+
+    /// The model of this job from `cache_dir` (`NAME-KEY.safetensors`), trained and stored
+    /// there first if it is missing or unreadable. Returns the weights' path too.
+    pub fn run_cached(&self, cache_dir: &Path, name: &str, device: &Device) -> Result<(Model, ModelCard, PathBuf)> {
+        let path = cache_dir.join(format!("{name}-{}.safetensors", self.key()));
+        if path.is_file() {
+            match model_file::load(&path, device) {
+                Ok((model, card)) => {
+                    tracing::info!(path = %path.display(), "reusing a cached model");
+                    return Ok((model, card, path));
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "retraining: the cached model cannot be read ({e})"),
+            }
+        }
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|cause| crate::Error::Write { path: cache_dir.to_path_buf(), cause })?;
+        let (model, card) = self.run(device)?;
+        model_file::save(&path, &model, &card)?;
+        Ok((model, card, path))
+    }
+}
+
+/// drmguard's cache folder: `$DRMGUARD_CACHE`, else `$XDG_CACHE_HOME/drmguard`, else
+/// `~/.cache/drmguard`, else `.drmguard-cache` in the working folder.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DRMGUARD_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("drmguard");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("drmguard"),
+        None => PathBuf::from(".drmguard-cache"),
+    }
+}
