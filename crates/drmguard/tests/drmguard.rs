@@ -27,33 +27,66 @@ fn generators_keep_the_shape_and_stay_in_the_unit_range() {
     }
 }
 
-/// A smoke-profile gaze model, benign or with a BadNets backdoor.
-fn smoke_suspect(backdoor: bool) -> (Suspect, CleanSet) {
+/// A smoke-profile gaze model with a BadNets backdoor, and a defender's clean set.
+fn smoke_suspect() -> (Suspect, CleanSet) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 3);
-    config.samples = 1200;
-    config.epochs = 8;
-    let spec = backdoor.then(|| BackdoorSpec {
-        attack: AttackKind::Badnets(BadNetsConfig::default()),
-        target: vec![-0.25, 0.35],
-        poison_rate: 0.1,
-        seed: 3,
-    });
-    let (model, card) = TrainJob::builtin(config, spec).run(&Device::flex()).unwrap();
+    config.epochs = 2;
+    let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: vec![-0.25, 0.35], poison_rate: 0.1, seed: 3 };
+    let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
+    assert!(card.backdoor.is_some());
     let suspect = Suspect::new(model, &card);
-    let clean = CleanSet::fresh_builtin(&suspect, 200).unwrap();
+    let clean = CleanSet::fresh_builtin(&suspect, 64).unwrap();
     (suspect, clean)
 }
 
 #[test]
-fn a_badnets_smoke_model_is_flagged_and_a_benign_one_is_not() {
-    let config = DrmGuardConfig { steps: 300, ..DrmGuardConfig::default() };
+fn reverse_engineering_collapses_the_outputs_and_reports_the_true_score() {
+    let (suspect, clean) = smoke_suspect();
     let device = Device::flex();
-    let mut scores = Vec::new();
-    for backdoor in [false, true] {
-        let (suspect, clean) = smoke_suspect(backdoor);
-        let (detection, _) = DrmGuard::new(config.clone()).detect(&suspect, &clean, &device).unwrap();
-        scores.push(detection.score);
-        assert_eq!(detection.backdoored, backdoor, "backdoor {backdoor}: I(f) = {:.4}, ε = {}", detection.score, detection.threshold);
+    let config = DrmGuardConfig { steps: 40, batch_size: 16, residual: Some(0.05), ..DrmGuardConfig::default() };
+    let (detection, reversal) = DrmGuard::new(config).detect(&suspect, &clean, &device).unwrap();
+    let s = &reversal.summary;
+    // The output-variance term did its job: f(G(x)) is far less spread than f(x).
+    for (reversed, original) in s.output_std_deg.iter().zip(&s.clean_output_std_deg) {
+        assert!(reversed < &(0.5 * original), "spread {reversed:.2}° of f(G(x)) vs {original:.2}° of f(x)");
     }
-    assert!(scores[1] < scores[0], "{scores:?}");
+    // The score is the plain mean |G(x) − x| over the whole clean set, recomputed here.
+    let indices: Vec<usize> = (0..clean.len()).collect();
+    let (x, _) = clean.batch(&indices, &device);
+    let g = reversal.generator.clone();
+    let direct = (g.forward(x.clone()) - x).abs().mean().into_scalar::<f32>() as f64;
+    assert!((direct - detection.score).abs() < 1e-4, "report {} vs direct {direct}", detection.score);
+    assert_eq!(detection.backdoored, detection.score < detection.threshold);
+    assert_eq!(detection.threshold, 0.03);
+    let map = reversal.attention.as_ref().expect("MTR is on by default");
+    assert_eq!(map.len(), 32 * 32);
+    assert!(map.iter().all(|v| (0.0..=1.0 + 1e-5).contains(v)), "the attention map is scaled into [0, 1]");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_reversal() {
+    let (suspect, clean) = smoke_suspect();
+    let config = DrmGuardConfig { steps: 5, batch_size: 16, ..DrmGuardConfig::default() };
+    let device = Device::flex();
+    let a = DrmGuard::new(config.clone()).reverse(&suspect, &clean, &device).unwrap();
+    let b = DrmGuard::new(config).reverse(&suspect, &clean, &device).unwrap();
+    assert_eq!(a.summary.score, b.summary.score);
+    assert_eq!(a.summary.estimated_target, b.summary.estimated_target);
+}
+
+#[test]
+fn bad_defense_settings_and_small_clean_sets_are_refused() {
+    let (suspect, clean) = smoke_suspect();
+    let device = Device::flex();
+    let err = DrmGuard::new(DrmGuardConfig::default()).detect(&suspect, &clean, &device).unwrap_err().to_string();
+    assert!(err.contains("fewer than one batch of 50"), "{err}");
+    for bad in [
+        DrmGuardConfig { steps: 0, ..DrmGuardConfig::default() },
+        DrmGuardConfig { batch_size: 1, ..DrmGuardConfig::default() },
+        DrmGuardConfig { epsilon: f64::NAN, ..DrmGuardConfig::default() },
+        DrmGuardConfig { mtr_beta: 1.0, ..DrmGuardConfig::default() },
+        DrmGuardConfig { lambda1: Some(-1.0), ..DrmGuardConfig::default() },
+    ] {
+        assert!(bad.resolved(Task::Gaze).is_err(), "{bad:?} should be refused");
+    }
 }

@@ -8,7 +8,7 @@ use drmguard::defenses::{CleanSet, DefenseKind, Detection, DrmGuard, DrmGuardCon
 use drmguard::device::DeviceKind;
 use drmguard::io::write_atomic;
 use drmguard::model_file::{self, ModelCard};
-use drmguard::report::reversed::write_reversal_figure;
+use drmguard::report::reversed::{write_map_figure, write_reversal_figure};
 use serde_json::json;
 
 /// What every defense command needs: the suspect model and the defender's clean images.
@@ -129,6 +129,9 @@ pub fn write_drmguard_outputs(
     let (originals, reversed) = reversal.image_pairs(clean, &shown, device)?;
     // Full scale at 4 ε: differences of the size that decides the verdict stay visible.
     write_reversal_figure(&originals, &reversed, 4.0 * reversal.config.epsilon as f32, &out.join("reversed.png"))?;
+    if let Some(map) = &reversal.attention {
+        write_map_figure(map, suspect.image_size(), &out.join("attention.png"))?;
+    }
 
     let deg = |v: &[f32]| v.iter().map(|x| format!("{:.2}°", x.to_degrees())).collect::<Vec<_>>().join(", ");
     let spread = |v: &[f64]| v.iter().map(|x| format!("{x:.2}°")).collect::<Vec<_>>().join(", ");
@@ -148,7 +151,7 @@ pub fn write_drmguard_outputs(
          ![clean, reversed, |difference|](reversed.png)\n\n\
          Rows: clean images, G(x), and |G(x) − x| (white = {full:.2}). A backdoored model needs only a \
          small, localised change (its trigger) to send every image to one output; a benign model needs \
-         a large one.\n",
+         a large one.\n{attention}",
         model = model_path.display(),
         verdict = if detection.backdoored { "backdoored" } else { "no backdoor found" },
         score = detection.score,
@@ -172,6 +175,12 @@ pub fn write_drmguard_outputs(
         sps = s.seconds_per_step,
         elapsed = detection.elapsed_s,
         full = 4.0 * reversal.config.epsilon,
+        attention = if reversal.attention.is_some() {
+            "\n![momentum attention map](attention.png)\n\nThe momentum attention map M of the MTR: where the model's \
+             gradient on the clean images was large (white). Edits there cost 1 + γ·M (`--mtr loss`), or their gradient is divided by it (`--mtr gradient`).\n"
+        } else {
+            ""
+        },
     );
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     Ok(())

@@ -201,6 +201,8 @@ pub struct Reversal {
     pub generator: Generator,
     pub summary: ReversalSummary,
     pub config: DrmGuardConfig,
+    /// The final momentum attention map M (`[S·S]`, row-major, maximum about 1), without MTR `None`.
+    pub attention: Option<Vec<f32>>,
 }
 
 impl Reversal {
@@ -394,7 +396,8 @@ impl DrmGuard {
             seconds_per_step,
         };
         tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
-        Ok(Reversal { generator, summary, config })
+        let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        Ok(Reversal { generator, summary, config, attention })
     }
 }
 

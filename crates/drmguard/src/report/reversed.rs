@@ -49,3 +49,18 @@ pub fn write_reversal_figure(clean: &[RgbImage], reversed: &[RgbImage], full_sca
         .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
 }
+
+/// Writes a `side`×`side` map (row-major, e.g. DRMGuard's momentum attention map) as a heat map
+/// scaled to its maximum, enlarged to a readable size.
+pub fn write_map_figure(values: &[f32], side: u32, path: &Path) -> Result<()> {
+    if side == 0 || values.len() != (side * side) as usize {
+        return Err(Error::Data(format!("a {side}×{side} map needs {} values, got {}", side * side, values.len())));
+    }
+    let max = values.iter().copied().fold(0.0f32, f32::max).max(1e-12);
+    let map = RgbImage::from_fn(side, side, |x, y| heat(values[(y * side + x) as usize] / max));
+    let big = imageops::resize(&map, 3 * TILE, 3 * TILE, imageops::FilterType::Nearest);
+    let mut bytes = Vec::new();
+    big.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
