@@ -196,6 +196,7 @@ pub struct ReversalSummary {
 }
 
 /// A trained generator and what it found.
+#[derive(Debug)]
 pub struct Reversal {
     /// G in inference mode, on the defense's (non-autodiff) device.
     pub generator: Generator,

@@ -20,16 +20,16 @@ use crate::train::{FineTuneConfig, fine_tune};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct UnlearnConfig {
     /// Unlearning: share of the clean set added again as reversed images G(x) with true labels.
-    #[arg(long = "unlearn-ratio", default_value_t = 0.2)]
+    #[arg(id = "unlearn_reversed_ratio", long = "unlearn-ratio", default_value_t = 0.2)]
     pub reversed_ratio: f64,
     /// Unlearning: fine-tuning epochs over the clean plus reversed images.
-    #[arg(long = "unlearn-epochs", default_value_t = 20)]
+    #[arg(id = "unlearn_epochs", long = "unlearn-epochs", default_value_t = 20)]
     pub epochs: usize,
     /// Unlearning: peak Adam learning rate (cosine-decayed).
-    #[arg(long = "unlearn-lr", default_value_t = 1e-4)]
+    #[arg(id = "unlearn_learning_rate", long = "unlearn-lr", default_value_t = 1e-4)]
     pub learning_rate: f64,
     /// Unlearning: batch size.
-    #[arg(long = "unlearn-batch-size", default_value_t = 50)]
+    #[arg(id = "unlearn_batch_size", long = "unlearn-batch-size", default_value_t = 50)]
     pub batch_size: usize,
 }
 
