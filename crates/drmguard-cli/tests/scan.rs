@@ -118,3 +118,12 @@ fn bad_defense_options_are_refused() {
     let err = fails(&["scan", "--model", m, "--out", o, "--steps", "0"]);
     assert!(err.contains("steps"), "{err}");
 }
+
+#[test]
+fn every_command_parses_its_options() {
+    // clap checks a command's definition (unique argument ids, …) when it is built, in debug builds.
+    for command in ["data", "train", "eval", "poison", "scan", "mitigate", "demo"] {
+        let o = drmguard(&[command, "--help"]);
+        assert!(o.status.success(), "{command} --help: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

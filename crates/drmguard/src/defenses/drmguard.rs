@@ -100,7 +100,7 @@ pub struct DrmGuardConfig {
     #[arg(long, default_value_t = 0.03)]
     pub epsilon: f64,
     /// Seed of G's initial weights and of the batch order.
-    #[arg(long = "defense-seed", default_value_t = 0)]
+    #[arg(id = "defense_seed", long = "defense-seed", default_value_t = 0)]
     pub seed: u64,
 }
 
