@@ -89,6 +89,7 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
         DrmGuardConfig { epsilon: f64::NAN, ..DrmGuardConfig::default() },
         DrmGuardConfig { mtr_beta: 1.0, ..DrmGuardConfig::default() },
         DrmGuardConfig { lambda1: Some(-1.0), ..DrmGuardConfig::default() },
+        DrmGuardConfig { residual: Some(f32::NAN), ..DrmGuardConfig::default() },
     ] {
         assert!(bad.resolved(Task::Gaze).is_err(), "{bad:?} should be refused");
     }

@@ -146,6 +146,9 @@ impl DrmGuardConfig {
         if !(0.0..1.0).contains(&c.mtr_beta) || !finite_nonneg(c.mtr_gamma) {
             return Err(Error::invalid("MTR β / γ", format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma)));
         }
+        if c.residual.is_some_and(|s| !s.is_finite()) {
+            return Err(Error::invalid("residual generator scale", format!("{:?} (must be finite)", c.residual)));
+        }
         if c.steps == 0 {
             return Err(Error::invalid("DRMGuard steps", "0"));
         }

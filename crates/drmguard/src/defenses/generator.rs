@@ -1,7 +1,9 @@
 //! Image-to-image generators G for trigger reverse engineering (method.md §4.3), both after the
 //! authors' SecureGaze code: 3×3 convolutions with BatchNorm and ReLU, three 2× down-samplings
 //! (so the image side must be divisible by 8), bilinear up-sampling, and an output squashed into
-//! (0, 1) by `tanh(x) / (2 + 1e-7) + 0.5`. The output is the whole image G(x), not a residual.
+//! (0, 1) by `tanh(x) / (2 + 1e-7) + 0.5`. The output is the whole image G(x), as in the paper;
+//! the residual switch instead adds a learnt, scaled `tanh` step to x, so that G starts near the
+//! identity (no reconstruction floor).
 //!
 //! - [`GeneratorKind::EncoderDecoder`]: 13 convolutions, no skips (widths w, 2w, 4w; w = 32 in
 //!   SecureGaze).
