@@ -12,6 +12,7 @@ use drmguard::data::Split;
 use drmguard::defenses::unlearn::{UnlearnConfig, unlearn};
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, Suspect};
 use drmguard::device::DeviceKind;
+use drmguard::metrics::{BackdoorErrors, TaskError};
 use drmguard::model_file;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, TrainJob, cache_root};
@@ -54,6 +55,21 @@ struct Row {
     seconds: f64,
 }
 
+impl Row {
+    /// A row with only the error columns filled in.
+    fn errors(clean: &TaskError, backdoor: Option<&BackdoorErrors>) -> Row {
+        Row {
+            name: String::new(),
+            verdict: String::new(),
+            score: None,
+            clean_deg: clean.mean_deg,
+            ae_deg: backdoor.map(|e| e.attack_error.mean_deg),
+            dae_deg: backdoor.map(|e| e.poisoned_true_error.mean_deg),
+            seconds: 0.0,
+        }
+    }
+}
+
 pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
     let device = device.device()?;
     let task = Task::Gaze;
@@ -72,7 +88,6 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
 
     let mut rows = Vec::new();
     for (name, job) in &jobs {
-        let started = Instant::now();
         let (model, card, path) = job
             .run_cached(&cache, &format!("demo-{}-{name}", a.profile), &device)
             .with_context(|| format!("training the {name} model (cache {})", cache.display()))?;
@@ -91,10 +106,8 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             name: name.to_string(),
             verdict: if detection.backdoored { "BACKDOORED".into() } else { "clean".into() },
             score: Some(detection.score),
-            clean_deg: clean_error.mean_deg,
-            ae_deg: backdoor_errors.as_ref().map(|e| e.attack_error.mean_deg),
-            dae_deg: backdoor_errors.as_ref().map(|e| e.poisoned_true_error.mean_deg),
             seconds: detection.elapsed_s,
+            ..Row::errors(&clean_error, backdoor_errors.as_ref())
         });
         out!("{name}: I(f) = {:.4} (ε = {}), {:.0} s; report in {}", detection.score, detection.threshold, detection.elapsed_s, dir.display());
 
@@ -116,14 +129,11 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
                 name: format!("{name}, mitigated"),
                 verdict: "-".into(),
                 score: None,
-                clean_deg: clean_error.mean_deg,
-                ae_deg: backdoor_errors.as_ref().map(|e| e.attack_error.mean_deg),
-                dae_deg: backdoor_errors.as_ref().map(|e| e.poisoned_true_error.mean_deg),
                 seconds: started_mitigation.elapsed().as_secs_f64(),
+                ..Row::errors(&clean_error, backdoor_errors.as_ref())
             });
             out!("{name}: mitigated in {:.0} s; wrote {}", started_mitigation.elapsed().as_secs_f64(), out.display());
         }
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "{name} done");
     }
 
     let opt = |v: Option<f64>, digits: usize, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.digits$}{unit}"));
