@@ -2,15 +2,18 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
+use drmguard::attacks::adaptive::AdaptiveConfig;
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::blended::BlendedConfig;
+use drmguard::attacks::clean_label::CleanLabelConfig;
 use drmguard::attacks::wanet::WanetConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::task::Task;
 
 #[derive(Args)]
 pub struct AttackArgs {
-    /// Backdoor attack: badnets, blended or wanet.
+    /// Backdoor attack: badnets, blended, wanet, clean-label or adaptive (WaNet plus a loss that
+    /// hides the feature-space signature; uses the --wanet-* options).
     #[arg(long)]
     pub attack: Option<String>,
     /// Attacker's target vector in radians, comma-separated in the task's output order
@@ -27,6 +30,10 @@ pub struct AttackArgs {
     pub blended: BlendedConfig,
     #[command(flatten)]
     pub wanet: WanetConfig,
+    #[command(flatten)]
+    pub clean_label: CleanLabelConfig,
+    #[command(flatten)]
+    pub adaptive: AdaptiveConfig,
 }
 
 impl AttackArgs {
@@ -42,15 +49,27 @@ impl AttackArgs {
             "badnets" => AttackKind::Badnets(self.badnets.clone()),
             "blended" => AttackKind::Blended(self.blended.clone()),
             "wanet" => AttackKind::Wanet(self.wanet.clone()),
-            other => bail!("--attack: unknown attack '{other}' (expected one of: {})", AttackKind::NAMES.join(", ")),
+            "clean-label" => AttackKind::CleanLabel(self.clean_label.clone()),
+            "adaptive" => AttackKind::Adaptive(AdaptiveConfig {
+                wanet: self.wanet.clone(),
+                ..self.adaptive.clone()
+            }),
+            other => bail!(
+                "--attack: unknown attack '{other}' (expected one of: {})",
+                AttackKind::NAMES.join(", ")
+            ),
         };
         let spec = BackdoorSpec {
             attack,
-            target: self.target.clone().unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
+            target: self
+                .target
+                .clone()
+                .unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
             poison_rate: self.poison_rate,
             seed,
         };
-        spec.validate(task).map_err(|e| anyhow::anyhow!("--target / --poison-rate: {e}"))?;
+        spec.validate(task)
+            .map_err(|e| anyhow::anyhow!("--target / --poison-rate: {e}"))?;
         Ok(Some(spec))
     }
 }

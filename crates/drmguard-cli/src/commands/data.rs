@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use drmguard::data::{self, Split, folder};
 use drmguard::attacks::AttackKind;
+use drmguard::data::{self, Split, folder};
 use drmguard::report::grid::write_label_grid;
 use drmguard::report::triggers::write_trigger_figure;
 use drmguard::task::Task;
@@ -81,7 +81,8 @@ pub struct ShowArgs {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Synth(a) => {
-            let ds = data::synthesize(a.task, a.n, a.image_size, a.seed).context("--n / --image-size")?;
+            let ds = data::synthesize(a.task, a.n, a.image_size, a.seed)
+                .context("--n / --image-size")?;
             folder::write(&ds, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
             let test = ds.split(Split::Test).len();
             let val = ds.split(Split::Val).len();
@@ -98,10 +99,18 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         }
         DataCommand::Triggers(a) => {
             let ds = data::synthesize(a.task, a.index + 1, a.image_size, a.seed)?;
-            let attacks: Vec<_> = AttackKind::defaults().into_iter().map(|k| (k, a.seed)).collect();
+            let attacks: Vec<_> = AttackKind::defaults()
+                .into_iter()
+                .map(|k| (k, a.seed))
+                .collect();
             write_trigger_figure(&ds, a.index, &attacks, a.amplify, &a.out)?;
             let names: Vec<&str> = attacks.iter().map(|(k, _)| k.name()).collect();
-            out!("wrote {} (rows: {}; columns: clean, poisoned, |difference| × {})", a.out.display(), names.join(", "), a.amplify);
+            out!(
+                "wrote {} (rows: {}; columns: clean, poisoned, |difference| × {})",
+                a.out.display(),
+                names.join(", "),
+                a.amplify
+            );
             Ok(())
         }
         DataCommand::Show(a) => {

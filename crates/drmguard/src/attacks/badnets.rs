@@ -23,7 +23,10 @@ pub struct BadNetsConfig {
 
 impl Default for BadNetsConfig {
     fn default() -> Self {
-        BadNetsConfig { patch_fraction: 0.125, corner: "bottom-right".into() }
+        BadNetsConfig {
+            patch_fraction: 0.125,
+            corner: "bottom-right".into(),
+        }
     }
 }
 
@@ -31,7 +34,10 @@ impl BadNetsConfig {
     /// The patch's top-left pixel and side for `size`×`size` images.
     pub fn patch_rect(&self, size: u32) -> Result<(usize, usize, usize)> {
         if !(self.patch_fraction > 0.0 && self.patch_fraction <= 0.5) {
-            return Err(Error::invalid("BadNets patch fraction", format!("{} (must be in (0, 0.5])", self.patch_fraction)));
+            return Err(Error::invalid(
+                "BadNets patch fraction",
+                format!("{} (must be in (0, 0.5])", self.patch_fraction),
+            ));
         }
         let size = size as usize;
         let side = ((size as f32 * self.patch_fraction).round() as usize).max(2);
@@ -53,21 +59,10 @@ impl BadNetsConfig {
     }
 
     pub fn build(&self, size: u32) -> Result<BadNets> {
-        let (top, left, side) = self.patch_rect(size)?;
-        let s = size as usize;
-        let mut mask = vec![0.0; s * s];
-        let mut pattern = vec![0.0; 3 * s * s];
-        let cell = side.div_ceil(4);
-        for y in top..top + side {
-            for x in left..left + side {
-                mask[y * s + x] = 1.0;
-                let white = ((y - top) / cell + (x - left) / cell) % 2 == 0;
-                for c in 0..3 {
-                    pattern[(c * s + y) * s + x] = if white { 1.0 } else { 0.0 };
-                }
-            }
-        }
-        Ok(BadNets { stamp: Stamp { size: s, mask, pattern } })
+        let square = self.patch_rect(size)?;
+        Ok(BadNets {
+            stamp: Stamp::checkerboards(size as usize, &[square]),
+        })
     }
 }
 

@@ -6,8 +6,10 @@
 //! relabelled to the target. Each attack lives in its own file with its config and documented
 //! defaults; adding one is a new file plus one line in [`AttackKind`].
 
+pub mod adaptive;
 pub mod badnets;
 pub mod blended;
+pub mod clean_label;
 pub mod stamp;
 pub mod wanet;
 
@@ -46,6 +48,23 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
     fn poisons_every_batch(&self) -> bool {
         false
     }
+
+    /// Whether poisoned training samples are relabelled to the target (all but Clean-Label).
+    fn relabels(&self) -> bool {
+        true
+    }
+
+    /// An extra term the attacker adds to the victim's training loss, from the penultimate
+    /// features of the batch's clean and poisoned samples and the head's weight rows `[d, k]`
+    /// (the adaptive attack's L_adp). `None` for attacks without one.
+    fn feature_penalty(
+        &self,
+        _clean: Tensor<2>,
+        _poisoned: Tensor<2>,
+        _weight: Tensor<2>,
+    ) -> Option<Tensor<1>> {
+        None
+    }
 }
 
 /// The attacks drmguard implements, each with its own configuration.
@@ -55,10 +74,13 @@ pub enum AttackKind {
     Badnets(badnets::BadNetsConfig),
     Blended(blended::BlendedConfig),
     Wanet(wanet::WanetConfig),
+    CleanLabel(clean_label::CleanLabelConfig),
+    Adaptive(adaptive::AdaptiveConfig),
 }
 
 impl AttackKind {
-    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet"];
+    pub const NAMES: &'static [&'static str] =
+        &["badnets", "blended", "wanet", "clean-label", "adaptive"];
 
     /// Every attack with its default configuration.
     pub fn defaults() -> Vec<AttackKind> {
@@ -66,7 +88,21 @@ impl AttackKind {
             AttackKind::Badnets(Default::default()),
             AttackKind::Blended(Default::default()),
             AttackKind::Wanet(Default::default()),
+            AttackKind::CleanLabel(Default::default()),
+            AttackKind::Adaptive(Default::default()),
         ]
+    }
+
+    /// The attack called `name` with its default configuration.
+    pub fn by_name(name: &str) -> Result<AttackKind> {
+        Self::defaults()
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| Error::UnknownName {
+                what: "attack",
+                name: name.into(),
+                expected: Self::NAMES.join(", "),
+            })
     }
 
     pub fn name(&self) -> &'static str {
@@ -74,6 +110,8 @@ impl AttackKind {
             AttackKind::Badnets(_) => "badnets",
             AttackKind::Blended(_) => "blended",
             AttackKind::Wanet(_) => "wanet",
+            AttackKind::CleanLabel(_) => "clean-label",
+            AttackKind::Adaptive(_) => "adaptive",
         }
     }
 
@@ -83,7 +121,14 @@ impl AttackKind {
             AttackKind::Badnets(c) => Box::new(c.build(image_size)?),
             AttackKind::Blended(c) => Box::new(c.build(image_size, seed)?),
             AttackKind::Wanet(c) => Box::new(c.build(image_size, seed)?),
+            AttackKind::CleanLabel(c) => Box::new(c.build(image_size)?),
+            AttackKind::Adaptive(c) => Box::new(c.build(image_size, seed)?),
         })
+    }
+
+    /// Whether poisoning the training set needs a benign surrogate model (Clean-Label's PGD).
+    pub fn needs_surrogate(&self) -> bool {
+        matches!(self, AttackKind::CleanLabel(_))
     }
 }
 
@@ -119,7 +164,10 @@ impl BackdoorSpec {
             return Err(Error::invalid("target", format!("{v} is not finite")));
         }
         if !(self.poison_rate > 0.0 && self.poison_rate <= 1.0) {
-            return Err(Error::invalid("poison rate", format!("{} (must be in (0, 1])", self.poison_rate)));
+            return Err(Error::invalid(
+                "poison rate",
+                format!("{} (must be in (0, 1])", self.poison_rate),
+            ));
         }
         Ok(())
     }
@@ -132,7 +180,11 @@ impl BackdoorSpec {
             .iter()
             .map(|half| {
                 let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
-                if rng.random::<bool>() { magnitude } else { -magnitude }
+                if rng.random::<bool>() {
+                    magnitude
+                } else {
+                    -magnitude
+                }
             })
             .collect()
     }
@@ -149,23 +201,78 @@ impl BackdoorSpec {
         })
     }
 
-    /// Builds the trigger and picks the poisoned (and cross) samples of a training set of `n`.
-    pub fn plan(&self, task: Task, image_size: u32, n: usize) -> Result<Backdoor> {
+    /// Builds the trigger and picks the poisoned (and cross) samples of the training set `data`.
+    /// Clean-Label picks only among samples whose label lies near the target.
+    pub fn plan(&self, task: Task, image_size: u32, data: &Dataset) -> Result<Backdoor> {
+        let n = data.len();
         if n == 0 {
             return Err(Error::Data("cannot poison an empty training set".into()));
         }
         let Backdoor { attack, target, .. } = self.trigger(task, image_size)?;
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x0b5e_55ed_ba7c_4e55));
-        let n_poison = ((self.poison_rate * n as f64).round() as usize).clamp(1, n);
-        let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize).min(n - n_poison);
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            self.seed ^ 0x0b5e_55ed_ba7c_4e55,
+        ));
+        let mut n_poison = ((self.poison_rate * n as f64).round() as usize).clamp(1, n);
+        if let AttackKind::CleanLabel(config) = &self.attack {
+            let eligible: HashSet<usize> = config
+                .eligible(task, data, &self.target)
+                .into_iter()
+                .collect();
+            if eligible.is_empty() {
+                return Err(Error::Data(format!(
+                    "clean-label: no training label lies within {}° of the target {:?}; raise the radius or pick \
+                     another target",
+                    config.radius_deg, self.target
+                )));
+            }
+            if eligible.len() < n_poison {
+                tracing::warn!(
+                    eligible = eligible.len(),
+                    requested = n_poison,
+                    "clean-label: fewer training labels near the target than the poison rate asks for; poisoning all of them"
+                );
+                n_poison = eligible.len();
+            }
+            // Eligible samples first, in the seeded order.
+            order.sort_by_key(|i| !eligible.contains(i));
+        }
+        let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize)
+            .min(n - n_poison);
         Ok(Backdoor {
             poison_rate: self.poison_rate,
             poisoned: order[..n_poison].iter().copied().collect(),
-            cross: order[n_poison..n_poison + n_cross].iter().copied().collect(),
+            cross: order[n_poison..n_poison + n_cross]
+                .iter()
+                .copied()
+                .collect(),
             target,
             attack,
         })
+    }
+
+    /// The training set as the attack needs it before training: Clean-Label's poisoned samples get
+    /// their PGD perturbation against `surrogate` (a benign model of the task); other attacks
+    /// leave it unchanged.
+    pub fn prepare_training_set(
+        &self,
+        plan: &Backdoor,
+        train: Dataset,
+        surrogate: Option<&crate::models::Model>,
+        device: &Device,
+    ) -> Result<Dataset> {
+        let AttackKind::CleanLabel(config) = &self.attack else {
+            return Ok(train);
+        };
+        let surrogate = surrogate.ok_or_else(|| {
+            Error::invalid(
+                "clean-label attack",
+                "needs a benign surrogate model for its PGD perturbation",
+            )
+        })?;
+        let mut indices: Vec<usize> = plan.poisoned.iter().copied().collect();
+        indices.sort_unstable();
+        config.harden(surrogate, &train, &indices, device)
     }
 }
 
@@ -184,29 +291,33 @@ pub struct Backdoor {
 
 impl Backdoor {
     /// A training batch as the attacker poisoned it: the poisoned samples carry the trigger and the
-    /// target, cross samples are perturbed and keep their labels, the rest is clean. Attacks that
-    /// poison every batch take the first `⌊rate · n⌋` samples of the (shuffled) batch and the next
-    /// `⌊that · cross ratio⌋` as cross samples, as WaNet's `train.py` does; the others use the plan.
+    /// target (their true label for Clean-Label), cross samples are perturbed and keep their
+    /// labels, the rest is clean. Attacks that poison every batch take the first `⌊rate · n⌋`
+    /// samples of the (shuffled) batch and the next `⌊that · cross ratio⌋` as cross samples, as
+    /// WaNet's `train.py` does; the others use the plan.
     pub fn training_batch(
         &self,
         data: &Dataset,
         indices: &[usize],
         rng: &mut dyn RngCore,
         device: &Device,
-    ) -> (Tensor<4>, Tensor<2>) {
-        let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.attack.poisons_every_batch() {
-            let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
-            let n_cross = ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
-            (
-                indices[..n_bd].to_vec(),
-                indices[n_bd..n_bd + n_cross].to_vec(),
-                indices[n_bd + n_cross..].to_vec(),
-            )
-        } else {
-            let (poisoned, rest): (Vec<usize>, Vec<usize>) = indices.iter().partition(|i| self.poisoned.contains(i));
-            let (cross, clean) = rest.iter().partition(|i| self.cross.contains(i));
-            (poisoned, cross, clean)
-        };
+    ) -> PoisonedBatch {
+        let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) =
+            if self.attack.poisons_every_batch() {
+                let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
+                let n_cross =
+                    ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
+                (
+                    indices[..n_bd].to_vec(),
+                    indices[n_bd..n_bd + n_cross].to_vec(),
+                    indices[n_bd + n_cross..].to_vec(),
+                )
+            } else {
+                let (poisoned, rest): (Vec<usize>, Vec<usize>) =
+                    indices.iter().partition(|i| self.poisoned.contains(i));
+                let (cross, clean) = rest.iter().partition(|i| self.cross.contains(i));
+                (poisoned, cross, clean)
+            };
         let mut xs = Vec::with_capacity(3);
         let mut ys = Vec::with_capacity(3);
         if !clean.is_empty() {
@@ -215,9 +326,13 @@ impl Backdoor {
             ys.push(y);
         }
         if !poisoned.is_empty() {
-            let (x, _) = data.batch(&poisoned, device);
+            let (x, y) = data.batch(&poisoned, device);
             xs.push(self.attack.apply(x));
-            ys.push(self.target_batch(poisoned.len(), device));
+            ys.push(if self.attack.relabels() {
+                self.target_batch(poisoned.len(), device)
+            } else {
+                y
+            });
         }
         if !cross.is_empty() {
             let (x, y) = data.batch(&cross, device);
@@ -225,7 +340,12 @@ impl Backdoor {
             xs.push(perturbed);
             ys.push(y);
         }
-        (Tensor::cat(xs, 0), Tensor::cat(ys, 0))
+        PoisonedBatch {
+            images: Tensor::cat(xs, 0),
+            labels: Tensor::cat(ys, 0),
+            clean: clean.len(),
+            poisoned: poisoned.len(),
+        }
     }
 
     /// The target vector repeated `n` times, `[n, d]`.
@@ -236,9 +356,26 @@ impl Backdoor {
     }
 }
 
+/// A training batch with its rows in the order clean, poisoned, cross.
+#[derive(Debug, Clone)]
+pub struct PoisonedBatch {
+    pub images: Tensor<4>,
+    pub labels: Tensor<2>,
+    /// Rows `0..clean` are clean samples.
+    pub clean: usize,
+    /// Rows `clean..clean + poisoned` carry the trigger; the rest are cross samples.
+    pub poisoned: usize,
+}
+
 /// A copy of `data` in which the planned samples carry the trigger (and the target label, unless
-/// `keep_labels`); other samples are unchanged. For writing poisoned datasets.
-pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, device: &Device) -> Result<Dataset> {
+/// `keep_labels` or the attack keeps labels); other samples are unchanged. For writing poisoned
+/// datasets.
+pub fn poison_dataset(
+    data: &Dataset,
+    backdoor: &Backdoor,
+    keep_labels: bool,
+    device: &Device,
+) -> Result<Dataset> {
     let mut out = data.clone();
     let mut picked: Vec<usize> = backdoor.poisoned.iter().copied().collect();
     picked.sort_unstable();
@@ -247,7 +384,7 @@ pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, de
         let images = to_images(backdoor.attack.apply(x))?;
         for (&i, img) in chunk.iter().zip(images) {
             out.images[i] = img;
-            if !keep_labels {
+            if !keep_labels && backdoor.attack.relabels() {
                 let d = out.dim();
                 out.labels[i * d..(i + 1) * d].copy_from_slice(&backdoor.target);
             }
@@ -264,8 +401,15 @@ pub fn backdoor_errors(
     backdoor: &Backdoor,
     batch_size: usize,
 ) -> Result<crate::metrics::BackdoorErrors> {
-    let outputs = crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
-    let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
+    let outputs =
+        crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
+    let targets: Vec<f32> = backdoor
+        .target
+        .iter()
+        .copied()
+        .cycle()
+        .take(outputs.len())
+        .collect();
     Ok(crate::metrics::BackdoorErrors {
         attack_error: crate::metrics::task_error(task, &outputs, &targets),
         poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),

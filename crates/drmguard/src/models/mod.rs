@@ -27,6 +27,17 @@ pub trait Regressor {
     }
 }
 
+/// The angles α_j (radians) between each feature row of `z` (`[n, k]`) and each head weight row
+/// w_j of `weight` (`[d, k]`), `[n, d]`. The cosine is clamped away from ±1, where the derivative
+/// of acos is infinite.
+pub fn feature_angles(z: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    let dots = z.clone().matmul(weight.clone().transpose());
+    let z_norm = z.powi_scalar(2).sum_dim(1).sqrt(); // [n, 1]
+    let w_norm = weight.powi_scalar(2).sum_dim(1).sqrt().reshape([1, -1]); // [1, d]
+    let cos = dots / (z_norm * w_norm + 1e-8);
+    cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6).acos()
+}
+
 /// Per-channel input normalisation applied inside the model, so that callers (and generators)
 /// always work with images in [0, 1].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +49,10 @@ pub struct Normalization {
 impl Normalization {
     /// torchvision's ImageNet statistics, so that ImageNet-style weights can be used as they are.
     pub fn imagenet() -> Self {
-        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+        Normalization {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
     }
 
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
@@ -65,7 +79,10 @@ impl Architecture {
             Architecture::Resnet18 { width } | Architecture::SmallCnn { width } => *width,
         };
         if !(1..=1024).contains(&width) {
-            return Err(Error::invalid("model width", format!("{width} (must be within 1..=1024)")));
+            return Err(Error::invalid(
+                "model width",
+                format!("{width} (must be within 1..=1024)"),
+            ));
         }
         Ok(())
     }
@@ -93,8 +110,12 @@ impl ModelSpec {
         }
         let norm = self.normalization.clone();
         Ok(init_seeded(device, seed, || match self.architecture {
-            Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
-            Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
+            Architecture::Resnet18 { width } => {
+                Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device))
+            }
+            Architecture::SmallCnn { width } => {
+                Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device))
+            }
         }))
     }
 }

@@ -65,10 +65,16 @@ impl TrainConfig {
             return Err(Error::invalid("epochs", "0 (need at least 1)"));
         }
         if self.batch_size < 2 {
-            return Err(Error::invalid("batch size", format!("{} (batch norm needs at least 2)", self.batch_size)));
+            return Err(Error::invalid(
+                "batch size",
+                format!("{} (batch norm needs at least 2)", self.batch_size),
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(Error::invalid("learning rate", format!("{}", self.learning_rate)));
+            return Err(Error::invalid(
+                "learning rate",
+                format!("{}", self.learning_rate),
+            ));
         }
         Ok(())
     }
@@ -158,20 +164,46 @@ pub fn train(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0f64;
         for batch in order.chunks_exact(config.batch_size) {
-            let (x, y) = match backdoor {
-                Some(b) => b.training_batch(train, batch, &mut rng, &device),
-                None => train.batch(batch, &device),
+            let loss = match backdoor {
+                Some(b) => {
+                    let batch = b.training_batch(train, batch, &mut rng, &device);
+                    let z = model.features(batch.images);
+                    let task_loss = (model.head(z.clone()) - batch.labels).abs().mean();
+                    let (clean, poisoned) = (batch.clean, batch.poisoned);
+                    let [n, _] = z.dims();
+                    let penalty = if clean > 0 && poisoned > 0 && clean + poisoned <= n {
+                        b.attack.feature_penalty(
+                            z.clone().narrow(0, 0, clean),
+                            z.narrow(0, clean, poisoned),
+                            model.head_weight(),
+                        )
+                    } else {
+                        None
+                    };
+                    match penalty {
+                        Some(p) => task_loss + p,
+                        None => task_loss,
+                    }
+                }
+                None => {
+                    let (x, y) = train.batch(batch, &device);
+                    (model.forward(x) - y).abs().mean()
+                }
             };
-            let loss = (model.forward(x) - y).abs().mean();
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
-                return Err(Error::Numerical(format!("the training loss became {loss_value} at epoch {epoch}, step {step}")));
+                return Err(Error::Numerical(format!(
+                    "the training loss became {loss_value} at epoch {epoch}, step {step}"
+                )));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(config.learning_rate_at(step, total), model, grads);
             loss_sum += loss_value;
             step += 1;
-            bar.set_message(format!("epoch {epoch}/{}, loss {loss_value:.4}", config.epochs));
+            bar.set_message(format!(
+                "epoch {epoch}/{}, loss {loss_value:.4}",
+                config.epochs
+            ));
             bar.inc(1);
         }
         let val_error = evaluate(&model.valid(), config.task, val, config.batch_size)?;
@@ -206,15 +238,30 @@ pub struct FineTuneConfig {
 
 /// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
 /// mode); returns the model in inference mode and the mean loss of each epoch.
-pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
+pub fn fine_tune(
+    model: &Model,
+    data: &Dataset,
+    config: &FineTuneConfig,
+    device: &Device,
+) -> Result<(Model, Vec<f64>)> {
     if config.epochs == 0 || config.batch_size < 2 {
-        return Err(Error::invalid("fine-tuning epochs / batch size", format!("{} / {}", config.epochs, config.batch_size)));
+        return Err(Error::invalid(
+            "fine-tuning epochs / batch size",
+            format!("{} / {}", config.epochs, config.batch_size),
+        ));
     }
     if !(config.learning_rate > 0.0 && config.learning_rate.is_finite()) {
-        return Err(Error::invalid("fine-tuning learning rate", format!("{}", config.learning_rate)));
+        return Err(Error::invalid(
+            "fine-tuning learning rate",
+            format!("{}", config.learning_rate),
+        ));
     }
     if data.len() < config.batch_size {
-        return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
+        return Err(Error::Data(format!(
+            "{} samples are fewer than one batch of {}",
+            data.len(),
+            config.batch_size
+        )));
     }
     let device = device.clone().autodiff();
     let mut model = model.clone().fork(&device).train();
@@ -233,16 +280,27 @@ pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device:
             let loss = (model.forward(x) - y).abs().mean();
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
-                return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}")));
+                return Err(Error::Numerical(format!(
+                    "the fine-tuning loss became {value} at epoch {epoch}"
+                )));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = cosine_learning_rate(config.learning_rate, config.learning_rate * 0.01, step, total);
+            let lr = cosine_learning_rate(
+                config.learning_rate,
+                config.learning_rate * 0.01,
+                step,
+                total,
+            );
             model = optim.step(lr, model, grads);
             sum += value;
             step += 1;
         }
         losses.push(sum / steps_per_epoch as f64);
-        tracing::debug!(epoch, loss = sum / steps_per_epoch as f64, "fine-tuning epoch done");
+        tracing::debug!(
+            epoch,
+            loss = sum / steps_per_epoch as f64,
+            "fine-tuning epoch done"
+        );
     }
     Ok((model.valid(), losses))
 }
@@ -270,7 +328,9 @@ pub fn predict_transformed(
             .try_to_vec::<f32>()
             .map_err(|e| Error::Numerical(format!("{e:?}")))?;
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
+            return Err(Error::Numerical(format!(
+                "the model produced {bad} on the data"
+            )));
         }
         out.extend(values);
     }

@@ -1,0 +1,168 @@
+//! Clean-Label (label-consistent; Turner, Tsipras & Mądry 2019), adapted to regression.
+//!
+//! The attacker may not change labels. It poisons only training images whose true label already
+//! lies near the target vector (within `radius_deg` in the task's error metric: the regression
+//! stand-in for "images of the target class"). Each of them is first made hard to learn from its
+//! own content by a PGD perturbation (L∞ ≤ 16/255) that maximises a benign surrogate model's L1
+//! error to its true label, then stamped with the trigger; its label stays true. A model that
+//! cannot read the perturbed content learns to follow the trigger, whose samples all sit near the
+//! target. The trigger is the ANP/Turner recipe: a black-and-white checkerboard in each of the four
+//! corners (here 1/8 of the side each, like BadNets' patch).
+//!
+//! PGD defaults follow Mądry et al.'s recipe as the label-consistent code uses it: ε = 16/255,
+//! 10 steps of 2.5 · ε / steps, starting from the clean image. The surrogate is the benign model
+//! trained with the same configuration and seed (`drmguard train` trains or reuses it from the
+//! cache; `drmguard poison` takes it as `--surrogate`).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::Attack;
+use super::badnets::BadNetsConfig;
+use super::stamp::Stamp;
+use crate::data::{Dataset, to_images};
+use crate::error::{Error, Result};
+use crate::metrics::task_error;
+use crate::models::{Model, Regressor};
+use crate::task::Task;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct CleanLabelConfig {
+    /// Clean-Label: only training samples whose label is within this many degrees of the target
+    /// (the task's error metric) are poisoned.
+    #[arg(
+        id = "clean_label_radius",
+        long = "clean-label-radius",
+        default_value_t = 10.0
+    )]
+    pub radius_deg: f32,
+    /// Clean-Label: L∞ bound of the PGD perturbation, in pixel values (16/255 by default).
+    #[arg(id = "clean_label_epsilon", long = "clean-label-epsilon", default_value_t = 16.0 / 255.0)]
+    pub pgd_epsilon: f32,
+    /// Clean-Label: PGD steps (each of 2.5 · ε / steps).
+    #[arg(
+        id = "clean_label_steps",
+        long = "clean-label-steps",
+        default_value_t = 10
+    )]
+    pub pgd_steps: usize,
+    /// Clean-Label: side of each corner's checkerboard as a fraction of the image side.
+    #[arg(
+        id = "clean_label_patch",
+        long = "clean-label-patch",
+        default_value_t = 0.125
+    )]
+    pub patch_fraction: f32,
+}
+
+impl Default for CleanLabelConfig {
+    fn default() -> Self {
+        CleanLabelConfig {
+            radius_deg: 10.0,
+            pgd_epsilon: 16.0 / 255.0,
+            pgd_steps: 10,
+            patch_fraction: 0.125,
+        }
+    }
+}
+
+impl CleanLabelConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.radius_deg > 0.0 && self.radius_deg.is_finite()) {
+            return Err(Error::invalid(
+                "clean-label radius",
+                format!("{}° (must be positive)", self.radius_deg),
+            ));
+        }
+        if !(self.pgd_epsilon >= 0.0 && self.pgd_epsilon <= 1.0) {
+            return Err(Error::invalid(
+                "clean-label epsilon",
+                format!("{} (must be in [0, 1])", self.pgd_epsilon),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn build(&self, size: u32) -> Result<CleanLabel> {
+        self.validate()?;
+        let squares = ["top-left", "top-right", "bottom-left", "bottom-right"]
+            .iter()
+            .map(|corner| {
+                BadNetsConfig {
+                    patch_fraction: self.patch_fraction,
+                    corner: corner.to_string(),
+                }
+                .patch_rect(size)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CleanLabel {
+            stamp: Stamp::checkerboards(size as usize, &squares),
+        })
+    }
+
+    /// Training samples the attacker may poison: those whose label is within the radius of
+    /// `target`.
+    pub fn eligible(&self, task: Task, data: &Dataset, target: &[f32]) -> Vec<usize> {
+        (0..data.len())
+            .filter(|&i| task_error(task, data.label(i), target).mean_deg <= self.radius_deg as f64)
+            .collect()
+    }
+
+    /// A copy of `data` in which the images at `indices` carry a PGD perturbation (L∞ ≤ ε) that
+    /// raises `surrogate`'s L1 error to their true labels. Labels are unchanged.
+    pub fn harden(
+        &self,
+        surrogate: &Model,
+        data: &Dataset,
+        indices: &[usize],
+        device: &Device,
+    ) -> Result<Dataset> {
+        self.validate()?;
+        let ad = device.clone().autodiff();
+        // Frozen: BatchNorm on its running statistics, gradients flow to the images only.
+        let model = surrogate.clone().fork(&ad).freeze();
+        let epsilon = self.pgd_epsilon;
+        let step = 2.5 * epsilon / self.pgd_steps.max(1) as f32;
+        let mut out = data.clone();
+        for chunk in indices.chunks(64) {
+            // The PGD arithmetic stays off the autodiff graph; only each step's input joins it.
+            let (clean, labels) = data.batch(chunk, device);
+            let labels = labels.autodiff();
+            let mut x = clean.clone();
+            for _ in 0..self.pgd_steps {
+                let input = x.clone().autodiff().require_grad();
+                let loss = (model.forward(input.clone()) - labels.clone()).abs().sum();
+                let grads = loss.backward();
+                let g = input.grad(&grads).ok_or_else(|| {
+                    Error::Numerical("no input gradient for the clean-label perturbation".into())
+                })?;
+                let moved = x + g.sign() * step;
+                x = moved
+                    .max_pair(clean.clone() - epsilon)
+                    .min_pair(clean.clone() + epsilon)
+                    .clamp(0.0, 1.0);
+            }
+            for (&i, image) in chunk.iter().zip(to_images(x)?) {
+                out.images[i] = image;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The trigger: four corner checkerboards.
+#[derive(Debug, Clone)]
+pub struct CleanLabel {
+    pub stamp: Stamp,
+}
+
+impl Attack for CleanLabel {
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        self.stamp.apply(x)
+    }
+
+    fn relabels(&self) -> bool {
+        false
+    }
+}
