@@ -5,6 +5,7 @@ use drmguard::attacks::adaptive::{AdaptiveConfig, rav_penalty};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::blended::BlendedConfig;
 use drmguard::attacks::clean_label::CleanLabelConfig;
+use drmguard::attacks::issba::IssbaConfig;
 use drmguard::attacks::wanet::WanetConfig;
 use drmguard::attacks::{Attack, AttackKind, BackdoorSpec, backdoor_errors, poison_dataset};
 use drmguard::data::{Dataset, Split, synthesize};
@@ -318,7 +319,7 @@ fn clean_label_refuses_a_target_no_label_is_near() {
 
 #[test]
 fn clean_label_trigger_sits_in_the_four_corners_only() {
-    let attack = clean_label(10.0).build(32, 0).unwrap();
+    let attack = clean_label(10.0).build(Task::Gaze, 32, 0).unwrap();
     let x = images(2, 32);
     let (before, after) = (values(x.clone()), values(attack.apply(x)));
     let (_, _, side) = BadNetsConfig::default().patch_rect(32).unwrap();
@@ -402,11 +403,11 @@ fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones()
 fn the_adaptive_attack_uses_wanets_trigger_and_trains() {
     let x = images(2, 16);
     let wanet = AttackKind::Wanet(WanetConfig::default())
-        .build(16, 4)
+        .build(Task::Gaze, 16, 4)
         .unwrap();
     let adaptive = AttackKind::by_name("adaptive")
         .unwrap()
-        .build(16, 4)
+        .build(Task::Gaze, 16, 4)
         .unwrap();
     assert_eq!(values(wanet.apply(x.clone())), values(adaptive.apply(x)));
     assert!(adaptive.poisons_every_batch() && adaptive.relabels());
@@ -444,4 +445,79 @@ fn attacks_are_found_by_name() {
         err.contains("unknown attack 'trojan'") && err.contains("clean-label"),
         "{err}"
     );
+}
+
+fn tiny_issba() -> IssbaConfig {
+    IssbaConfig {
+        steps: 3,
+        images: 32,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn issba_residuals_are_invisible_sample_specific_and_cached() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = tiny_issba();
+    let attack = config.build_in(cache.path(), Task::Gaze, 16, 7).unwrap();
+    let x = images(4, 16);
+    let poisoned = attack.apply(x.clone());
+    let (before, after) = (values(x), values(poisoned));
+    let per_image = 3 * 16 * 16;
+    let mut residuals = Vec::new();
+    for i in 0..4 {
+        let r: Vec<f32> = (i * per_image..(i + 1) * per_image)
+            .map(|j| after[j] - before[j])
+            .collect();
+        let mse = r.iter().map(|v| v * v).sum::<f32>() / per_image as f32;
+        let psnr = 10.0 * (1.0 / mse.max(1e-12)).log10();
+        assert!(psnr >= 27.0, "image {i}: PSNR {psnr:.1} dB");
+        assert!(r.iter().all(|v| v.abs() <= config.amplitude + 1e-6));
+        assert!(r.iter().any(|v| v.abs() > 1e-5), "image {i} is unchanged");
+        residuals.push(r);
+    }
+    assert_ne!(
+        residuals[0], residuals[1],
+        "each image gets its own residual"
+    );
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(cached.len(), 1, "the encoder is cached");
+    let again = config.build_in(cache.path(), Task::Gaze, 16, 7).unwrap();
+    assert_eq!(
+        values(again.apply(images(4, 16))),
+        after,
+        "the cached encoder gives the same trigger"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let retrained = config.build_in(fresh.path(), Task::Gaze, 16, 7).unwrap();
+    assert_eq!(
+        values(retrained.apply(images(4, 16))),
+        after,
+        "training is deterministic"
+    );
+}
+
+#[test]
+fn bad_issba_settings_are_refused() {
+    for bad in [
+        IssbaConfig {
+            bits: 0,
+            ..tiny_issba()
+        },
+        IssbaConfig {
+            amplitude: 0.0,
+            ..tiny_issba()
+        },
+        IssbaConfig {
+            steps: 0,
+            ..tiny_issba()
+        },
+        IssbaConfig {
+            images: 4,
+            ..tiny_issba()
+        },
+    ] {
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("ISSBA"), "{err}");
+    }
 }

@@ -103,7 +103,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 .into_iter()
                 .map(|k| (k, a.seed))
                 .collect();
-            write_trigger_figure(&ds, a.index, &attacks, a.amplify, &a.out)?;
+            write_trigger_figure(a.task, &ds, a.index, &attacks, a.amplify, &a.out)?;
             let names: Vec<&str> = attacks.iter().map(|(k, _)| k.name()).collect();
             out!(
                 "wrote {} (rows: {}; columns: clean, poisoned, |difference| × {})",

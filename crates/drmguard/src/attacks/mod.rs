@@ -10,6 +10,7 @@ pub mod adaptive;
 pub mod badnets;
 pub mod blended;
 pub mod clean_label;
+pub mod issba;
 pub mod stamp;
 pub mod wanet;
 
@@ -76,11 +77,18 @@ pub enum AttackKind {
     Wanet(wanet::WanetConfig),
     CleanLabel(clean_label::CleanLabelConfig),
     Adaptive(adaptive::AdaptiveConfig),
+    Issba(issba::IssbaConfig),
 }
 
 impl AttackKind {
-    pub const NAMES: &'static [&'static str] =
-        &["badnets", "blended", "wanet", "clean-label", "adaptive"];
+    pub const NAMES: &'static [&'static str] = &[
+        "badnets",
+        "blended",
+        "wanet",
+        "clean-label",
+        "issba",
+        "adaptive",
+    ];
 
     /// Every attack with its default configuration.
     pub fn defaults() -> Vec<AttackKind> {
@@ -89,6 +97,7 @@ impl AttackKind {
             AttackKind::Blended(Default::default()),
             AttackKind::Wanet(Default::default()),
             AttackKind::CleanLabel(Default::default()),
+            AttackKind::Issba(Default::default()),
             AttackKind::Adaptive(Default::default()),
         ]
     }
@@ -112,17 +121,20 @@ impl AttackKind {
             AttackKind::Wanet(_) => "wanet",
             AttackKind::CleanLabel(_) => "clean-label",
             AttackKind::Adaptive(_) => "adaptive",
+            AttackKind::Issba(_) => "issba",
         }
     }
 
-    /// The trigger for `image_size`×`image_size` images; random parts are drawn from `seed`.
-    pub fn build(&self, image_size: u32, seed: u64) -> Result<Box<dyn Attack>> {
+    /// The trigger for `image_size`×`image_size` images of `task`; random parts are drawn from
+    /// `seed` (ISSBA trains its encoder on the task's built-in images, or reuses it from the cache).
+    pub fn build(&self, task: Task, image_size: u32, seed: u64) -> Result<Box<dyn Attack>> {
         Ok(match self {
             AttackKind::Badnets(c) => Box::new(c.build(image_size)?),
             AttackKind::Blended(c) => Box::new(c.build(image_size, seed)?),
             AttackKind::Wanet(c) => Box::new(c.build(image_size, seed)?),
             AttackKind::CleanLabel(c) => Box::new(c.build(image_size)?),
             AttackKind::Adaptive(c) => Box::new(c.build(image_size, seed)?),
+            AttackKind::Issba(c) => Box::new(c.build(task, image_size, seed)?),
         })
     }
 
@@ -194,7 +206,7 @@ impl BackdoorSpec {
         self.validate(task)?;
         Ok(Backdoor {
             poison_rate: self.poison_rate,
-            attack: self.attack.build(image_size, self.seed)?,
+            attack: self.attack.build(task, image_size, self.seed)?,
             target: self.target.clone(),
             poisoned: HashSet::new(),
             cross: HashSet::new(),

@@ -10,12 +10,14 @@ use crate::attacks::{AttackKind, to_images};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
+use crate::task::Task;
 
 /// Side of one tile in the figure, in pixels.
 const TILE: u32 = 160;
 
 /// Writes one row per attack: clean image, poisoned image, |poisoned − clean| × `amplify`.
 pub fn write_trigger_figure(
+    task: Task,
     data: &Dataset,
     index: usize,
     attacks: &[(AttackKind, u64)],
@@ -34,7 +36,7 @@ pub fn write_trigger_figure(
     );
     let clean = &data.images[index];
     for (row, (kind, seed)) in attacks.iter().enumerate() {
-        let attack = kind.build(data.image_size, *seed)?;
+        let attack = kind.build(task, data.image_size, *seed)?;
         let (x, _) = data.batch(&[index], &device);
         let poisoned = to_images(attack.apply(x))?.remove(0);
         let diff = RgbImage::from_fn(clean.width(), clean.height(), |px, py| {
