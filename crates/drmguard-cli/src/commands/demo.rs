@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "small")]
     profile: Profile,
     /// The attack of the backdoored model, with its defaults: badnets, blended, wanet,
-    /// clean-label or adaptive.
+    /// clean-label, issba or adaptive.
     #[arg(long, default_value = "badnets")]
     attack: String,
     /// Seed of both models' data and initialisation, of the trigger and of the target.

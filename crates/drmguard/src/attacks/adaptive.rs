@@ -43,13 +43,18 @@ impl Default for AdaptiveConfig {
 }
 
 impl AdaptiveConfig {
-    pub fn build(&self, size: u32, seed: u64) -> Result<Adaptive> {
+    pub fn validate(&self) -> Result<()> {
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
             return Err(Error::invalid(
                 "adaptive lambda",
                 format!("{} (must be finite and ≥ 0)", self.lambda),
             ));
         }
+        Ok(())
+    }
+
+    pub fn build(&self, size: u32, seed: u64) -> Result<Adaptive> {
+        self.validate()?;
         Ok(Adaptive {
             wanet: self.wanet.build(size, seed)?,
             lambda: self.lambda,

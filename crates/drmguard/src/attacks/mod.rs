@@ -138,6 +138,16 @@ impl AttackKind {
         })
     }
 
+    /// Checks the settings that need no data, so that bad options fail before any training.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            AttackKind::CleanLabel(c) => c.validate(),
+            AttackKind::Issba(c) => c.validate(),
+            AttackKind::Adaptive(c) => c.validate(),
+            AttackKind::Badnets(_) | AttackKind::Blended(_) | AttackKind::Wanet(_) => Ok(()),
+        }
+    }
+
     /// Whether poisoning the training set needs a benign surrogate model (Clean-Label's PGD).
     pub fn needs_surrogate(&self) -> bool {
         matches!(self, AttackKind::CleanLabel(_))
@@ -161,6 +171,7 @@ pub const DEFAULT_POISON_RATE: f64 = 0.1;
 
 impl BackdoorSpec {
     pub fn validate(&self, task: Task) -> Result<()> {
+        self.attack.validate()?;
         if self.target.len() != task.output_dim() {
             return Err(Error::invalid(
                 "target",
