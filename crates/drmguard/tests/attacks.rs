@@ -41,6 +41,14 @@ fn blank(n: usize, s: u32) -> Dataset {
     }
 }
 
+/// WaNet as its authors configured it, with two noise samples per poisoned one.
+fn original_wanet() -> WanetConfig {
+    WanetConfig {
+        cross_ratio: 2.0,
+        ..WanetConfig::default()
+    }
+}
+
 fn values(x: Tensor<4>) -> Vec<f32> {
     x.into_data().try_to_vec::<f32>().unwrap()
 }
@@ -106,7 +114,7 @@ fn wanet_with_zero_strength_is_the_identity() {
 #[test]
 fn wanet_warps_slightly_and_its_noise_mode_differs() {
     let s = 32;
-    let attack = WanetConfig::default().build(s as u32, 1).unwrap();
+    let attack = original_wanet().build(s as u32, 1).unwrap();
     let x = images(4, s);
     let warped = attack.apply(x.clone());
     let change = (warped.clone() - x.clone())
@@ -135,23 +143,15 @@ fn spec(attack: AttackKind, target: Vec<f32>, rate: f64) -> BackdoorSpec {
 #[test]
 fn the_plan_poisons_the_requested_share_and_keeps_cross_samples_apart() {
     let data = blank(1000, 8);
-    let plan = spec(
-        AttackKind::Wanet(WanetConfig::default()),
-        vec![0.1, 0.2],
-        0.1,
-    )
-    .plan(Task::Gaze, 8, &data)
-    .unwrap();
+    let plan = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1)
+        .plan(Task::Gaze, 8, &data)
+        .unwrap();
     assert_eq!(plan.poisoned.len(), 100);
     assert_eq!(plan.cross.len(), 200);
     assert!(plan.poisoned.is_disjoint(&plan.cross));
-    let again = spec(
-        AttackKind::Wanet(WanetConfig::default()),
-        vec![0.1, 0.2],
-        0.1,
-    )
-    .plan(Task::Gaze, 8, &data)
-    .unwrap();
+    let again = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1)
+        .plan(Task::Gaze, 8, &data)
+        .unwrap();
     assert_eq!(plan.poisoned, again.poisoned, "deterministic for a seed");
 }
 
@@ -237,13 +237,9 @@ fn a_smoke_model_trained_on_badnets_data_follows_the_trigger() {
 #[test]
 fn wanet_poisons_a_share_of_every_batch_as_the_original_does() {
     let data = synthesize(Task::Gaze, 20, 16, 0).unwrap();
-    let backdoor = spec(
-        AttackKind::Wanet(WanetConfig::default()),
-        vec![0.25, -0.5],
-        0.1,
-    )
-    .plan(Task::Gaze, 16, &data)
-    .unwrap();
+    let backdoor = spec(AttackKind::Wanet(original_wanet()), vec![0.25, -0.5], 0.1)
+        .plan(Task::Gaze, 16, &data)
+        .unwrap();
     let indices: Vec<usize> = (0..20).collect();
     let batch = backdoor.training_batch(&data, &indices, &mut rand::rng(), &Device::flex());
     assert_eq!(batch.images.dims(), [20, 3, 16, 16]);
@@ -402,7 +398,7 @@ fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones()
 #[test]
 fn the_adaptive_attack_uses_wanets_trigger_and_trains() {
     let x = images(2, 16);
-    let wanet = AttackKind::Wanet(WanetConfig::default())
+    let wanet = AttackKind::Wanet(original_wanet())
         .build(Task::Gaze, 16, 4)
         .unwrap();
     let adaptive = AttackKind::by_name("adaptive")

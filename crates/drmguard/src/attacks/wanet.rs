@@ -6,8 +6,12 @@
 //! applied with bilinear sampling and `align_corners`. Cross ("noise") samples use the same grid
 //! plus uniform noise in ±1/S and keep their true labels; there are `cross_ratio` of them per
 //! poisoned sample. Like the original, the attacker controls training: every batch has its first
-//! 10% (the poison rate) warped and relabelled and the next 20% as cross samples. Defaults k = 4,
-//! s = 0.5, cross ratio 2, grid rescale 1.
+//! 10% (the poison rate) warped and relabelled and the next `cross_ratio` × 10% as cross samples.
+//! Defaults k = 4, s = 0.5, grid rescale 1 as in the original, but **cross ratio 0** where the
+//! original has 2: on the built-in tasks with the `small` profile (12 epochs), a model trained with
+//! the noise samples learns to ignore the warp (AE ≈ 25° on both tasks, also at s = 2), and without
+//! them it follows it (AE 2.0° on gaze); see docs/attacks.md. `--wanet-cross-ratio 2` gives the
+//! original setting, which needs far longer training.
 
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode, InterpolateOptions};
@@ -27,8 +31,9 @@ pub struct WanetConfig {
     /// WaNet: warping strength.
     #[arg(long = "wanet-s", default_value_t = 0.5)]
     pub s: f32,
-    /// WaNet: noise (cross) samples per poisoned sample.
-    #[arg(long = "wanet-cross-ratio", default_value_t = 2.0)]
+    /// WaNet: noise (cross) samples per poisoned sample (the original's 2 needs far longer
+    /// training than the built-in profiles give).
+    #[arg(long = "wanet-cross-ratio", default_value_t = 0.0)]
     pub cross_ratio: f64,
     /// WaNet: scale of the whole grid (1 keeps the image's extent).
     #[arg(long = "wanet-grid-rescale", default_value_t = 1.0)]
@@ -40,7 +45,7 @@ impl Default for WanetConfig {
         WanetConfig {
             k: 4,
             s: 0.5,
-            cross_ratio: 2.0,
+            cross_ratio: 0.0,
             grid_rescale: 1.0,
         }
     }
