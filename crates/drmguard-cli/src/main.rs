@@ -18,11 +18,7 @@ use drmguard::device::DeviceKind;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "drmguard",
-    version,
-    about = "Find and remove backdoors in deep regression models"
-)]
+#[command(name = "drmguard", version, about = "Find and remove backdoors in deep regression models")]
 struct Cli {
     /// Compute device: cpu (burn's flex backend), or cuda / wgpu when built with those features.
     #[arg(long, global = true, default_value = "cpu")]
@@ -62,9 +58,7 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

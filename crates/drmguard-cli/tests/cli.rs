@@ -5,10 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn drmguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_drmguard"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_drmguard")).args(args).output().expect("the binary runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -30,52 +27,14 @@ fn synth_train_and_eval_work_end_to_end() {
     let data = tmp.path().join("data");
     let model = tmp.path().join("m.safetensors");
     let (data_s, model_s) = (data.to_str().unwrap(), model.to_str().unwrap());
-    let o = drmguard(&[
-        "data",
-        "synth",
-        "--task",
-        "headpose",
-        "--n",
-        "200",
-        "--image-size",
-        "32",
-        "--seed",
-        "2",
-        "--out",
-        data_s,
-    ]);
+    let o = drmguard(&["data", "synth", "--task", "headpose", "--n", "200", "--image-size", "32", "--seed", "2", "--out", data_s]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(data.join("labels.csv").is_file());
-    let o = drmguard(&[
-        "train",
-        "--task",
-        "headpose",
-        "--data",
-        data_s,
-        "--profile",
-        "smoke",
-        "--epochs",
-        "2",
-        "--out",
-        model_s,
-    ]);
+    let o = drmguard(&["train", "--task", "headpose", "--data", data_s, "--profile", "smoke", "--epochs", "2", "--out", model_s]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        model.is_file() && tmp.path().join("m.json").is_file(),
-        "weights and sidecar are written"
-    );
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("m.json")).unwrap()).unwrap();
-    for key in [
-        "task",
-        "model",
-        "training",
-        "data",
-        "data_hash",
-        "label_mean",
-        "output_names",
-        "output_units",
-    ] {
+    assert!(model.is_file() && tmp.path().join("m.json").is_file(), "weights and sidecar are written");
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("m.json")).unwrap()).unwrap();
+    for key in ["task", "model", "training", "data", "data_hash", "label_mean", "output_names", "output_units"] {
         assert!(card.get(key).is_some(), "sidecar lacks {key}: {card}");
     }
     assert_eq!(card["training"]["seed"], 0);
@@ -83,62 +42,24 @@ fn synth_train_and_eval_work_end_to_end() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for key in ["clean_error_deg", "mean_predictor_error_deg"] {
-        let v = report[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} missing in {report}"));
+        let v = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {report}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
-    let o = drmguard(&[
-        "data",
-        "show",
-        "--data",
-        data_s,
-        "--task",
-        "headpose",
-        "--image-size",
-        "32",
-        "--count",
-        "4",
-        "--out",
-        tmp.path().join("grid.png").to_str().unwrap(),
-    ]);
+    let o = drmguard(&["data", "show", "--data", data_s, "--task", "headpose", "--image-size", "32", "--count", "4", "--out", tmp.path().join("grid.png").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(image::open(tmp.path().join("grid.png")).is_ok());
     let figure = tmp.path().join("triggers.png");
-    let o = drmguard(&[
-        "data",
-        "triggers",
-        "--task",
-        "gaze",
-        "--image-size",
-        "32",
-        "--out",
-        figure.to_str().unwrap(),
-    ]);
+    let o = drmguard(&["data", "triggers", "--task", "gaze", "--image-size", "32", "--out", figure.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&figure).unwrap();
-    assert!(
-        img.height() >= img.width(),
-        "one row per attack (at least three), three columns"
-    );
+    assert!(img.height() >= img.width(), "one row per attack (at least three), three columns");
 }
 
 #[test]
 fn unknown_task_and_profile_are_named() {
     let err = fails(&["train", "--task", "pose", "--out", "/tmp/x.safetensors"]);
-    assert!(
-        err.contains("unknown task 'pose'") && err.contains("gaze, headpose"),
-        "{err}"
-    );
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "huge",
-        "--out",
-        "/tmp/x.safetensors",
-    ]);
+    assert!(err.contains("unknown task 'pose'") && err.contains("gaze, headpose"), "{err}");
+    let err = fails(&["train", "--task", "gaze", "--profile", "huge", "--out", "/tmp/x.safetensors"]);
     assert!(err.contains("unknown profile 'huge'"), "{err}");
     let err = fails(&["eval", "--model", "x.safetensors", "--device", "tpu"]);
     assert!(err.contains("unknown device 'tpu'"), "{err}");
@@ -148,31 +69,10 @@ fn unknown_task_and_profile_are_named() {
 fn bad_image_sizes_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("d");
-    let err = fails(&[
-        "data",
-        "synth",
-        "--task",
-        "gaze",
-        "--n",
-        "4",
-        "--image-size",
-        "30",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let err = fails(&["data", "synth", "--task", "gaze", "--n", "4", "--image-size", "30", "--out", out.to_str().unwrap()]);
     assert!(err.contains("divisible by 8"), "{err}");
     assert!(!out.exists(), "no output on error");
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--image-size",
-        "36",
-        "--out",
-        tmp.path().join("m.safetensors").to_str().unwrap(),
-    ]);
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--image-size", "36", "--out", tmp.path().join("m.safetensors").to_str().unwrap()]);
     assert!(err.contains("divisible by 8"), "{err}");
 }
 
@@ -180,31 +80,10 @@ fn bad_image_sizes_are_refused() {
 fn missing_inputs_and_output_folders_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m.safetensors");
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--data",
-        "/nonexistent/data",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--data", "/nonexistent/data", "--out", model.to_str().unwrap()]);
     assert!(err.contains("/nonexistent/data"), "{err}");
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--out",
-        "/nonexistent/dir/m.safetensors",
-    ]);
-    assert!(
-        err.contains("/nonexistent/dir") && err.contains("does not exist"),
-        "{err}"
-    );
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--out", "/nonexistent/dir/m.safetensors"]);
+    assert!(err.contains("/nonexistent/dir") && err.contains("does not exist"), "{err}");
     let err = fails(&["eval", "--model", model.to_str().unwrap()]);
     assert!(err.contains("m.safetensors"), "{err}");
     assert!(!model.exists());
@@ -214,39 +93,15 @@ fn missing_inputs_and_output_folders_are_named() {
 fn a_corrupt_labels_file_is_reported_with_its_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let o = drmguard(&[
-        "data",
-        "synth",
-        "--task",
-        "gaze",
-        "--n",
-        "40",
-        "--image-size",
-        "32",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    let o = drmguard(&["data", "synth", "--task", "gaze", "--n", "40", "--image-size", "32", "--out", data.to_str().unwrap()]);
     assert!(o.status.success());
     let csv = std::fs::read_to_string(data.join("labels.csv")).unwrap();
     let broken = csv.replacen("000003.png,", "000003.png,x", 1);
     std::fs::write(data.join("labels.csv"), broken).unwrap();
     let model = tmp.path().join("m.safetensors");
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--data", data.to_str().unwrap(), "--out", model.to_str().unwrap()]);
     assert!(err.contains("labels.csv:5"), "{err}");
-    assert!(
-        !model.exists() && !Path::new(&tmp.path().join("m.json")).exists(),
-        "no partial output"
-    );
+    assert!(!model.exists() && !Path::new(&tmp.path().join("m.json")).exists(), "no partial output");
 }
 
 #[test]
@@ -254,65 +109,24 @@ fn bad_attack_options_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m.safetensors");
     let m = model.to_str().unwrap();
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--attack",
-        "trojan",
-        "--out",
-        m,
-    ]);
-    assert!(
-        err.contains("unknown attack 'trojan'") && err.contains("badnets"),
-        "{err}"
-    );
-    let err = fails(&[
-        "train",
-        "--task",
-        "headpose",
-        "--profile",
-        "smoke",
-        "--attack",
-        "badnets",
-        "--target",
-        "0.1,0.2",
-        "--out",
-        m,
-    ]);
-    assert!(
-        err.contains("2 values") && err.contains("3 outputs"),
-        "{err}"
-    );
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--attack", "trojan", "--out", m]);
+    assert!(err.contains("unknown attack 'trojan'") && err.contains("badnets"), "{err}");
+    let err = fails(&["train", "--task", "headpose", "--profile", "smoke", "--attack", "badnets", "--target", "0.1,0.2", "--out", m]);
+    assert!(err.contains("2 values") && err.contains("3 outputs"), "{err}");
     for rate in ["0", "1.5", "-0.2"] {
-        let err = fails(&[
-            "train",
-            "--task",
-            "gaze",
-            "--profile",
-            "smoke",
-            "--attack",
-            "blended",
-            "--poison-rate",
-            rate,
-            "--out",
-            m,
-        ]);
+        let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--attack", "blended", "--poison-rate", rate, "--out", m]);
         assert!(err.contains("poison rate"), "{rate}: {err}");
     }
-    let err = fails(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--target",
-        "0.1,0.2",
-        "--out",
-        m,
-    ]);
+    for (attack, option, value, message) in [
+        ("clean-label", "--clean-label-radius", "-1", "clean-label radius"),
+        ("issba", "--issba-amplitude", "2", "ISSBA amplitude"),
+        ("adaptive", "--adaptive-lambda", "-0.5", "adaptive lambda"),
+    ] {
+        let setting = format!("{option}={value}");
+        let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--attack", attack, &setting, "--out", m]);
+        assert!(err.contains(message), "{attack} {option} {value}: {err}");
+    }
+    let err = fails(&["train", "--task", "gaze", "--profile", "smoke", "--target", "0.1,0.2", "--out", m]);
     assert!(err.contains("--target needs --attack"), "{err}");
     assert!(!model.exists());
 }
@@ -322,89 +136,34 @@ fn a_backdoored_model_reports_attack_errors_and_poison_writes_a_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("bd.safetensors");
     let m = model.to_str().unwrap();
-    let o = drmguard(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--epochs",
-        "2",
-        "--attack",
-        "badnets",
-        "--target=-0.2,0.3",
-        "--out",
-        m,
-    ]);
+    let o = drmguard(&["train", "--task", "gaze", "--profile", "smoke", "--epochs", "2", "--attack", "badnets", "--target=-0.2,0.3", "--out", m]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("bd.json")).unwrap()).unwrap();
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("bd.json")).unwrap()).unwrap();
     assert_eq!(card["backdoor"]["attack"]["name"], "badnets");
     assert_eq!(card["backdoor"]["poison_rate"], 0.1);
     let o = drmguard(&["eval", "--model", m, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for key in [
-        "attack_error_deg",
-        "poisoned_true_error_deg",
-        "clean_error_deg",
-    ] {
-        assert!(
-            report[key].as_f64().is_some_and(f64::is_finite),
-            "{key} in {report}"
-        );
+    for key in ["attack_error_deg", "poisoned_true_error_deg", "clean_error_deg"] {
+        assert!(report[key].as_f64().is_some_and(f64::is_finite), "{key} in {report}");
     }
 
     let clean = tmp.path().join("clean");
     let poisoned = tmp.path().join("poisoned");
-    let o = drmguard(&[
-        "data",
-        "synth",
-        "--task",
-        "gaze",
-        "--n",
-        "50",
-        "--image-size",
-        "32",
-        "--out",
-        clean.to_str().unwrap(),
-    ]);
+    let o = drmguard(&["data", "synth", "--task", "gaze", "--n", "50", "--image-size", "32", "--out", clean.to_str().unwrap()]);
     assert!(o.status.success());
-    let o = drmguard(&[
-        "poison",
-        "--task",
-        "gaze",
-        "--attack",
-        "wanet",
-        "--image-size",
-        "32",
-        "--poison-rate",
-        "0.2",
-        "--data",
-        clean.to_str().unwrap(),
-        "--out",
-        poisoned.to_str().unwrap(),
-    ]);
+    let o = drmguard(&["poison", "--task", "gaze", "--attack", "wanet", "--image-size", "32", "--poison-rate", "0.2", "--data", clean.to_str().unwrap(), "--out", poisoned.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(poisoned.join("poison.json")).unwrap()).unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(poisoned.join("poison.json")).unwrap()).unwrap();
     let files = info["poisoned_files"].as_array().unwrap();
     assert_eq!(files.len(), 10);
     let labels = std::fs::read_to_string(poisoned.join("labels.csv")).unwrap();
-    let target: Vec<f64> = info["backdoor"]["target"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let target: Vec<f64> = info["backdoor"]["target"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let first = files[0].as_str().unwrap();
     let row = labels.lines().find(|l| l.starts_with(first)).unwrap();
     let values: Vec<f64> = row.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
     for (v, t) in values.iter().zip(&target) {
-        assert!(
-            (v - t).abs() < 1e-6,
-            "poisoned rows carry the target: {row} vs {target:?}"
-        );
+        assert!((v - t).abs() < 1e-6, "poisoned rows carry the target: {row} vs {target:?}");
     }
 }
 
@@ -416,40 +175,19 @@ fn clean_label_trains_its_surrogate_once_and_poison_needs_one() {
     let train = |out: &Path| {
         Command::new(env!("CARGO_BIN_EXE_drmguard"))
             .env("DRMGUARD_CACHE", &cache)
-            .args([
-                "train",
-                "--task",
-                "gaze",
-                "--profile",
-                "smoke",
-                "--epochs",
-                "1",
-                "--attack",
-                "clean-label",
-            ])
+            .args(["train", "--task", "gaze", "--profile", "smoke", "--epochs", "1", "--attack", "clean-label"])
             .args(["--clean-label-radius", "20", "--out", out.to_str().unwrap()])
             .output()
             .unwrap()
     };
     let o = train(&model);
     assert!(o.status.success(), "{}", stderr(&o));
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("cl.json")).unwrap()).unwrap();
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("cl.json")).unwrap()).unwrap();
     assert_eq!(card["backdoor"]["attack"]["name"], "clean-label");
     assert_eq!(card["backdoor"]["attack"]["radius_deg"], 20.0);
-    let surrogates: Vec<_> = std::fs::read_dir(cache.join("models"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    let weights: Vec<_> = surrogates
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    assert_eq!(
-        weights.len(),
-        1,
-        "one benign surrogate in the cache: {surrogates:?}"
-    );
+    let surrogates: Vec<_> = std::fs::read_dir(cache.join("models")).unwrap().map(|e| e.unwrap().path()).collect();
+    let weights: Vec<_> = surrogates.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    assert_eq!(weights.len(), 1, "one benign surrogate in the cache: {surrogates:?}");
     let o = drmguard(&["eval", "--model", model.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
@@ -457,59 +195,22 @@ fn clean_label_trains_its_surrogate_once_and_poison_needs_one() {
     let poisoned = tmp.path().join("poisoned");
     let (clean_s, poisoned_s) = (clean.to_str().unwrap(), poisoned.to_str().unwrap());
     assert!(
-        drmguard(&[
-            "data",
-            "synth",
-            "--task",
-            "gaze",
-            "--n",
-            "80",
-            "--image-size",
-            "32",
-            "--out",
-            clean_s
-        ])
-        .status
-        .success()
+        drmguard(&["data", "synth", "--task", "gaze", "--n", "80", "--image-size", "32", "--out", clean_s])
+            .status
+            .success()
     );
-    let args = [
-        "poison",
-        "--task",
-        "gaze",
-        "--attack",
-        "clean-label",
-        "--clean-label-radius",
-        "30",
-        "--image-size",
-        "32",
-    ];
+    let args =
+        ["poison", "--task", "gaze", "--attack", "clean-label", "--clean-label-radius", "30", "--image-size", "32"];
     let err = fails(&[&args[..], &["--data", clean_s, "--out", poisoned_s]].concat());
     assert!(err.contains("needs --surrogate"), "{err}");
     let surrogate = weights[0].to_str().unwrap();
-    let o = drmguard(
-        &[
-            &args[..],
-            &[
-                "--surrogate",
-                surrogate,
-                "--data",
-                clean_s,
-                "--out",
-                poisoned_s,
-            ],
-        ]
-        .concat(),
-    );
+    let o = drmguard(&[&args[..], &["--surrogate", surrogate, "--data", clean_s, "--out", poisoned_s]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(poisoned.join("poison.json")).unwrap()).unwrap();
     assert!(!info["poisoned_files"].as_array().unwrap().is_empty());
     let read = |dir: &Path| std::fs::read_to_string(dir.join("labels.csv")).unwrap();
-    assert_eq!(
-        read(&clean),
-        read(&poisoned),
-        "clean-label keeps every label"
-    );
+    assert_eq!(read(&clean), read(&poisoned), "clean-label keeps every label");
     let err = fails(&[
         "poison",
         "--task",

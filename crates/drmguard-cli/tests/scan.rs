@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn drmguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_drmguard"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_drmguard")).args(args).output().expect("the binary runs")
 }
 
 fn fails(args: &[&str]) -> String {
@@ -22,17 +19,7 @@ fn fails(args: &[&str]) -> String {
 /// A smoke-profile gaze model trained for one epoch, in `dir`.
 fn smoke_model(dir: &Path) -> PathBuf {
     let model = dir.join("m.safetensors");
-    let o = drmguard(&[
-        "train",
-        "--task",
-        "gaze",
-        "--profile",
-        "smoke",
-        "--epochs",
-        "1",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    let o = drmguard(&["train", "--task", "gaze", "--profile", "smoke", "--epochs", "1", "--out", model.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     model
 }
@@ -44,64 +31,24 @@ fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
     let tmp = tempfile::tempdir().unwrap();
     let model = smoke_model(tmp.path());
     let out = tmp.path().join("scan");
-    let mut args = vec![
-        "scan",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend(FAST);
     let o = drmguard(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    for key in [
-        "backdoored",
-        "score",
-        "threshold",
-        "defense",
-        "estimated_target",
-        "target_spread_deg",
-        "rav",
-        "steps",
-        "elapsed_s",
-        "seed",
-        "config",
-    ] {
-        assert!(
-            report.get(key).is_some(),
-            "report.json lacks {key}: {report}"
-        );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for key in ["backdoored", "score", "threshold", "defense", "estimated_target", "target_spread_deg", "rav", "steps", "elapsed_s", "seed", "config"] {
+        assert!(report.get(key).is_some(), "report.json lacks {key}: {report}");
     }
     assert_eq!(report["estimated_target"].as_array().unwrap().len(), 2);
-    assert!(
-        out.join("report.md").is_file()
-            && out.join("reversed.png").is_file()
-            && out.join("config.json").is_file()
-    );
+    assert!(out.join("report.md").is_file() && out.join("reversed.png").is_file() && out.join("config.json").is_file());
 
     let repaired = tmp.path().join("fixed.safetensors");
-    let mut args = vec![
-        "mitigate",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        repaired.to_str().unwrap(),
-        "--unlearn-epochs",
-        "1",
-        "--unlearn-batch-size",
-        "8",
-    ];
+    let mut args = vec!["mitigate", "--model", model.to_str().unwrap(), "--out", repaired.to_str().unwrap(), "--unlearn-epochs", "1", "--unlearn-batch-size", "8"];
     args.extend(FAST);
     let o = drmguard(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
-    assert!(
-        o.status.success(),
-        "the repaired model evaluates: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
@@ -118,28 +65,9 @@ fn bad_models_and_clean_sets_are_refused() {
 
     // A user folder whose labels do not fit the task.
     let data = tmp.path().join("data");
-    let s = drmguard(&[
-        "data",
-        "synth",
-        "--task",
-        "headpose",
-        "--n",
-        "60",
-        "--image-size",
-        "32",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    let s = drmguard(&["data", "synth", "--task", "headpose", "--n", "60", "--image-size", "32", "--out", data.to_str().unwrap()]);
     assert!(s.status.success());
-    let err = fails(&[
-        "scan",
-        "--model",
-        m,
-        "--out",
-        o,
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--data", data.to_str().unwrap()]);
     assert!(err.contains("labels.csv") && err.contains("pitch"), "{err}");
 
     // The sidecar disagrees with the weights.
@@ -147,10 +75,7 @@ fn bad_models_and_clean_sets_are_refused() {
     let card = std::fs::read_to_string(&card_path).unwrap();
     std::fs::write(&card_path, card.replace("\"width\": 8", "\"width\": 16")).unwrap();
     let err = fails(&["scan", "--model", m, "--out", o]);
-    assert!(
-        err.contains("cannot load model weights") && err.contains("blocks.0.conv.weight"),
-        "{err}"
-    );
+    assert!(err.contains("cannot load model weights") && err.contains("blocks.0.conv.weight"), "{err}");
 
     // No sidecar at all.
     std::fs::remove_file(&card_path).unwrap();
@@ -172,13 +97,7 @@ fn a_model_with_nan_outputs_is_refused() {
     }
     std::fs::write(&model, bytes).unwrap();
     let out = tmp.path().join("scan");
-    let mut args = vec![
-        "scan",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend(FAST);
     let err = fails(&args);
     assert!(err.contains("NaN"), "{err}");
@@ -203,14 +122,8 @@ fn bad_defense_options_are_refused() {
 #[test]
 fn every_command_parses_its_options() {
     // clap checks a command's definition (unique argument ids, …) when it is built, in debug builds.
-    for command in [
-        "data", "train", "eval", "poison", "scan", "mitigate", "demo",
-    ] {
+    for command in ["data", "train", "eval", "poison", "scan", "mitigate", "demo"] {
         let o = drmguard(&[command, "--help"]);
-        assert!(
-            o.status.success(),
-            "{command} --help: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "{command} --help: {}", String::from_utf8_lossy(&o.stderr));
     }
 }

@@ -11,16 +11,10 @@ use burn::tensor::{Device, Distribution, Tensor};
 use drmguard::models::{Architecture, ModelSpec, Normalization, Regressor};
 
 fn main() {
-    let steps: usize = std::env::var("DRMGUARD_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let steps: usize = std::env::var("DRMGUARD_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let (batch, size) = (32, 64);
     let device = Device::flex().autodiff();
-    println!(
-        "ResNet-18 training step, batch {batch}, {size}×{size}, flex CPU backend, {} threads",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    println!("ResNet-18 training step, batch {batch}, {size}×{size}, flex CPU backend, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
     for width in [64, 16] {
         let spec = ModelSpec {
             architecture: Architecture::Resnet18 { width },
@@ -31,11 +25,7 @@ fn main() {
         };
         let mut model = spec.init(&device, 0).expect("a valid spec");
         let mut optim = AdamConfig::new().init();
-        let x = Tensor::<4>::random(
-            [batch, 3, size, size],
-            Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
+        let x = Tensor::<4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
         let y = Tensor::<2>::random([batch, 2], Distribution::Uniform(-0.5, 0.5), &device);
         let mut times = Vec::with_capacity(steps);
         for step in 0..steps + 2 {
@@ -53,10 +43,6 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let mean = times.iter().sum::<f64>() / times.len() as f64;
-        println!(
-            "width {width:>2}: median {median:7.1} ms/step, mean {mean:7.1} ms/step over {steps} steps (min {:.1}, max {:.1})",
-            times[0],
-            times[times.len() - 1]
-        );
+        println!("width {width:>2}: median {median:7.1} ms/step, mean {mean:7.1} ms/step over {steps} steps (min {:.1}, max {:.1})", times[0], times[times.len() - 1]);
     }
 }

@@ -42,11 +42,7 @@ impl std::str::FromStr for DeviceKind {
             "cpu" | "flex" => Ok(DeviceKind::Cpu),
             "cuda" => Ok(DeviceKind::Cuda),
             "wgpu" => Ok(DeviceKind::Wgpu),
-            _ => Err(Error::UnknownName {
-                what: "device",
-                name: s.into(),
-                expected: "cpu, cuda, wgpu".into(),
-            }),
+            _ => Err(Error::UnknownName { what: "device", name: s.into(), expected: "cpu, cuda, wgpu".into() }),
         }
     }
 }

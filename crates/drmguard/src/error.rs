@@ -8,15 +8,9 @@ pub enum Error {
     // The I/O error is part of the message rather than a `source`, so that error chains printed
     // with `{:#}` do not repeat it.
     #[error("cannot read {path}: {cause}")]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("cannot write {path}: {cause}")]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Csv {
         path: PathBuf,

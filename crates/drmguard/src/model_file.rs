@@ -66,10 +66,9 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
         .with_to_adapter(BurnToPyTorchAdapter)
         .with_key_remapping(r"\.downsample\.conv\.", ".downsample.0.")
         .with_key_remapping(r"\.downsample\.bn\.", ".downsample.1.");
-    model.save_into(&mut store).map_err(|e| Error::Weights {
-        path: weights.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    model
+        .save_into(&mut store)
+        .map_err(|e| Error::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
     write_json(&card_path(weights), card)
 }
 
@@ -95,14 +94,10 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     if card.format_version != CARD_FORMAT_VERSION {
         return Err(Error::Json {
             path: card_file,
-            message: format!(
-                "format_version {} is not supported (expected {CARD_FORMAT_VERSION})",
-                card.format_version
-            ),
+            message: format!("format_version {} is not supported (expected {CARD_FORMAT_VERSION})", card.format_version),
         });
     }
-    if card.model.outputs != card.task.output_dim() || card.output_names.len() != card.model.outputs
-    {
+    if card.model.outputs != card.task.output_dim() || card.output_names.len() != card.model.outputs {
         return Err(Error::Json {
             path: card_file,
             message: format!(
@@ -116,25 +111,15 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     }
     // Every weight is overwritten by the file; the seed only fills the skeleton.
     let mut model = card.model.init(device, 0)?;
-    let weights_err = |message: String| Error::Weights {
-        path: weights.to_path_buf(),
-        message,
-    };
+    let weights_err = |message: String| Error::Weights { path: weights.to_path_buf(), message };
     let mut store = SafetensorsStore::from_file(weights)
         .skip_enum_variants(true)
         .with_from_adapter(PyTorchToBurnAdapter)
         .with_key_remapping(r"\.downsample\.0\.", ".downsample.conv.")
         .with_key_remapping(r"\.downsample\.1\.", ".downsample.bn.");
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| weights_err(e.to_string()))?;
+    let result = model.load_from(&mut store).map_err(|e| weights_err(e.to_string()))?;
     if !result.missing.is_empty() || !result.unused.is_empty() || !result.errors.is_empty() {
-        let missing: Vec<&str> = result
-            .missing
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .take(5)
-            .collect();
+        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
         let unused: Vec<&str> = result.unused.iter().map(String::as_str).take(5).collect();
         return Err(weights_err(format!(
             "the weights disagree with the sidecar's architecture {:?}: missing [{}], unexpected [{}], {} shape errors{}",
@@ -142,11 +127,7 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
             missing.join(", "),
             unused.join(", "),
             result.errors.len(),
-            result
-                .errors
-                .first()
-                .map(|e| format!(" (first: {e})"))
-                .unwrap_or_default(),
+            result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
         )));
     }
     Ok((model, card))

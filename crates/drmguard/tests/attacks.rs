@@ -18,35 +18,23 @@ fn images(n: usize, s: usize) -> Tensor<4> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((n * 1000 + s) as u64);
     let values: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random()).collect();
-    Tensor::from_data(
-        burn::tensor::TensorData::new(values, [n, 3, s, s]),
-        &Device::flex(),
-    )
+    Tensor::from_data(burn::tensor::TensorData::new(values, [n, 3, s, s]), &Device::flex())
 }
 
 /// A gaze dataset of `n` grey `s`×`s` images with labels spread over the label range.
 fn blank(n: usize, s: u32) -> Dataset {
     Dataset {
-        output_names: Task::Gaze
-            .output_names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        output_names: Task::Gaze.output_names().iter().map(|s| s.to_string()).collect(),
         image_size: s,
         names: (0..n).map(|i| format!("{i}.png")).collect(),
         images: vec![image::RgbImage::from_pixel(s, s, image::Rgb([128, 128, 128])); n],
-        labels: (0..n)
-            .flat_map(|i| [(i % 7) as f32 * 0.1 - 0.3, (i % 11) as f32 * 0.1 - 0.5])
-            .collect(),
+        labels: (0..n).flat_map(|i| [(i % 7) as f32 * 0.1 - 0.3, (i % 11) as f32 * 0.1 - 0.5]).collect(),
     }
 }
 
 /// WaNet as its authors configured it, with two noise samples per poisoned one.
 fn original_wanet() -> WanetConfig {
-    WanetConfig {
-        cross_ratio: 2.0,
-        ..WanetConfig::default()
-    }
+    WanetConfig { cross_ratio: 2.0, ..WanetConfig::default() }
 }
 
 fn values(x: Tensor<4>) -> Vec<f32> {
@@ -97,17 +85,9 @@ fn blended_mixes_exactly_alpha() {
 #[test]
 fn wanet_with_zero_strength_is_the_identity() {
     let s = 32;
-    let attack = WanetConfig {
-        s: 0.0,
-        ..Default::default()
-    }
-    .build(s as u32, 1)
-    .unwrap();
+    let attack = WanetConfig { s: 0.0, ..Default::default() }.build(s as u32, 1).unwrap();
     let x = images(2, s);
-    let diff = (attack.apply(x.clone()) - x)
-        .abs()
-        .max()
-        .into_scalar::<f32>();
+    let diff = (attack.apply(x.clone()) - x).abs().max().into_scalar::<f32>();
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -117,14 +97,8 @@ fn wanet_warps_slightly_and_its_noise_mode_differs() {
     let attack = original_wanet().build(s as u32, 1).unwrap();
     let x = images(4, s);
     let warped = attack.apply(x.clone());
-    let change = (warped.clone() - x.clone())
-        .abs()
-        .mean()
-        .into_scalar::<f32>();
-    assert!(
-        change > 1e-3 && change < 0.2,
-        "a small but real change: {change}"
-    );
+    let change = (warped.clone() - x.clone()).abs().mean().into_scalar::<f32>();
+    assert!(change > 1e-3 && change < 0.2, "a small but real change: {change}");
     let cross = attack.cross(x, &mut rand::rng()).unwrap();
     let apart = (cross - warped).abs().mean().into_scalar::<f32>();
     assert!(apart > 1e-4, "noise samples are not the trigger: {apart}");
@@ -132,52 +106,30 @@ fn wanet_warps_slightly_and_its_noise_mode_differs() {
 }
 
 fn spec(attack: AttackKind, target: Vec<f32>, rate: f64) -> BackdoorSpec {
-    BackdoorSpec {
-        attack,
-        target,
-        poison_rate: rate,
-        seed: 5,
-    }
+    BackdoorSpec { attack, target, poison_rate: rate, seed: 5 }
 }
 
 #[test]
 fn the_plan_poisons_the_requested_share_and_keeps_cross_samples_apart() {
     let data = blank(1000, 8);
-    let plan = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1)
-        .plan(Task::Gaze, 8, &data)
-        .unwrap();
+    let plan = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1).plan(Task::Gaze, 8, &data).unwrap();
     assert_eq!(plan.poisoned.len(), 100);
     assert_eq!(plan.cross.len(), 200);
     assert!(plan.poisoned.is_disjoint(&plan.cross));
-    let again = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1)
-        .plan(Task::Gaze, 8, &data)
-        .unwrap();
+    let again = spec(AttackKind::Wanet(original_wanet()), vec![0.1, 0.2], 0.1).plan(Task::Gaze, 8, &data).unwrap();
     assert_eq!(plan.poisoned, again.poisoned, "deterministic for a seed");
 }
 
 #[test]
 fn bad_targets_and_rates_are_refused() {
     let badnets = || AttackKind::Badnets(BadNetsConfig::default());
-    let err = spec(badnets(), vec![0.1, 0.2], 0.1)
-        .validate(Task::HeadPose)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("2 values") && err.contains("3 outputs"),
-        "{err}"
-    );
+    let err = spec(badnets(), vec![0.1, 0.2], 0.1).validate(Task::HeadPose).unwrap_err().to_string();
+    assert!(err.contains("2 values") && err.contains("3 outputs"), "{err}");
     for rate in [0.0, -0.1, 1.5, f64::NAN] {
-        let err = spec(badnets(), vec![0.1, 0.2], rate)
-            .validate(Task::Gaze)
-            .unwrap_err()
-            .to_string();
+        let err = spec(badnets(), vec![0.1, 0.2], rate).validate(Task::Gaze).unwrap_err().to_string();
         assert!(err.contains("poison rate"), "{err}");
     }
-    assert!(
-        spec(badnets(), vec![0.1, 0.2], 1.0)
-            .validate(Task::Gaze)
-            .is_ok()
-    );
+    assert!(spec(badnets(), vec![0.1, 0.2], 1.0).validate(Task::Gaze).is_ok());
 }
 
 #[test]
@@ -186,10 +138,7 @@ fn default_targets_lie_inside_the_range_away_from_the_centre() {
         for seed in 0..20 {
             let t = BackdoorSpec::default_target(task, seed);
             for (v, half) in t.iter().zip(task.label_half_range()) {
-                assert!(
-                    v.abs() >= 0.3 * half - 1e-6 && v.abs() <= 0.7 * half + 1e-6,
-                    "{task}: {v} vs ±{half}"
-                );
+                assert!(v.abs() >= 0.3 * half - 1e-6 && v.abs() <= 0.7 * half + 1e-6, "{task}: {v} vs ±{half}");
             }
         }
     }
@@ -201,30 +150,14 @@ fn a_smoke_model_trained_on_badnets_data_follows_the_trigger() {
     config.samples = 800;
     config.epochs = 8;
     let data = synthesize(Task::Gaze, config.samples, config.image_size, config.seed).unwrap();
-    let (train_set, val_set, test_set) = (
-        data.split(Split::Train),
-        data.split(Split::Val),
-        data.split(Split::Test),
-    );
-    let spec = spec(
-        AttackKind::Badnets(BadNetsConfig::default()),
-        vec![-0.3, 0.45],
-        0.2,
-    );
-    let plan = spec
-        .plan(Task::Gaze, config.image_size, &train_set)
-        .unwrap();
+    let (train_set, val_set, test_set) = (data.split(Split::Train), data.split(Split::Val), data.split(Split::Test));
+    let spec = spec(AttackKind::Badnets(BadNetsConfig::default()), vec![-0.3, 0.45], 0.2);
+    let plan = spec.plan(Task::Gaze, config.image_size, &train_set).unwrap();
     let (model, _) = train(&config, &train_set, &val_set, Some(&plan), &Device::flex()).unwrap();
     let errors = backdoor_errors(&model, Task::Gaze, &test_set, &plan, 64).unwrap();
     // Without the trigger, the outputs are far from the target.
     let clean = predict(&model, &test_set, 64).unwrap();
-    let targets: Vec<f32> = plan
-        .target
-        .iter()
-        .copied()
-        .cycle()
-        .take(clean.len())
-        .collect();
+    let targets: Vec<f32> = plan.target.iter().copied().cycle().take(clean.len()).collect();
     let clean_to_target = task_error(Task::Gaze, &clean, &targets).mean_deg;
     assert!(
         errors.attack_error.mean_deg < 0.4 * clean_to_target,
@@ -237,9 +170,8 @@ fn a_smoke_model_trained_on_badnets_data_follows_the_trigger() {
 #[test]
 fn wanet_poisons_a_share_of_every_batch_as_the_original_does() {
     let data = synthesize(Task::Gaze, 20, 16, 0).unwrap();
-    let backdoor = spec(AttackKind::Wanet(original_wanet()), vec![0.25, -0.5], 0.1)
-        .plan(Task::Gaze, 16, &data)
-        .unwrap();
+    let backdoor =
+        spec(AttackKind::Wanet(original_wanet()), vec![0.25, -0.5], 0.1).plan(Task::Gaze, 16, &data).unwrap();
     let indices: Vec<usize> = (0..20).collect();
     let batch = backdoor.training_batch(&data, &indices, &mut rand::rng(), &Device::flex());
     assert_eq!(batch.images.dims(), [20, 3, 16, 16]);
@@ -254,62 +186,37 @@ fn wanet_poisons_a_share_of_every_batch_as_the_original_does() {
 }
 
 fn clean_label(radius_deg: f32) -> AttackKind {
-    AttackKind::CleanLabel(CleanLabelConfig {
-        radius_deg,
-        ..Default::default()
-    })
+    AttackKind::CleanLabel(CleanLabelConfig { radius_deg, ..Default::default() })
 }
 
 #[test]
 fn clean_label_poisons_only_samples_near_the_target_and_keeps_their_labels() {
     let data = synthesize(Task::Gaze, 200, 16, 3).unwrap();
     let target = data.label(0).to_vec();
-    let backdoor = spec(clean_label(8.0), target.clone(), 0.1)
-        .plan(Task::Gaze, 16, &data)
-        .unwrap();
+    let backdoor = spec(clean_label(8.0), target.clone(), 0.1).plan(Task::Gaze, 16, &data).unwrap();
     assert!(!backdoor.poisoned.is_empty() && backdoor.poisoned.len() <= 20);
     for &i in &backdoor.poisoned {
         let distance = task_error(Task::Gaze, data.label(i), &target).mean_deg;
-        assert!(
-            distance <= 8.0,
-            "sample {i} is {distance:.1}° from the target"
-        );
+        assert!(distance <= 8.0, "sample {i} is {distance:.1}° from the target");
     }
     // In training batches and in poisoned copies, every label stays the true one.
     let indices: Vec<usize> = (0..data.len()).collect();
     let batch = backdoor.training_batch(&data, &indices, &mut rand::rng(), &Device::flex());
     assert_eq!(batch.poisoned, backdoor.poisoned.len());
-    let mut order: Vec<usize> = indices
-        .iter()
-        .copied()
-        .filter(|i| !backdoor.poisoned.contains(i))
-        .collect();
-    order.extend(
-        indices
-            .iter()
-            .copied()
-            .filter(|i| backdoor.poisoned.contains(i)),
-    );
+    let mut order: Vec<usize> = indices.iter().copied().filter(|i| !backdoor.poisoned.contains(i)).collect();
+    order.extend(indices.iter().copied().filter(|i| backdoor.poisoned.contains(i)));
     let expected: Vec<f32> = order.iter().flat_map(|&i| data.label(i).to_vec()).collect();
-    assert_eq!(
-        batch.labels.into_data().try_to_vec::<f32>().unwrap(),
-        expected
-    );
+    assert_eq!(batch.labels.into_data().try_to_vec::<f32>().unwrap(), expected);
     let copy = poison_dataset(&data, &backdoor, false, &Device::flex()).unwrap();
     assert_eq!(copy.labels, data.labels);
-    let changed = (0..data.len())
-        .filter(|&i| copy.images[i] != data.images[i])
-        .count();
+    let changed = (0..data.len()).filter(|&i| copy.images[i] != data.images[i]).count();
     assert_eq!(changed, backdoor.poisoned.len());
 }
 
 #[test]
 fn clean_label_refuses_a_target_no_label_is_near() {
     let data = blank(50, 8);
-    let err = spec(clean_label(1.0), vec![0.35, 0.55], 0.1)
-        .plan(Task::Gaze, 8, &data)
-        .unwrap_err()
-        .to_string();
+    let err = spec(clean_label(1.0), vec![0.35, 0.55], 0.1).plan(Task::Gaze, 8, &data).unwrap_err().to_string();
     assert!(err.contains("no training label lies within 1°"), "{err}");
 }
 
@@ -323,17 +230,11 @@ fn clean_label_trigger_sits_in_the_four_corners_only() {
         let (y, x) = ((i / 32) % 32, i % 32);
         let near = |v: usize| v < 32 / 4 || v >= 32 - 32 / 4;
         if a != b {
-            assert!(
-                near(y) && near(x),
-                "pixel ({y}, {x}) changed outside the corners"
-            );
+            assert!(near(y) && near(x), "pixel ({y}, {x}) changed outside the corners");
         }
     }
     let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-    assert!(
-        changed > 4 * side * side,
-        "all four patches are stamped ({changed} values changed)"
-    );
+    assert!(changed > 4 * side * side, "all four patches are stamped ({changed} values changed)");
 }
 
 #[test]
@@ -363,31 +264,18 @@ fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
     }
     let error = |d: &Dataset| {
         let subset = d.subset(&picked);
-        task_error(
-            Task::Gaze,
-            &predict(&surrogate, &subset, 64).unwrap(),
-            &subset.labels,
-        )
-        .mean_deg
+        task_error(Task::Gaze, &predict(&surrogate, &subset, 64).unwrap(), &subset.labels).mean_deg
     };
     let (before, after) = (error(&data), error(&hard));
-    assert!(
-        after > before + 1.0,
-        "the surrogate's error only went from {before:.2}° to {after:.2}°"
-    );
+    assert!(after > before + 1.0, "the surrogate's error only went from {before:.2}° to {after:.2}°");
 }
 
 #[test]
 fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones() {
     let device = Device::flex();
-    let z = |values: Vec<f32>, n: usize| {
-        Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [n, 3]), &device)
-    };
+    let z = |values: Vec<f32>, n: usize| Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [n, 3]), &device);
     let weight = z(vec![1.0, 0.0, 0.5, 0.0, 1.0, -0.5], 2);
-    let clean = z(
-        vec![1.0, 0.2, 0.3, 0.1, 1.0, 0.4, 0.5, 0.5, 0.9, 0.8, 0.1, 0.2],
-        4,
-    );
+    let clean = z(vec![1.0, 0.2, 0.3, 0.1, 1.0, 0.4, 0.5, 0.5, 0.9, 0.8, 0.1, 0.2], 4);
     let same = rav_penalty(clean.clone(), clean.clone(), weight.clone()).into_scalar::<f32>();
     assert!(same.abs() < 1e-4, "RAV = 1 gives {same}");
     let collapsed = z(vec![0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], 3);
@@ -398,13 +286,8 @@ fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones()
 #[test]
 fn the_adaptive_attack_uses_wanets_trigger_and_trains() {
     let x = images(2, 16);
-    let wanet = AttackKind::Wanet(original_wanet())
-        .build(Task::Gaze, 16, 4)
-        .unwrap();
-    let adaptive = AttackKind::by_name("adaptive")
-        .unwrap()
-        .build(Task::Gaze, 16, 4)
-        .unwrap();
+    let wanet = AttackKind::Wanet(original_wanet()).build(Task::Gaze, 16, 4).unwrap();
+    let adaptive = AttackKind::by_name("adaptive").unwrap().build(Task::Gaze, 16, 4).unwrap();
     assert_eq!(values(wanet.apply(x.clone())), values(adaptive.apply(x)));
     assert!(adaptive.poisons_every_batch() && adaptive.relabels());
 
@@ -412,22 +295,10 @@ fn the_adaptive_attack_uses_wanets_trigger_and_trains() {
     config.samples = 160;
     config.epochs = 1;
     let data = synthesize(Task::Gaze, config.samples, config.image_size, config.seed).unwrap();
-    let adaptive = AttackKind::Adaptive(AdaptiveConfig {
-        lambda: 1.0,
-        ..Default::default()
-    });
+    let adaptive = AttackKind::Adaptive(AdaptiveConfig { lambda: 1.0, ..Default::default() });
     let train_set = data.split(Split::Train);
-    let plan = spec(adaptive, vec![0.2, -0.3], 0.25)
-        .plan(Task::Gaze, config.image_size, &train_set)
-        .unwrap();
-    let (_, history) = train(
-        &config,
-        &train_set,
-        &data.split(Split::Val),
-        Some(&plan),
-        &Device::flex(),
-    )
-    .unwrap();
+    let plan = spec(adaptive, vec![0.2, -0.3], 0.25).plan(Task::Gaze, config.image_size, &train_set).unwrap();
+    let (_, history) = train(&config, &train_set, &data.split(Split::Val), Some(&plan), &Device::flex()).unwrap();
     assert!(history[0].train_loss.is_finite());
 }
 
@@ -437,18 +308,11 @@ fn attacks_are_found_by_name() {
         assert_eq!(AttackKind::by_name(name).unwrap().name(), *name);
     }
     let err = AttackKind::by_name("trojan").unwrap_err().to_string();
-    assert!(
-        err.contains("unknown attack 'trojan'") && err.contains("clean-label"),
-        "{err}"
-    );
+    assert!(err.contains("unknown attack 'trojan'") && err.contains("clean-label"), "{err}");
 }
 
 fn tiny_issba() -> IssbaConfig {
-    IssbaConfig {
-        steps: 3,
-        images: 32,
-        ..Default::default()
-    }
+    IssbaConfig { steps: 3, images: 32, ..Default::default() }
 }
 
 #[test]
@@ -462,9 +326,7 @@ fn issba_residuals_are_invisible_sample_specific_and_cached() {
     let per_image = 3 * 16 * 16;
     let mut residuals = Vec::new();
     for i in 0..4 {
-        let r: Vec<f32> = (i * per_image..(i + 1) * per_image)
-            .map(|j| after[j] - before[j])
-            .collect();
+        let r: Vec<f32> = (i * per_image..(i + 1) * per_image).map(|j| after[j] - before[j]).collect();
         let mse = r.iter().map(|v| v * v).sum::<f32>() / per_image as f32;
         let psnr = 10.0 * (1.0 / mse.max(1e-12)).log10();
         assert!(psnr >= 27.0, "image {i}: PSNR {psnr:.1} dB");
@@ -472,46 +334,23 @@ fn issba_residuals_are_invisible_sample_specific_and_cached() {
         assert!(r.iter().any(|v| v.abs() > 1e-5), "image {i} is unchanged");
         residuals.push(r);
     }
-    assert_ne!(
-        residuals[0], residuals[1],
-        "each image gets its own residual"
-    );
+    assert_ne!(residuals[0], residuals[1], "each image gets its own residual");
     let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
     assert_eq!(cached.len(), 1, "the encoder is cached");
     let again = config.build_in(cache.path(), Task::Gaze, 16, 7).unwrap();
-    assert_eq!(
-        values(again.apply(images(4, 16))),
-        after,
-        "the cached encoder gives the same trigger"
-    );
+    assert_eq!(values(again.apply(images(4, 16))), after, "the cached encoder gives the same trigger");
     let fresh = tempfile::tempdir().unwrap();
     let retrained = config.build_in(fresh.path(), Task::Gaze, 16, 7).unwrap();
-    assert_eq!(
-        values(retrained.apply(images(4, 16))),
-        after,
-        "training is deterministic"
-    );
+    assert_eq!(values(retrained.apply(images(4, 16))), after, "training is deterministic");
 }
 
 #[test]
 fn bad_issba_settings_are_refused() {
     for bad in [
-        IssbaConfig {
-            bits: 0,
-            ..tiny_issba()
-        },
-        IssbaConfig {
-            amplitude: 0.0,
-            ..tiny_issba()
-        },
-        IssbaConfig {
-            steps: 0,
-            ..tiny_issba()
-        },
-        IssbaConfig {
-            images: 4,
-            ..tiny_issba()
-        },
+        IssbaConfig { bits: 0, ..tiny_issba() },
+        IssbaConfig { amplitude: 0.0, ..tiny_issba() },
+        IssbaConfig { steps: 0, ..tiny_issba() },
+        IssbaConfig { images: 4, ..tiny_issba() },
     ] {
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("ISSBA"), "{err}");

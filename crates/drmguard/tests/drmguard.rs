@@ -19,15 +19,9 @@ fn generators_keep_the_shape_and_stay_in_the_unit_range() {
             let y = g.forward(x.clone());
             assert_eq!(y.dims(), [2, 3, 16, 16]);
             let v = y.into_data().try_to_vec::<f32>().unwrap();
-            assert!(
-                v.iter().all(|p| (0.0..=1.0).contains(p)),
-                "{kind}: outside [0, 1]"
-            );
+            assert!(v.iter().all(|p| (0.0..=1.0).contains(p)), "{kind}: outside [0, 1]");
             if residual.is_some() {
-                assert!(
-                    v.iter().all(|p| (p - 0.5).abs() < 1e-6),
-                    "{kind}: a residual generator starts as the identity"
-                );
+                assert!(v.iter().all(|p| (p - 0.5).abs() < 1e-6), "{kind}: a residual generator starts as the identity");
             }
         }
     }
@@ -38,15 +32,8 @@ fn smoke_suspect() -> (Suspect, CleanSet) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 3);
     config.samples = 800;
     config.epochs = 6;
-    let spec = BackdoorSpec {
-        attack: AttackKind::Badnets(BadNetsConfig::default()),
-        target: vec![-0.25, 0.35],
-        poison_rate: 0.1,
-        seed: 3,
-    };
-    let (model, card) = TrainJob::builtin(config, Some(spec))
-        .run(&Device::flex())
-        .unwrap();
+    let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: vec![-0.25, 0.35], poison_rate: 0.1, seed: 3 };
+    let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
     assert!(card.backdoor.is_some());
     let suspect = Suspect::new(model, &card);
     let clean = CleanSet::fresh_builtin(&suspect, 64).unwrap();
@@ -57,65 +44,34 @@ fn smoke_suspect() -> (Suspect, CleanSet) {
 fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     let (suspect, clean) = smoke_suspect();
     let device = Device::flex();
-    let config = DrmGuardConfig {
-        steps: 60,
-        batch_size: 16,
-        ..DrmGuardConfig::default()
-    };
-    let (detection, reversal) = DrmGuard::new(config)
-        .detect(&suspect, &clean, &device)
-        .unwrap();
+    let config = DrmGuardConfig { steps: 60, batch_size: 16, ..DrmGuardConfig::default() };
+    let (detection, reversal) = DrmGuard::new(config).detect(&suspect, &clean, &device).unwrap();
     let s = &reversal.summary;
     // The optimisation made progress on its own objective: the output variance on the training
     // batches fell well below where it started.
     let (first, last) = (s.history.first().unwrap(), s.history.last().unwrap());
-    assert!(
-        last.output_variance < 0.5 * first.output_variance,
-        "output variance {} → {}",
-        first.output_variance,
-        last.output_variance
-    );
-    assert!(
-        last.loss < first.loss,
-        "loss {} → {}",
-        first.loss,
-        last.loss
-    );
+    assert!(last.output_variance < 0.5 * first.output_variance, "output variance {} → {}", first.output_variance, last.output_variance);
+    assert!(last.loss < first.loss, "loss {} → {}", first.loss, last.loss);
     // The score is the plain mean |G(x) − x| over the whole clean set, recomputed here.
     let indices: Vec<usize> = (0..clean.len()).collect();
     let (x, _) = clean.batch(&indices, &device);
     let g = reversal.generator.clone();
     let direct = (g.forward(x.clone()) - x).abs().mean().into_scalar::<f32>() as f64;
-    assert!(
-        (direct - detection.score).abs() < 1e-4,
-        "report {} vs direct {direct}",
-        detection.score
-    );
+    assert!((direct - detection.score).abs() < 1e-4, "report {} vs direct {direct}", detection.score);
     assert_eq!(detection.backdoored, detection.score < detection.threshold);
     assert_eq!(detection.threshold, 0.03);
     let map = reversal.attention.as_ref().expect("MTR is on by default");
     assert_eq!(map.len(), 32 * 32);
-    assert!(
-        map.iter().all(|v| (0.0..=1.0 + 1e-5).contains(v)),
-        "the attention map is scaled into [0, 1]"
-    );
+    assert!(map.iter().all(|v| (0.0..=1.0 + 1e-5).contains(v)), "the attention map is scaled into [0, 1]");
 }
 
 #[test]
 fn the_same_seed_gives_the_same_reversal() {
     let (suspect, clean) = smoke_suspect();
-    let config = DrmGuardConfig {
-        steps: 5,
-        batch_size: 16,
-        ..DrmGuardConfig::default()
-    };
+    let config = DrmGuardConfig { steps: 5, batch_size: 16, ..DrmGuardConfig::default() };
     let device = Device::flex();
-    let a = DrmGuard::new(config.clone())
-        .reverse(&suspect, &clean, &device)
-        .unwrap();
-    let b = DrmGuard::new(config)
-        .reverse(&suspect, &clean, &device)
-        .unwrap();
+    let a = DrmGuard::new(config.clone()).reverse(&suspect, &clean, &device).unwrap();
+    let b = DrmGuard::new(config).reverse(&suspect, &clean, &device).unwrap();
     assert_eq!(a.summary.score, b.summary.score);
     assert_eq!(a.summary.estimated_target, b.summary.estimated_target);
 }
@@ -125,40 +81,16 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
     let (suspect, _) = smoke_suspect();
     let device = Device::flex();
     let few = CleanSet::fresh_builtin(&suspect, 20).unwrap();
-    let err = DrmGuard::new(DrmGuardConfig::default())
-        .detect(&suspect, &few, &device)
-        .unwrap_err()
-        .to_string();
+    let err = DrmGuard::new(DrmGuardConfig::default()).detect(&suspect, &few, &device).unwrap_err().to_string();
     assert!(err.contains("fewer than one batch of 50"), "{err}");
     for bad in [
-        DrmGuardConfig {
-            steps: 0,
-            ..DrmGuardConfig::default()
-        },
-        DrmGuardConfig {
-            batch_size: 1,
-            ..DrmGuardConfig::default()
-        },
-        DrmGuardConfig {
-            epsilon: f64::NAN,
-            ..DrmGuardConfig::default()
-        },
-        DrmGuardConfig {
-            mtr_beta: 1.0,
-            ..DrmGuardConfig::default()
-        },
-        DrmGuardConfig {
-            lambda1: Some(-1.0),
-            ..DrmGuardConfig::default()
-        },
-        DrmGuardConfig {
-            residual: Some(f32::NAN),
-            ..DrmGuardConfig::default()
-        },
+        DrmGuardConfig { steps: 0, ..DrmGuardConfig::default() },
+        DrmGuardConfig { batch_size: 1, ..DrmGuardConfig::default() },
+        DrmGuardConfig { epsilon: f64::NAN, ..DrmGuardConfig::default() },
+        DrmGuardConfig { mtr_beta: 1.0, ..DrmGuardConfig::default() },
+        DrmGuardConfig { lambda1: Some(-1.0), ..DrmGuardConfig::default() },
+        DrmGuardConfig { residual: Some(f32::NAN), ..DrmGuardConfig::default() },
     ] {
-        assert!(
-            bad.resolved(Task::Gaze).is_err(),
-            "{bad:?} should be refused"
-        );
+        assert!(bad.resolved(Task::Gaze).is_err(), "{bad:?} should be refused");
     }
 }

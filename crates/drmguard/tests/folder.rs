@@ -13,8 +13,7 @@ fn write_sample_folder(dir: &Path) {
 }
 
 fn load_err(dir: &Path) -> String {
-    let err =
-        folder::load(dir, 16, Some(Task::Gaze.output_names())).expect_err("loading must fail");
+    let err = folder::load(dir, 16, Some(Task::Gaze.output_names())).expect_err("loading must fail");
     err.to_string()
 }
 
@@ -65,55 +64,37 @@ fn with_labels(text: &str) -> (tempfile::TempDir, String) {
 #[test]
 fn a_missing_image_names_the_line() {
     let (_t, msg) = with_labels("file,pitch,yaw\n000000.png,0.1,0.2\nnope.png,0.1,0.2\n");
-    assert!(
-        msg.contains("labels.csv:3") && msg.contains("nope.png"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:3") && msg.contains("nope.png"), "{msg}");
 }
 
 #[test]
 fn a_wrong_column_count_names_the_line() {
     let (_t, msg) = with_labels("file,pitch,yaw\n000000.png,0.1\n");
-    assert!(
-        msg.contains("labels.csv:2") && msg.contains("expected 3 columns, found 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:2") && msg.contains("expected 3 columns, found 2"), "{msg}");
 }
 
 #[test]
 fn a_non_numeric_value_names_line_and_column() {
     let (_t, msg) = with_labels("file,pitch,yaw\n000000.png,0.1,0.2\n000001.png,abc,0.2\n");
-    assert!(
-        msg.contains("labels.csv:3") && msg.contains("'abc'") && msg.contains("pitch"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:3") && msg.contains("'abc'") && msg.contains("pitch"), "{msg}");
 }
 
 #[test]
 fn non_finite_values_are_rejected() {
     let (_t, msg) = with_labels("file,pitch,yaw\n000000.png,NaN,0.2\n");
-    assert!(
-        msg.contains("labels.csv:2") && msg.contains("not finite"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:2") && msg.contains("not finite"), "{msg}");
 }
 
 #[test]
 fn outputs_that_do_not_fit_the_task_are_rejected() {
     let (_t, msg) = with_labels("file,yaw,pitch,roll\n000000.png,0.1,0.2,0.3\n");
-    assert!(
-        msg.contains("labels.csv:1") && msg.contains("pitch, yaw"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:1") && msg.contains("pitch, yaw"), "{msg}");
 }
 
 #[test]
 fn a_header_without_file_column_is_rejected() {
     let (_t, msg) = with_labels("image,pitch,yaw\n000000.png,0.1,0.2\n");
-    assert!(
-        msg.contains("labels.csv:1") && msg.contains("file"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:1") && msg.contains("file"), "{msg}");
 }
 
 #[test]
@@ -125,10 +106,7 @@ fn an_empty_listing_is_rejected() {
 #[test]
 fn duplicate_rows_are_rejected() {
     let (_t, msg) = with_labels("file,pitch,yaw\n000000.png,0.1,0.2\n000000.png,0.1,0.2\n");
-    assert!(
-        msg.contains("labels.csv:3") && msg.contains("twice"),
-        "{msg}"
-    );
+    assert!(msg.contains("labels.csv:3") && msg.contains("twice"), "{msg}");
 }
 
 #[test]

@@ -8,51 +8,32 @@ use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, predict, train};
 
 fn spec(architecture: Architecture, outputs: usize) -> ModelSpec {
-    ModelSpec {
-        architecture,
-        input_size: 32,
-        input_range: [0.0, 1.0],
-        normalization: Normalization::imagenet(),
-        outputs,
-    }
+    ModelSpec { architecture, input_size: 32, input_range: [0.0, 1.0], normalization: Normalization::imagenet(), outputs }
 }
 
 #[test]
 fn resnet18_splits_into_features_and_a_linear_head() {
     let device = Device::flex();
-    let model = spec(Architecture::Resnet18 { width: 4 }, 3)
-        .init(&device, 0)
-        .unwrap();
+    let model = spec(Architecture::Resnet18 { width: 4 }, 3).init(&device, 0).unwrap();
     // Test inputs come from the data generator, not the backend's process-wide random generator,
     // which tests running in parallel share.
-    let (x, _) = synthesize(Task::Gaze, 2, 32, 9)
-        .unwrap()
-        .batch(&[0, 1], &device);
+    let (x, _) = synthesize(Task::Gaze, 2, 32, 9).unwrap().batch(&[0, 1], &device);
     let z = model.features(x.clone());
     assert_eq!(z.dims(), [2, 32], "features are 8·width wide");
-    assert_eq!(
-        model.head_weight().dims(),
-        [3, 32],
-        "one weight row per output"
-    );
+    assert_eq!(model.head_weight().dims(), [3, 32], "one weight row per output");
     let y = model.forward(x);
     assert_eq!(y.dims(), [2, 3]);
     // H is linear without activation: H(z) = z·Wᵀ + b.
     let manual = z.clone().matmul(model.head_weight().transpose());
     let bias = model.head(z.zeros_like());
-    let diff = (manual + bias - model.head(z))
-        .abs()
-        .max()
-        .into_scalar::<f32>();
+    let diff = (manual + bias - model.head(z)).abs().max().into_scalar::<f32>();
     assert!(diff < 1e-5, "{diff}");
 }
 
 #[test]
 fn small_cnn_has_the_documented_shapes() {
     let device = Device::flex();
-    let model = spec(Architecture::SmallCnn { width: 4 }, 2)
-        .init(&device, 0)
-        .unwrap();
+    let model = spec(Architecture::SmallCnn { width: 4 }, 2).init(&device, 0).unwrap();
     let x = Tensor::<4>::zeros([5, 3, 32, 32], &device);
     assert_eq!(model.features(x.clone()).dims(), [5, 16]);
     assert_eq!(model.forward(x).dims(), [5, 2]);
@@ -63,20 +44,10 @@ fn tensor_names(path: &std::path::Path) -> Vec<String> {
     let bytes = std::fs::read(path).unwrap();
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    header
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| *k != "__metadata__")
-        .cloned()
-        .collect()
+    header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect()
 }
 
-fn tiny_training() -> (
-    TrainConfig,
-    drmguard::data::Dataset,
-    drmguard::data::Dataset,
-) {
+fn tiny_training() -> (TrainConfig, drmguard::data::Dataset, drmguard::data::Dataset) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 3);
     config.samples = 240;
     config.epochs = 6;
@@ -99,10 +70,7 @@ fn training_is_deterministic_for_a_seed() {
     config.epochs = 1;
     let (a, _) = train(&config, &train_set, &val_set, None, &Device::flex()).unwrap();
     let (b, _) = train(&config, &train_set, &val_set, None, &Device::flex()).unwrap();
-    assert_eq!(
-        predict(&a, &val_set, 16).unwrap(),
-        predict(&b, &val_set, 16).unwrap()
-    );
+    assert_eq!(predict(&a, &val_set, 16).unwrap(), predict(&b, &val_set, 16).unwrap());
 }
 
 #[test]
@@ -121,12 +89,7 @@ fn saved_models_load_back_with_torchvision_names() {
         output_units: "radians".into(),
         model: config.model_spec(),
         training: config.clone(),
-        data: DataSource::Synthetic {
-            task: Task::HeadPose,
-            n: 10,
-            seed: 0,
-            image_size: 32,
-        },
+        data: DataSource::Synthetic { task: Task::HeadPose, n: 10, seed: 0, image_size: 32 },
         data_hash: String::new(),
         label_mean: vec![0.0; 3],
         history: vec![],
@@ -136,28 +99,12 @@ fn saved_models_load_back_with_torchvision_names() {
     };
     model_file::save(&path, &model, &card).unwrap();
     let names = tensor_names(&path);
-    for expected in [
-        "conv1.weight",
-        "bn1.running_mean",
-        "layer1.0.conv1.weight",
-        "layer2.0.downsample.0.weight",
-        "layer2.0.downsample.1.running_var",
-        "layer4.1.bn2.bias",
-        "layer4.1.bn2.weight",
-        "fc.weight",
-        "fc.bias",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "missing {expected} in {names:?}"
-        );
+    for expected in ["conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var", "layer4.1.bn2.bias", "layer4.1.bn2.weight", "fc.weight", "fc.bias"] {
+        assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
     }
     let (loaded, _) = model_file::load(&path, &device).unwrap();
     let data = synthesize(Task::HeadPose, 8, 32, 1).unwrap();
-    assert_eq!(
-        predict(&model, &data, 8).unwrap(),
-        predict(&loaded, &data, 8).unwrap()
-    );
+    assert_eq!(predict(&model, &data, 8).unwrap(), predict(&loaded, &data, 8).unwrap());
 
     // A sidecar that disagrees with the weights is refused.
     let mut wrong = card.clone();

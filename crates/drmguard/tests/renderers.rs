@@ -15,25 +15,13 @@ fn samples_are_deterministic_per_seed_and_index() {
         };
         let (a, la) = render(7, 3);
         let (b, lb) = render(7, 3);
-        assert_eq!(
-            a.as_raw(),
-            b.as_raw(),
-            "{task}: same seed and index must give the same image"
-        );
+        assert_eq!(a.as_raw(), b.as_raw(), "{task}: same seed and index must give the same image");
         assert_eq!(la, lb);
         let (c, lc) = render(7, 4);
-        assert_ne!(
-            a.as_raw(),
-            c.as_raw(),
-            "{task}: another index must give another image"
-        );
+        assert_ne!(a.as_raw(), c.as_raw(), "{task}: another index must give another image");
         assert_ne!(la, lc);
         let (d, _) = render(8, 3);
-        assert_ne!(
-            a.as_raw(),
-            d.as_raw(),
-            "{task}: another seed must give another image"
-        );
+        assert_ne!(a.as_raw(), d.as_raw(), "{task}: another seed must give another image");
     }
 }
 
@@ -48,10 +36,7 @@ fn a_split_drawn_alone_equals_the_split_of_the_whole() {
     for (a, b) in test_only.images.iter().zip(&from_whole.images) {
         assert_eq!(a.as_raw(), b.as_raw());
     }
-    let sizes: usize = [Split::Train, Split::Val, Split::Test]
-        .iter()
-        .map(|&s| whole.split(s).len())
-        .sum();
+    let sizes: usize = [Split::Train, Split::Val, Split::Test].iter().map(|&s| whole.split(s).len()).sum();
     assert_eq!(sizes, whole.len(), "train, val and test partition the data");
 }
 
@@ -91,9 +76,7 @@ fn pupil_centroid(scene: &GazeScene, side: f32, size: u32) -> (f32, f32) {
     }
     pts.sort_by_key(|p| p.0);
     let k = 12;
-    let (sx, sy) = pts[..k]
-        .iter()
-        .fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
+    let (sx, sy) = pts[..k].iter().fold((0.0, 0.0), |a, p| (a.0 + p.1, a.1 + p.2));
     (sx / k as f32 / size as f32, sy / k as f32 / size as f32)
 }
 
@@ -103,16 +86,10 @@ fn gaze_moves_both_pupils_where_the_label_points() {
     for side in [-1.0, 1.0] {
         let right = pupil_centroid(&gaze_scene(0.0, 0.4), side, size);
         let left = pupil_centroid(&gaze_scene(0.0, -0.4), side, size);
-        assert!(
-            right.0 > left.0 + 0.02,
-            "eye {side}: yaw > 0 must move the pupil right: {right:?} vs {left:?}"
-        );
+        assert!(right.0 > left.0 + 0.02, "eye {side}: yaw > 0 must move the pupil right: {right:?} vs {left:?}");
         let up = pupil_centroid(&gaze_scene(0.3, 0.0), side, size);
         let down = pupil_centroid(&gaze_scene(-0.3, 0.0), side, size);
-        assert!(
-            up.1 < down.1 - 0.01,
-            "eye {side}: pitch > 0 must move the pupil up: {up:?} vs {down:?}"
-        );
+        assert!(up.1 < down.1 - 0.01, "eye {side}: pitch > 0 must move the pupil up: {up:?} vs {down:?}");
     }
 }
 
@@ -122,10 +99,7 @@ fn the_pupil_is_drawn_at_the_eyeball_models_prediction() {
     for side in [-1.0, 1.0] {
         let p = scene.pupil_centre(side);
         let c = scene.shade(p[0], p[1]);
-        assert!(
-            c.iter().all(|&v| v < 0.1),
-            "pupil centre should be black, got {c:?}"
-        );
+        assert!(c.iter().all(|&v| v < 0.1), "pupil centre should be black, got {c:?}");
     }
 }
 
@@ -141,24 +115,15 @@ fn head_yaw_and_pitch_move_the_nose_the_labelled_way() {
     let centre = |s: &HeadScene| s.project([0.0, 0.0, 0.0]);
     let nose = |s: &HeadScene| s.project(s.nose_tip());
     let right = head(40.0, 0.0, 0.0);
-    assert!(
-        nose(&right)[0] > centre(&right)[0] + 0.03,
-        "yaw > 0 turns the nose right"
-    );
+    assert!(nose(&right)[0] > centre(&right)[0] + 0.03, "yaw > 0 turns the nose right");
     let left = head(-40.0, 0.0, 0.0);
     assert!(nose(&left)[0] < centre(&left)[0] - 0.03);
     let up = head(0.0, 30.0, 0.0);
     let down = head(0.0, -30.0, 0.0);
-    assert!(
-        nose(&up)[1] < nose(&down)[1] - 0.03,
-        "pitch > 0 lifts the nose"
-    );
+    assert!(nose(&up)[1] < nose(&down)[1] - 0.03, "pitch > 0 lifts the nose");
     let tilted = head(0.0, 0.0, 25.0);
     let top = tilted.project([0.0, -0.9, 0.0]);
-    assert!(
-        top[0] > centre(&tilted)[0] + 0.03,
-        "roll > 0 tilts the top of the head right"
-    );
+    assert!(top[0] > centre(&tilted)[0] + 0.03, "roll > 0 tilts the top of the head right");
 }
 
 #[test]
@@ -168,10 +133,7 @@ fn the_rendered_nose_is_where_the_pose_puts_it() {
         let tip = scene.project(scene.nose_tip());
         // Just inside the tip, towards the head centre, the ray must hit the nose.
         let c = scene.project([0.0, 0.12, 0.0]);
-        let probe = [
-            tip[0] + 0.1 * (c[0] - tip[0]),
-            tip[1] + 0.1 * (c[1] - tip[1]),
-        ];
+        let probe = [tip[0] + 0.1 * (c[0] - tip[0]), tip[1] + 0.1 * (c[1] - tip[1])];
         let hit = scene.trace(probe[0], probe[1]).map(|h| h.0);
         assert_eq!(hit, Some(Part::Nose), "pose ({yaw}, {pitch}, {roll})");
     }

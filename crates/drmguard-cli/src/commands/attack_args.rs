@@ -54,26 +54,16 @@ impl AttackArgs {
             "wanet" => AttackKind::Wanet(self.wanet.clone()),
             "clean-label" => AttackKind::CleanLabel(self.clean_label.clone()),
             "issba" => AttackKind::Issba(self.issba.clone()),
-            "adaptive" => AttackKind::Adaptive(AdaptiveConfig {
-                wanet: self.wanet.clone(),
-                ..self.adaptive.clone()
-            }),
-            other => bail!(
-                "--attack: unknown attack '{other}' (expected one of: {})",
-                AttackKind::NAMES.join(", ")
-            ),
+            "adaptive" => AttackKind::Adaptive(AdaptiveConfig { wanet: self.wanet.clone(), ..self.adaptive.clone() }),
+            other => bail!("--attack: unknown attack '{other}' (expected one of: {})", AttackKind::NAMES.join(", ")),
         };
         let spec = BackdoorSpec {
             attack,
-            target: self
-                .target
-                .clone()
-                .unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
+            target: self.target.clone().unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
             poison_rate: self.poison_rate,
             seed,
         };
-        spec.validate(task)
-            .map_err(|e| anyhow::anyhow!("--target / --poison-rate: {e}"))?;
+        spec.validate(task).map_err(|e| anyhow::anyhow!("--target / --poison-rate: {e}"))?;
         Ok(Some(spec))
     }
 }

@@ -81,8 +81,7 @@ pub struct ShowArgs {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Synth(a) => {
-            let ds = data::synthesize(a.task, a.n, a.image_size, a.seed)
-                .context("--n / --image-size")?;
+            let ds = data::synthesize(a.task, a.n, a.image_size, a.seed).context("--n / --image-size")?;
             folder::write(&ds, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
             let test = ds.split(Split::Test).len();
             let val = ds.split(Split::Val).len();
@@ -99,10 +98,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         }
         DataCommand::Triggers(a) => {
             let ds = data::synthesize(a.task, a.index + 1, a.image_size, a.seed)?;
-            let attacks: Vec<_> = AttackKind::defaults()
-                .into_iter()
-                .map(|k| (k, a.seed))
-                .collect();
+            let attacks: Vec<_> = AttackKind::defaults().into_iter().map(|k| (k, a.seed)).collect();
             write_trigger_figure(a.task, &ds, a.index, &attacks, a.amplify, &a.out)?;
             let names: Vec<&str> = attacks.iter().map(|(k, _)| k.name()).collect();
             out!(

@@ -75,19 +75,10 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
     let device = device.device()?;
     let task = Task::Gaze;
     let attack = AttackKind::by_name(&a.attack).context("--attack")?;
-    let cache = a
-        .cache
-        .clone()
-        .unwrap_or_else(|| cache_root().join("models"));
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("models"));
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let config = TrainConfig::new(task, a.profile, a.seed);
-    let backdoor = BackdoorSpec {
-        attack,
-        target: BackdoorSpec::default_target(task, a.seed),
-        poison_rate: DEFAULT_POISON_RATE,
-        seed: a.seed,
-    };
+    let backdoor = BackdoorSpec { attack, target: BackdoorSpec::default_target(task, a.seed), poison_rate: DEFAULT_POISON_RATE, seed: a.seed };
     let jobs = [
         ("benign", TrainJob::builtin(config.clone(), None)),
         (a.attack.as_str(), TrainJob::builtin(config, Some(backdoor))),
@@ -98,57 +89,29 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         let (model, card, path) = job
             .run_cached(&cache, &format!("demo-{}-{name}", a.profile), &device)
             .with_context(|| format!("training the {name} model (cache {})", cache.display()))?;
-        out!(
-            "{name}: model {} (trained in {:.0} s)",
-            path.display(),
-            card.train_seconds
-        );
-        let test = card
-            .data
-            .load(task, card.model.input_size, Split::Test)
-            .context("test data")?;
+        out!("{name}: model {} (trained in {:.0} s)", path.display(), card.train_seconds);
+        let test = card.data.load(task, card.model.input_size, Split::Test).context("test data")?;
         let (clean_error, backdoor_errors) = errors_on(&model, &card, &test)?;
 
         // The defense sees the model without its card's attack record, and fresh clean images.
         let suspect = Suspect::new(model.clone(), &card);
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect))?;
-        let (detection, reversal) =
-            DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
+        let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
         let dir = a.out.join(format!("scan-{name}"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        write_drmguard_outputs(
-            &path, &suspect, &clean, &detection, &reversal, &dir, &device,
-        )?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_drmguard_outputs(&path, &suspect, &clean, &detection, &reversal, &dir, &device)?;
         rows.push(Row {
             name: name.to_string(),
-            verdict: if detection.backdoored {
-                "BACKDOORED".into()
-            } else {
-                "clean".into()
-            },
+            verdict: if detection.backdoored { "BACKDOORED".into() } else { "clean".into() },
             score: Some(detection.score),
             seconds: detection.elapsed_s,
             ..Row::errors(&clean_error, backdoor_errors.as_ref())
         });
-        out!(
-            "{name}: I(f) = {:.4} (ε = {}), {:.0} s; report in {}",
-            detection.score,
-            detection.threshold,
-            detection.elapsed_s,
-            dir.display()
-        );
+        out!("{name}: I(f) = {:.4} (ε = {}), {:.0} s; report in {}", detection.score, detection.threshold, detection.elapsed_s, dir.display());
 
         if card.backdoor.is_some() {
             let started_mitigation = Instant::now();
-            let (repaired, summary) = unlearn(
-                &suspect,
-                &clean,
-                &reversal.generator,
-                &a.unlearn,
-                reversal.config.seed,
-                &device,
-            )?;
+            let (repaired, summary) = unlearn(&suspect, &clean, &reversal.generator, &a.unlearn, reversal.config.seed, &device)?;
             let (clean_error, backdoor_errors) = errors_on(&repaired, &card, &test)?;
             let mut repaired_card = card.clone();
             repaired_card.mitigation = Some(serde_json::json!({
@@ -167,28 +130,13 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
                 seconds: started_mitigation.elapsed().as_secs_f64(),
                 ..Row::errors(&clean_error, backdoor_errors.as_ref())
             });
-            out!(
-                "{name}: mitigated in {:.0} s; wrote {}",
-                started_mitigation.elapsed().as_secs_f64(),
-                out.display()
-            );
+            out!("{name}: mitigated in {:.0} s; wrote {}", started_mitigation.elapsed().as_secs_f64(), out.display());
         }
     }
 
-    let opt = |v: Option<f64>, digits: usize, unit: &str| {
-        v.map_or("-".to_string(), |v| format!("{v:.digits$}{unit}"))
-    };
+    let opt = |v: Option<f64>, digits: usize, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.digits$}{unit}"));
     out!("");
-    out!(
-        "{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>7}",
-        "model",
-        "verdict",
-        "I(f)",
-        "clean error",
-        "AE",
-        "DAE",
-        "time"
-    );
+    out!("{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>7}", "model", "verdict", "I(f)", "clean error", "AE", "DAE", "time");
     for r in &rows {
         out!(
             "{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>6.0}s",
@@ -202,10 +150,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         );
     }
     out!("");
-    out!(
-        "I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {}.",
-        a.drmguard.epsilon
-    );
+    out!("I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {}.", a.drmguard.epsilon);
     out!("AE: error of triggered test images to the attacker's target (low = the backdoor works);");
     out!("DAE: their error to the true labels (low = the backdoor is gone).");
     Ok(())

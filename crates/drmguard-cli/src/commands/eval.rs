@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use drmguard::attacks::backdoor_errors;
-use drmguard::data::Dataset;
 use drmguard::data::{DataSource, Split};
 use drmguard::device::DeviceKind;
+use drmguard::data::Dataset;
 use drmguard::metrics::{BackdoorErrors, TaskError, constant_predictor_error};
 use drmguard::model_file::{self, ModelCard};
 use drmguard::models::Model;
@@ -30,15 +30,12 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     let device = device.device()?;
-    let (model, card) = model_file::load(&a.model, &device)
-        .with_context(|| format!("--model {}", a.model.display()))?;
+    let (model, card) = model_file::load(&a.model, &device).with_context(|| format!("--model {}", a.model.display()))?;
     let source = match &a.data {
         Some(dir) => DataSource::Folder { path: dir.clone() },
         None => card.data.clone(),
     };
-    let data = source
-        .load(card.task, card.model.input_size, a.split)
-        .context("evaluation data")?;
+    let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
     let (error, backdoor) = errors_on(&model, &card, &data)?;
     let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
     if a.json {
@@ -64,25 +61,10 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    out!(
-        "model   {} ({} task, {})",
-        a.model.display(),
-        card.task,
-        card.task.metric_name()
-    );
-    out!(
-        "data    {} ({:?} split, {} samples)",
-        source.describe(),
-        a.split,
-        data.len()
-    );
+    out!("model   {} ({} task, {})", a.model.display(), card.task, card.task.metric_name());
+    out!("data    {} ({:?} split, {} samples)", source.describe(), a.split, data.len());
     out!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
-    out!(
-        "{:<24}{:>9.2}°{:>17.2}°",
-        "error",
-        error.mean_deg,
-        baseline.mean_deg
-    );
+    out!("{:<24}{:>9.2}°{:>17.2}°", "error", error.mean_deg, baseline.mean_deg);
     for (j, name) in card.output_names.iter().enumerate() {
         out!(
             "{:<24}{:>9.2}°{:>17.2}°",
@@ -92,43 +74,21 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         );
     }
     if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
-        out!(
-            "backdoor {} with target {:?} (poisoned test set: every test image carries the trigger)",
-            spec.attack.name(),
-            spec.target
-        );
-        out!(
-            "{:<24}{:>9.2}°   (error to the target: low means the attack works)",
-            "attack error (AE)",
-            errors.attack_error.mean_deg
-        );
-        out!(
-            "{:<24}{:>9.2}°   (error to the true labels: low means no backdoor)",
-            "poisoned true (DAE)",
-            errors.poisoned_true_error.mean_deg
-        );
+        out!("backdoor {} with target {:?} (poisoned test set: every test image carries the trigger)", spec.attack.name(), spec.target);
+        out!("{:<24}{:>9.2}°   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
+        out!("{:<24}{:>9.2}°   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
     }
     Ok(())
 }
 
 /// The clean error of `model` on `data` and, when the card records a backdoor, AE and DAE on
 /// `data` with every image triggered.
-pub fn errors_on(
-    model: &Model,
-    card: &ModelCard,
-    data: &Dataset,
-) -> Result<(TaskError, Option<BackdoorErrors>)> {
+pub fn errors_on(model: &Model, card: &ModelCard, data: &Dataset) -> Result<(TaskError, Option<BackdoorErrors>)> {
     let error = evaluate(model, card.task, data, card.training.batch_size)?;
     let backdoor = match &card.backdoor {
         Some(spec) => {
             let trigger = spec.trigger(card.task, card.model.input_size)?;
-            Some(backdoor_errors(
-                model,
-                card.task,
-                data,
-                &trigger,
-                card.training.batch_size,
-            )?)
+            Some(backdoor_errors(model, card.task, data, &trigger, card.training.batch_size)?)
         }
         None => None,
     };

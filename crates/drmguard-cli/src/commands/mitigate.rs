@@ -33,21 +33,9 @@ pub fn run(a: MitigateArgs, device: DeviceKind) -> Result<()> {
     drmguard::io::ensure_parent_exists(&a.out).context("--out")?;
     let started = Instant::now();
     let (suspect, clean, card) = a.input.load(&device)?;
-    let (detection, reversal) =
-        DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
-    tracing::info!(
-        score = detection.score,
-        backdoored = detection.backdoored,
-        "reverse engineering done; unlearning"
-    );
-    let (model, summary) = unlearn(
-        &suspect,
-        &clean,
-        &reversal.generator,
-        &a.unlearn,
-        reversal.config.seed,
-        &device,
-    )?;
+    let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
+    tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");
+    let (model, summary) = unlearn(&suspect, &clean, &reversal.generator, &a.unlearn, reversal.config.seed, &device)?;
     let record = json!({
         "defense": "drmguard",
         "source_model": a.input.model,
@@ -67,19 +55,14 @@ pub fn run(a: MitigateArgs, device: DeviceKind) -> Result<()> {
     let mut repaired = card.clone();
     repaired.drmguard_version = env!("CARGO_PKG_VERSION").to_string();
     repaired.mitigation = Some(record.clone());
-    model_file::save(&a.out, &model, &repaired)
-        .with_context(|| format!("--out {}", a.out.display()))?;
+    model_file::save(&a.out, &model, &repaired).with_context(|| format!("--out {}", a.out.display()))?;
     let report_path = a.out.with_extension("report.json");
     drmguard::io::write_json(&report_path, &record)?;
     out!(
         "{}: reversed trigger I(f) = {:.4} ({}), unlearned on {} clean + {} reversed images in {:.0} s; wrote {} and {}",
         a.input.model.display(),
         detection.score,
-        if detection.backdoored {
-            "flagged as backdoored"
-        } else {
-            "not flagged; unlearned anyway"
-        },
+        if detection.backdoored { "flagged as backdoored" } else { "not flagged; unlearned anyway" },
         summary.clean_images,
         summary.reversed_images,
         started.elapsed().as_secs_f64(),

@@ -39,16 +39,13 @@ pub struct PoisonArgs {
 
 pub fn run(a: PoisonArgs, device: DeviceKind) -> Result<()> {
     let Some(spec) = a.attack.spec(a.task, a.seed)? else {
-        bail!(
-            "--attack is required (one of: {})",
-            AttackKind::NAMES.join(", ")
-        );
+        bail!("--attack is required (one of: {})", AttackKind::NAMES.join(", "));
     };
     let device = device.device()?;
     let surrogate = match (&a.surrogate, spec.attack.needs_surrogate()) {
         (Some(path), true) => {
-            let (model, card) = model_file::load(path, &device)
-                .with_context(|| format!("--surrogate {}", path.display()))?;
+            let (model, card) =
+                model_file::load(path, &device).with_context(|| format!("--surrogate {}", path.display()))?;
             if card.task != a.task || card.model.input_size != a.image_size {
                 bail!(
                     "--surrogate {}: a {} model on {}×{} images, but the data are {} at {}×{}",
@@ -63,29 +60,18 @@ pub fn run(a: PoisonArgs, device: DeviceKind) -> Result<()> {
             }
             Some(model)
         }
-        (None, true) => bail!(
-            "--attack {} needs --surrogate MODEL (a benign model of the task)",
-            spec.attack.name()
-        ),
+        (None, true) => bail!("--attack {} needs --surrogate MODEL (a benign model of the task)", spec.attack.name()),
         (Some(_), false) => bail!("--surrogate is only used by --attack clean-label"),
         (None, false) => None,
     };
-    let data =
-        folder::load(&a.data, a.image_size, Some(a.task.output_names())).context("--data")?;
+    let data = folder::load(&a.data, a.image_size, Some(a.task.output_names())).context("--data")?;
     let plan = spec.plan(a.task, a.image_size, &data)?;
     let data = spec.prepare_training_set(&plan, data, surrogate.as_ref(), &device)?;
     let poisoned = poison_dataset(&data, &plan, false, &device)?;
     folder::write(&poisoned, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
-    let mut files: Vec<&str> = plan
-        .poisoned
-        .iter()
-        .map(|&i| data.names[i].as_str())
-        .collect();
+    let mut files: Vec<&str> = plan.poisoned.iter().map(|&i| data.names[i].as_str()).collect();
     files.sort_unstable();
-    write_json(
-        &a.out.join("poison.json"),
-        &json!({ "backdoor": spec, "poisoned_files": files }),
-    )?;
+    write_json(&a.out.join("poison.json"), &json!({ "backdoor": spec, "poisoned_files": files }))?;
     out!(
         "wrote {} samples to {}, {} of them poisoned by {} with target {:?} (listed in poison.json)",
         poisoned.len(),

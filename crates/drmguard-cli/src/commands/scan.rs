@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use drmguard::burn::tensor::Device;
+use clap::Args;
 use drmguard::defenses::drmguard::Reversal;
 use drmguard::defenses::{CleanSet, DefenseKind, Detection, DrmGuard, DrmGuardConfig, Suspect};
 use drmguard::device::DeviceKind;
@@ -29,16 +29,13 @@ pub struct DefenseInput {
 impl DefenseInput {
     /// Loads the model as a defense may see it (its card without the attack) and the clean set.
     pub fn load(&self, device: &Device) -> Result<(Suspect, CleanSet, ModelCard)> {
-        let (model, card) = model_file::load(&self.model, device)
-            .with_context(|| format!("--model {}", self.model.display()))?;
+        let (model, card) =
+            model_file::load(&self.model, device).with_context(|| format!("--model {}", self.model.display()))?;
         let suspect = Suspect::new(model, &card);
         let clean = match &self.data {
-            Some(dir) => CleanSet::from_folder(dir, &suspect)
-                .with_context(|| format!("--data {}", dir.display()))?,
+            Some(dir) => CleanSet::from_folder(dir, &suspect).with_context(|| format!("--data {}", dir.display()))?,
             None => {
-                let n = self
-                    .clean_size
-                    .unwrap_or_else(|| CleanSet::default_size(&suspect));
+                let n = self.clean_size.unwrap_or_else(|| CleanSet::default_size(&suspect));
                 CleanSet::fresh_builtin(&suspect, n).context("the defender's clean set")?
             }
         };
@@ -68,33 +65,19 @@ pub const BACKDOOR_EXIT: u8 = 2;
 
 pub fn run(a: ScanArgs, device: DeviceKind) -> Result<Option<u8>> {
     let device = device.device()?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let (suspect, clean, _) = a.input.load(&device)?;
     let detection = match a.defense {
         DefenseKind::Drmguard => {
-            let (detection, reversal) =
-                DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
-            write_drmguard_outputs(
-                &a.input.model,
-                &suspect,
-                &clean,
-                &detection,
-                &reversal,
-                &a.out,
-                &device,
-            )?;
+            let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
+            write_drmguard_outputs(&a.input.model, &suspect, &clean, &detection, &reversal, &a.out, &device)?;
             detection
         }
     };
     out!(
         "{}: {} (I(f) = {:.4}, ε = {}, margin {:+.4}), {:.0} s; report in {}",
         a.input.model.display(),
-        if detection.backdoored {
-            "BACKDOORED"
-        } else {
-            "no backdoor found"
-        },
+        if detection.backdoored { "BACKDOORED" } else { "no backdoor found" },
         detection.score,
         detection.threshold,
         detection.margin,
@@ -145,28 +128,13 @@ pub fn write_drmguard_outputs(
     let shown: Vec<usize> = (0..clean.len().min(8)).collect();
     let (originals, reversed) = reversal.image_pairs(clean, &shown, device)?;
     // Full scale at 4 ε: differences of the size that decides the verdict stay visible.
-    write_reversal_figure(
-        &originals,
-        &reversed,
-        4.0 * reversal.config.epsilon as f32,
-        &out.join("reversed.png"),
-    )?;
+    write_reversal_figure(&originals, &reversed, 4.0 * reversal.config.epsilon as f32, &out.join("reversed.png"))?;
     if let Some(map) = &reversal.attention {
         write_map_figure(map, suspect.image_size(), &out.join("attention.png"))?;
     }
 
-    let deg = |v: &[f32]| {
-        v.iter()
-            .map(|x| format!("{:.2}°", x.to_degrees()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let spread = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}°"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let deg = |v: &[f32]| v.iter().map(|x| format!("{:.2}°", x.to_degrees())).collect::<Vec<_>>().join(", ");
+    let spread = |v: &[f64]| v.iter().map(|x| format!("{x:.2}°")).collect::<Vec<_>>().join(", ");
     let md = format!(
         "# drmguard scan: {model}\n\n\
          **Verdict: {verdict}.** I(f) = mean |G(x) − x| = **{score:.4}**, threshold ε = {eps} \

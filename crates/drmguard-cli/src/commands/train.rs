@@ -76,37 +76,20 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     config.validate().context("training options")?;
     let backdoor_spec = a.attack.spec(a.task, config.seed)?;
     if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!(
-            "--out {}: the model file must end in .safetensors",
-            a.out.display()
-        );
+        bail!("--out {}: the model file must end in .safetensors", a.out.display());
     }
     // Fail before hours of training, not after.
     ensure_parent_exists(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let source = match &a.data {
-        Some(dir) => DataSource::Folder {
-            path: std::fs::canonicalize(dir)
-                .with_context(|| format!("--data {}", dir.display()))?,
-        },
-        None => DataSource::Synthetic {
-            task: a.task,
-            n: config.samples,
-            seed: config.seed,
-            image_size: config.image_size,
-        },
+        Some(dir) => DataSource::Folder { path: std::fs::canonicalize(dir).with_context(|| format!("--data {}", dir.display()))? },
+        None => DataSource::Synthetic { task: a.task, n: config.samples, seed: config.seed, image_size: config.image_size },
     };
     let device = device.device()?;
-    let job = TrainJob {
-        config,
-        source,
-        backdoor: backdoor_spec,
-    };
+    let job = TrainJob { config, source, backdoor: backdoor_spec };
     let (model, card) = job.run(&device).context("training")?;
     model_file::save(&a.out, &model, &card)?;
     let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
-    let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| {
-        format!("{}-backdoored", b.attack.name())
-    });
+    let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));
     out!(
         "trained {kind} {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
         a.task,

@@ -25,40 +25,27 @@ pub struct AdaptiveConfig {
     pub wanet: WanetConfig,
     /// Adaptive: weight λ_adp of the loss that pushes the poisoned samples' ratio of angle
     /// variance towards 1.
-    #[arg(
-        id = "adaptive_lambda",
-        long = "adaptive-lambda",
-        default_value_t = 0.02
-    )]
+    #[arg(id = "adaptive_lambda", long = "adaptive-lambda", default_value_t = 0.02)]
     pub lambda: f32,
 }
 
 impl Default for AdaptiveConfig {
     fn default() -> Self {
-        AdaptiveConfig {
-            wanet: WanetConfig::default(),
-            lambda: 0.02,
-        }
+        AdaptiveConfig { wanet: WanetConfig::default(), lambda: 0.02 }
     }
 }
 
 impl AdaptiveConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
-            return Err(Error::invalid(
-                "adaptive lambda",
-                format!("{} (must be finite and ≥ 0)", self.lambda),
-            ));
+            return Err(Error::invalid("adaptive lambda", format!("{} (must be finite and ≥ 0)", self.lambda)));
         }
         Ok(())
     }
 
     pub fn build(&self, size: u32, seed: u64) -> Result<Adaptive> {
         self.validate()?;
-        Ok(Adaptive {
-            wanet: self.wanet.build(size, seed)?,
-            lambda: self.lambda,
-        })
+        Ok(Adaptive { wanet: self.wanet.build(size, seed)?, lambda: self.lambda })
     }
 }
 
@@ -73,9 +60,7 @@ pub struct Adaptive {
 pub fn rav_penalty(clean: Tensor<2>, poisoned: Tensor<2>, weight: Tensor<2>) -> Tensor<1> {
     let var_clean = feature_angles(clean, weight.clone()).var(0);
     let var_poisoned = feature_angles(poisoned, weight).var(0);
-    (var_poisoned / (var_clean + 1e-12) - 1.0)
-        .powi_scalar(2)
-        .mean()
+    (var_poisoned / (var_clean + 1e-12) - 1.0).powi_scalar(2).mean()
 }
 
 impl Attack for Adaptive {
@@ -95,12 +80,7 @@ impl Attack for Adaptive {
         true
     }
 
-    fn feature_penalty(
-        &self,
-        clean: Tensor<2>,
-        poisoned: Tensor<2>,
-        weight: Tensor<2>,
-    ) -> Option<Tensor<1>> {
+    fn feature_penalty(&self, clean: Tensor<2>, poisoned: Tensor<2>, weight: Tensor<2>) -> Option<Tensor<1>> {
         if clean.dims()[0] < 2 || poisoned.dims()[0] < 2 || self.lambda == 0.0 {
             return None;
         }

@@ -23,10 +23,7 @@ pub struct BadNetsConfig {
 
 impl Default for BadNetsConfig {
     fn default() -> Self {
-        BadNetsConfig {
-            patch_fraction: 0.125,
-            corner: "bottom-right".into(),
-        }
+        BadNetsConfig { patch_fraction: 0.125, corner: "bottom-right".into() }
     }
 }
 
@@ -60,9 +57,7 @@ impl BadNetsConfig {
 
     pub fn build(&self, size: u32) -> Result<BadNets> {
         let square = self.patch_rect(size)?;
-        Ok(BadNets {
-            stamp: Stamp::checkerboards(size as usize, &[square]),
-        })
+        Ok(BadNets { stamp: Stamp::checkerboards(size as usize, &[square]) })
     }
 }
 

@@ -27,21 +27,12 @@ impl Default for BlendedConfig {
 impl BlendedConfig {
     pub fn build(&self, size: u32, seed: u64) -> Result<Blended> {
         if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            return Err(Error::invalid(
-                "Blended alpha",
-                format!("{} (must be in (0, 1])", self.alpha),
-            ));
+            return Err(Error::invalid("Blended alpha", format!("{} (must be in (0, 1])", self.alpha)));
         }
         let s = size as usize;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb1e4_d000_0000_0001);
         let pattern = (0..3 * s * s).map(|_| rng.random::<f32>()).collect();
-        Ok(Blended {
-            stamp: Stamp {
-                size: s,
-                mask: vec![self.alpha; s * s],
-                pattern,
-            },
-        })
+        Ok(Blended { stamp: Stamp { size: s, mask: vec![self.alpha; s * s], pattern } })
     }
 }
 

@@ -31,55 +31,32 @@ use crate::task::Task;
 pub struct CleanLabelConfig {
     /// Clean-Label: only training samples whose label is within this many degrees of the target
     /// (the task's error metric) are poisoned.
-    #[arg(
-        id = "clean_label_radius",
-        long = "clean-label-radius",
-        default_value_t = 10.0
-    )]
+    #[arg(id = "clean_label_radius", long = "clean-label-radius", default_value_t = 10.0)]
     pub radius_deg: f32,
     /// Clean-Label: L∞ bound of the PGD perturbation, in pixel values (16/255 by default).
     #[arg(id = "clean_label_epsilon", long = "clean-label-epsilon", default_value_t = 16.0 / 255.0)]
     pub pgd_epsilon: f32,
     /// Clean-Label: PGD steps (each of 2.5 · ε / steps).
-    #[arg(
-        id = "clean_label_steps",
-        long = "clean-label-steps",
-        default_value_t = 10
-    )]
+    #[arg(id = "clean_label_steps", long = "clean-label-steps", default_value_t = 10)]
     pub pgd_steps: usize,
     /// Clean-Label: side of each corner's checkerboard as a fraction of the image side.
-    #[arg(
-        id = "clean_label_patch",
-        long = "clean-label-patch",
-        default_value_t = 0.125
-    )]
+    #[arg(id = "clean_label_patch", long = "clean-label-patch", default_value_t = 0.125)]
     pub patch_fraction: f32,
 }
 
 impl Default for CleanLabelConfig {
     fn default() -> Self {
-        CleanLabelConfig {
-            radius_deg: 10.0,
-            pgd_epsilon: 16.0 / 255.0,
-            pgd_steps: 10,
-            patch_fraction: 0.125,
-        }
+        CleanLabelConfig { radius_deg: 10.0, pgd_epsilon: 16.0 / 255.0, pgd_steps: 10, patch_fraction: 0.125 }
     }
 }
 
 impl CleanLabelConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.radius_deg > 0.0 && self.radius_deg.is_finite()) {
-            return Err(Error::invalid(
-                "clean-label radius",
-                format!("{}° (must be positive)", self.radius_deg),
-            ));
+            return Err(Error::invalid("clean-label radius", format!("{}° (must be positive)", self.radius_deg)));
         }
         if !(self.pgd_epsilon >= 0.0 && self.pgd_epsilon <= 1.0) {
-            return Err(Error::invalid(
-                "clean-label epsilon",
-                format!("{} (must be in [0, 1])", self.pgd_epsilon),
-            ));
+            return Err(Error::invalid("clean-label epsilon", format!("{} (must be in [0, 1])", self.pgd_epsilon)));
         }
         Ok(())
     }
@@ -89,16 +66,10 @@ impl CleanLabelConfig {
         let squares = ["top-left", "top-right", "bottom-left", "bottom-right"]
             .iter()
             .map(|corner| {
-                BadNetsConfig {
-                    patch_fraction: self.patch_fraction,
-                    corner: corner.to_string(),
-                }
-                .patch_rect(size)
+                BadNetsConfig { patch_fraction: self.patch_fraction, corner: corner.to_string() }.patch_rect(size)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(CleanLabel {
-            stamp: Stamp::checkerboards(size as usize, &squares),
-        })
+        Ok(CleanLabel { stamp: Stamp::checkerboards(size as usize, &squares) })
     }
 
     /// Training samples the attacker may poison: those whose label is within the radius of
@@ -111,13 +82,7 @@ impl CleanLabelConfig {
 
     /// A copy of `data` in which the images at `indices` carry a PGD perturbation (L∞ ≤ ε) that
     /// raises `surrogate`'s L1 error to their true labels. Labels are unchanged.
-    pub fn harden(
-        &self,
-        surrogate: &Model,
-        data: &Dataset,
-        indices: &[usize],
-        device: &Device,
-    ) -> Result<Dataset> {
+    pub fn harden(&self, surrogate: &Model, data: &Dataset, indices: &[usize], device: &Device) -> Result<Dataset> {
         self.validate()?;
         let ad = device.clone().autodiff();
         // Frozen: BatchNorm on its running statistics, gradients flow to the images only.
@@ -134,14 +99,11 @@ impl CleanLabelConfig {
                 let input = x.clone().autodiff().require_grad();
                 let loss = (model.forward(input.clone()) - labels.clone()).abs().sum();
                 let grads = loss.backward();
-                let g = input.grad(&grads).ok_or_else(|| {
-                    Error::Numerical("no input gradient for the clean-label perturbation".into())
-                })?;
+                let g = input
+                    .grad(&grads)
+                    .ok_or_else(|| Error::Numerical("no input gradient for the clean-label perturbation".into()))?;
                 let moved = x + g.sign() * step;
-                x = moved
-                    .max_pair(clean.clone() - epsilon)
-                    .min_pair(clean.clone() + epsilon)
-                    .clamp(0.0, 1.0);
+                x = moved.max_pair(clean.clone() - epsilon).min_pair(clean.clone() + epsilon).clamp(0.0, 1.0);
             }
             for (&i, image) in chunk.iter().zip(to_images(x)?) {
                 out.images[i] = image;

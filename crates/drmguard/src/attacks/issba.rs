@@ -41,11 +41,7 @@ pub struct IssbaConfig {
     #[arg(id = "issba_bits", long = "issba-bits", default_value_t = 16)]
     pub bits: usize,
     /// ISSBA: largest change of any pixel value (0.04 keeps PSNR ≥ 27.96 dB).
-    #[arg(
-        id = "issba_amplitude",
-        long = "issba-amplitude",
-        default_value_t = 0.04
-    )]
+    #[arg(id = "issba_amplitude", long = "issba-amplitude", default_value_t = 0.04)]
     pub amplitude: f32,
     /// ISSBA: weight β of the residual's mean square in the encoder's loss.
     #[arg(id = "issba_beta", long = "issba-beta", default_value_t = 1.0)]
@@ -60,13 +56,7 @@ pub struct IssbaConfig {
 
 impl Default for IssbaConfig {
     fn default() -> Self {
-        IssbaConfig {
-            bits: 16,
-            amplitude: 0.04,
-            beta: 1.0,
-            steps: 400,
-            images: 1024,
-        }
+        IssbaConfig { bits: 16, amplitude: 0.04, beta: 1.0, steps: 400, images: 1024 }
     }
 }
 
@@ -77,30 +67,18 @@ const LEARNING_RATE: f64 = 3e-3;
 impl IssbaConfig {
     pub fn validate(&self) -> Result<()> {
         if !(1..=64).contains(&self.bits) {
-            return Err(Error::invalid(
-                "ISSBA bits",
-                format!("{} (must be within 1..=64)", self.bits),
-            ));
+            return Err(Error::invalid("ISSBA bits", format!("{} (must be within 1..=64)", self.bits)));
         }
         if !(self.amplitude > 0.0 && self.amplitude <= 1.0) {
-            return Err(Error::invalid(
-                "ISSBA amplitude",
-                format!("{} (must be in (0, 1])", self.amplitude),
-            ));
+            return Err(Error::invalid("ISSBA amplitude", format!("{} (must be in (0, 1])", self.amplitude)));
         }
         if !(self.beta >= 0.0 && self.beta.is_finite()) {
-            return Err(Error::invalid(
-                "ISSBA beta",
-                format!("{} (must be finite and ≥ 0)", self.beta),
-            ));
+            return Err(Error::invalid("ISSBA beta", format!("{} (must be finite and ≥ 0)", self.beta)));
         }
         if self.steps == 0 || self.images < BATCH {
             return Err(Error::invalid(
                 "ISSBA training",
-                format!(
-                    "{} steps on {} images (need ≥ 1 step and ≥ {BATCH} images)",
-                    self.steps, self.images
-                ),
+                format!("{} steps on {} images (need ≥ 1 step and ≥ {BATCH} images)", self.steps, self.images),
             ));
         }
         Ok(())
@@ -109,12 +87,7 @@ impl IssbaConfig {
     /// The trigger: the encoder of this config, task, size and seed (from the cache, or trained
     /// and cached), with the code drawn from the seed.
     pub fn build(&self, task: Task, size: u32, seed: u64) -> Result<Issba> {
-        self.build_in(
-            &crate::train::cache_root().join("attacks"),
-            task,
-            size,
-            seed,
-        )
+        self.build_in(&crate::train::cache_root().join("attacks"), task, size, seed)
     }
 
     /// [`build`](Self::build) with the encoder cached in `cache_dir`.
@@ -133,36 +106,19 @@ impl IssbaConfig {
             }
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x155b_a000_c0de_0001);
-        let code = (0..self.bits)
-            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
-        Ok(Issba {
-            encoder,
-            code,
-            amplitude: self.amplitude,
-        })
+        let code = (0..self.bits).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
+        Ok(Issba { encoder, code, amplitude: self.amplitude })
     }
 
     fn cache_name(&self, task: Task, size: u32, seed: u64) -> String {
-        let json = serde_json::to_vec(&(self, task, size, seed, env!("CARGO_PKG_VERSION")))
-            .expect("serialisable");
-        let key: String = Sha256::digest(&json)
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let json = serde_json::to_vec(&(self, task, size, seed, env!("CARGO_PKG_VERSION"))).expect("serialisable");
+        let key: String = Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect();
         format!("issba-{key}.safetensors")
     }
 
     /// Trains encoder and decoder jointly; returns the encoder and the decoder's bit accuracy on
     /// the last batch.
-    pub fn train(
-        &self,
-        task: Task,
-        size: u32,
-        seed: u64,
-        device: &Device,
-    ) -> Result<(Encoder, f64)> {
+    pub fn train(&self, task: Task, size: u32, seed: u64, device: &Device) -> Result<(Encoder, f64)> {
         self.validate()?;
         let data = crate::data::synthesize(task, self.images, size, seed ^ 0x155b_a000_da7a_0002)?;
         let ad = device.clone().autodiff();
@@ -174,13 +130,10 @@ impl IssbaConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x155b_a000_5eed_0004);
         let mut accuracy = 0.0;
         for step in 0..self.steps {
-            let indices: Vec<usize> = (0..BATCH)
-                .map(|_| rng.random_range(0..data.len()))
-                .collect();
+            let indices: Vec<usize> = (0..BATCH).map(|_| rng.random_range(0..data.len())).collect();
             let (x, _) = data.batch(&indices, &ad);
-            let signs: Vec<f32> = (0..BATCH * self.bits)
-                .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-                .collect();
+            let signs: Vec<f32> =
+                (0..BATCH * self.bits).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
             let code = Tensor::<2>::from_data(TensorData::new(signs, [BATCH, self.bits]), &ad);
             let residual = encoder.residual(x.clone(), code.clone(), self.amplitude);
             let poisoned = (x + residual.clone()).clamp(0.0, 1.0);
@@ -190,16 +143,10 @@ impl IssbaConfig {
             let loss = bit_loss + residual.powi_scalar(2).mean() * self.beta;
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "the ISSBA encoder's loss became {value} at step {step}"
-                )));
+                return Err(Error::Numerical(format!("the ISSBA encoder's loss became {value} at step {step}")));
             }
             if step + 1 == self.steps {
-                let right = (logits.detach() * code)
-                    .greater_elem(0.0)
-                    .float()
-                    .mean()
-                    .into_scalar::<f32>();
+                let right = (logits.detach() * code).greater_elem(0.0).float().mean().into_scalar::<f32>();
                 accuracy = right as f64;
             }
             let mut grads = loss.backward();
@@ -250,10 +197,7 @@ impl Encoder {
         let [_, _, hh, hw] = half.dims();
         let planes = code.reshape([n, bits, 1, 1]).expand([n, bits, hh, hw]);
         let b = relu(self.c3.forward(Tensor::cat(vec![half, planes], 1)));
-        let b = interpolate(
-            b,
-            InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([h, w]),
-        );
+        let b = interpolate(b, InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([h, w]));
         let c = relu(self.c4.forward(Tensor::cat(vec![a, b], 1)));
         self.out.forward(c).tanh() * amplitude
     }
@@ -279,10 +223,7 @@ impl Decoder {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let z = relu(
-            self.c3
-                .forward(relu(self.c2.forward(relu(self.c1.forward(x))))),
-        );
+        let z = relu(self.c3.forward(relu(self.c2.forward(relu(self.c1.forward(x))))));
         let [n, c, _, _] = z.dims();
         self.fc.forward(z.mean_dim(3).mean_dim(2).reshape([n, c]))
     }
@@ -295,9 +236,7 @@ fn load_encoder(path: &Path, bits: usize, device: &Device) -> Option<Encoder> {
     let mut encoder = init_seeded(device, 0, || Encoder::new(bits, device));
     let mut store = SafetensorsStore::from_file(path);
     match encoder.load_from(&mut store) {
-        Ok(r) if r.missing.is_empty() && r.unused.is_empty() && r.errors.is_empty() => {
-            Some(encoder)
-        }
+        Ok(r) if r.missing.is_empty() && r.unused.is_empty() && r.errors.is_empty() => Some(encoder),
         _ => {
             tracing::warn!(path = %path.display(), "retraining: the cached ISSBA encoder cannot be read");
             None
@@ -307,25 +246,13 @@ fn load_encoder(path: &Path, bits: usize, device: &Device) -> Option<Encoder> {
 
 fn save_encoder(encoder: &Encoder, path: &Path) -> Result<()> {
     let dir = path.parent().expect("cache paths have a folder");
-    std::fs::create_dir_all(dir).map_err(|cause| Error::Write {
-        path: dir.to_path_buf(),
-        cause,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|cause| Error::Write { path: dir.to_path_buf(), cause })?;
     // Through a temporary name, so that a concurrent run never reads a half-written encoder.
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp =
+        dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-    encoder.save_into(&mut store).map_err(|e| Error::Weights {
-        path: tmp.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|cause| Error::Write {
-        path: path.to_path_buf(),
-        cause,
-    })
+    encoder.save_into(&mut store).map_err(|e| Error::Weights { path: tmp.clone(), message: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|cause| Error::Write { path: path.to_path_buf(), cause })
 }
 
 /// The trigger: the trained encoder and the attack's code.
@@ -343,11 +270,8 @@ impl Issba {
         let n = x.dims()[0];
         let device = x.device();
         let encoder = self.encoder.clone().fork(&device);
-        let code = Tensor::<2>::from_data(
-            TensorData::new(self.code.clone(), [1, self.code.len()]),
-            &device,
-        )
-        .repeat_dim(0, n);
+        let code =
+            Tensor::<2>::from_data(TensorData::new(self.code.clone(), [1, self.code.len()]), &device).repeat_dim(0, n);
         encoder.residual(x, code, self.amplitude)
     }
 }

@@ -58,12 +58,7 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
     /// An extra term the attacker adds to the victim's training loss, from the penultimate
     /// features of the batch's clean and poisoned samples and the head's weight rows `[d, k]`
     /// (the adaptive attack's L_adp). `None` for attacks without one.
-    fn feature_penalty(
-        &self,
-        _clean: Tensor<2>,
-        _poisoned: Tensor<2>,
-        _weight: Tensor<2>,
-    ) -> Option<Tensor<1>> {
+    fn feature_penalty(&self, _clean: Tensor<2>, _poisoned: Tensor<2>, _weight: Tensor<2>) -> Option<Tensor<1>> {
         None
     }
 }
@@ -81,14 +76,7 @@ pub enum AttackKind {
 }
 
 impl AttackKind {
-    pub const NAMES: &'static [&'static str] = &[
-        "badnets",
-        "blended",
-        "wanet",
-        "clean-label",
-        "issba",
-        "adaptive",
-    ];
+    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet", "clean-label", "issba", "adaptive"];
 
     /// Every attack with its default configuration.
     pub fn defaults() -> Vec<AttackKind> {
@@ -104,14 +92,11 @@ impl AttackKind {
 
     /// The attack called `name` with its default configuration.
     pub fn by_name(name: &str) -> Result<AttackKind> {
-        Self::defaults()
-            .into_iter()
-            .find(|a| a.name() == name)
-            .ok_or_else(|| Error::UnknownName {
-                what: "attack",
-                name: name.into(),
-                expected: Self::NAMES.join(", "),
-            })
+        Self::defaults().into_iter().find(|a| a.name() == name).ok_or_else(|| Error::UnknownName {
+            what: "attack",
+            name: name.into(),
+            expected: Self::NAMES.join(", "),
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -187,10 +172,7 @@ impl BackdoorSpec {
             return Err(Error::invalid("target", format!("{v} is not finite")));
         }
         if !(self.poison_rate > 0.0 && self.poison_rate <= 1.0) {
-            return Err(Error::invalid(
-                "poison rate",
-                format!("{} (must be in (0, 1])", self.poison_rate),
-            ));
+            return Err(Error::invalid("poison rate", format!("{} (must be in (0, 1])", self.poison_rate)));
         }
         Ok(())
     }
@@ -203,11 +185,7 @@ impl BackdoorSpec {
             .iter()
             .map(|half| {
                 let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
-                if rng.random::<bool>() {
-                    magnitude
-                } else {
-                    -magnitude
-                }
+                if rng.random::<bool>() { magnitude } else { -magnitude }
             })
             .collect()
     }
@@ -233,15 +211,10 @@ impl BackdoorSpec {
         }
         let Backdoor { attack, target, .. } = self.trigger(task, image_size)?;
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            self.seed ^ 0x0b5e_55ed_ba7c_4e55,
-        ));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x0b5e_55ed_ba7c_4e55));
         let mut n_poison = ((self.poison_rate * n as f64).round() as usize).clamp(1, n);
         if let AttackKind::CleanLabel(config) = &self.attack {
-            let eligible: HashSet<usize> = config
-                .eligible(task, data, &self.target)
-                .into_iter()
-                .collect();
+            let eligible: HashSet<usize> = config.eligible(task, data, &self.target).into_iter().collect();
             if eligible.is_empty() {
                 return Err(Error::Data(format!(
                     "clean-label: no training label lies within {}° of the target {:?}; raise the radius or pick \
@@ -260,15 +233,11 @@ impl BackdoorSpec {
             // Eligible samples first, in the seeded order.
             order.sort_by_key(|i| !eligible.contains(i));
         }
-        let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize)
-            .min(n - n_poison);
+        let n_cross = ((self.poison_rate * attack.cross_ratio() * n as f64).round() as usize).min(n - n_poison);
         Ok(Backdoor {
             poison_rate: self.poison_rate,
             poisoned: order[..n_poison].iter().copied().collect(),
-            cross: order[n_poison..n_poison + n_cross]
-                .iter()
-                .copied()
-                .collect(),
+            cross: order[n_poison..n_poison + n_cross].iter().copied().collect(),
             target,
             attack,
         })
@@ -288,10 +257,7 @@ impl BackdoorSpec {
             return Ok(train);
         };
         let surrogate = surrogate.ok_or_else(|| {
-            Error::invalid(
-                "clean-label attack",
-                "needs a benign surrogate model for its PGD perturbation",
-            )
+            Error::invalid("clean-label attack", "needs a benign surrogate model for its PGD perturbation")
         })?;
         let mut indices: Vec<usize> = plan.poisoned.iter().copied().collect();
         indices.sort_unstable();
@@ -325,22 +291,15 @@ impl Backdoor {
         rng: &mut dyn RngCore,
         device: &Device,
     ) -> PoisonedBatch {
-        let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) =
-            if self.attack.poisons_every_batch() {
-                let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
-                let n_cross =
-                    ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
-                (
-                    indices[..n_bd].to_vec(),
-                    indices[n_bd..n_bd + n_cross].to_vec(),
-                    indices[n_bd + n_cross..].to_vec(),
-                )
-            } else {
-                let (poisoned, rest): (Vec<usize>, Vec<usize>) =
-                    indices.iter().partition(|i| self.poisoned.contains(i));
-                let (cross, clean) = rest.iter().partition(|i| self.cross.contains(i));
-                (poisoned, cross, clean)
-            };
+        let (poisoned, cross, clean): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.attack.poisons_every_batch() {
+            let n_bd = (indices.len() as f64 * self.poison_rate) as usize;
+            let n_cross = ((n_bd as f64 * self.attack.cross_ratio()) as usize).min(indices.len() - n_bd);
+            (indices[..n_bd].to_vec(), indices[n_bd..n_bd + n_cross].to_vec(), indices[n_bd + n_cross..].to_vec())
+        } else {
+            let (poisoned, rest): (Vec<usize>, Vec<usize>) = indices.iter().partition(|i| self.poisoned.contains(i));
+            let (cross, clean) = rest.iter().partition(|i| self.cross.contains(i));
+            (poisoned, cross, clean)
+        };
         let mut xs = Vec::with_capacity(3);
         let mut ys = Vec::with_capacity(3);
         if !clean.is_empty() {
@@ -351,11 +310,7 @@ impl Backdoor {
         if !poisoned.is_empty() {
             let (x, y) = data.batch(&poisoned, device);
             xs.push(self.attack.apply(x));
-            ys.push(if self.attack.relabels() {
-                self.target_batch(poisoned.len(), device)
-            } else {
-                y
-            });
+            ys.push(if self.attack.relabels() { self.target_batch(poisoned.len(), device) } else { y });
         }
         if !cross.is_empty() {
             let (x, y) = data.batch(&cross, device);
@@ -393,12 +348,7 @@ pub struct PoisonedBatch {
 /// A copy of `data` in which the planned samples carry the trigger (and the target label, unless
 /// `keep_labels` or the attack keeps labels); other samples are unchanged. For writing poisoned
 /// datasets.
-pub fn poison_dataset(
-    data: &Dataset,
-    backdoor: &Backdoor,
-    keep_labels: bool,
-    device: &Device,
-) -> Result<Dataset> {
+pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, device: &Device) -> Result<Dataset> {
     let mut out = data.clone();
     let mut picked: Vec<usize> = backdoor.poisoned.iter().copied().collect();
     picked.sort_unstable();
@@ -424,15 +374,8 @@ pub fn backdoor_errors(
     backdoor: &Backdoor,
     batch_size: usize,
 ) -> Result<crate::metrics::BackdoorErrors> {
-    let outputs =
-        crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
-    let targets: Vec<f32> = backdoor
-        .target
-        .iter()
-        .copied()
-        .cycle()
-        .take(outputs.len())
-        .collect();
+    let outputs = crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
+    let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
     Ok(crate::metrics::BackdoorErrors {
         attack_error: crate::metrics::task_error(task, &outputs, &targets),
         poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),

@@ -29,20 +29,14 @@ impl Stamp {
                 }
             }
         }
-        Stamp {
-            size: s,
-            mask,
-            pattern,
-        }
+        Stamp { size: s, mask, pattern }
     }
 
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let device = x.device();
         let s = self.size;
-        let mask =
-            Tensor::<4>::from_data(TensorData::new(self.mask.clone(), [1, 1, s, s]), &device);
-        let pattern =
-            Tensor::<4>::from_data(TensorData::new(self.pattern.clone(), [1, 3, s, s]), &device);
+        let mask = Tensor::<4>::from_data(TensorData::new(self.mask.clone(), [1, 1, s, s]), &device);
+        let pattern = Tensor::<4>::from_data(TensorData::new(self.pattern.clone(), [1, 3, s, s]), &device);
         x * (mask.clone().neg() + 1.0) + pattern * mask
     }
 }

@@ -42,22 +42,14 @@ pub struct WanetConfig {
 
 impl Default for WanetConfig {
     fn default() -> Self {
-        WanetConfig {
-            k: 4,
-            s: 0.5,
-            cross_ratio: 0.0,
-            grid_rescale: 1.0,
-        }
+        WanetConfig { k: 4, s: 0.5, cross_ratio: 0.0, grid_rescale: 1.0 }
     }
 }
 
 impl WanetConfig {
     pub fn build(&self, size: u32, seed: u64) -> Result<Wanet> {
         if !(2..=64).contains(&self.k) {
-            return Err(Error::invalid(
-                "WaNet k",
-                format!("{} (must be within 2..=64)", self.k),
-            ));
+            return Err(Error::invalid("WaNet k", format!("{} (must be within 2..=64)", self.k)));
         }
         let valid = |v: f64| v.is_finite() && v >= 0.0;
         if !valid(self.s as f64) || !valid(self.cross_ratio) {
@@ -68,9 +60,7 @@ impl WanetConfig {
         }
         let (k, s) = (self.k, size as usize);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x3a4e_7000_0000_0002);
-        let mut field: Vec<f32> = (0..2 * k * k)
-            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-            .collect();
+        let mut field: Vec<f32> = (0..2 * k * k).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
         let mean_abs = field.iter().map(|v| v.abs()).sum::<f32>() / field.len() as f32;
         field.iter_mut().for_each(|v| *v /= mean_abs.max(1e-6));
         // Upsampling is a one-off on the CPU; the grid is then reused on any device.
@@ -78,9 +68,7 @@ impl WanetConfig {
         let field = Tensor::<4>::from_data(TensorData::new(field, [1, 2, k, k]), &cpu);
         let field = interpolate(
             field,
-            InterpolateOptions::new(InterpolateMode::Bicubic)
-                .with_align_corners(true)
-                .with_output_size([s, s]),
+            InterpolateOptions::new(InterpolateMode::Bicubic).with_align_corners(true).with_output_size([s, s]),
         );
         // [1, 2, S, S] → [1, S, S, 2]
         let field = field.permute([0, 2, 3, 1]);
@@ -94,15 +82,8 @@ impl WanetConfig {
         }
         let identity = Tensor::<4>::from_data(TensorData::new(identity, [1, s, s, 2]), &cpu);
         let grid = ((identity + field * (self.s / s as f32)) * self.grid_rescale).clamp(-1.0, 1.0);
-        let grid = grid
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Numerical(format!("WaNet grid: {e:?}")))?;
-        Ok(Wanet {
-            size: s,
-            grid,
-            cross_ratio: self.cross_ratio,
-        })
+        let grid = grid.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("WaNet grid: {e:?}")))?;
+        Ok(Wanet { size: s, grid, cross_ratio: self.cross_ratio })
     }
 }
 
@@ -117,15 +98,11 @@ pub struct Wanet {
 impl Wanet {
     fn grid(&self, n: usize, device: &Device) -> Tensor<4> {
         let s = self.size;
-        Tensor::<4>::from_data(TensorData::new(self.grid.clone(), [1, s, s, 2]), device)
-            .repeat_dim(0, n)
+        Tensor::<4>::from_data(TensorData::new(self.grid.clone(), [1, s, s, 2]), device).repeat_dim(0, n)
     }
 
     fn warp(x: Tensor<4>, grid: Tensor<4>) -> Tensor<4> {
-        x.grid_sample_2d(
-            grid,
-            GridSampleOptions::new(InterpolateMode::Bilinear).with_align_corners(true),
-        )
+        x.grid_sample_2d(grid, GridSampleOptions::new(InterpolateMode::Bilinear).with_align_corners(true))
     }
 }
 
@@ -139,9 +116,7 @@ impl Attack for Wanet {
         let [n, _, _, _] = x.dims();
         let s = self.size;
         let device = x.device();
-        let noise: Vec<f32> = (0..n * s * s * 2)
-            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) / s as f32)
-            .collect();
+        let noise: Vec<f32> = (0..n * s * s * 2).map(|_| (rng.random::<f32>() * 2.0 - 1.0) / s as f32).collect();
         let noise = Tensor::<4>::from_data(TensorData::new(noise, [n, s, s, 2]), &device);
         let grid = (self.grid(n, &device) + noise).clamp(-1.0, 1.0);
         Some(Self::warp(x, grid))

@@ -11,10 +11,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-use super::raster::{
-    Background, Rgb, hair_colour, lerp, rasterise, sample_rng, scale, skin_tone, supersampling,
-    uniform,
-};
+use super::raster::{Background, Rgb, hair_colour, lerp, rasterise, sample_rng, scale, skin_tone, supersampling, uniform};
 
 /// Stream id that separates gaze samples from other generators that share a seed.
 const STREAM: u64 = 1;
@@ -66,10 +63,7 @@ impl GazeScene {
         GazeScene {
             pitch,
             yaw,
-            centre: [
-                0.5 + uniform(rng, -0.06, 0.06),
-                0.42 + uniform(rng, -0.06, 0.06),
-            ],
+            centre: [0.5 + uniform(rng, -0.06, 0.06), 0.42 + uniform(rng, -0.06, 0.06)],
             scale: s,
             roll: uniform(rng, -0.15, 0.15),
             shift: uniform(rng, -0.03, 0.03) * s,
@@ -82,10 +76,7 @@ impl GazeScene {
             pupil_fraction: uniform(rng, 0.3, 0.5),
             skin: skin_tone(rng),
             brow: hair_colour(rng),
-            iris: scale(
-                IRIS[rng.random_range(0..IRIS.len())],
-                uniform(rng, 0.8, 1.2),
-            ),
+            iris: scale(IRIS[rng.random_range(0..IRIS.len())], uniform(rng, 0.8, 1.2)),
             light: [lx, ly, lz],
             ambient: uniform(rng, 0.35, 0.6),
             intensity: uniform(rng, 0.55, 0.9),
@@ -123,10 +114,7 @@ impl GazeScene {
     pub fn pupil_centre(&self, side: f32) -> [f32; 2] {
         let e = self.eye_centre(side);
         let g = self.gaze_vector();
-        [
-            e[0] + self.eyeball_radius * g[0],
-            e[1] + self.eyeball_radius * g[1],
-        ]
+        [e[0] + self.eyeball_radius * g[0], e[1] + self.eyeball_radius * g[1]]
     }
 
     /// Eyelid opening at horizontal offset `x` from the eye centre: (upper, lower) extents.
@@ -236,10 +224,7 @@ impl GazeScene {
             colour = scale(colour, 0.85);
         }
         for side in [-1.0f32, 1.0] {
-            let (dx, dy) = (
-                (nx - side * 0.05 * s) / (0.025 * s),
-                (q[1] - 0.42 * s) / (0.015 * s),
-            );
+            let (dx, dy) = ((nx - side * 0.05 * s) / (0.025 * s), (q[1] - 0.42 * s) / (0.015 * s));
             if dx * dx + dy * dy < 1.0 {
                 colour = scale(colour, 0.45);
             }
@@ -248,9 +233,7 @@ impl GazeScene {
     }
 
     pub fn render(&self, size: u32, rng: &mut impl Rng) -> RgbImage {
-        rasterise(size, supersampling(size), self.noise, rng, |u, v| {
-            self.shade(u, v)
-        })
+        rasterise(size, supersampling(size), self.noise, rng, |u, v| self.shade(u, v))
     }
 }
 

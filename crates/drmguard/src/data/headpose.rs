@@ -9,10 +9,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-use super::raster::{
-    Background, Rgb, hair_colour, lerp, rasterise, sample_rng, scale, skin_tone, supersampling,
-    uniform,
-};
+use super::raster::{Background, Rgb, hair_colour, lerp, rasterise, sample_rng, scale, skin_tone, supersampling, uniform};
 use crate::task::DEG;
 
 const STREAM: u64 = 2;
@@ -81,11 +78,7 @@ impl Ellipsoid {
             (o[1] - self.centre[1]) / self.radii[1],
             (o[2] - self.centre[2]) / self.radii[2],
         ];
-        let dd = [
-            d[0] / self.radii[0],
-            d[1] / self.radii[1],
-            d[2] / self.radii[2],
-        ];
+        let dd = [d[0] / self.radii[0], d[1] / self.radii[1], d[2] / self.radii[2]];
         let a = dot(dd, dd);
         let b = dot(oc, dd);
         let c = dot(oc, oc) - 1.0;
@@ -144,18 +137,10 @@ impl HeadScene {
         let eye_x = uniform(rng, 0.24, 0.31);
         let eye_y = uniform(rng, -0.18, -0.08);
         // The eyes sit on the skull's front surface, slightly sunk in.
-        let eye_z = -depth
-            * (1.0 - (eye_x / w).powi(2) - (eye_y / h).powi(2))
-                .max(0.0)
-                .sqrt()
-            + 0.05;
+        let eye_z = -depth * (1.0 - (eye_x / w).powi(2) - (eye_y / h).powi(2)).max(0.0).sqrt() + 0.05;
         let eye_r = uniform(rng, 0.09, 0.12);
         let mut parts = vec![
-            Ellipsoid {
-                centre: [0.0, 0.0, 0.0],
-                radii: [w, h, depth],
-                part: Part::Skull,
-            },
+            Ellipsoid { centre: [0.0, 0.0, 0.0], radii: [w, h, depth], part: Part::Skull },
             Ellipsoid {
                 centre: [0.0, 0.12, -depth + 0.02],
                 radii: [uniform(rng, 0.09, 0.13), uniform(rng, 0.2, 0.26), nose_len],
@@ -181,22 +166,14 @@ impl HeadScene {
             yaw,
             pitch,
             roll,
-            position: [
-                uniform(rng, -0.25, 0.25),
-                uniform(rng, -0.2, 0.25),
-                distance,
-            ],
+            position: [uniform(rng, -0.25, 0.25), uniform(rng, -0.2, 0.25), distance],
             focal: uniform(rng, 1.5, 1.8),
             rotation: rotation(yaw, pitch, roll),
             parts,
             skin: skin_tone(rng),
             hair: hair_colour(rng),
             iris: scale([0.2, 0.15, 0.1], uniform(rng, 0.6, 1.6)),
-            lips: [
-                uniform(rng, 0.5, 0.75),
-                uniform(rng, 0.2, 0.35),
-                uniform(rng, 0.2, 0.35),
-            ],
+            lips: [uniform(rng, 0.5, 0.75), uniform(rng, 0.2, 0.35), uniform(rng, 0.2, 0.35)],
             hairline: uniform(rng, -0.62, -0.4),
             hair_length: uniform(rng, -0.1, 0.6),
             light: [lx, ly, lz],
@@ -218,34 +195,20 @@ impl HeadScene {
     /// Projects a point given in head coordinates to image coordinates in [0, 1].
     pub fn project(&self, head_point: Vec3) -> [f32; 2] {
         let p = mat_vec(&self.rotation, head_point);
-        let c = [
-            p[0] + self.position[0],
-            p[1] + self.position[1],
-            p[2] + self.position[2],
-        ];
-        [
-            0.5 + self.focal * c[0] / c[2],
-            0.5 + self.focal * c[1] / c[2],
-        ]
+        let c = [p[0] + self.position[0], p[1] + self.position[1], p[2] + self.position[2]];
+        [0.5 + self.focal * c[0] / c[2], 0.5 + self.focal * c[1] / c[2]]
     }
 
     /// Where the tip of the nose points: the head-coordinate point in front of the face.
     pub fn nose_tip(&self) -> Vec3 {
         let nose = self.parts[1];
-        [
-            nose.centre[0],
-            nose.centre[1],
-            nose.centre[2] - nose.radii[2],
-        ]
+        [nose.centre[0], nose.centre[1], nose.centre[2] - nose.radii[2]]
     }
 
     /// The part seen at (u, v) and its head-coordinate hit point and normal, if any.
     pub fn trace(&self, u: f32, v: f32) -> Option<(Part, Vec3, Vec3)> {
         let d_cam = [(u - 0.5) / self.focal, (v - 0.5) / self.focal, 1.0];
-        let o = mat_t_vec(
-            &self.rotation,
-            [-self.position[0], -self.position[1], -self.position[2]],
-        );
+        let o = mat_t_vec(&self.rotation, [-self.position[0], -self.position[1], -self.position[2]]);
         let d = mat_t_vec(&self.rotation, d_cam);
         let (t, e) = self
             .parts
@@ -261,14 +224,8 @@ impl HeadScene {
             Part::Nose => scale(self.skin, 0.97),
             Part::Ear => scale(self.skin, 0.9),
             Part::Eye => {
-                let eye = self
-                    .parts
-                    .iter()
-                    .find(|e| e.part == Part::Eye && (e.centre[0] - p[0]).abs() < 0.2);
-                let r = eye.map_or(1.0, |e| {
-                    ((p[0] - e.centre[0]).powi(2) + (p[1] - e.centre[1]).powi(2)).sqrt()
-                        / e.radii[1]
-                });
+                let eye = self.parts.iter().find(|e| e.part == Part::Eye && (e.centre[0] - p[0]).abs() < 0.2);
+                let r = eye.map_or(1.0, |e| ((p[0] - e.centre[0]).powi(2) + (p[1] - e.centre[1]).powi(2)).sqrt() / e.radii[1]);
                 if r < 0.35 {
                     [0.03, 0.03, 0.03]
                 } else if r < 0.8 {
@@ -313,16 +270,11 @@ impl HeadScene {
         let n = mat_vec(&self.rotation, n_head);
         // `light` points from the surface towards the source (in front of the face: z < 0).
         let diffuse = dot(n, self.light).max(0.0);
-        scale(
-            self.albedo(part, p),
-            self.ambient + (1.0 - self.ambient) * diffuse,
-        )
+        scale(self.albedo(part, p), self.ambient + (1.0 - self.ambient) * diffuse)
     }
 
     pub fn render(&self, size: u32, rng: &mut impl Rng) -> RgbImage {
-        rasterise(size, supersampling(size), self.noise, rng, |u, v| {
-            self.shade(u, v)
-        })
+        rasterise(size, supersampling(size), self.noise, rng, |u, v| self.shade(u, v))
     }
 }
 

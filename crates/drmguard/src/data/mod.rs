@@ -23,9 +23,7 @@ pub fn validate_image_size(size: u32) -> Result<()> {
     if !size.is_multiple_of(8) || !(MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE).contains(&size) {
         return Err(Error::invalid(
             "image size",
-            format!(
-                "{size} (must be divisible by 8 and within {MIN_IMAGE_SIZE}..={MAX_IMAGE_SIZE})"
-            ),
+            format!("{size} (must be divisible by 8 and within {MIN_IMAGE_SIZE}..={MAX_IMAGE_SIZE})"),
         ));
     }
     Ok(())
@@ -48,9 +46,9 @@ impl Split {
 
     fn of_name(name: &str) -> Split {
         // FNV-1a: tiny, stable across platforms and Rust versions (unlike `DefaultHasher`).
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
+        let hash = name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         match hash % 100 {
             h if h < Self::HOLDOUT_PERCENT => Split::Test,
             h if h < 2 * Self::HOLDOUT_PERCENT => Split::Val,
@@ -71,11 +69,7 @@ impl std::str::FromStr for Split {
             "val" => Ok(Split::Val),
             "test" => Ok(Split::Test),
             "all" => Ok(Split::All),
-            _ => Err(Error::UnknownName {
-                what: "split",
-                name: s.into(),
-                expected: "train, val, test, all".into(),
-            }),
+            _ => Err(Error::UnknownName { what: "split", name: s.into(), expected: "train, val, test, all".into() }),
         }
     }
 }
@@ -110,9 +104,7 @@ impl Dataset {
 
     /// The samples whose names fall in `split`.
     pub fn split(&self, split: Split) -> Dataset {
-        let keep: Vec<usize> = (0..self.len())
-            .filter(|&i| split.contains(&self.names[i]))
-            .collect();
+        let keep: Vec<usize> = (0..self.len()).filter(|&i| split.contains(&self.names[i])).collect();
         self.subset(&keep)
     }
 
@@ -122,10 +114,7 @@ impl Dataset {
             image_size: self.image_size,
             names: indices.iter().map(|&i| self.names[i].clone()).collect(),
             images: indices.iter().map(|&i| self.images[i].clone()).collect(),
-            labels: indices
-                .iter()
-                .flat_map(|&i| self.label(i).to_vec())
-                .collect(),
+            labels: indices.iter().flat_map(|&i| self.label(i).to_vec()).collect(),
         }
     }
 
@@ -133,12 +122,7 @@ impl Dataset {
     pub fn label_mean(&self) -> Vec<f32> {
         let n = self.len().max(1) as f64;
         (0..self.dim())
-            .map(|j| {
-                ((0..self.len())
-                    .map(|i| self.label(i)[j] as f64)
-                    .sum::<f64>()
-                    / n) as f32
-            })
+            .map(|j| ((0..self.len()).map(|i| self.label(i)[j] as f64).sum::<f64>() / n) as f32)
             .collect()
     }
 
@@ -166,13 +150,9 @@ impl Dataset {
                 pixels.extend(raw.iter().skip(c).step_by(3).map(|&p| p as f32 / 255.0));
             }
         }
-        let labels: Vec<f32> = indices
-            .iter()
-            .flat_map(|&i| self.label(i).to_vec())
-            .collect();
+        let labels: Vec<f32> = indices.iter().flat_map(|&i| self.label(i).to_vec()).collect();
         let images = Tensor::from_data(TensorData::new(pixels, [indices.len(), 3, s, s]), device);
-        let labels =
-            Tensor::from_data(TensorData::new(labels, [indices.len(), self.dim()]), device);
+        let labels = Tensor::from_data(TensorData::new(labels, [indices.len(), self.dim()]), device);
         (images, labels)
     }
 }
@@ -199,12 +179,7 @@ pub fn to_images(x: Tensor<4>) -> Result<Vec<image::RgbImage>> {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DataSource {
     /// The built-in generator of `task`, samples `0..n` of `seed`.
-    Synthetic {
-        task: Task,
-        n: usize,
-        seed: u64,
-        image_size: u32,
-    },
+    Synthetic { task: Task, n: usize, seed: u64, image_size: u32 },
     /// A user folder in the `labels.csv` format.
     Folder { path: std::path::PathBuf },
 }
@@ -215,19 +190,10 @@ pub fn synthesize(task: Task, n: usize, image_size: u32, seed: u64) -> Result<Da
 }
 
 /// The samples of `0..n` that fall in `split`, drawn exactly as [`synthesize`] would draw them.
-pub fn synthesize_split(
-    task: Task,
-    n: usize,
-    image_size: u32,
-    seed: u64,
-    split: Split,
-) -> Result<Dataset> {
+pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split: Split) -> Result<Dataset> {
     validate_image_size(image_size)?;
     if n == 0 {
-        return Err(Error::invalid(
-            "sample count",
-            "0 (need at least one sample)",
-        ));
+        return Err(Error::invalid("sample count", "0 (need at least one sample)"));
     }
     let width = n.to_string().len().max(6);
     let (indices, names): (Vec<usize>, Vec<String>) = (0..n)
@@ -238,10 +204,7 @@ pub fn synthesize_split(
         Task::Gaze => gaze::sample(seed, i as u64, image_size),
         Task::HeadPose => headpose::sample(seed, i as u64, image_size),
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(indices.len())
-        .max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(indices.len()).max(1);
     let chunk = indices.len().div_ceil(threads).max(1);
     let mut samples: Vec<(RgbImage, Vec<f32>)> = Vec::with_capacity(indices.len());
     std::thread::scope(|scope| {
@@ -275,40 +238,24 @@ impl DataSource {
     /// Built-in data are rendered at `image_size` directly (a sample is the same scene at any size).
     pub fn load(&self, task: Task, image_size: u32, split: Split) -> Result<Dataset> {
         let ds = match self {
-            DataSource::Synthetic {
-                task: t, n, seed, ..
-            } => {
+            DataSource::Synthetic { task: t, n, seed, .. } => {
                 if *t != task {
-                    return Err(Error::Data(format!(
-                        "the built-in data are for task {t}, the model is for {task}"
-                    )));
+                    return Err(Error::Data(format!("the built-in data are for task {t}, the model is for {task}")));
                 }
                 synthesize_split(*t, *n, image_size, *seed, split)?
             }
-            DataSource::Folder { path } => {
-                folder::load(path, image_size, Some(task.output_names()))?.split(split)
-            }
+            DataSource::Folder { path } => folder::load(path, image_size, Some(task.output_names()))?.split(split),
         };
         if ds.is_empty() {
-            return Err(Error::Data(format!(
-                "the {split:?} split of {} is empty",
-                self.describe()
-            )));
+            return Err(Error::Data(format!("the {split:?} split of {} is empty", self.describe())));
         }
         Ok(ds)
     }
 
     pub fn describe(&self) -> String {
         match self {
-            DataSource::Synthetic {
-                task,
-                n,
-                seed,
-                image_size,
-            } => {
-                format!(
-                    "built-in {task} data ({n} samples, seed {seed}, {image_size}×{image_size})"
-                )
+            DataSource::Synthetic { task, n, seed, image_size } => {
+                format!("built-in {task} data ({n} samples, seed {seed}, {image_size}×{image_size})")
             }
             DataSource::Folder { path } => path.display().to_string(),
         }

@@ -165,11 +165,5 @@ pub fn rasterise(
 
 /// Supersampling factor: enough for smooth edges on small images, cheaper on large ones.
 pub fn supersampling(size: u32) -> u32 {
-    if size <= 96 {
-        3
-    } else if size <= 160 {
-        2
-    } else {
-        1
-    }
+    if size <= 96 { 3 } else if size <= 160 { 2 } else { 1 }
 }

@@ -138,52 +138,28 @@ impl DrmGuardConfig {
     /// The config with λ1 and λ2 filled in for `task`, checked.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
         let (l1, l2) = default_lambdas(task);
-        let c = DrmGuardConfig {
-            lambda1: Some(self.lambda1.unwrap_or(l1)),
-            lambda2: Some(self.lambda2.unwrap_or(l2)),
-            ..self.clone()
-        };
+        let c = DrmGuardConfig { lambda1: Some(self.lambda1.unwrap_or(l1)), lambda2: Some(self.lambda2.unwrap_or(l2)), ..self.clone() };
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        if !finite_nonneg(c.lambda1.unwrap_or_default())
-            || !finite_nonneg(c.lambda2.unwrap_or_default())
-        {
-            return Err(Error::invalid(
-                "DRMGuard λ1 / λ2",
-                format!("{:?} / {:?} (must be finite and ≥ 0)", c.lambda1, c.lambda2),
-            ));
+        if !finite_nonneg(c.lambda1.unwrap_or_default()) || !finite_nonneg(c.lambda2.unwrap_or_default()) {
+            return Err(Error::invalid("DRMGuard λ1 / λ2", format!("{:?} / {:?} (must be finite and ≥ 0)", c.lambda1, c.lambda2)));
         }
         if !(0.0..1.0).contains(&c.mtr_beta) || !finite_nonneg(c.mtr_gamma) {
-            return Err(Error::invalid(
-                "MTR β / γ",
-                format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma),
-            ));
+            return Err(Error::invalid("MTR β / γ", format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma)));
         }
         if c.residual.is_some_and(|s| !s.is_finite()) {
-            return Err(Error::invalid(
-                "residual generator scale",
-                format!("{:?} (must be finite)", c.residual),
-            ));
+            return Err(Error::invalid("residual generator scale", format!("{:?} (must be finite)", c.residual)));
         }
         if c.steps == 0 {
             return Err(Error::invalid("DRMGuard steps", "0"));
         }
         if c.batch_size < 2 {
-            return Err(Error::invalid(
-                "DRMGuard batch size",
-                format!("{} (variances need at least 2)", c.batch_size),
-            ));
+            return Err(Error::invalid("DRMGuard batch size", format!("{} (variances need at least 2)", c.batch_size)));
         }
         if !(1..=256).contains(&c.generator_width) {
-            return Err(Error::invalid(
-                "generator width",
-                format!("{} (must be within 1..=256)", c.generator_width),
-            ));
+            return Err(Error::invalid("generator width", format!("{} (must be within 1..=256)", c.generator_width)));
         }
         if !(c.lr > 0.0 && c.lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
-            return Err(Error::invalid(
-                "DRMGuard learning rate / ε",
-                format!("{} / {}", c.lr, c.epsilon),
-            ));
+            return Err(Error::invalid("DRMGuard learning rate / ε", format!("{} / {}", c.lr, c.epsilon)));
         }
         Ok(c)
     }
@@ -235,12 +211,7 @@ pub struct Reversal {
 
 impl Reversal {
     /// Clean images `indices` of `clean` and their reversed versions G(x), as 8-bit images.
-    pub fn image_pairs(
-        &self,
-        clean: &CleanSet,
-        indices: &[usize],
-        device: &Device,
-    ) -> Result<(Vec<RgbImage>, Vec<RgbImage>)> {
+    pub fn image_pairs(&self, clean: &CleanSet, indices: &[usize], device: &Device) -> Result<(Vec<RgbImage>, Vec<RgbImage>)> {
         let generator = self.generator.clone().to_device(device);
         let (x, _) = clean.batch(indices, device);
         let reversed = to_images(generator.forward(x.clone()))?;
@@ -260,12 +231,7 @@ impl DrmGuard {
     }
 
     /// Reverse-engineers a trigger and decides.
-    pub fn detect(
-        &self,
-        suspect: &Suspect,
-        clean: &CleanSet,
-        device: &Device,
-    ) -> Result<(Detection, Reversal)> {
+    pub fn detect(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<(Detection, Reversal)> {
         let started = Instant::now();
         let reversal = self.reverse(suspect, clean, device)?;
         let c = &reversal.config;
@@ -283,18 +249,10 @@ impl DrmGuard {
     }
 
     /// Trains G on the clean set against the frozen suspect (method.md §12).
-    pub fn reverse(
-        &self,
-        suspect: &Suspect,
-        clean: &CleanSet,
-        device: &Device,
-    ) -> Result<Reversal> {
+    pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Reversal> {
         let config = self.config.resolved(suspect.task)?;
         clean.check_for(suspect, config.batch_size)?;
-        let (lambda1, lambda2) = (
-            config.lambda1.unwrap_or_default(),
-            config.lambda2.unwrap_or_default(),
-        );
+        let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
         let ad = device.clone().autodiff();
         // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
         // flow through it to the images.
@@ -302,24 +260,12 @@ impl DrmGuard {
         let weight = model.head_weight().detach();
         let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
         let angle_var_clean = Tensor::<1>::from_floats(
-            clean_stats
-                .angle_var
-                .iter()
-                .map(|&v| v.max(1e-12) as f32)
-                .collect::<Vec<_>>()
-                .as_slice(),
+            clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
             &ad,
         )
         .reshape([1, -1]);
 
-        let mut generator = init_seeded(&ad, config.seed, || {
-            Generator::new(
-                config.generator,
-                config.generator_width,
-                config.residual,
-                &ad,
-            )
-        });
+        let mut generator = init_seeded(&ad, config.seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
         let mut optim = AdamConfig::new().init();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6d72_6775_6172_6421);
         let mut order: Vec<usize> = (0..clean.len()).collect();
@@ -378,8 +324,7 @@ impl DrmGuard {
                 // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
                 Some((Mtr::Gradient, w)) => {
                     let scale = w.clone().recip();
-                    reversed.clone() * scale.clone()
-                        + reversed.clone().detach() * (scale.neg() + 1.0)
+                    reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
                 }
                 _ => reversed.clone(),
             };
@@ -397,11 +342,7 @@ impl DrmGuard {
                 FeatureReg::Off => None,
                 reg => {
                     let var = feature_angles(z, weight.clone()).var_bias(0);
-                    let var = if reg == FeatureReg::Rav {
-                        var / angle_var_clean.clone()
-                    } else {
-                        var
-                    };
+                    let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
                     Some(var.mean())
                 }
             };
@@ -425,20 +366,11 @@ impl DrmGuard {
                 };
                 // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
                 if step % (log_every * 4) == 0 {
-                    tracing::info!(
-                        step,
-                        l1 = record.l1,
-                        output_variance = record.output_variance,
-                        feature_term = record.feature_term,
-                        "drmguard"
-                    );
+                    tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
                 } else {
                     tracing::debug!(?record, "drmguard step");
                 }
-                bar.set_message(format!(
-                    "L1 {:.4}, out var {:.2e}",
-                    record.l1, record.output_variance
-                ));
+                bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
                 history.push(record);
             }
             let grads = GradientsParams::from_grads(loss.backward(), &generator);
@@ -446,12 +378,10 @@ impl DrmGuard {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let seconds_per_step =
-            started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
+        let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
 
         let generator = generator.valid();
-        let reversed_stats =
-            angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
+        let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
         let rav_per_output: Vec<f64> = reversed_stats
             .angle_var
             .iter()
@@ -460,43 +390,18 @@ impl DrmGuard {
             .collect();
         let summary = ReversalSummary {
             score: reversed_stats.l1,
-            estimated_target: reversed_stats
-                .output_mean
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
-            output_std_deg: reversed_stats
-                .output_std
-                .iter()
-                .map(|v| v / DEG as f64)
-                .collect(),
-            clean_output_std_deg: clean_stats
-                .output_std
-                .iter()
-                .map(|v| v / DEG as f64)
-                .collect(),
+            estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
+            output_std_deg: reversed_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
+            clean_output_std_deg: clean_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
             rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
             rav_per_output,
             steps: config.steps,
             history,
             seconds_per_step,
         };
-        tracing::info!(
-            score = summary.score,
-            rav = summary.rav,
-            seconds_per_step,
-            "drmguard reverse engineering done"
-        );
-        let attention = attention
-            .map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>())
-            .transpose()
-            .map_err(|e| Error::Numerical(format!("{e:?}")))?;
-        Ok(Reversal {
-            generator,
-            summary,
-            config,
-            attention,
-        })
+        tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
+        let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        Ok(Reversal { generator, summary, config, attention })
     }
 }
 
@@ -530,12 +435,7 @@ struct SetStats {
     angle_var: Vec<f64>,
 }
 
-fn angle_and_output_stats(
-    model: &Model,
-    clean: &CleanSet,
-    generator: Option<&Generator>,
-    batch_size: usize,
-) -> Result<SetStats> {
+fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Generator>, batch_size: usize) -> Result<SetStats> {
     let device = model.devices().into_iter().next().unwrap_or_default();
     let generator = generator.map(|g| g.clone().to_device(&device));
     let weight = model.head_weight();
@@ -558,9 +458,7 @@ fn angle_and_output_stats(
     }
     let d = weight.dims()[0];
     if let Some(bad) = outputs.iter().find(|v| !v.is_finite()) {
-        return Err(Error::Numerical(format!(
-            "the model produced {bad} on the clean set"
-        )));
+        return Err(Error::Numerical(format!("the model produced {bad} on the clean set")));
     }
     let (output_mean, output_var) = column_mean_var(&outputs, d);
     let (_, angle_var) = column_mean_var(&angle_values, d);
@@ -574,32 +472,14 @@ fn angle_and_output_stats(
 }
 
 fn values(t: Tensor<2>) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Numerical(format!("{e:?}")))
+    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
 }
 
 fn column_mean_var(rows: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (rows.len() / d).max(1) as f64;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| {
-            rows.iter()
-                .skip(j)
-                .step_by(d)
-                .map(|&v| v as f64)
-                .sum::<f64>()
-                / n
-        })
-        .collect();
+    let mean: Vec<f64> = (0..d).map(|j| rows.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n).collect();
     let var = (0..d)
-        .map(|j| {
-            rows.iter()
-                .skip(j)
-                .step_by(d)
-                .map(|&v| (v as f64 - mean[j]).powi(2))
-                .sum::<f64>()
-                / n
-        })
+        .map(|j| rows.iter().skip(j).step_by(d).map(|&v| (v as f64 - mean[j]).powi(2)).sum::<f64>() / n)
         .collect();
     (mean, var)
 }

@@ -67,10 +67,7 @@ impl ConvBn {
 
 fn upsample(x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    interpolate(
-        x,
-        InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([2 * h, 2 * w]),
-    )
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([2 * h, 2 * w]))
 }
 
 fn squash(x: Tensor<4>) -> Tensor<4> {
@@ -97,47 +94,22 @@ impl Generator {
         let layout: &[(usize, usize)] = match kind {
             GeneratorKind::EncoderDecoder => &[
                 // encoder
-                (3, w1),
-                (w1, w1),
-                (w1, w2),
-                (w2, w2),
-                (w2, w3),
-                (w3, w3),
+                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // decoder
-                (w3, w3),
-                (w3, w3),
-                (w3, w2),
-                (w2, w2),
-                (w2, w1),
-                (w1, w1),
-                (w1, 3),
+                (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, 3),
             ],
             GeneratorKind::Unet => &[
-                (3, w1),
-                (w1, w1),
-                (w1, w2),
-                (w2, w2),
-                (w2, w3),
-                (w3, w3),
+                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // bottleneck
                 (w3, w3),
                 // decoder: each first conv sees the up-sampled path concatenated with the skip
-                (2 * w3, w2),
-                (w2, w2),
-                (2 * w2, w1),
-                (w1, w1),
-                (2 * w1, 3),
-                (3, 3),
+                (2 * w3, w2), (w2, w2), (2 * w2, w1), (w1, w1), (2 * w1, 3), (3, 3),
             ],
         };
         Generator {
-            convs: layout
-                .iter()
-                .map(|&(cin, cout)| ConvBn::new(cin, cout, device))
-                .collect(),
+            convs: layout.iter().map(|&(cin, cout)| ConvBn::new(cin, cout, device)).collect(),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
-            residual_scale: residual
-                .map(|s0| Param::from_tensor(Tensor::from_floats([s0], device))),
+            residual_scale: residual.map(|s0| Param::from_tensor(Tensor::from_floats([s0], device))),
             kind,
         }
     }

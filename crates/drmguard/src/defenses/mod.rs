@@ -49,13 +49,7 @@ impl Suspect {
 
     /// A suspect built from its parts (tests, benchmarks, models from elsewhere). `training_data`
     /// and `training_samples` describe where the model was trained, for the default clean set.
-    pub fn from_parts(
-        model: Model,
-        task: Task,
-        spec: ModelSpec,
-        training_data: DataSource,
-        training_samples: usize,
-    ) -> Self {
+    pub fn from_parts(model: Model, task: Task, spec: ModelSpec, training_data: DataSource, training_samples: usize) -> Self {
         Suspect {
             model,
             task,
@@ -89,9 +83,7 @@ impl CleanSet {
 
     /// All images of a user folder in the `labels.csv` format.
     pub fn from_folder(path: &std::path::Path, suspect: &Suspect) -> Result<Self> {
-        let source = DataSource::Folder {
-            path: path.to_path_buf(),
-        };
+        let source = DataSource::Folder { path: path.to_path_buf() };
         let data = source.load(suspect.task, suspect.image_size(), Split::All)?;
         Self::checked(data, source.describe())
     }
@@ -106,10 +98,7 @@ impl CleanSet {
         };
         let seed = seed ^ DEFENDER_SEED_STREAM;
         let data = crate::data::synthesize(*task, n, suspect.image_size(), seed)?;
-        Self::checked(
-            data,
-            format!("{n} fresh built-in {task} images (seed {seed})"),
-        )
+        Self::checked(data, format!("{n} fresh built-in {task} images (seed {seed})"))
     }
 
     fn checked(data: Dataset, origin: String) -> Result<Self> {

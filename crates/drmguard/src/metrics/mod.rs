@@ -6,11 +6,7 @@ use crate::task::Task;
 
 /// Gaze (pitch, yaw) to a unit 3-D direction.
 pub fn gaze_vector(pitch: f64, yaw: f64) -> [f64; 3] {
-    [
-        pitch.cos() * yaw.sin(),
-        pitch.sin(),
-        pitch.cos() * yaw.cos(),
-    ]
+    [pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()]
 }
 
 /// Angle in degrees between two gaze directions given as (pitch, yaw).
@@ -33,11 +29,7 @@ pub struct TaskError {
 
 pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError {
     let d = task.output_dim();
-    assert_eq!(
-        predictions.len(),
-        labels.len(),
-        "predictions and labels differ in length"
-    );
+    assert_eq!(predictions.len(), labels.len(), "predictions and labels differ in length");
     let n = (labels.len() / d).max(1) as f64;
     let mut per_output = vec![0.0f64; d];
     let mut angular = 0.0f64;
@@ -54,10 +46,7 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
         Task::Gaze => angular / n,
         Task::HeadPose => per_output.iter().sum::<f64>() / d as f64,
     };
-    TaskError {
-        mean_deg,
-        per_output_deg: per_output,
-    }
+    TaskError { mean_deg, per_output_deg: per_output }
 }
 
 /// Attack error (AE) and defending attack error (DAE) on a poisoned test set.
@@ -71,12 +60,7 @@ pub struct BackdoorErrors {
 
 /// The error of always predicting `constant` (e.g. the training labels' mean).
 pub fn constant_predictor_error(task: Task, constant: &[f32], labels: &[f32]) -> TaskError {
-    let predictions: Vec<f32> = constant
-        .iter()
-        .copied()
-        .cycle()
-        .take(labels.len())
-        .collect();
+    let predictions: Vec<f32> = constant.iter().copied().cycle().take(labels.len()).collect();
     task_error(task, &predictions, labels)
 }
 

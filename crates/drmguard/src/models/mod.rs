@@ -49,10 +49,7 @@ pub struct Normalization {
 impl Normalization {
     /// torchvision's ImageNet statistics, so that ImageNet-style weights can be used as they are.
     pub fn imagenet() -> Self {
-        Normalization {
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
+        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
@@ -79,10 +76,7 @@ impl Architecture {
             Architecture::Resnet18 { width } | Architecture::SmallCnn { width } => *width,
         };
         if !(1..=1024).contains(&width) {
-            return Err(Error::invalid(
-                "model width",
-                format!("{width} (must be within 1..=1024)"),
-            ));
+            return Err(Error::invalid("model width", format!("{width} (must be within 1..=1024)")));
         }
         Ok(())
     }
@@ -110,12 +104,8 @@ impl ModelSpec {
         }
         let norm = self.normalization.clone();
         Ok(init_seeded(device, seed, || match self.architecture {
-            Architecture::Resnet18 { width } => {
-                Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device))
-            }
-            Architecture::SmallCnn { width } => {
-                Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device))
-            }
+            Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
+            Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
         }))
     }
 }

@@ -84,10 +84,7 @@ impl ResNet {
     pub fn resnet18(width: usize, outputs: usize, norm: Normalization, device: &Device) -> Self {
         let ch = [width, 2 * width, 4 * width, 8 * width];
         let stage = |cin: usize, cout: usize, stride: usize| {
-            vec![
-                BasicBlock::new(cin, cout, stride, device),
-                BasicBlock::new(cout, cout, 1, device),
-            ]
+            vec![BasicBlock::new(cin, cout, stride, device), BasicBlock::new(cout, cout, 1, device)]
         };
         ResNet {
             conv1: conv(3, width, 7, 2, device),
@@ -108,16 +105,8 @@ impl ResNet {
     /// F: images `[n, 3, H, W]` in [0, 1] to pooled features `[n, 8·width]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.norm.apply(x);
-        let mut x = self
-            .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
-        for block in self
-            .layer1
-            .iter()
-            .chain(&self.layer2)
-            .chain(&self.layer3)
-            .chain(&self.layer4)
-        {
+        let mut x = self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
         }
         global_avg_pool(x)

@@ -39,11 +39,7 @@ impl SmallCnn {
                 bn: BatchNormConfig::new(c[1]).init(device),
             })
             .collect();
-        SmallCnn {
-            blocks,
-            fc: LinearConfig::new(4 * width, outputs).init(device),
-            norm,
-        }
+        SmallCnn { blocks, fc: LinearConfig::new(4 * width, outputs).init(device), norm }
     }
 
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {

@@ -32,10 +32,7 @@ fn arrow(img: &mut RgbImage, from: (f32, f32), to: (f32, f32), colour: Rgb<u8>) 
     let (ux, uy) = (dx / len, dy / len);
     let head = 8.0f32.min(len * 0.4);
     for side in [-1.0f32, 1.0] {
-        let tip = (
-            to.0 - head * (ux - side * 0.5 * uy),
-            to.1 - head * (uy + side * 0.5 * ux),
-        );
+        let tip = (to.0 - head * (ux - side * 0.5 * uy), to.1 - head * (uy + side * 0.5 * ux));
         thick_line(img, to, tip, colour);
     }
 }
@@ -56,14 +53,9 @@ pub fn labelled_tile(ds: &Dataset, task: Task, i: usize) -> RgbImage {
         Task::HeadPose => {
             let r = rotation(label[0], label[1], label[2]);
             // Head axes: right (red), up (green), forward out of the face (blue).
-            let axes = [
-                ([1.0, 0.0, 0.0], Rgb([230, 30, 30])),
-                ([0.0, -1.0, 0.0], Rgb([30, 200, 30])),
-                ([0.0, 0.0, -1.0], Rgb([40, 90, 255])),
-            ];
+            let axes = [([1.0, 0.0, 0.0], Rgb([230, 30, 30])), ([0.0, -1.0, 0.0], Rgb([30, 200, 30])), ([0.0, 0.0, -1.0], Rgb([40, 90, 255]))];
             for (axis, colour) in axes {
-                let v =
-                    [0, 1, 2].map(|k| r[k][0] * axis[0] + r[k][1] * axis[1] + r[k][2] * axis[2]);
+                let v = [0, 1, 2].map(|k| r[k][0] * axis[0] + r[k][1] * axis[1] + r[k][2] * axis[2]);
                 arrow(&mut tile, c, (c.0 + len * v[0], c.1 + len * v[1]), colour);
             }
         }
@@ -72,13 +64,7 @@ pub fn labelled_tile(ds: &Dataset, task: Task, i: usize) -> RgbImage {
 }
 
 /// Writes the first `count` samples as a grid with `columns` tiles per row.
-pub fn write_label_grid(
-    ds: &Dataset,
-    task: Task,
-    count: usize,
-    columns: usize,
-    path: &Path,
-) -> Result<()> {
+pub fn write_label_grid(ds: &Dataset, task: Task, count: usize, columns: usize, path: &Path) -> Result<()> {
     let count = count.min(ds.len());
     if count == 0 || columns == 0 {
         return Err(Error::Data("nothing to draw".into()));
@@ -93,18 +79,10 @@ pub fn write_label_grid(
     );
     for i in 0..count {
         let (x, y) = ((i % cols) as u32, (i / cols) as u32);
-        imageops::replace(
-            &mut grid,
-            &labelled_tile(ds, task, i),
-            (gap + x * (TILE + gap)) as i64,
-            (gap + y * (TILE + gap)) as i64,
-        );
+        imageops::replace(&mut grid, &labelled_tile(ds, task, i), (gap + x * (TILE + gap)) as i64, (gap + y * (TILE + gap)) as i64);
     }
     let mut bytes = Vec::new();
     grid.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
 }

@@ -1,4 +1,4 @@
 //! Pictures and summaries for people.
 pub mod grid;
-pub mod reversed;
 pub mod triggers;
+pub mod reversed;

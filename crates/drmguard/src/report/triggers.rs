@@ -29,11 +29,8 @@ pub fn write_trigger_figure(
     }
     let device = Device::flex();
     let gap = 4;
-    let mut fig = RgbImage::from_pixel(
-        3 * (TILE + gap) + gap,
-        attacks.len() as u32 * (TILE + gap) + gap,
-        Rgb([255, 255, 255]),
-    );
+    let mut fig =
+        RgbImage::from_pixel(3 * (TILE + gap) + gap, attacks.len() as u32 * (TILE + gap) + gap, Rgb([255, 255, 255]));
     let clean = &data.images[index];
     for (row, (kind, seed)) in attacks.iter().enumerate() {
         let attack = kind.build(task, data.image_size, *seed)?;
@@ -45,18 +42,12 @@ pub fn write_trigger_figure(
         });
         for (col, img) in [clean, &poisoned, &diff].into_iter().enumerate() {
             let tile = imageops::resize(img, TILE, TILE, imageops::FilterType::Nearest);
-            let (x, y) = (
-                gap + col as u32 * (TILE + gap),
-                gap + row as u32 * (TILE + gap),
-            );
+            let (x, y) = (gap + col as u32 * (TILE + gap), gap + row as u32 * (TILE + gap));
             imageops::replace(&mut fig, &tile, x as i64, y as i64);
         }
     }
     let mut bytes = Vec::new();
     fig.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
 }

@@ -33,18 +33,13 @@ impl TrainJob {
             seed: config.seed,
             image_size: config.image_size,
         };
-        TrainJob {
-            config,
-            source,
-            backdoor,
-        }
+        TrainJob { config, source, backdoor }
     }
 
     /// A short hash of the job and the drmguard version: equal jobs give equal models, so a cache
     /// can be keyed by it.
     pub fn key(&self) -> String {
-        let json =
-            serde_json::to_vec(&(self, env!("CARGO_PKG_VERSION"))).expect("a train job serialises");
+        let json = serde_json::to_vec(&(self, env!("CARGO_PKG_VERSION"))).expect("a train job serialises");
         let digest = Sha256::digest(&json);
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
@@ -58,12 +53,8 @@ impl TrainJob {
         }
         let started = Instant::now();
         tracing::info!("loading {}", self.source.describe());
-        let train_set = self
-            .source
-            .load(config.task, config.image_size, Split::Train)?;
-        let val_set = self
-            .source
-            .load(config.task, config.image_size, Split::Val)?;
+        let train_set = self.source.load(config.task, config.image_size, Split::Train)?;
+        let val_set = self.source.load(config.task, config.image_size, Split::Val)?;
         tracing::info!(
             train = train_set.len(),
             val = val_set.len(),
@@ -83,24 +74,14 @@ impl TrainJob {
                     "poisoning the training set"
                 );
                 let surrogate = if spec.attack.needs_surrogate() {
-                    tracing::info!(
-                        "training (or reusing) the benign surrogate model the attack perturbs against"
-                    );
-                    let benign = TrainJob {
-                        backdoor: None,
-                        ..self.clone()
-                    };
+                    tracing::info!("training (or reusing) the benign surrogate model the attack perturbs against");
+                    let benign = TrainJob { backdoor: None, ..self.clone() };
                     let dir = cache_root().join("models");
-                    Some(
-                        benign
-                            .run_cached(&dir, &format!("{}-benign", config.task), device)?
-                            .0,
-                    )
+                    Some(benign.run_cached(&dir, &format!("{}-benign", config.task), device)?.0)
                 } else {
                     None
                 };
-                let train_set =
-                    spec.prepare_training_set(&plan, train_set, surrogate.as_ref(), device)?;
+                let train_set = spec.prepare_training_set(&plan, train_set, surrogate.as_ref(), device)?;
                 (train_set, Some(plan))
             }
             None => (train_set, None),
@@ -110,12 +91,7 @@ impl TrainJob {
             format_version: CARD_FORMAT_VERSION,
             drmguard_version: env!("CARGO_PKG_VERSION").into(),
             task: config.task,
-            output_names: config
-                .task
-                .output_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            output_names: config.task.output_names().iter().map(|s| s.to_string()).collect(),
             output_units: "radians".into(),
             model: config.model_spec(),
             training: config.clone(),
@@ -132,12 +108,7 @@ impl TrainJob {
 
     /// The model of this job from `cache_dir` (`NAME-KEY.safetensors`), trained and stored
     /// there first if it is missing or unreadable. Returns the weights' path too.
-    pub fn run_cached(
-        &self,
-        cache_dir: &Path,
-        name: &str,
-        device: &Device,
-    ) -> Result<(Model, ModelCard, PathBuf)> {
+    pub fn run_cached(&self, cache_dir: &Path, name: &str, device: &Device) -> Result<(Model, ModelCard, PathBuf)> {
         let path = cache_dir.join(format!("{name}-{}.safetensors", self.key()));
         if path.is_file() {
             match model_file::load(&path, device) {
@@ -150,10 +121,8 @@ impl TrainJob {
                 }
             }
         }
-        std::fs::create_dir_all(cache_dir).map_err(|cause| crate::Error::Write {
-            path: cache_dir.to_path_buf(),
-            cause,
-        })?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|cause| crate::Error::Write { path: cache_dir.to_path_buf(), cause })?;
         let (model, card) = self.run(device)?;
         model_file::save(&path, &model, &card)?;
         Ok((model, card, path))

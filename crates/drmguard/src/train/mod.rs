@@ -65,16 +65,10 @@ impl TrainConfig {
             return Err(Error::invalid("epochs", "0 (need at least 1)"));
         }
         if self.batch_size < 2 {
-            return Err(Error::invalid(
-                "batch size",
-                format!("{} (batch norm needs at least 2)", self.batch_size),
-            ));
+            return Err(Error::invalid("batch size", format!("{} (batch norm needs at least 2)", self.batch_size)));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(Error::invalid(
-                "learning rate",
-                format!("{}", self.learning_rate),
-            ));
+            return Err(Error::invalid("learning rate", format!("{}", self.learning_rate)));
         }
         Ok(())
     }
@@ -200,10 +194,7 @@ pub fn train(
             model = optim.step(config.learning_rate_at(step, total), model, grads);
             loss_sum += loss_value;
             step += 1;
-            bar.set_message(format!(
-                "epoch {epoch}/{}, loss {loss_value:.4}",
-                config.epochs
-            ));
+            bar.set_message(format!("epoch {epoch}/{}, loss {loss_value:.4}", config.epochs));
             bar.inc(1);
         }
         let val_error = evaluate(&model.valid(), config.task, val, config.batch_size)?;
@@ -238,12 +229,7 @@ pub struct FineTuneConfig {
 
 /// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
 /// mode); returns the model in inference mode and the mean loss of each epoch.
-pub fn fine_tune(
-    model: &Model,
-    data: &Dataset,
-    config: &FineTuneConfig,
-    device: &Device,
-) -> Result<(Model, Vec<f64>)> {
+pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
     if config.epochs == 0 || config.batch_size < 2 {
         return Err(Error::invalid(
             "fine-tuning epochs / batch size",
@@ -251,17 +237,10 @@ pub fn fine_tune(
         ));
     }
     if !(config.learning_rate > 0.0 && config.learning_rate.is_finite()) {
-        return Err(Error::invalid(
-            "fine-tuning learning rate",
-            format!("{}", config.learning_rate),
-        ));
+        return Err(Error::invalid("fine-tuning learning rate", format!("{}", config.learning_rate)));
     }
     if data.len() < config.batch_size {
-        return Err(Error::Data(format!(
-            "{} samples are fewer than one batch of {}",
-            data.len(),
-            config.batch_size
-        )));
+        return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
     }
     let device = device.clone().autodiff();
     let mut model = model.clone().fork(&device).train();
@@ -280,27 +259,16 @@ pub fn fine_tune(
             let loss = (model.forward(x) - y).abs().mean();
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "the fine-tuning loss became {value} at epoch {epoch}"
-                )));
+                return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}")));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = cosine_learning_rate(
-                config.learning_rate,
-                config.learning_rate * 0.01,
-                step,
-                total,
-            );
+            let lr = cosine_learning_rate(config.learning_rate, config.learning_rate * 0.01, step, total);
             model = optim.step(lr, model, grads);
             sum += value;
             step += 1;
         }
         losses.push(sum / steps_per_epoch as f64);
-        tracing::debug!(
-            epoch,
-            loss = sum / steps_per_epoch as f64,
-            "fine-tuning epoch done"
-        );
+        tracing::debug!(epoch, loss = sum / steps_per_epoch as f64, "fine-tuning epoch done");
     }
     Ok((model.valid(), losses))
 }
@@ -328,9 +296,7 @@ pub fn predict_transformed(
             .try_to_vec::<f32>()
             .map_err(|e| Error::Numerical(format!("{e:?}")))?;
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "the model produced {bad} on the data"
-            )));
+            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
         }
         out.extend(values);
     }

@@ -68,11 +68,7 @@ impl std::str::FromStr for Profile {
             "smoke" => Ok(Profile::Smoke),
             "small" => Ok(Profile::Small),
             "paper" => Ok(Profile::Paper),
-            _ => Err(Error::UnknownName {
-                what: "profile",
-                name: s.into(),
-                expected: "smoke, small, paper".into(),
-            }),
+            _ => Err(Error::UnknownName { what: "profile", name: s.into(), expected: "smoke, small, paper".into() }),
         }
     }
 }
