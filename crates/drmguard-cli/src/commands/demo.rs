@@ -86,8 +86,9 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
 
     let mut rows = Vec::new();
     for (name, job) in &jobs {
+        // Named like `train`'s Clean-Label surrogate (TASK-benign-KEY), so the benign model is shared.
         let (model, card, path) = job
-            .run_cached(&cache, &format!("demo-{}-{name}", a.profile), &device)
+            .run_cached(&cache, &format!("{task}-{name}"), &device)
             .with_context(|| format!("training the {name} model (cache {})", cache.display()))?;
         out!("{name}: model {} (trained in {:.0} s)", path.display(), card.train_seconds);
         let test = card.data.load(task, card.model.input_size, Split::Test).context("test data")?;
