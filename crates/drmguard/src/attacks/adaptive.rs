@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::Attack;
 use super::wanet::{Wanet, WanetConfig};
 use crate::error::{Error, Result};
-use crate::models::feature_angles;
+use crate::models::{Model, Regressor, feature_angles};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AdaptiveConfig {
@@ -80,10 +80,15 @@ impl Attack for Adaptive {
         true
     }
 
-    fn feature_penalty(&self, clean: Tensor<2>, poisoned: Tensor<2>, weight: Tensor<2>) -> Option<Tensor<1>> {
-        if clean.dims()[0] < 2 || poisoned.dims()[0] < 2 || self.lambda == 0.0 {
+    fn feature_penalty(&self, model: &Model, features: Tensor<2>, clean: usize, poisoned: usize) -> Option<Tensor<1>> {
+        if clean < 2 || poisoned < 2 || clean + poisoned > features.dims()[0] || self.lambda == 0.0 {
             return None;
         }
-        Some(rav_penalty(clean, poisoned, weight) * self.lambda)
+        let penalty = rav_penalty(
+            features.clone().narrow(0, 0, clean),
+            features.narrow(0, clean, poisoned),
+            model.head_weight(),
+        );
+        Some(penalty * self.lambda)
     }
 }

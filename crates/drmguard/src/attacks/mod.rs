@@ -55,10 +55,17 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
         true
     }
 
-    /// An extra term the attacker adds to the victim's training loss, from the penultimate
-    /// features of the batch's clean and poisoned samples and the head's weight rows `[d, k]`
-    /// (the adaptive attack's L_adp). `None` for attacks without one.
-    fn feature_penalty(&self, _clean: Tensor<2>, _poisoned: Tensor<2>, _weight: Tensor<2>) -> Option<Tensor<1>> {
+    /// An extra term the attacker adds to the victim's training loss (the adaptive attack's
+    /// L_adp), from `model` and its penultimate features `[n, k]` of a [`PoisonedBatch`] whose
+    /// first `clean` rows are clean and next `poisoned` rows carry the trigger. `None` for attacks
+    /// without one, which then add nothing to the training step.
+    fn feature_penalty(
+        &self,
+        _model: &crate::models::Model,
+        _features: Tensor<2>,
+        _clean: usize,
+        _poisoned: usize,
+    ) -> Option<Tensor<1>> {
         None
     }
 }

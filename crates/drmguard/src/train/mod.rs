@@ -158,32 +158,23 @@ pub fn train(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0f64;
         for batch in order.chunks_exact(config.batch_size) {
-            let loss = match backdoor {
+            let (x, y, rows) = match backdoor {
                 Some(b) => {
                     let batch = b.training_batch(train, batch, &mut rng, &device);
-                    let z = model.features(batch.images);
-                    let task_loss = (model.head(z.clone()) - batch.labels).abs().mean();
-                    let (clean, poisoned) = (batch.clean, batch.poisoned);
-                    let [n, _] = z.dims();
-                    let penalty = if clean > 0 && poisoned > 0 && clean + poisoned <= n {
-                        b.attack.feature_penalty(
-                            z.clone().narrow(0, 0, clean),
-                            z.narrow(0, clean, poisoned),
-                            model.head_weight(),
-                        )
-                    } else {
-                        None
-                    };
-                    match penalty {
-                        Some(p) => task_loss + p,
-                        None => task_loss,
-                    }
+                    (batch.images, batch.labels, Some((b, batch.clean, batch.poisoned)))
                 }
                 None => {
                     let (x, y) = train.batch(batch, &device);
-                    (model.forward(x) - y).abs().mean()
+                    (x, y, None)
                 }
             };
+            let z = model.features(x);
+            let mut loss = (model.head(z.clone()) - y).abs().mean();
+            if let Some((b, clean, poisoned)) = rows
+                && let Some(penalty) = b.attack.feature_penalty(&model, z, clean, poisoned)
+            {
+                loss = loss + penalty;
+            }
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 return Err(Error::Numerical(format!(
