@@ -45,7 +45,7 @@ fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     let (suspect, clean) = smoke_suspect();
     let device = Device::flex();
     let config = DrmGuardConfig { steps: 60, batch_size: 16, ..DrmGuardConfig::default() };
-    let (detection, reversal) = DrmGuard::new(config).detect(&suspect, &clean, &device).unwrap();
+    let (detection, reversal) = DrmGuard::new(config).detect_with_reversal(&suspect, &clean, 0, &device).unwrap();
     let s = &reversal.summary;
     // The optimisation made progress on its own objective: the output variance on the training
     // batches fell well below where it started.
@@ -70,8 +70,8 @@ fn the_same_seed_gives_the_same_reversal() {
     let (suspect, clean) = smoke_suspect();
     let config = DrmGuardConfig { steps: 5, batch_size: 16, ..DrmGuardConfig::default() };
     let device = Device::flex();
-    let a = DrmGuard::new(config.clone()).reverse(&suspect, &clean, &device).unwrap();
-    let b = DrmGuard::new(config).reverse(&suspect, &clean, &device).unwrap();
+    let a = DrmGuard::new(config.clone()).reverse(&suspect, &clean, 0, &device).unwrap();
+    let b = DrmGuard::new(config).reverse(&suspect, &clean, 0, &device).unwrap();
     assert_eq!(a.summary.score, b.summary.score);
     assert_eq!(a.summary.estimated_target, b.summary.estimated_target);
 }
@@ -81,7 +81,7 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
     let (suspect, _) = smoke_suspect();
     let device = Device::flex();
     let few = CleanSet::fresh_builtin(&suspect, 20).unwrap();
-    let err = DrmGuard::new(DrmGuardConfig::default()).detect(&suspect, &few, &device).unwrap_err().to_string();
+    let err = DrmGuard::new(DrmGuardConfig::default()).detect_with_reversal(&suspect, &few, 0, &device).unwrap_err().to_string();
     assert!(err.contains("fewer than one batch of 50"), "{err}");
     for bad in [
         DrmGuardConfig { steps: 0, ..DrmGuardConfig::default() },

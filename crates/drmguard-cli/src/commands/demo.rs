@@ -9,16 +9,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::data::Split;
-use drmguard::defenses::unlearn::{UnlearnConfig, unlearn};
-use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, Suspect, UnlearnConfig};
 use drmguard::device::DeviceKind;
 use drmguard::metrics::{BackdoorErrors, TaskError};
 use drmguard::model_file;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, TrainJob, cache_root};
 
+use drmguard::report::scan::write_scan_report;
+
 use super::eval::errors_on;
-use super::scan::write_drmguard_outputs;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -30,7 +30,7 @@ pub struct DemoArgs {
     /// clean-label, issba or adaptive.
     #[arg(long, default_value = "badnets")]
     attack: String,
-    /// Seed of both models' data and initialisation, of the trigger and of the target.
+    /// Seed of both models' data and initialisation, of the trigger, of the target and of the defense.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where trained models are cached (default: $DRMGUARD_CACHE, else ~/.cache/drmguard, under models/).
@@ -97,10 +97,11 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         // The defense sees the model without its card's attack record, and fresh clean images.
         let suspect = Suspect::new(model.clone(), &card);
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect))?;
-        let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect(&suspect, &clean, &device)?;
+        let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect_with_reversal(&suspect, &clean, a.seed, &device)?;
         let dir = a.out.join(format!("scan-{name}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_drmguard_outputs(&path, &suspect, &clean, &detection, &reversal, &dir, &device)?;
+        let finding = DrmGuard::finding(detection.clone(), &reversal, &suspect, &clean, &device)?;
+        write_scan_report(&dir, &path, &suspect, &clean, &finding)?;
         rows.push(Row {
             name: name.to_string(),
             verdict: if detection.backdoored { "BACKDOORED".into() } else { "clean".into() },
@@ -112,18 +113,16 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
 
         if card.backdoor.is_some() {
             let started_mitigation = Instant::now();
-            let (repaired, summary) = unlearn(&suspect, &clean, &reversal.generator, &a.unlearn, reversal.config.seed, &device)?;
-            let (clean_error, backdoor_errors) = errors_on(&repaired, &card, &test)?;
+            let repairer = DrmGuardRepair { drmguard: a.drmguard.clone(), unlearn: a.unlearn.clone() };
+            let mut repair = repairer.repair(&suspect, &clean, &detection, &reversal, &device)?;
+            let (clean_error, backdoor_errors) = errors_on(&repair.model, &card, &test)?;
+            if let Some(fields) = repair.record.as_object_mut() {
+                fields.insert("source_model".into(), serde_json::json!(path));
+            }
             let mut repaired_card = card.clone();
-            repaired_card.mitigation = Some(serde_json::json!({
-                "defense": "drmguard",
-                "source_model": path,
-                "drmguard_config": reversal.config,
-                "unlearn_config": a.unlearn,
-                "unlearn": summary,
-            }));
+            repaired_card.mitigation = Some(repair.record);
             let out = a.out.join(format!("{name}-mitigated.safetensors"));
-            model_file::save(&out, &repaired, &repaired_card)?;
+            model_file::save(&out, &repair.model, &repaired_card)?;
             rows.push(Row {
                 name: format!("{name}, mitigated"),
                 verdict: "-".into(),

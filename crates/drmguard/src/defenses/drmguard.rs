@@ -21,8 +21,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
-use super::{CleanSet, Detection, Suspect};
+use super::unlearn::{UnlearnConfig, unlearn};
+use super::{CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect};
 use crate::data::to_images;
+use crate::report::reversed::{map_figure, reversal_figure};
 use crate::error::{Error, Result};
 use crate::models::{Model, Regressor, feature_angles, init_seeded};
 use crate::task::{DEG, Task};
@@ -99,9 +101,6 @@ pub struct DrmGuardConfig {
     /// Decision threshold ε on I(f) = mean |G(x) − x| (images in [0, 1]).
     #[arg(long, default_value_t = 0.03)]
     pub epsilon: f64,
-    /// Seed of G's initial weights and of the batch order.
-    #[arg(id = "defense_seed", long = "defense-seed", default_value_t = 0)]
-    pub seed: u64,
 }
 
 impl Default for DrmGuardConfig {
@@ -121,7 +120,6 @@ impl Default for DrmGuardConfig {
             batch_size: 50,
             lr: 1e-3,
             epsilon: 0.03,
-            seed: 0,
         }
     }
 }
@@ -205,6 +203,8 @@ pub struct Reversal {
     pub generator: Generator,
     pub summary: ReversalSummary,
     pub config: DrmGuardConfig,
+    /// Seed of G's initial weights and of the batch order.
+    pub seed: u64,
     /// The final momentum attention map M (`[S·S]`, row-major, maximum about 1), without MTR `None`.
     pub attention: Option<Vec<f32>>,
 }
@@ -230,26 +230,72 @@ impl DrmGuard {
         DrmGuard { config }
     }
 
-    /// Reverse-engineers a trigger and decides.
-    pub fn detect(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<(Detection, Reversal)> {
+    /// Reverse-engineers a trigger and decides; the reversal is kept for mitigation.
+    pub fn detect_with_reversal(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(Detection, Reversal)> {
         let started = Instant::now();
-        let reversal = self.reverse(suspect, clean, device)?;
-        let c = &reversal.config;
+        let reversal = self.reverse(suspect, clean, seed, device)?;
         let s = &reversal.summary;
-        let detection = Detection {
-            defense: "drmguard".into(),
-            backdoored: s.score < c.epsilon,
-            score: s.score,
-            threshold: c.epsilon,
-            margin: s.score - c.epsilon,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            details: serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?,
-        };
+        let details = serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?;
+        let detection = Detection::decide("drmguard", s.score, reversal.config.epsilon, true, started.elapsed().as_secs_f64(), details);
         Ok((detection, reversal))
     }
 
+    /// The report of a detection: the summary rows, the reversed images and the attention map.
+    pub fn finding(detection: Detection, reversal: &Reversal, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Finding> {
+        let (c, s) = (&reversal.config, &reversal.summary);
+        let shown: Vec<usize> = (0..clean.len().min(8)).collect();
+        let (originals, reversed) = reversal.image_pairs(clean, &shown, device)?;
+        // Full scale at 4 ε: differences of the size that decides the verdict stay visible.
+        let full = 4.0 * c.epsilon as f32;
+        let mut figures = vec![Figure {
+            file: "reversed.png".into(),
+            caption: format!(
+                "Rows: clean images, G(x), and |G(x) − x| (white = {full:.2}). A backdoored model needs only a small, localised \
+                 change (its trigger) to send every image to one output; a benign model needs a large one."
+            ),
+            image: reversal_figure(&originals, &reversed, full)?,
+        }];
+        if let Some(map) = &reversal.attention {
+            figures.push(Figure {
+                file: "attention.png".into(),
+                caption: "The momentum attention map M of the MTR: where the model's gradient on the clean images was large \
+                          (white). Edits there cost 1 + γ·M (`--mtr loss`), or their gradient is divided by it (`--mtr gradient`)."
+                    .into(),
+                image: map_figure(map, suspect.image_size())?,
+            });
+        }
+        let deg = |v: &[f32]| v.iter().map(|x| format!("{:.2}°", x.to_degrees())).collect::<Vec<_>>().join(", ");
+        let spread = |v: &[f64]| v.iter().map(|x| format!("{x:.2}°")).collect::<Vec<_>>().join(", ");
+        let rows = vec![
+            (
+                "DRMGuard".into(),
+                format!(
+                    "{} generator (width {}), r_f {:?}, MTR {:?}, λ1 = {}, λ2 = {}",
+                    c.generator,
+                    c.generator_width,
+                    c.feature_reg,
+                    c.mtr,
+                    c.lambda1.unwrap_or_default(),
+                    c.lambda2.unwrap_or_default()
+                ),
+            ),
+            ("estimated target (mean of f(G(x)))".into(), deg(&s.estimated_target)),
+            ("spread of f(G(x)) / of f(x)".into(), format!("{} / {}", spread(&s.output_std_deg), spread(&s.clean_output_std_deg))),
+            ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
+            ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
+        ];
+        Ok(Finding {
+            detection,
+            config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,
+            seed: reversal.seed,
+            rule: "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε".into(),
+            rows,
+            figures,
+        })
+    }
+
     /// Trains G on the clean set against the frozen suspect (method.md §12).
-    pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Reversal> {
+    pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Reversal> {
         let config = self.config.resolved(suspect.task)?;
         clean.check_for(suspect, config.batch_size)?;
         let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
@@ -265,9 +311,9 @@ impl DrmGuard {
         )
         .reshape([1, -1]);
 
-        let mut generator = init_seeded(&ad, config.seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
+        let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
         let mut optim = AdamConfig::new().init();
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6d72_6775_6172_6421);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d72_6775_6172_6421);
         let mut order: Vec<usize> = (0..clean.len()).collect();
         let mut cursor = order.len();
         let mut attention: Option<Tensor<2>> = None;
@@ -401,7 +447,60 @@ impl DrmGuard {
         };
         tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
         let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
-        Ok(Reversal { generator, summary, config, attention })
+        Ok(Reversal { generator, summary, config, seed, attention })
+    }
+}
+
+impl Detector for DrmGuard {
+    fn name(&self) -> &'static str {
+        "drmguard"
+    }
+
+    fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
+        let (detection, reversal) = self.detect_with_reversal(suspect, clean, seed, device)?;
+        Self::finding(detection, &reversal, suspect, clean, device)
+    }
+}
+
+/// DRMGuard's mitigation: reverse-engineer a trigger, then unlearn it (method.md §6).
+#[derive(Debug, Clone)]
+pub struct DrmGuardRepair {
+    pub drmguard: DrmGuardConfig,
+    pub unlearn: UnlearnConfig,
+}
+
+impl DrmGuardRepair {
+    /// Unlearns the trigger of an existing reversal (e.g. one a scan just made).
+    pub fn repair(&self, suspect: &Suspect, clean: &CleanSet, detection: &Detection, reversal: &Reversal, device: &Device) -> Result<Repair> {
+        let generator = reversal.generator.clone().to_device(device);
+        let (model, summary) = unlearn(suspect, clean, &|x| generator.forward(x), &self.unlearn, reversal.seed, device)?;
+        let record = serde_json::json!({
+            "defense": "drmguard",
+            "detection": {
+                "backdoored": detection.backdoored,
+                "score": detection.score,
+                "threshold": detection.threshold,
+                "estimated_target": reversal.summary.estimated_target,
+                "rav": reversal.summary.rav,
+            },
+            "drmguard_config": reversal.config,
+            "unlearn_config": self.unlearn,
+            "unlearn": summary,
+            "seed": reversal.seed,
+        });
+        Ok(Repair { model, record })
+    }
+}
+
+impl Mitigator for DrmGuardRepair {
+    fn name(&self) -> &'static str {
+        "drmguard"
+    }
+
+    fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
+        let (detection, reversal) = DrmGuard::new(self.drmguard.clone()).detect_with_reversal(suspect, clean, seed, device)?;
+        tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");
+        self.repair(suspect, clean, &detection, &reversal, device)
     }
 }
 

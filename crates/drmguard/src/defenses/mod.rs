@@ -7,6 +7,7 @@
 //! This module does not depend on [`crate::attacks`].
 
 pub mod drmguard;
+pub mod fine_tuning;
 pub mod generator;
 pub mod unlearn;
 
@@ -18,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::model_file::ModelCard;
 use crate::models::{Model, ModelSpec};
 use crate::task::Task;
-pub use drmguard::{DrmGuard, DrmGuardConfig};
+pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair};
+pub use fine_tuning::{FineTuning, FineTuningConfig};
+pub use unlearn::UnlearnConfig;
 
 /// A model under suspicion, as a defense sees it.
 #[derive(Debug, Clone)]
@@ -156,30 +159,139 @@ impl CleanSet {
 pub struct Detection {
     pub defense: String,
     pub backdoored: bool,
-    /// The defense's statistic (for DRMGuard, I(f)).
+    /// The defense's statistic (DRMGuard: I(f); Neural Cleanse: the mask's L1 norm; …).
     pub score: f64,
     pub threshold: f64,
-    /// How the score compares to the threshold: backdoored iff `score < threshold` for
-    /// DRMGuard. Positive margins mean "looks benign".
+    /// How far the score is from the threshold, signed so that positive means "looks benign".
     pub margin: f64,
+    /// The score oriented so that larger means more suspicious (for ROC curves across defenses).
+    pub suspicion: f64,
     pub elapsed_s: f64,
-    /// Defense-specific results (estimated target, RAV, history, …).
+    /// Defense-specific results (estimated target, RAV, history, …), a JSON object.
     pub details: serde_json::Value,
 }
 
-/// Known defenses, for `--defense`.
+impl Detection {
+    /// A verdict from `score` and `threshold`; `low_is_backdoored` says which side is flagged.
+    pub fn decide(defense: &str, score: f64, threshold: f64, low_is_backdoored: bool, elapsed_s: f64, details: serde_json::Value) -> Self {
+        let (backdoored, margin, suspicion) = if low_is_backdoored {
+            (score < threshold, score - threshold, -score)
+        } else {
+            (score >= threshold, threshold - score, score)
+        };
+        Detection { defense: defense.into(), backdoored, score, threshold, margin, suspicion, elapsed_s, details }
+    }
+}
+
+/// A picture a defense made of what it found, written beside its report.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// File name inside the report folder, e.g. `reversed.png`.
+    pub file: String,
+    /// One sentence for the Markdown report: what the picture shows.
+    pub caption: String,
+    pub image: image::RgbImage,
+}
+
+/// Everything a detector reports: the verdict, its resolved config, and what people read.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub detection: Detection,
+    /// The resolved configuration, written as `config.json` and into the report.
+    pub config: serde_json::Value,
+    pub seed: u64,
+    /// One line saying how to read the score, e.g. "backdoored iff I(f) < ε".
+    pub rule: String,
+    /// Rows (name, value) of the Markdown report's table.
+    pub rows: Vec<(String, String)>,
+    pub figures: Vec<Figure>,
+}
+
+/// A defense that decides whether a model is backdoored. It sees the suspect and the clean set
+/// only.
+pub trait Detector {
+    fn name(&self) -> &'static str;
+    fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding>;
+}
+
+/// A repaired model and a JSON record of what the repair did (stored in its sidecar).
+#[derive(Debug, Clone)]
+pub struct Repair {
+    pub model: Model,
+    pub record: serde_json::Value,
+}
+
+/// A defense that removes a backdoor from a model, from the suspect and the clean set only.
+pub trait Mitigator {
+    fn name(&self) -> &'static str;
+    fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair>;
+}
+
+/// Detectors, for `drmguard scan --defense`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum DefenseKind {
+pub enum DetectorKind {
     /// DRMGuard: generator-based trigger reverse engineering with output-variance and
-    /// feature-angle objectives (detection and mitigation).
+    /// feature-angle objectives.
     Drmguard,
 }
 
-impl std::fmt::Display for DefenseKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DefenseKind::Drmguard => "drmguard",
-        })
+/// Mitigators, for `drmguard mitigate --defense`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MitigatorKind {
+    /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
+    /// true labels).
+    Drmguard,
+    /// Fine-tuning on the clean set (the reference).
+    Ft,
+}
+
+/// The settings of every detector (flattened into `drmguard scan`'s options); `build` is the
+/// registry from name to detector.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct DetectorConfigs {
+    #[command(flatten)]
+    pub drmguard: DrmGuardConfig,
+}
+
+impl DetectorConfigs {
+    pub fn build(&self, kind: DetectorKind) -> Box<dyn Detector> {
+        match kind {
+            DetectorKind::Drmguard => Box::new(DrmGuard::new(self.drmguard.clone())),
+        }
     }
 }
+
+/// The settings of every mitigator (flattened into `drmguard mitigate`'s options); `build` is the
+/// registry from name to mitigator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct MitigatorConfigs {
+    #[command(flatten)]
+    pub drmguard: DrmGuardConfig,
+    #[command(flatten)]
+    pub unlearn: UnlearnConfig,
+    #[command(flatten)]
+    pub ft: FineTuningConfig,
+}
+
+impl MitigatorConfigs {
+    pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
+        match kind {
+            MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),
+            MitigatorKind::Ft => Box::new(FineTuning { config: self.ft.clone() }),
+        }
+    }
+}
+
+macro_rules! kebab_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = clap::ValueEnum::to_possible_value(self).expect("no skipped variants");
+                f.write_str(v.get_name())
+            }
+        }
+    )*};
+}
+kebab_display!(DetectorKind, MitigatorKind);

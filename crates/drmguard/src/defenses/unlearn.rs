@@ -1,15 +1,13 @@
 //! Mitigation by unlearning (method.md §6): fine-tune the model on the clean set plus reversed
-//! copies G(x) of a random share of it, each reversed image keeping its true label, so that the
-//! reversed trigger stops moving the outputs.
+//! copies of a random share of it (DRMGuard's G(x), or Neural Cleanse's stamped images), each
+//! reversed image keeping its true label, so that the reversed trigger stops moving the outputs.
 
-use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::generator::Generator;
 use super::{CleanSet, Suspect};
 use crate::data::{Dataset, to_images};
 use crate::error::{Error, Result};
@@ -47,11 +45,12 @@ pub struct UnlearnSummary {
     pub epoch_losses: Vec<f64>,
 }
 
-/// Fine-tunes the suspect on the clean set plus reversed images made by `generator`.
+/// Fine-tunes the suspect on the clean set plus reversed images made by `reverse` (a batch of
+/// clean images on `device` to their reversed versions).
 pub fn unlearn(
     suspect: &Suspect,
     clean: &CleanSet,
-    generator: &Generator,
+    reverse: &dyn Fn(Tensor<4>) -> Tensor<4>,
     config: &UnlearnConfig,
     seed: u64,
     device: &Device,
@@ -66,11 +65,10 @@ pub fn unlearn(
     picked.truncate(((clean.len() as f64 * config.reversed_ratio).round() as usize).max(1));
     picked.sort_unstable();
 
-    let generator = generator.clone().to_device(device);
     let mut set: Dataset = clean.data().clone();
     for chunk in picked.chunks(64) {
         let (x, _) = clean.batch(chunk, device);
-        for (&i, img) in chunk.iter().zip(to_images(generator.forward(x))?) {
+        for (&i, img) in chunk.iter().zip(to_images(reverse(x))?) {
             set.names.push(format!("reversed-{}", clean.data().names[i]));
             set.images.push(img);
             set.labels.extend_from_slice(clean.data().label(i));

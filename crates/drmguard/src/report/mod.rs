@@ -1,4 +1,5 @@
 //! Pictures and summaries for people.
 pub mod grid;
-pub mod triggers;
 pub mod reversed;
+pub mod scan;
+pub mod triggers;

@@ -28,9 +28,9 @@ pub fn difference_heat_map(a: &RgbImage, b: &RgbImage, full_scale: f32) -> RgbIm
     })
 }
 
-/// Writes three rows (clean, reversed, heat map of the difference) with one column per image pair.
+/// Three rows (clean, reversed, heat map of the difference) with one column per image pair.
 /// `full_scale` is the mean absolute difference (in [0, 1]) shown as white.
-pub fn write_reversal_figure(clean: &[RgbImage], reversed: &[RgbImage], full_scale: f32, path: &Path) -> Result<()> {
+pub fn reversal_figure(clean: &[RgbImage], reversed: &[RgbImage], full_scale: f32) -> Result<RgbImage> {
     if clean.is_empty() || clean.len() != reversed.len() {
         return Err(Error::Data(format!("a reversal figure needs matching images ({} clean, {} reversed)", clean.len(), reversed.len())));
     }
@@ -44,23 +44,25 @@ pub fn write_reversal_figure(clean: &[RgbImage], reversed: &[RgbImage], full_sca
             imageops::replace(&mut fig, &tile, x as i64, y as i64);
         }
     }
-    let mut bytes = Vec::new();
-    fig.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
-    write_atomic(path, &bytes)
+    Ok(fig)
 }
 
-/// Writes a `side`×`side` map (row-major, e.g. DRMGuard's momentum attention map) as a heat map
-/// scaled to its maximum, enlarged to a readable size.
-pub fn write_map_figure(values: &[f32], side: u32, path: &Path) -> Result<()> {
+/// A `side`×`side` map (row-major, e.g. DRMGuard's momentum attention map or a reversed mask) as
+/// a heat map scaled to its maximum, enlarged to a readable size.
+pub fn map_figure(values: &[f32], side: u32) -> Result<RgbImage> {
     if side == 0 || values.len() != (side * side) as usize {
         return Err(Error::Data(format!("a {side}×{side} map needs {} values, got {}", side * side, values.len())));
     }
     let max = values.iter().copied().fold(0.0f32, f32::max).max(1e-12);
     let map = RgbImage::from_fn(side, side, |x, y| heat(values[(y * side + x) as usize] / max));
-    let big = imageops::resize(&map, 3 * TILE, 3 * TILE, imageops::FilterType::Nearest);
+    Ok(imageops::resize(&map, 3 * TILE, 3 * TILE, imageops::FilterType::Nearest))
+}
+
+/// Writes `image` as a PNG file, atomically.
+pub fn write_png(image: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    big.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+    image
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
 }
