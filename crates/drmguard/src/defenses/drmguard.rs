@@ -14,15 +14,11 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
 use super::unlearn::{UnlearnConfig, unlearn};
-use super::{CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect};
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar};
 use crate::data::to_images;
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::error::{Error, Result};
@@ -235,7 +231,13 @@ impl DrmGuard {
         let started = Instant::now();
         let reversal = self.reverse(suspect, clean, seed, device)?;
         let s = &reversal.summary;
-        let details = serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?;
+        let mut details = serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?;
+        if let Some(fields) = details.as_object_mut() {
+            let deg: Vec<f32> = s.estimated_target.iter().map(|v| v.to_degrees()).collect();
+            fields.insert("estimated_target_deg".into(), serde_json::json!(deg));
+            fields.insert("target_spread_deg".into(), serde_json::json!(s.output_std_deg));
+            fields.insert("clean_output_spread_deg".into(), serde_json::json!(s.clean_output_std_deg));
+        }
         let detection = Detection::decide("drmguard", s.score, reversal.config.epsilon, true, started.elapsed().as_secs_f64(), details);
         Ok((detection, reversal))
     }
@@ -313,26 +315,14 @@ impl DrmGuard {
 
         let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
         let mut optim = AdamConfig::new().init();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d72_6775_6172_6421);
-        let mut order: Vec<usize> = (0..clean.len()).collect();
-        let mut cursor = order.len();
+        let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
         let mut attention: Option<Tensor<2>> = None;
         let mut history = Vec::new();
         let log_every = (config.steps / 40).max(1);
-        let bar = ProgressBar::new((config.warmup_steps + config.steps) as u64).with_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
-                .expect("a valid progress template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix("drmguard");
+        let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
         let started = Instant::now();
         for step in 0..config.warmup_steps {
-            if cursor + config.batch_size > order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
-            }
-            let (x, _) = clean.batch(&order[cursor..cursor + config.batch_size], &ad);
-            cursor += config.batch_size;
+            let (x, _) = clean.batch(batches.next_batch(), &ad);
             let l1 = (generator.forward(x.clone()) - x).abs().mean();
             if step % log_every == 0 {
                 bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
@@ -342,13 +332,7 @@ impl DrmGuard {
             bar.inc(1);
         }
         for step in 0..config.steps {
-            if cursor + config.batch_size > order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
-            }
-            let batch = &order[cursor..cursor + config.batch_size];
-            cursor += config.batch_size;
-            let (x, _) = clean.batch(batch, &ad);
+            let (x, _) = clean.batch(batches.next_batch(), &ad);
 
             let pixel_weight = match config.mtr {
                 Mtr::Off => None,

@@ -6,21 +6,35 @@
 //! folder or drawn fresh from the built-in generator, never made from a poisoned [`Dataset`].
 //! This module does not depend on [`crate::attacks`].
 
+pub mod abs;
+pub mod anp;
 pub mod drmguard;
+pub mod fine_pruning;
 pub mod fine_tuning;
 pub mod generator;
+pub mod neural_cleanse;
+pub mod trigger;
 pub mod unlearn;
 
 use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model_file::ModelCard;
-use crate::models::{Model, ModelSpec};
+use crate::models::{Model, ModelSpec, Regressor};
+use burn::module::Module;
 use crate::task::Task;
+pub use abs::{Abs, AbsConfig};
+pub use anp::{Anp, AnpConfig};
 pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair};
+pub use fine_pruning::{FinePruning, FinePruningConfig};
 pub use fine_tuning::{FineTuning, FineTuningConfig};
+pub use neural_cleanse::{NcUnlearning, NeuralCleanse, NeuralCleanseConfig};
 pub use unlearn::UnlearnConfig;
 
 /// A model under suspicion, as a defense sees it.
@@ -183,6 +197,53 @@ impl Detection {
     }
 }
 
+/// Endless shuffled mini-batches of indices into a set of `n`: reshuffled (from a seeded
+/// generator) whenever fewer than one batch remain.
+#[derive(Debug)]
+pub struct BatchCursor {
+    order: Vec<usize>,
+    cursor: usize,
+    batch_size: usize,
+    rng: ChaCha8Rng,
+}
+
+impl BatchCursor {
+    pub fn new(n: usize, batch_size: usize, seed: u64) -> Self {
+        BatchCursor { order: (0..n).collect(), cursor: n, batch_size: batch_size.min(n), rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn next_batch(&mut self) -> &[usize] {
+        if self.cursor + self.batch_size > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.cursor = 0;
+        }
+        self.cursor += self.batch_size;
+        &self.order[self.cursor - self.batch_size..self.cursor]
+    }
+}
+
+/// A progress bar over `steps` optimisation steps, hidden when stderr is not a terminal.
+pub fn progress_bar(prefix: &str, steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// The penultimate features F(x) of every clean image, `[n, k]`, on the model's device.
+pub fn clean_features(model: &Model, clean: &CleanSet, batch_size: usize) -> Result<Tensor<2>> {
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    let indices: Vec<usize> = (0..clean.len()).collect();
+    let parts: Vec<Tensor<2>> = indices.chunks(batch_size.max(1)).map(|b| model.features(clean.batch(b, &device).0)).collect();
+    if parts.is_empty() {
+        return Err(Error::Data("the clean set is empty".into()));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
 /// A picture a defense made of what it found, written beside its report.
 #[derive(Debug, Clone)]
 pub struct Figure {
@@ -234,6 +295,10 @@ pub enum DetectorKind {
     /// DRMGuard: generator-based trigger reverse engineering with output-variance and
     /// feature-angle objectives.
     Drmguard,
+    /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
+    Nc,
+    /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
+    Abs,
 }
 
 /// Mitigators, for `drmguard mitigate --defense`.
@@ -245,6 +310,12 @@ pub enum MitigatorKind {
     Drmguard,
     /// Fine-tuning on the clean set (the reference).
     Ft,
+    /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
+    Fp,
+    /// Adversarial neuron pruning over every BatchNorm channel.
+    Anp,
+    /// Neural Cleanse unlearning with its reversed trigger.
+    Nc,
 }
 
 /// The settings of every detector (flattened into `drmguard scan`'s options); `build` is the
@@ -253,12 +324,18 @@ pub enum MitigatorKind {
 pub struct DetectorConfigs {
     #[command(flatten)]
     pub drmguard: DrmGuardConfig,
+    #[command(flatten)]
+    pub nc: NeuralCleanseConfig,
+    #[command(flatten)]
+    pub abs: AbsConfig,
 }
 
 impl DetectorConfigs {
     pub fn build(&self, kind: DetectorKind) -> Box<dyn Detector> {
         match kind {
             DetectorKind::Drmguard => Box::new(DrmGuard::new(self.drmguard.clone())),
+            DetectorKind::Nc => Box::new(NeuralCleanse { config: self.nc.clone() }),
+            DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
         }
     }
 }
@@ -273,6 +350,12 @@ pub struct MitigatorConfigs {
     pub unlearn: UnlearnConfig,
     #[command(flatten)]
     pub ft: FineTuningConfig,
+    #[command(flatten)]
+    pub fp: FinePruningConfig,
+    #[command(flatten)]
+    pub anp: AnpConfig,
+    #[command(flatten)]
+    pub nc: NeuralCleanseConfig,
 }
 
 impl MitigatorConfigs {
@@ -280,6 +363,9 @@ impl MitigatorConfigs {
         match kind {
             MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),
             MitigatorKind::Ft => Box::new(FineTuning { config: self.ft.clone() }),
+            MitigatorKind::Fp => Box::new(FinePruning { config: self.fp.clone(), fine_tuning: self.ft.clone() }),
+            MitigatorKind::Anp => Box::new(Anp { config: self.anp.clone() }),
+            MitigatorKind::Nc => Box::new(NcUnlearning { nc: self.nc.clone(), unlearn: self.unlearn.clone() }),
         }
     }
 }

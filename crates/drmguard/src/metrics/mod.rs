@@ -49,6 +49,33 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
     TaskError { mean_deg, per_output_deg: per_output }
 }
 
+/// One sample's error in degrees, by the task's metric (angular for gaze, mean absolute over the
+/// axes for head pose).
+pub fn sample_error_deg(task: Task, prediction: &[f32], label: &[f32]) -> f64 {
+    match task {
+        Task::Gaze => angular_error_deg(prediction, label),
+        Task::HeadPose => {
+            prediction.iter().zip(label).map(|(p, y)| ((p - y) as f64).abs().to_degrees()).sum::<f64>() / label.len().max(1) as f64
+        }
+    }
+}
+
+/// Share of the predictions (row-major `[n, d]`) within `tolerance_deg` of `target`: a
+/// regression model's "attack success rate" towards a target vector.
+pub fn share_within(task: Task, predictions: &[f32], target: &[f32], tolerance_deg: f64) -> f64 {
+    let d = target.len().max(1);
+    let n = predictions.len() / d;
+    let hits = predictions.chunks_exact(d).filter(|p| sample_error_deg(task, p, target) <= tolerance_deg).count();
+    hits as f64 / n.max(1) as f64
+}
+
+/// Mean error in degrees of the predictions (row-major `[n, d]`) to one `target` vector.
+pub fn mean_error_to(task: Task, predictions: &[f32], target: &[f32]) -> f64 {
+    let d = target.len().max(1);
+    let n = (predictions.len() / d).max(1);
+    predictions.chunks_exact(d).map(|p| sample_error_deg(task, p, target)).sum::<f64>() / n as f64
+}
+
 /// Attack error (AE) and defending attack error (DAE) on a poisoned test set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackdoorErrors {

@@ -4,7 +4,7 @@ pub mod resnet;
 pub mod small_cnn;
 
 use burn::module::Module;
-use burn::nn::Linear;
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +143,15 @@ pub enum Model {
     SmallCnn(SmallCnn),
 }
 
+/// How a forward pass applies each BatchNorm of F: `bn.forward(x)` normally; a defense may
+/// perturb or mask it (ANP). Called in the order of [`Model::batch_norms`].
+pub type BnHook<'a> = &'a mut dyn FnMut(&BatchNorm, Tensor<4>) -> Tensor<4>;
+
+/// The plain BatchNorm.
+fn plain(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    bn.forward(x)
+}
+
 impl Model {
     fn fc(&self) -> &Linear {
         match self {
@@ -150,14 +159,71 @@ impl Model {
             Model::SmallCnn(m) => &m.fc,
         }
     }
+
+    /// F with every BatchNorm applied through `bn`.
+    pub fn features_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<2> {
+        match self {
+            Model::Resnet(m) => m.features_with(x, bn),
+            Model::SmallCnn(m) => m.features_with(x, bn),
+        }
+    }
+
+    /// An inner convolutional layer's activations `[n, c, h, w]` (ResNet: `layer3`'s output; the
+    /// small CNN: its second block's), where neuron-level defenses (ABS) look.
+    pub fn inner(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Model::Resnet(m) => m.inner_with(x, &mut plain),
+            Model::SmallCnn(m) => m.inner_with(x, &mut plain),
+        }
+    }
+
+    /// From [`Self::inner`]'s activations to the penultimate features.
+    pub fn tail(&self, h: Tensor<4>) -> Tensor<2> {
+        match self {
+            Model::Resnet(m) => m.tail_with(h, &mut plain),
+            Model::SmallCnn(m) => m.tail_with(h, &mut plain),
+        }
+    }
+
+    /// The outputs from [`Self::inner`]'s activations.
+    pub fn forward_inner(&self, h: Tensor<4>) -> Tensor<2> {
+        self.head(self.tail(h))
+    }
+
+    /// Every BatchNorm of F, in forward order (the order [`BnHook`]s see them).
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        match self {
+            Model::Resnet(m) => m.batch_norms(),
+            Model::SmallCnn(m) => m.batch_norms(),
+        }
+    }
+
+    /// The model with each BatchNorm replaced by `f(index, bn)`, indices as in [`Self::batch_norms`].
+    pub fn map_batch_norms(self, mut f: impl FnMut(usize, BatchNorm) -> BatchNorm) -> Model {
+        let mut index = 0;
+        let mut visit = |bn: BatchNorm| {
+            let bn = f(index, bn);
+            index += 1;
+            bn
+        };
+        match self {
+            Model::Resnet(m) => Model::Resnet(m.map_batch_norms(&mut visit)),
+            Model::SmallCnn(m) => Model::SmallCnn(m.map_batch_norms(&mut visit)),
+        }
+    }
+
+    /// The model with its head H replaced by `f(H)`.
+    pub fn map_head(self, f: impl FnOnce(Linear) -> Linear) -> Model {
+        match self {
+            Model::Resnet(m) => Model::Resnet(ResNet { fc: f(m.fc), ..m }),
+            Model::SmallCnn(m) => Model::SmallCnn(SmallCnn { fc: f(m.fc), ..m }),
+        }
+    }
 }
 
 impl Regressor for Model {
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        match self {
-            Model::Resnet(m) => m.features(x),
-            Model::SmallCnn(m) => m.features(x),
-        }
+        self.features_with(x, &mut plain)
     }
 
     fn head(&self, z: Tensor<2>) -> Tensor<2> {

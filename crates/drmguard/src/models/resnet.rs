@@ -13,7 +13,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::Normalization;
+use super::{BnHook, Normalization};
 
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
     let p = k / 2;
@@ -54,14 +54,28 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The block with every BatchNorm applied through `bn`, in the order of [`Self::batch_norms`].
+    fn forward_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<4> {
+        let out = relu(bn(&self.bn1, self.conv1.forward(x.clone())));
+        let out = bn(&self.bn2, self.conv2.forward(out));
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
-            None => x.clone(),
+            Some(d) => bn(&d.bn, d.conv.forward(x)),
+            None => x,
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
         relu(out + identity)
+    }
+
+    fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut all = vec![&self.bn1, &self.bn2];
+        all.extend(self.downsample.as_ref().map(|d| &d.bn));
+        all
+    }
+
+    fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
+        let bn1 = f(self.bn1);
+        let bn2 = f(self.bn2);
+        let downsample = self.downsample.map(|d| Downsample { conv: d.conv, bn: f(d.bn) });
+        BasicBlock { conv1: self.conv1, bn1, conv2: self.conv2, bn2, downsample }
     }
 }
 
@@ -102,14 +116,48 @@ impl ResNet {
         }
     }
 
-    /// F: images `[n, 3, H, W]` in [0, 1] to pooled features `[n, 8·width]`.
-    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+    /// F: images `[n, 3, H, W]` in [0, 1] to pooled features `[n, 8·width]`, with every BatchNorm
+    /// applied through `bn` (in the order of [`Self::batch_norms`]).
+    pub fn features_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<2> {
+        let h = self.inner_with(x, bn);
+        self.tail_with(h, bn)
+    }
+
+    /// Images to the output of `layer3`, `[n, 4·width, H/16, W/16]`.
+    pub fn inner_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<4> {
         let x = self.norm.apply(x);
-        let mut x = self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x))));
-        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
-            x = block.forward(x);
+        let mut x = self.maxpool.forward(relu(bn(&self.bn1, self.conv1.forward(x))));
+        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3) {
+            x = block.forward_with(x, bn);
+        }
+        x
+    }
+
+    /// `layer3`'s output to the pooled features: `layer4` and global average pooling.
+    pub fn tail_with(&self, mut x: Tensor<4>, bn: BnHook) -> Tensor<2> {
+        for block in &self.layer4 {
+            x = block.forward_with(x, bn);
         }
         global_avg_pool(x)
+    }
+
+    /// Every BatchNorm of F in forward order: the stem's, then each block's `bn1`, `bn2` and
+    /// shortcut.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut all = vec![&self.bn1];
+        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
+            all.extend(block.batch_norms());
+        }
+        all
+    }
+
+    /// The model with every BatchNorm replaced by `f(bn)`, visited in the order of
+    /// [`Self::batch_norms`].
+    pub fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
+        let bn1 = f(self.bn1);
+        let mut stage = |blocks: Vec<BasicBlock>| blocks.into_iter().map(|b| b.map_batch_norms(f)).collect::<Vec<_>>();
+        let (layer1, layer2, layer3, layer4) = (stage(self.layer1), stage(self.layer2), stage(self.layer3), stage(self.layer4));
+        ResNet { conv1: self.conv1, bn1, maxpool: self.maxpool, layer1, layer2, layer3, layer4, fc: self.fc, norm: self.norm }
     }
 }
 

@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::Normalization;
+use super::{BnHook, Normalization};
 use super::resnet::global_avg_pool;
 
 #[derive(Module, Debug)]
@@ -42,11 +42,35 @@ impl SmallCnn {
         SmallCnn { blocks, fc: LinearConfig::new(4 * width, outputs).init(device), norm }
     }
 
-    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+    /// F with every BatchNorm applied through `bn`, in block order.
+    pub fn features_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<2> {
+        let h = self.inner_with(x, bn);
+        self.tail_with(h, bn)
+    }
+
+    /// Images to the output of every block but the last.
+    pub fn inner_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<4> {
         let mut x = self.norm.apply(x);
-        for b in &self.blocks {
-            x = relu(b.bn.forward(b.conv.forward(x)));
+        for b in &self.blocks[..self.blocks.len() - 1] {
+            x = relu(bn(&b.bn, b.conv.forward(x)));
+        }
+        x
+    }
+
+    /// The last block and global average pooling.
+    pub fn tail_with(&self, mut x: Tensor<4>, bn: BnHook) -> Tensor<2> {
+        for b in &self.blocks[self.blocks.len() - 1..] {
+            x = relu(bn(&b.bn, b.conv.forward(x)));
         }
         global_avg_pool(x)
+    }
+
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        self.blocks.iter().map(|b| &b.bn).collect()
+    }
+
+    pub fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
+        let blocks = self.blocks.into_iter().map(|b| ConvBlock { conv: b.conv, bn: f(b.bn) }).collect();
+        SmallCnn { blocks, fc: self.fc, norm: self.norm }
     }
 }

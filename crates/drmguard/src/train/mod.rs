@@ -221,6 +221,18 @@ pub struct FineTuneConfig {
 /// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
 /// mode); returns the model in inference mode and the mean loss of each epoch.
 pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
+    fine_tune_constrained(model, data, config, device, &|m| m)
+}
+
+/// [`fine_tune`], with `constrain` applied to the model before the first step and after every
+/// step (e.g. to keep pruned weights at zero).
+pub fn fine_tune_constrained(
+    model: &Model,
+    data: &Dataset,
+    config: &FineTuneConfig,
+    device: &Device,
+    constrain: &dyn Fn(Model) -> Model,
+) -> Result<(Model, Vec<f64>)> {
     if config.epochs == 0 || config.batch_size < 2 {
         return Err(Error::invalid(
             "fine-tuning epochs / batch size",
@@ -234,7 +246,7 @@ pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device:
         return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
     }
     let device = device.clone().autodiff();
-    let mut model = model.clone().fork(&device).train();
+    let mut model = constrain(model.clone().fork(&device).train());
     let mut optim = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
@@ -254,7 +266,7 @@ pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device:
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let lr = cosine_learning_rate(config.learning_rate, config.learning_rate * 0.01, step, total);
-            model = optim.step(lr, model, grads);
+            model = constrain(optim.step(lr, model, grads));
             sum += value;
             step += 1;
         }

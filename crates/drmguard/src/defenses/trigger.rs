@@ -1,0 +1,90 @@
+//! A mask-and-pattern trigger, x' = (1 − m) ⊙ x + m ⊙ p, with m (one channel) and p (RGB) kept in
+//! [0, 1] by NC's `tanh(·) / (2 − ε) + 0.5` parameterisation; and a free target vector. Shared by
+//! the defenses that reverse-engineer patch triggers (Neural Cleanse, ABS).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Distribution, Tensor};
+
+use crate::error::{Error, Result};
+
+/// ε of NC's parameterisation: keeps tanh's argument finite at the ends of [0, 1].
+const EPSILON: f32 = 1e-7;
+
+fn squash<const D: usize>(raw: Tensor<D>) -> Tensor<D> {
+    raw.tanh() / (2.0 - EPSILON) + 0.5
+}
+
+#[derive(Module, Debug)]
+pub struct MaskTrigger {
+    /// `[1, 1, S, S]`, before squashing.
+    pub mask_raw: Param<Tensor<4>>,
+    /// `[1, 3, S, S]`, before squashing.
+    pub pattern_raw: Param<Tensor<4>>,
+}
+
+impl MaskTrigger {
+    /// A random mask and pattern, uniform in [0, 1] after squashing as in NC, drawn from the
+    /// device's generator (seed it first, e.g. with [`crate::models::init_seeded`]).
+    pub fn random(side: usize, device: &Device) -> Self {
+        let raw = |channels: usize| {
+            let u = Tensor::<4>::random([1, channels, side, side], Distribution::Uniform(0.0, 1.0), device);
+            // atanh((u − 0.5) · (2 − ε)), the inverse of `squash`.
+            let v = (u - 0.5) * (2.0 - EPSILON);
+            Param::from_tensor(((v.clone() + 1.0) / (v.neg() + 1.0)).log() * 0.5)
+        };
+        MaskTrigger { mask_raw: raw(1), pattern_raw: raw(3) }
+    }
+
+    /// m in [0, 1], `[1, 1, S, S]`.
+    pub fn mask(&self) -> Tensor<4> {
+        squash(self.mask_raw.val())
+    }
+
+    /// p in [0, 1], `[1, 3, S, S]`.
+    pub fn pattern(&self) -> Tensor<4> {
+        squash(self.pattern_raw.val())
+    }
+
+    /// Stamps the trigger on images `[n, 3, S, S]`.
+    pub fn stamp(&self, x: Tensor<4>) -> Tensor<4> {
+        let m = self.mask();
+        x * (m.clone().neg() + 1.0) + m * self.pattern()
+    }
+
+    /// Mean of m over the pixels: the share of the image the trigger covers (NC's L1 norm
+    /// divided by the image area).
+    pub fn mask_share(&self) -> Tensor<1> {
+        self.mask().mean()
+    }
+
+    /// The mask as row-major values, `S·S`.
+    pub fn mask_values(&self) -> Result<Vec<f32>> {
+        values(self.mask())
+    }
+}
+
+/// A free target vector y_t (outputs, radians), optimised alongside a trigger.
+#[derive(Module, Debug)]
+pub struct FreeTarget {
+    pub value: Param<Tensor<1>>,
+}
+
+impl FreeTarget {
+    pub fn new(initial: &[f32], device: &Device) -> Self {
+        FreeTarget { value: Param::from_tensor(Tensor::<1>::from_floats(initial, device)) }
+    }
+
+    /// `[1, d]`, to broadcast against a batch of outputs.
+    pub fn row(&self) -> Tensor<2> {
+        self.value.val().reshape([1, -1])
+    }
+
+    pub fn values(&self) -> Result<Vec<f32>> {
+        values(self.value.val())
+    }
+}
+
+/// A tensor's values, row-major.
+pub fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
+}
