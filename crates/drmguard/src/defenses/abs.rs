@@ -170,7 +170,7 @@ impl Abs {
 
     /// Reverse-engineers a trigger that maximises `neuron` (and not the others) on the seed
     /// images, under the mask-size bound.
-    fn reverse_neuron(&self, suspect: &Suspect, seed_images: Tensor<4>, neuron: usize, seed: u64, device: &Device) -> Result<MaskTrigger> {
+    pub fn reverse_neuron(&self, suspect: &Suspect, seed_images: Tensor<4>, neuron: usize, seed: u64, device: &Device) -> Result<MaskTrigger> {
         let c = &self.config;
         let ad = device.clone().autodiff();
         let model = suspect.model.clone().fork(&ad).freeze();

@@ -222,7 +222,7 @@ impl Anp {
         let mut curve = Vec::new();
         let mut threshold = c.pruning_step;
         while threshold <= c.pruning_max + 1e-9 {
-            let pruned = masks.iter().flatten().filter(|&&m| (m as f64) <= threshold).count();
+            let pruned = masks.iter().flatten().filter(|&&m| (m as f64) < threshold).count();
             let model = prune_channels(&suspect.model, &masks, threshold);
             let e = error(&model)?;
             curve.push((threshold, pruned, e));
@@ -242,7 +242,7 @@ impl Anp {
 /// (the original prunes the scale only).
 pub fn prune_channels(model: &Model, masks: &[Vec<f32>], threshold: f64) -> Model {
     model.clone().map_batch_norms(|layer, mut bn| {
-        let keep: Vec<f32> = masks[layer].iter().map(|&m| if (m as f64) <= threshold { 0.0 } else { 1.0 }).collect();
+        let keep: Vec<f32> = masks[layer].iter().map(|&m| if (m as f64) < threshold { 0.0 } else { 1.0 }).collect();
         bn.gamma = bn.gamma.map(|g| {
             let device = g.device();
             g * Tensor::<1>::from_floats(keep.as_slice(), &device)

@@ -9,6 +9,7 @@
 pub mod abs;
 pub mod anp;
 pub mod drmguard;
+pub mod feature_re;
 pub mod fine_pruning;
 pub mod fine_tuning;
 pub mod generator;
@@ -32,6 +33,7 @@ use crate::task::Task;
 pub use abs::{Abs, AbsConfig};
 pub use anp::{Anp, AnpConfig};
 pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair};
+pub use feature_re::{FeatureRe, FeatureReConfig};
 pub use fine_pruning::{FinePruning, FinePruningConfig};
 pub use fine_tuning::{FineTuning, FineTuningConfig};
 pub use neural_cleanse::{NcUnlearning, NeuralCleanse, NeuralCleanseConfig};
@@ -268,6 +270,13 @@ pub struct Finding {
     pub figures: Vec<Figure>,
 }
 
+impl Finding {
+    /// The detector's details, as a JSON object (empty if they are not one).
+    pub fn details_object(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.detection.details.as_object().cloned().unwrap_or_default()
+    }
+}
+
 /// A defense that decides whether a model is backdoored. It sees the suspect and the clean set
 /// only.
 pub trait Detector {
@@ -297,6 +306,8 @@ pub enum DetectorKind {
     Drmguard,
     /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
     Nc,
+    /// FeatureRE: an input transform plus a feature-space mask towards a free target vector.
+    Featurere,
     /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
     Abs,
 }
@@ -327,6 +338,8 @@ pub struct DetectorConfigs {
     #[command(flatten)]
     pub nc: NeuralCleanseConfig,
     #[command(flatten)]
+    pub featurere: FeatureReConfig,
+    #[command(flatten)]
     pub abs: AbsConfig,
 }
 
@@ -335,6 +348,7 @@ impl DetectorConfigs {
         match kind {
             DetectorKind::Drmguard => Box::new(DrmGuard::new(self.drmguard.clone())),
             DetectorKind::Nc => Box::new(NeuralCleanse { config: self.nc.clone() }),
+            DetectorKind::Featurere => Box::new(FeatureRe { config: self.featurere.clone() }),
             DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
         }
     }

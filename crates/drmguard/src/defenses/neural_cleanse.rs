@@ -144,18 +144,29 @@ pub struct NeuralCleanse {
 }
 
 impl NeuralCleanse {
-    /// Optimises mask, pattern and y_t against the frozen suspect.
+    /// Optimises mask, pattern and y_t against the frozen suspect, y_t starting at the mean
+    /// output on the clean set, as the regression adaptation prescribes.
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<NcReversal> {
+        self.config.validate()?;
+        clean.check_for(suspect, self.config.batch_size)?;
+        let outputs = predict(&suspect.model, clean.data(), self.config.batch_size)?;
+        let d = suspect.spec.outputs;
+        let mean: Vec<f32> = (0..d).map(|j| outputs.iter().skip(j).step_by(d).sum::<f32>() / clean.len() as f32).collect();
+        self.reverse_from(suspect, clean, &mean, seed, device)
+    }
+
+    /// [`Self::reverse`] with y_t starting at `initial_target` (radians).
+    pub fn reverse_from(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
         c.validate()?;
         clean.check_for(suspect, c.batch_size)?;
+        if initial_target.len() != suspect.spec.outputs {
+            return Err(Error::Data(format!("a target of {} values for a model with {} outputs", initial_target.len(), suspect.spec.outputs)));
+        }
         let task = suspect.task;
         let ad = device.clone().autodiff();
         let model = suspect.model.clone().fork(&ad).freeze();
-        // y_t starts at the mean benign output, as the regression adaptation prescribes.
-        let outputs = predict(&suspect.model, clean.data(), c.batch_size)?;
-        let d = suspect.spec.outputs;
-        let mean: Vec<f32> = (0..d).map(|j| outputs.iter().skip(j).step_by(d).sum::<f32>() / clean.len() as f32).collect();
+        let mean = initial_target.to_vec();
 
         let side = suspect.image_size() as usize;
         let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, &ad));
