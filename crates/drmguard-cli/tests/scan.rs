@@ -127,3 +127,45 @@ fn every_command_parses_its_options() {
         assert!(o.status.success(), "{command} --help: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+#[test]
+fn every_detector_writes_the_common_report_and_every_mitigator_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    let m = model.to_str().unwrap();
+    let fast: &[&str] = &[
+        "--clean-size", "32", "--nc-steps", "4", "--nc-batch-size", "8", "--featurere-warmup-steps", "2", "--featurere-steps", "3",
+        "--featurere-batch-size", "8", "--featurere-width", "4", "--abs-steps", "2", "--abs-top-neurons", "2", "--abs-seed-images", "8",
+    ];
+    for defense in ["nc", "featurere", "abs"] {
+        let out = tmp.path().join(defense);
+        let mut args = vec!["scan", "--model", m, "--defense", defense, "--out", out.to_str().unwrap()];
+        args.extend(fast);
+        let o = drmguard(&args);
+        assert!(o.status.success(), "{defense}: {}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        for key in ["backdoored", "score", "threshold", "margin", "suspicion", "defense", "estimated_target", "elapsed_s", "seed", "config", "figures"] {
+            assert!(report.get(key).is_some(), "{defense}: report.json lacks {key}");
+        }
+        assert_eq!(report["defense"], defense);
+        for figure in report["figures"].as_array().unwrap() {
+            assert!(out.join(figure.as_str().unwrap()).is_file(), "{defense}: {figure} missing");
+        }
+        assert!(out.join("report.md").is_file() && out.join("config.json").is_file());
+    }
+    let fast: &[&str] = &[
+        "--clean-size", "32", "--ft-epochs", "1", "--ft-batch-size", "8", "--anp-steps", "2", "--anp-batch-size", "8", "--nc-steps", "3",
+        "--nc-batch-size", "8", "--unlearn-epochs", "1", "--unlearn-batch-size", "8",
+    ];
+    for defense in ["ft", "fp", "anp", "nc"] {
+        let repaired = tmp.path().join(format!("{defense}.safetensors"));
+        let mut args = vec!["mitigate", "--model", m, "--defense", defense, "--out", repaired.to_str().unwrap()];
+        args.extend(fast);
+        let o = drmguard(&args);
+        assert!(o.status.success(), "{defense}: {}", String::from_utf8_lossy(&o.stderr));
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(repaired.with_extension("report.json")).unwrap()).unwrap();
+        assert_eq!(record["defense"], defense);
+        let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{defense}: the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
