@@ -41,9 +41,11 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Write a poisoned copy of a dataset in the user format, for evaluating other tools.
     Poison(commands::poison::PoisonArgs),
-    /// Decide whether a model is backdoored (DRMGuard), with a JSON and Markdown report.
+    /// Decide whether a model is backdoored (DRMGuard, or a baseline: nc, featurere, abs), with a
+    /// JSON and Markdown report.
     Scan(commands::scan::ScanArgs),
-    /// Remove a backdoor: reverse-engineer the trigger, then fine-tune on reversed images with true labels.
+    /// Remove a backdoor: DRMGuard's unlearning (reverse-engineer the trigger, then fine-tune on
+    /// reversed images with true labels), or a baseline: ft, fp, anp, nc.
     Mitigate(commands::mitigate::MitigateArgs),
     /// The whole story on built-in gaze data: train (or reuse) a benign and a backdoored model,
     /// scan both, repair the backdoored one, print a table.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
+use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
 use drmguard::data::Split;
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, Suspect, UnlearnConfig};
 use drmguard::device::DeviceKind;
@@ -18,7 +18,6 @@ use drmguard::train::{Profile, TrainConfig, TrainJob, cache_root};
 
 use drmguard::report::scan::write_scan_report;
 
-use super::eval::errors_on;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -92,7 +91,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             .with_context(|| format!("training the {name} model (cache {})", cache.display()))?;
         out!("{name}: model {} (trained in {:.0} s)", path.display(), card.train_seconds);
         let test = card.data.load(task, card.model.input_size, Split::Test).context("test data")?;
-        let (clean_error, backdoor_errors) = errors_on(&model, &card, &test)?;
+        let (clean_error, backdoor_errors) = card_errors(&model, &card, &test)?;
 
         // The defense sees the model without its card's attack record, and fresh clean images.
         let suspect = Suspect::new(model.clone(), &card);
@@ -115,7 +114,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             let started_mitigation = Instant::now();
             let repairer = DrmGuardRepair { drmguard: a.drmguard.clone(), unlearn: a.unlearn.clone() };
             let mut repair = repairer.repair(&suspect, &clean, &detection, &reversal, &device)?;
-            let (clean_error, backdoor_errors) = errors_on(&repair.model, &card, &test)?;
+            let (clean_error, backdoor_errors) = card_errors(&repair.model, &card, &test)?;
             if let Some(fields) = repair.record.as_object_mut() {
                 fields.insert("source_model".into(), serde_json::json!(path));
             }

@@ -2,14 +2,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use drmguard::attacks::backdoor_errors;
+use drmguard::attacks::card_errors;
 use drmguard::data::{DataSource, Split};
 use drmguard::device::DeviceKind;
-use drmguard::data::Dataset;
-use drmguard::metrics::{BackdoorErrors, TaskError, constant_predictor_error};
-use drmguard::model_file::{self, ModelCard};
-use drmguard::models::Model;
-use drmguard::train::evaluate;
+use drmguard::metrics::constant_predictor_error;
+use drmguard::model_file;
 use serde_json::json;
 
 #[derive(Args)]
@@ -36,7 +33,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         None => card.data.clone(),
     };
     let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
-    let (error, backdoor) = errors_on(&model, &card, &data)?;
+    let (error, backdoor) = card_errors(&model, &card, &data)?;
     let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
     if a.json {
         let mut out = json!({
@@ -81,16 +78,3 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     Ok(())
 }
 
-/// The clean error of `model` on `data` and, when the card records a backdoor, AE and DAE on
-/// `data` with every image triggered.
-pub fn errors_on(model: &Model, card: &ModelCard, data: &Dataset) -> Result<(TaskError, Option<BackdoorErrors>)> {
-    let error = evaluate(model, card.task, data, card.training.batch_size)?;
-    let backdoor = match &card.backdoor {
-        Some(spec) => {
-            let trigger = spec.trigger(card.task, card.model.input_size)?;
-            Some(backdoor_errors(model, card.task, data, &trigger, card.training.batch_size)?)
-        }
-        None => None,
-    };
-    Ok((error, backdoor))
-}

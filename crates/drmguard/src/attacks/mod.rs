@@ -373,6 +373,24 @@ pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, de
     Ok(out)
 }
 
+/// The clean error of `model` on `data` and, when its card records a backdoor, AE and DAE on the
+/// same images with the trigger applied.
+pub fn card_errors(
+    model: &crate::models::Model,
+    card: &crate::model_file::ModelCard,
+    data: &Dataset,
+) -> Result<(crate::metrics::TaskError, Option<crate::metrics::BackdoorErrors>)> {
+    let error = crate::train::evaluate(model, card.task, data, card.training.batch_size)?;
+    let backdoor = match &card.backdoor {
+        Some(spec) => {
+            let trigger = spec.trigger(card.task, card.model.input_size)?;
+            Some(backdoor_errors(model, card.task, data, &trigger, card.training.batch_size)?)
+        }
+        None => None,
+    };
+    Ok((error, backdoor))
+}
+
 /// AE and DAE of `model` on `data` with the backdoor's trigger applied to every image.
 pub fn backdoor_errors(
     model: &crate::models::Model,
