@@ -50,6 +50,9 @@ enum Command {
     /// The whole story on built-in gaze data: train (or reuse) a benign and a backdoored model,
     /// scan both, repair the backdoored one, print a table.
     Demo(commands::demo::DemoArgs),
+    /// The benchmark: train benign and backdoored models per task and attack, run every detector
+    /// and mitigator, and write the paper's tables with time (resumable from a cache).
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => commands::scan::run(args, cli.device),
         Command::Mitigate(args) => commands::mitigate::run(args, cli.device).map(|()| None),
         Command::Demo(args) => commands::demo::run(args, cli.device).map(|()| None),
+        Command::Bench(args) => commands::bench::run(args, cli.device).map(|()| None),
     };
     match result {
         Ok(None) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! [`model_file`] (weights plus a JSON sidecar).
 
 pub mod attacks;
+pub mod bench;
 pub mod data;
 pub mod defenses;
 pub mod device;

@@ -1,4 +1,5 @@
 pub mod attack_args;
+pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;

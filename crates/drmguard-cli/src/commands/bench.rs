@@ -1,0 +1,90 @@
+//! `drmguard bench`: the paper's tables, side by side, with time.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use drmguard::attacks::AttackKind;
+use drmguard::bench::report::write_results;
+use drmguard::bench::{Bench, BenchConfig, BenchProfile};
+use drmguard::defenses::{DetectorKind, MitigatorKind};
+use drmguard::device::DeviceKind;
+use drmguard::task::Task;
+use drmguard::train::cache_root;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// smoke (minutes, tiny models, for CI), small (the CPU profile), paper (the paper's setting, for GPUs).
+    #[arg(id = "bench_profile", long = "profile", value_enum, default_value_t = BenchProfile::Small)]
+    profile: BenchProfile,
+    /// Tasks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [Task::Gaze, Task::HeadPose])]
+    tasks: Vec<Task>,
+    /// Attacks, comma-separated, or `all`.
+    #[arg(long, default_value = "all")]
+    attacks: String,
+    /// Detectors, comma-separated (drmguard, nc, featurere, abs), or `all`.
+    #[arg(long, default_value = "all")]
+    detectors: String,
+    /// Mitigators, comma-separated (drmguard, ft, fp, anp, nc), or `all`.
+    #[arg(long, default_value = "all")]
+    mitigators: String,
+    /// Models per class (benign, and each attack): default 2 (smoke), 5 (small), 10 (paper).
+    #[arg(long = "models-per-class")]
+    models_per_class: Option<usize>,
+    /// Base seed of the models and defenses.
+    #[arg(id = "bench_seed", long = "seed", default_value_t = 0)]
+    seed: u64,
+    /// Cache of trained models and finished steps, so that a rerun resumes (default:
+    /// $DRMGUARD_CACHE, else ~/.cache/drmguard, under bench/PROFILE).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Output folder for results.json, results.md, config.json and the plots (created if missing).
+    #[arg(long, default_value = "drmguard-bench")]
+    out: PathBuf,
+}
+
+/// `all`, or a comma-separated list parsed by `parse`.
+fn list<T>(text: &str, all: Vec<T>, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    if text == "all" {
+        return Ok(all);
+    }
+    let items = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse).collect::<Result<Vec<_>>>()?;
+    if items.is_empty() {
+        bail!("an empty list");
+    }
+    Ok(items)
+}
+
+fn value_enum<T: clap::ValueEnum>(name: &str) -> Result<T> {
+    T::from_str(name, true).map_err(|_| {
+        let expected: Vec<String> = T::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|v| v.get_name().to_string()).collect();
+        anyhow::anyhow!("unknown name '{name}' (expected one of: {})", expected.join(", "))
+    })
+}
+
+pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
+    let device = device.device()?;
+    let mut config = BenchConfig::new(a.profile);
+    config.tasks = a.tasks.clone();
+    config.attacks = list(&a.attacks, config.attacks.clone(), |n| Ok(AttackKind::by_name(n)?.name().to_string())).context("--attacks")?;
+    config.detectors = list(&a.detectors, config.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?;
+    config.mitigators = list(&a.mitigators, config.mitigators.clone(), value_enum::<MitigatorKind>).context("--mitigators")?;
+    config.models_per_class = a.models_per_class.unwrap_or(config.models_per_class);
+    config.seed = a.seed;
+    config.validate()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("bench").join(a.profile.to_string()));
+    let results = Bench { config, cache: cache.clone() }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
+    let figures = write_results(&a.out, &results)?;
+    out!(
+        "benchmark done in {:.0} s: {} models, {} scans, {} mitigations; wrote results.json, results.md and {} plots to {}",
+        results.elapsed_s,
+        results.models.len(),
+        results.detections.len(),
+        results.mitigations.len(),
+        figures.len(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `drmguard bench --profile smoke`: the whole grid on tiny models, the files it writes and their
+//! schema, and that a rerun resumes from the cache.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn keys(value: &Value, keys: &[&str], what: &str) {
+    for key in keys {
+        assert!(value.get(key).is_some(), "{what} lacks {key}: {value}");
+    }
+}
+
+#[test]
+fn the_smoke_benchmark_writes_the_tables_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
+            .args(["bench", "--profile", "smoke", "--out", out.to_str().unwrap()])
+            .env("DRMGUARD_CACHE", tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run();
+    let results: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    keys(&results, &["config", "drmguard_version", "machine", "models", "detections", "mitigations", "detection_summary", "mitigation_summary", "elapsed_s"], "results.json");
+    let config = &results["config"];
+    let (tasks, attacks) = (config["tasks"].as_array().unwrap().len(), config["attacks"].as_array().unwrap().len());
+    let (detectors, mitigators) = (config["detectors"].as_array().unwrap().len(), config["mitigators"].as_array().unwrap().len());
+    let n = config["models_per_class"].as_u64().unwrap() as usize;
+    assert_eq!((tasks, attacks, detectors, mitigators, n), (2, 6, 4, 5, 2), "smoke runs every task, attack and defense");
+    let models = results["models"].as_array().unwrap();
+    assert_eq!(models.len(), tasks * (attacks + 1) * n);
+    for m in models {
+        keys(m, &["id", "task", "attack", "seed", "target", "path", "train_s", "errors"], "a model record");
+        assert_eq!(m["attack"].is_null(), m["errors"]["ae_deg"].is_null(), "backdoored models, and only they, have an AE");
+    }
+    assert_eq!(results["detections"].as_array().unwrap().len(), models.len() * detectors);
+    for d in results["detections"].as_array().unwrap() {
+        keys(d, &["model", "detector", "backdoored", "score", "suspicion", "threshold", "elapsed_s"], "a detection");
+    }
+    assert_eq!(results["mitigations"].as_array().unwrap().len(), tasks * attacks * n * mitigators);
+    for s in results["detection_summary"].as_array().unwrap() {
+        keys(s, &["task", "attack", "detector", "tp", "fp", "fn", "tn", "accuracy", "roc_auc", "mean_seconds"], "a detection summary");
+        let counted: u64 = ["tp", "fp", "fn", "tn"].iter().map(|k| s[k].as_u64().unwrap()).sum();
+        assert_eq!(counted as usize, 2 * n, "each summary counts the attack's and the benign models");
+        let auc = s["roc_auc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auc));
+    }
+    for s in results["mitigation_summary"].as_array().unwrap() {
+        keys(s, &["task", "attack", "mitigator", "models", "clean_before_deg", "clean_after_deg", "ae_before_deg", "ae_after_deg", "dae_before_deg", "dae_after_deg", "mean_seconds"], "a mitigation summary");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for heading in ["## gaze", "## headpose", "### Identification", "### ROC-AUC", "### Mitigation"] {
+        assert!(md.contains(heading), "results.md lacks {heading}");
+    }
+    assert!(out.join("config.json").is_file());
+    for task in ["gaze", "headpose"] {
+        // Plots need a TrueType font; CI installs DejaVu Sans.
+        if md.contains("![roc_") {
+            assert!(out.join(format!("roc_{task}.png")).is_file(), "roc_{task}.png");
+            assert!(out.join(format!("scores_{task}_drmguard.png")).is_file());
+        }
+    }
+
+    // A rerun finds everything in the cache.
+    run();
+    let again: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again["detections"], results["detections"], "cached scans are reused exactly");
+    assert!(again["elapsed_s"].as_f64().unwrap() < results["elapsed_s"].as_f64().unwrap());
+}

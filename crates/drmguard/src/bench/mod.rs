@@ -1,0 +1,508 @@
+//! The benchmark (`drmguard bench`): train benign and backdoored models per task and attack,
+//! run every detector on every model and every mitigator on every backdoored model, and write
+//! the paper's tables (identification counts, ROC-AUC, mitigation) with the time of every step.
+//!
+//! Everything is cached under one folder (trained models by their job's hash, each evaluation,
+//! scan and mitigation by the hash of what determines it), so an interrupted run resumes where
+//! it stopped and a rerun with more models or defenses only computes what is new.
+
+pub mod plots;
+pub mod report;
+pub mod scoring;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
+use crate::data::Split;
+use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind, Suspect};
+use crate::error::{Error, Result};
+use crate::io::{read_json, write_json};
+use crate::metrics::{BackdoorErrors, TaskError};
+use crate::model_file::ModelCard;
+use crate::models::Model;
+use crate::task::Task;
+use crate::train::{Profile, TrainConfig, TrainJob};
+use scoring::{Confusion, roc_auc};
+
+/// The benchmark's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchProfile {
+    /// Tiny CNNs on 32×32 images and short defenses: minutes, for CI.
+    Smoke,
+    /// The CPU profile: small ResNets on 64×64 images, trained shorter than `train`'s small profile
+    /// so that the whole grid fits a few hours on 2 cores.
+    Small,
+    /// The paper's setting (ResNet-18 width 64, 224×224, 10 + 10 models): for GPUs.
+    Paper,
+}
+
+impl BenchProfile {
+    /// The training config of model `seed` of `task`.
+    pub fn train_config(self, task: Task, seed: u64) -> TrainConfig {
+        match self {
+            BenchProfile::Smoke => {
+                let mut c = TrainConfig::new(task, Profile::Smoke, seed);
+                c.samples = 800;
+                c.epochs = 6;
+                c
+            }
+            BenchProfile::Small => {
+                let mut c = TrainConfig::new(task, Profile::Small, seed);
+                c.samples = 4000;
+                c.epochs = 8;
+                c
+            }
+            BenchProfile::Paper => TrainConfig::new(task, Profile::Paper, seed),
+        }
+    }
+
+    /// The attack `name` with its defaults; smoke runs train ISSBA's encoder shorter.
+    pub fn attack(self, name: &str) -> Result<AttackKind> {
+        let mut attack = AttackKind::by_name(name)?;
+        if let (BenchProfile::Smoke, AttackKind::Issba(c)) = (self, &mut attack) {
+            c.steps = 100;
+            c.images = 256;
+        }
+        Ok(attack)
+    }
+
+    /// Images in the defender's clean set: the default rule (5% of the training set, at least
+    /// 500), fewer for smoke runs.
+    pub fn clean_size(self) -> Option<usize> {
+        (self == BenchProfile::Smoke).then_some(128)
+    }
+
+    pub fn models_per_class(self) -> usize {
+        match self {
+            BenchProfile::Smoke => 2,
+            BenchProfile::Small => 5,
+            BenchProfile::Paper => 10,
+        }
+    }
+
+    /// The detectors' settings: their defaults, shortened for smoke runs.
+    pub fn detector_configs(self) -> DetectorConfigs {
+        let mut c = DetectorConfigs::default();
+        if self == BenchProfile::Smoke {
+            c.drmguard.steps = 40;
+            c.drmguard.batch_size = 16;
+            c.drmguard.generator_width = 4;
+            c.nc.steps = 60;
+            c.nc.batch_size = 16;
+            c.featurere.warmup_steps = 10;
+            c.featurere.steps = 20;
+            c.featurere.batch_size = 16;
+            c.featurere.width = 4;
+            c.abs.top_neurons = 3;
+            c.abs.steps = 20;
+            c.abs.seed_images = 16;
+        }
+        c
+    }
+
+    /// The mitigators' settings: their defaults, shortened for smoke runs.
+    pub fn mitigator_configs(self) -> MitigatorConfigs {
+        let mut c = MitigatorConfigs::default();
+        if self == BenchProfile::Smoke {
+            c.drmguard.steps = 40;
+            c.drmguard.batch_size = 16;
+            c.drmguard.generator_width = 4;
+            c.unlearn.epochs = 2;
+            c.unlearn.batch_size = 16;
+            c.ft.epochs = 2;
+            c.ft.batch_size = 16;
+            c.anp.steps = 20;
+            c.anp.batch_size = 16;
+            c.nc.steps = 60;
+            c.nc.batch_size = 16;
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for BenchProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BenchProfile::Smoke => "smoke",
+            BenchProfile::Small => "small",
+            BenchProfile::Paper => "paper",
+        })
+    }
+}
+
+/// The resolved benchmark configuration, written beside the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchConfig {
+    pub profile: BenchProfile,
+    pub tasks: Vec<Task>,
+    /// Attack names, each with its default settings.
+    pub attacks: Vec<String>,
+    pub detectors: Vec<DetectorKind>,
+    pub mitigators: Vec<MitigatorKind>,
+    pub models_per_class: usize,
+    /// Images in the defender's clean set (`None`: 5% of the training set, at least 500).
+    pub clean_size: Option<usize>,
+    /// Model i of a class uses seed `seed + 1000·class + i` (class 0 is benign, then the attacks
+    /// in order), so every model has its own data, initialisation, trigger and target.
+    pub seed: u64,
+    pub detector_configs: DetectorConfigs,
+    pub mitigator_configs: MitigatorConfigs,
+}
+
+impl BenchConfig {
+    /// Every task, attack, detector and mitigator, with the profile's sizes.
+    pub fn new(profile: BenchProfile) -> Self {
+        BenchConfig {
+            profile,
+            tasks: vec![Task::Gaze, Task::HeadPose],
+            attacks: AttackKind::NAMES.iter().map(|s| s.to_string()).collect(),
+            detectors: vec![DetectorKind::Drmguard, DetectorKind::Nc, DetectorKind::Featurere, DetectorKind::Abs],
+            mitigators: vec![MitigatorKind::Drmguard, MitigatorKind::Ft, MitigatorKind::Fp, MitigatorKind::Anp, MitigatorKind::Nc],
+            models_per_class: profile.models_per_class(),
+            clean_size: profile.clean_size(),
+            seed: 0,
+            detector_configs: profile.detector_configs(),
+            mitigator_configs: profile.mitigator_configs(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.tasks.is_empty() {
+            return Err(Error::invalid("benchmark tasks", "none"));
+        }
+        if self.models_per_class == 0 {
+            return Err(Error::invalid("models per class", "0"));
+        }
+        for name in &self.attacks {
+            self.profile.attack(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// One trained model of the benchmark and its errors on its test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// `TASK-CLASS-i`, e.g. `gaze-badnets-0`.
+    pub id: String,
+    pub task: Task,
+    /// The attack, `None` for benign models.
+    pub attack: Option<String>,
+    pub seed: u64,
+    pub target: Option<Vec<f32>>,
+    pub path: PathBuf,
+    pub train_s: f64,
+    pub errors: Errors,
+}
+
+/// Clean error, and AE / DAE for a backdoored model (degrees).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Errors {
+    pub clean_deg: f64,
+    pub ae_deg: Option<f64>,
+    pub dae_deg: Option<f64>,
+}
+
+impl Errors {
+    fn from(clean: &TaskError, backdoor: Option<&BackdoorErrors>) -> Self {
+        Errors {
+            clean_deg: clean.mean_deg,
+            ae_deg: backdoor.map(|b| b.attack_error.mean_deg),
+            dae_deg: backdoor.map(|b| b.poisoned_true_error.mean_deg),
+        }
+    }
+}
+
+/// One detector's verdict on one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionRecord {
+    pub model: String,
+    pub detector: DetectorKind,
+    pub backdoored: bool,
+    pub score: f64,
+    pub suspicion: f64,
+    pub threshold: f64,
+    pub elapsed_s: f64,
+}
+
+/// One mitigator's repair of one backdoored model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MitigationRecord {
+    pub model: String,
+    pub mitigator: MitigatorKind,
+    pub before: Errors,
+    pub after: Errors,
+    pub elapsed_s: f64,
+}
+
+/// A detector on one task and attack: the attack's models against the task's benign ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionSummary {
+    pub task: Task,
+    pub attack: String,
+    pub detector: DetectorKind,
+    #[serde(flatten)]
+    pub confusion: Confusion,
+    pub accuracy: f64,
+    pub roc_auc: Option<f64>,
+    pub mean_seconds: f64,
+}
+
+/// A mitigator on one task and attack: mean errors before and after, over the attack's models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MitigationSummary {
+    pub task: Task,
+    pub attack: String,
+    pub mitigator: MitigatorKind,
+    pub models: usize,
+    pub clean_before_deg: f64,
+    pub clean_after_deg: f64,
+    pub ae_before_deg: f64,
+    pub ae_after_deg: f64,
+    pub dae_before_deg: f64,
+    pub dae_after_deg: f64,
+    pub mean_seconds: f64,
+}
+
+/// Everything a run produced: `results.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResults {
+    pub config: BenchConfig,
+    pub drmguard_version: String,
+    /// Where it ran: CPU count and the compute device.
+    pub machine: String,
+    pub models: Vec<ModelRecord>,
+    pub detections: Vec<DetectionRecord>,
+    pub mitigations: Vec<MitigationRecord>,
+    pub detection_summary: Vec<DetectionSummary>,
+    pub mitigation_summary: Vec<MitigationSummary>,
+    /// Wall-clock time of this run (cached steps cost nothing).
+    pub elapsed_s: f64,
+}
+
+/// A short hash of anything serialisable, for cache keys.
+fn hash_key(value: &impl Serialize) -> String {
+    let json = serde_json::to_vec(value).expect("cache keys serialise");
+    Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A result computed once and then read back from `path`.
+fn cached<T: Serialize + serde::de::DeserializeOwned>(path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+    if path.is_file() {
+        match read_json(path) {
+            Ok(value) => return Ok(value),
+            Err(e) => tracing::warn!(path = %path.display(), "recomputing: the cached result cannot be read ({e})"),
+        }
+    }
+    let value = compute()?;
+    write_json(path, &value)?;
+    Ok(value)
+}
+
+/// The benchmark runner.
+pub struct Bench {
+    pub config: BenchConfig,
+    /// Models under `models/`, results under `results/`.
+    pub cache: PathBuf,
+}
+
+/// A model ready for the defenses.
+struct Trained {
+    record: ModelRecord,
+    model: Model,
+    card: ModelCard,
+}
+
+impl Bench {
+    pub fn run(&self, device: &Device) -> Result<BenchResults> {
+        let c = &self.config;
+        c.validate()?;
+        let started = Instant::now();
+        let results_dir = self.cache.join("results");
+        std::fs::create_dir_all(&results_dir).map_err(|cause| Error::Write { path: results_dir.clone(), cause })?;
+        let classes: Vec<Option<&str>> = std::iter::once(None).chain(c.attacks.iter().map(|a| Some(a.as_str()))).collect();
+        let per_task = classes.len() * c.models_per_class;
+        let backdoored_per_task = c.attacks.len() * c.models_per_class;
+        let work = c.tasks.len() * (per_task * (1 + c.detectors.len()) + backdoored_per_task * c.mitigators.len());
+        let bar = ProgressBar::new(work as u64).with_style(
+            ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}, ETA {eta}").expect("a valid progress template").progress_chars("=> "),
+        );
+        let (mut models, mut detections, mut mitigations) = (Vec::new(), Vec::new(), Vec::new());
+        for &task in &c.tasks {
+            let mut trained = Vec::new();
+            for (class, attack) in classes.iter().enumerate() {
+                for i in 0..c.models_per_class {
+                    let seed = c.seed + 1000 * class as u64 + i as u64;
+                    bar.set_message(format!("training {task} {} #{i}", attack.unwrap_or("benign")));
+                    trained.push(self.train(task, *attack, seed, i, device)?);
+                    bar.inc(1);
+                }
+            }
+            for t in &trained {
+                let suspect = Suspect::new(t.model.clone(), &t.card);
+                let clean = CleanSet::fresh_builtin(&suspect, c.clean_size.unwrap_or_else(|| CleanSet::default_size(&suspect)))?;
+                for &kind in &c.detectors {
+                    bar.set_message(format!("{kind} on {}", t.record.id));
+                    detections.push(self.detect(t, &suspect, &clean, kind, device)?);
+                    bar.inc(1);
+                }
+                if t.record.attack.is_some() {
+                    for &kind in &c.mitigators {
+                        bar.set_message(format!("{kind} repairing {}", t.record.id));
+                        mitigations.push(self.mitigate(t, &suspect, &clean, kind, device)?);
+                        bar.inc(1);
+                    }
+                }
+            }
+            models.extend(trained.into_iter().map(|t| t.record));
+        }
+        bar.finish_and_clear();
+        let detection_summary = summarise_detections(c, &models, &detections);
+        let mitigation_summary = summarise_mitigations(c, &models, &mitigations);
+        Ok(BenchResults {
+            config: c.clone(),
+            drmguard_version: env!("CARGO_PKG_VERSION").into(),
+            machine: format!("{} CPU threads, device {:?}", std::thread::available_parallelism().map_or(0, |n| n.get()), device),
+            models,
+            detections,
+            mitigations,
+            detection_summary,
+            mitigation_summary,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn train(&self, task: Task, attack: Option<&str>, seed: u64, index: usize, device: &Device) -> Result<Trained> {
+        let c = &self.config;
+        let config = c.profile.train_config(task, seed);
+        let backdoor = match attack {
+            Some(name) => Some(BackdoorSpec {
+                attack: c.profile.attack(name)?,
+                target: BackdoorSpec::default_target(task, seed),
+                poison_rate: DEFAULT_POISON_RATE,
+                seed,
+            }),
+            None => None,
+        };
+        let job = TrainJob::builtin(config, backdoor);
+        let class = attack.unwrap_or("benign");
+        let (model, card, path) = job.run_cached(&self.cache.join("models"), &format!("bench-{task}-{class}"), device)?;
+        let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
+            let test = card.data.load(task, card.model.input_size, Split::Test)?;
+            let (clean, backdoor) = card_errors(&model, &card, &test)?;
+            Ok(Errors::from(&clean, backdoor.as_ref()))
+        })?;
+        let record = ModelRecord {
+            id: format!("{task}-{class}-{index}"),
+            task,
+            attack: attack.map(str::to_string),
+            seed,
+            target: card.backdoor.as_ref().map(|b| b.target.clone()),
+            path,
+            train_s: card.train_seconds,
+            errors,
+        };
+        Ok(Trained { record, model, card })
+    }
+
+    fn detect(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, kind: DetectorKind, device: &Device) -> Result<DetectionRecord> {
+        let c = &self.config;
+        let key = hash_key(&(&t.record.path, kind, &c.detector_configs, c.seed, clean.describe()));
+        cached(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
+            let finding = c.detector_configs.build(kind).detect(suspect, clean, c.seed, device)?;
+            let d = finding.detection;
+            tracing::info!(model = t.record.id, %kind, score = d.score, backdoored = d.backdoored, seconds = d.elapsed_s, "bench: scanned");
+            Ok(DetectionRecord {
+                model: t.record.id.clone(),
+                detector: kind,
+                backdoored: d.backdoored,
+                score: d.score,
+                suspicion: d.suspicion,
+                threshold: d.threshold,
+                elapsed_s: d.elapsed_s,
+            })
+        })
+    }
+
+    fn mitigate(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, kind: MitigatorKind, device: &Device) -> Result<MitigationRecord> {
+        let c = &self.config;
+        let key = hash_key(&(&t.record.path, kind, &c.mitigator_configs, c.seed, clean.describe()));
+        cached(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), || {
+            let started = Instant::now();
+            let repair = c.mitigator_configs.build(kind).mitigate(suspect, clean, c.seed, device)?;
+            let elapsed_s = started.elapsed().as_secs_f64();
+            let test = t.card.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
+            let (clean_error, backdoor) = card_errors(&repair.model, &t.card, &test)?;
+            let after = Errors::from(&clean_error, backdoor.as_ref());
+            tracing::info!(model = t.record.id, %kind, ae = ?after.ae_deg, dae = ?after.dae_deg, seconds = elapsed_s, "bench: mitigated");
+            Ok(MitigationRecord { model: t.record.id.clone(), mitigator: kind, before: t.record.errors.clone(), after, elapsed_s })
+        })
+    }
+}
+
+fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = values.into_iter().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+fn summarise_detections(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<DetectionSummary> {
+    let mut out = Vec::new();
+    for &task in &c.tasks {
+        for attack in &c.attacks {
+            for &detector in &c.detectors {
+                let of = |class: Option<&str>| -> Vec<&DetectionRecord> {
+                    let ids: Vec<&str> =
+                        models.iter().filter(|m| m.task == task && m.attack.as_deref() == class).map(|m| m.id.as_str()).collect();
+                    detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
+                };
+                let (positives, negatives) = (of(Some(attack)), of(None));
+                let confusion =
+                    Confusion::count(positives.iter().map(|d| (true, d.backdoored)).chain(negatives.iter().map(|d| (false, d.backdoored))));
+                let scores = |ds: &[&DetectionRecord]| ds.iter().map(|d| d.suspicion).collect::<Vec<_>>();
+                out.push(DetectionSummary {
+                    task,
+                    attack: attack.clone(),
+                    detector,
+                    accuracy: confusion.accuracy(),
+                    confusion,
+                    roc_auc: roc_auc(&scores(&positives), &scores(&negatives)),
+                    mean_seconds: mean(positives.iter().chain(&negatives).map(|d| d.elapsed_s)),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn summarise_mitigations(c: &BenchConfig, models: &[ModelRecord], mitigations: &[MitigationRecord]) -> Vec<MitigationSummary> {
+    let mut out = Vec::new();
+    for &task in &c.tasks {
+        for attack in &c.attacks {
+            let ids: Vec<&str> = models.iter().filter(|m| m.task == task && m.attack.as_ref() == Some(attack)).map(|m| m.id.as_str()).collect();
+            for &mitigator in &c.mitigators {
+                let rs: Vec<&MitigationRecord> = mitigations.iter().filter(|r| r.mitigator == mitigator && ids.contains(&r.model.as_str())).collect();
+                out.push(MitigationSummary {
+                    task,
+                    attack: attack.clone(),
+                    mitigator,
+                    models: rs.len(),
+                    clean_before_deg: mean(rs.iter().map(|r| r.before.clean_deg)),
+                    clean_after_deg: mean(rs.iter().map(|r| r.after.clean_deg)),
+                    ae_before_deg: mean(rs.iter().filter_map(|r| r.before.ae_deg)),
+                    ae_after_deg: mean(rs.iter().filter_map(|r| r.after.ae_deg)),
+                    dae_before_deg: mean(rs.iter().filter_map(|r| r.before.dae_deg)),
+                    dae_after_deg: mean(rs.iter().filter_map(|r| r.after.dae_deg)),
+                    mean_seconds: mean(rs.iter().map(|r| r.elapsed_s)),
+                });
+            }
+        }
+    }
+    out
+}

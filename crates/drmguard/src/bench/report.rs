@@ -1,0 +1,132 @@
+//! The benchmark's files: `results.json`, `results.md` (the paper's tables), `config.json`, and
+//! per task a ROC plot and score histograms.
+
+use std::path::Path;
+
+use super::scoring::roc_curve;
+use super::{BenchResults, DetectionSummary};
+use crate::defenses::DetectorKind;
+use crate::error::Result;
+use crate::io::{write_atomic, write_json};
+use crate::task::Task;
+
+/// Writes every file of `results` into `out`; returns the figures written (file names).
+pub fn write_results(out: &Path, results: &BenchResults) -> Result<Vec<String>> {
+    write_json(&out.join("results.json"), results)?;
+    write_json(&out.join("config.json"), &results.config)?;
+    let mut figures = Vec::new();
+    for &task in &results.config.tasks {
+        let (backdoored, benign) = (suspicions(results, task, true), suspicions(results, task, false));
+        let curves: Vec<(String, Vec<(f64, f64)>)> = results
+            .config
+            .detectors
+            .iter()
+            .map(|&d| (d.to_string(), roc_curve(&backdoored(d), &benign(d))))
+            .collect();
+        let file = format!("roc_{task}.png");
+        if super::plots::roc_plot(&out.join(&file), &format!("ROC, {task}, all attacks"), &curves)? {
+            figures.push(file);
+        }
+        for &d in &results.config.detectors {
+            let file = format!("scores_{task}_{d}.png");
+            if super::plots::histogram(&out.join(&file), &format!("{d} suspicion, {task}"), &benign(d), &backdoored(d))? {
+                figures.push(file);
+            }
+        }
+    }
+    write_atomic(&out.join("results.md"), markdown(results, &figures).as_bytes())?;
+    Ok(figures)
+}
+
+/// Suspicion scores of one detector on a task's backdoored (or benign) models.
+fn suspicions(results: &BenchResults, task: Task, backdoored: bool) -> impl Fn(DetectorKind) -> Vec<f64> + '_ {
+    move |detector| {
+        results
+            .detections
+            .iter()
+            .filter(|d| d.detector == detector)
+            .filter(|d| results.models.iter().any(|m| m.id == d.model && m.task == task && m.attack.is_some() == backdoored))
+            .map(|d| d.suspicion)
+            .collect()
+    }
+}
+
+fn markdown(r: &BenchResults, figures: &[String]) -> String {
+    let c = &r.config;
+    let mut md = format!(
+        "# drmguard benchmark ({} profile)\n\n{} models per class; tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
+         (cached steps are free). Every number is recomputable from `results.json`.\n",
+        c.profile,
+        c.models_per_class,
+        c.tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+        c.attacks.join(", "),
+        r.drmguard_version,
+        r.machine,
+        r.elapsed_s
+    );
+    let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    for &task in &c.tasks {
+        let rows: Vec<&DetectionSummary> = r.detection_summary.iter().filter(|s| s.task == task).collect();
+        md.push_str(&format!("\n## {task}\n\n### Identification (TP / FP / FN / TN, accuracy)\n\n| attack |"));
+        for d in &c.detectors {
+            md.push_str(&format!(" {d} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---|".repeat(c.detectors.len())));
+        for attack in &c.attacks {
+            md.push_str(&format!("| {attack} |"));
+            for &d in &c.detectors {
+                if let Some(s) = rows.iter().find(|s| &s.attack == attack && s.detector == d) {
+                    let k = &s.confusion;
+                    md.push_str(&format!(" {} / {} / {} / {}, {:.2} |", k.tp, k.fp, k.fn_, k.tn, s.accuracy));
+                }
+            }
+            md.push('\n');
+        }
+        md.push_str("\n### ROC-AUC (backdoored models of the attack against the benign models)\n\n| attack |");
+        for d in &c.detectors {
+            md.push_str(&format!(" {d} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---|".repeat(c.detectors.len())));
+        for attack in &c.attacks {
+            md.push_str(&format!("| {attack} |"));
+            for &d in &c.detectors {
+                let auc = rows.iter().find(|s| &s.attack == attack && s.detector == d).and_then(|s| s.roc_auc);
+                md.push_str(&format!(" {} |", opt(auc)));
+            }
+            md.push('\n');
+        }
+        md.push_str("| mean scan time |");
+        for &d in &c.detectors {
+            let times: Vec<f64> = rows.iter().filter(|s| s.detector == d).map(|s| s.mean_seconds).filter(|t| t.is_finite()).collect();
+            md.push_str(&format!(" {:.0} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
+        }
+        md.push('\n');
+        md.push_str(
+            "\n### Mitigation (mean over the attack's models: clean error / AE / DAE in degrees, before → after)\n\n\
+             | attack | mitigator | clean | AE | DAE | time |\n|---|---|---|---|---|---|\n",
+        );
+        for s in r.mitigation_summary.iter().filter(|s| s.task == task) {
+            md.push_str(&format!(
+                "| {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.0} s |\n",
+                s.attack,
+                s.mitigator,
+                s.clean_before_deg,
+                s.clean_after_deg,
+                s.ae_before_deg,
+                s.ae_after_deg,
+                s.dae_before_deg,
+                s.dae_after_deg,
+                s.mean_seconds
+            ));
+        }
+        md.push_str("\n### Models (clean error / AE / DAE, training time)\n\n| model | clean | AE | DAE | train |\n|---|---|---|---|---|\n");
+        for m in r.models.iter().filter(|m| m.task == task) {
+            let e = &m.errors;
+            md.push_str(&format!("| {} | {:.2} | {} | {} | {:.0} s |\n", m.id, e.clean_deg, opt(e.ae_deg), opt(e.dae_deg), m.train_s));
+        }
+        for f in figures.iter().filter(|f| f.contains(&format!("_{task}"))) {
+            md.push_str(&format!("\n![{f}]({f})\n"));
+        }
+    }
+    md
+}
