@@ -51,6 +51,12 @@ fn suspicions(results: &BenchResults, task: Task, backdoored: bool) -> impl Fn(D
     }
 }
 
+/// The header of a table with one row per attack and one column per detector.
+fn detector_header(detectors: &[DetectorKind]) -> String {
+    let names: String = detectors.iter().map(|d| format!(" {d} |")).collect();
+    format!("| attack |{names}\n|---|{}\n", "---|".repeat(detectors.len()))
+}
+
 fn markdown(r: &BenchResults, figures: &[String]) -> String {
     let c = &r.config;
     let mut md = format!(
@@ -67,11 +73,8 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for &task in &c.tasks {
         let rows: Vec<&DetectionSummary> = r.detection_summary.iter().filter(|s| s.task == task).collect();
-        md.push_str(&format!("\n## {task}\n\n### Identification (TP / FP / FN / TN, accuracy)\n\n| attack |"));
-        for d in &c.detectors {
-            md.push_str(&format!(" {d} |"));
-        }
-        md.push_str(&format!("\n|---|{}\n", "---|".repeat(c.detectors.len())));
+        md.push_str(&format!("\n## {task}\n\n### Identification (TP / FP / FN / TN, accuracy)\n\n"));
+        md.push_str(&detector_header(&c.detectors));
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
             for &d in &c.detectors {
@@ -82,11 +85,8 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             }
             md.push('\n');
         }
-        md.push_str("\n### ROC-AUC (backdoored models of the attack against the benign models)\n\n| attack |");
-        for d in &c.detectors {
-            md.push_str(&format!(" {d} |"));
-        }
-        md.push_str(&format!("\n|---|{}\n", "---|".repeat(c.detectors.len())));
+        md.push_str("\n### ROC-AUC (backdoored models of the attack against the benign models)\n\n");
+        md.push_str(&detector_header(&c.detectors));
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
             for &d in &c.detectors {

@@ -19,7 +19,7 @@ use super::trigger::{MaskTrigger, values};
 use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect, progress_bar};
 use crate::data::to_images;
 use crate::error::{Error, Result};
-use crate::metrics::{mean_error_to, sample_error_deg, share_within};
+use crate::metrics::{column_means, mean_error_to, sample_error_deg, share_within};
 use crate::models::init_seeded;
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::train::predict_transformed;
@@ -156,7 +156,7 @@ impl Abs {
             let mut best = Stimulation { neuron, elevation_deg: f64::NEG_INFINITY, value: 0.0 };
             for (level, rows) in levels.iter().zip(y.chunks_exact(n * d)) {
                 let moved = rows.chunks_exact(d).zip(base.chunks_exact(d)).map(|(a, b)| sample_error_deg(task, a, b)).sum::<f64>() / n as f64;
-                let mean: Vec<f32> = (0..d).map(|j| rows.iter().skip(j).step_by(d).sum::<f32>() / n as f32).collect();
+                let mean: Vec<f32> = column_means(rows, d);
                 let elevation = moved - mean_error_to(task, rows, &mean);
                 if elevation > best.elevation_deg {
                     best = Stimulation { neuron, elevation_deg: elevation, value: *level };
@@ -223,7 +223,7 @@ impl Detector for Abs {
             let stamp = |x: Tensor<4>| trigger.stamp(x);
             let outputs = predict_transformed(&suspect.model, clean.data(), 64, &stamp)?;
             let d = suspect.spec.outputs;
-            let mean: Vec<f32> = (0..d).map(|j| outputs.iter().skip(j).step_by(d).sum::<f32>() / clean.len() as f32).collect();
+            let mean: Vec<f32> = column_means(&outputs, d);
             let reasr = share_within(suspect.task, &outputs, &mean, c.tolerance_deg);
             let mask_share = trigger.mask_share().into_scalar::<f32>() as f64;
             tracing::info!(neuron = s.neuron, elevation = s.elevation_deg, reasr, mask_share, "abs: candidate");

@@ -24,7 +24,7 @@ use super::trigger::{FreeTarget, values};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, clean_features, progress_bar};
 use crate::data::to_images;
 use crate::error::{Error, Result};
-use crate::metrics::share_within;
+use crate::metrics::{column_means, share_within};
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::reversal_figure;
 use crate::task::DEG;
@@ -178,7 +178,7 @@ impl Detector for FeatureRe {
         let k = reference.dims()[1];
         let outputs = predict(&suspect.model, clean.data(), c.batch_size)?;
         let d = suspect.spec.outputs;
-        let mean: Vec<f32> = (0..d).map(|j| outputs.iter().skip(j).step_by(d).sum::<f32>() / clean.len() as f32).collect();
+        let mean: Vec<f32> = column_means(&outputs, d);
 
         let mut transform = init_seeded(&ad, seed, || Generator::new(GeneratorKind::Unet, c.width, None, &ad));
         let mut mask = FeatureMask::new(k, &ad);

@@ -18,7 +18,7 @@ use super::trigger::{FreeTarget, MaskTrigger, values};
 use super::unlearn::{UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar};
 use crate::error::{Error, Result};
-use crate::metrics::{mean_error_to, share_within};
+use crate::metrics::{column_means, mean_error_to, share_within};
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::task::DEG;
@@ -151,7 +151,7 @@ impl NeuralCleanse {
         clean.check_for(suspect, self.config.batch_size)?;
         let outputs = predict(&suspect.model, clean.data(), self.config.batch_size)?;
         let d = suspect.spec.outputs;
-        let mean: Vec<f32> = (0..d).map(|j| outputs.iter().skip(j).step_by(d).sum::<f32>() / clean.len() as f32).collect();
+        let mean: Vec<f32> = column_means(&outputs, d);
         self.reverse_from(suspect, clean, &mean, seed, device)
     }
 

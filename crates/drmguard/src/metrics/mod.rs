@@ -69,6 +69,12 @@ pub fn share_within(task: Task, predictions: &[f32], target: &[f32], tolerance_d
     hits as f64 / n.max(1) as f64
 }
 
+/// The mean of row-major `[n, d]` values, per column.
+pub fn column_means(rows: &[f32], d: usize) -> Vec<f32> {
+    let n = (rows.len() / d.max(1)).max(1) as f32;
+    (0..d).map(|j| rows.iter().skip(j).step_by(d).sum::<f32>() / n).collect()
+}
+
 /// Mean error in degrees of the predictions (row-major `[n, d]`) to one `target` vector.
 pub fn mean_error_to(task: Task, predictions: &[f32], target: &[f32]) -> f64 {
     let d = target.len().max(1);
