@@ -91,13 +91,13 @@ impl BenchProfile {
     pub fn detector_configs(self) -> DetectorConfigs {
         let mut c = DetectorConfigs::default();
         if self == BenchProfile::Smoke {
-            c.drmguard.steps = 40;
+            c.drmguard.steps = 20;
             c.drmguard.batch_size = 16;
             c.drmguard.generator_width = 4;
             c.nc.steps = 60;
             c.nc.batch_size = 16;
-            c.featurere.warmup_steps = 10;
-            c.featurere.steps = 20;
+            c.featurere.warmup_steps = 5;
+            c.featurere.steps = 10;
             c.featurere.batch_size = 16;
             c.featurere.width = 4;
             c.abs.top_neurons = 3;
@@ -111,7 +111,7 @@ impl BenchProfile {
     pub fn mitigator_configs(self) -> MitigatorConfigs {
         let mut c = MitigatorConfigs::default();
         if self == BenchProfile::Smoke {
-            c.drmguard.steps = 40;
+            c.drmguard.steps = 20;
             c.drmguard.batch_size = 16;
             c.drmguard.generator_width = 4;
             c.unlearn.epochs = 2;

@@ -98,7 +98,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         md.push_str("| mean scan time |");
         for &d in &c.detectors {
             let times: Vec<f64> = rows.iter().filter(|s| s.detector == d).map(|s| s.mean_seconds).filter(|t| t.is_finite()).collect();
-            md.push_str(&format!(" {:.0} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
+            md.push_str(&format!(" {:.1} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
         }
         md.push('\n');
         md.push_str(
@@ -107,7 +107,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         );
         for s in r.mitigation_summary.iter().filter(|s| s.task == task) {
             md.push_str(&format!(
-                "| {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.0} s |\n",
+                "| {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.1} s |\n",
                 s.attack,
                 s.mitigator,
                 s.clean_before_deg,
