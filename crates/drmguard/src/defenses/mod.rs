@@ -17,6 +17,7 @@ pub mod neural_cleanse;
 pub mod trigger;
 pub mod unlearn;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -28,7 +29,6 @@ use crate::data::{DataSource, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model_file::ModelCard;
 use crate::models::{Model, ModelSpec, Regressor};
-use burn::module::Module;
 use crate::task::Task;
 pub use abs::{Abs, AbsConfig};
 pub use anp::{Anp, AnpConfig};

@@ -2,7 +2,8 @@
 //! disappears and the target vector y_t becomes an optimisation variable. A mask m, a pattern p
 //! and y_t are optimised jointly so that stamped images x' = (1 − m) ⊙ x + m ⊙ p reach y_t,
 //! with NC's cost schedule on the mask's L1 norm. A backdoored model needs only a small mask:
-//! the score is the share of the image the best successful mask covers (small = suspicious).
+//! the score is the share of the image the best successful mask covers (small = suspicious; 1
+//! when no mask succeeded).
 //!
 //! Mitigation (`--defense nc`) unlearns the reversed trigger: fine-tuning on the clean set plus
 //! stamped copies of a share of it, with their true labels (BackdoorBench's recipe).
@@ -294,7 +295,10 @@ impl Detector for NeuralCleanse {
             "seconds_per_step": r.seconds_per_step,
             "history": r.history,
         });
-        let detection = Detection::decide("nc", r.mask_share, c.threshold, true, started.elapsed().as_secs_f64(), details);
+        // Without a successful trigger there is nothing small to report: as in the original
+        // (whose best norm stays infinite), the score is then the whole image.
+        let score = if r.succeeded { r.mask_share } else { 1.0 };
+        let detection = Detection::decide("nc", score, c.threshold, true, started.elapsed().as_secs_f64(), details);
 
         let shown: Vec<usize> = (0..clean.len().min(8)).collect();
         let (x, _) = clean.batch(&shown, device);
