@@ -55,6 +55,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// A short hash (16 hex digits of SHA-256) of a value's JSON, for cache file names.
+pub fn short_hash(value: &impl serde::Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(value).expect("cache keys serialise to JSON");
+    Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Reads and parses a JSON file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {

@@ -28,7 +28,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::Attack;
 use crate::error::{Error, Result};
@@ -111,8 +110,7 @@ impl IssbaConfig {
     }
 
     fn cache_name(&self, task: Task, size: u32, seed: u64) -> String {
-        let json = serde_json::to_vec(&(self, task, size, seed, env!("CARGO_PKG_VERSION"))).expect("serialisable");
-        let key: String = Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let key = crate::io::short_hash(&(self, task, size, seed, env!("CARGO_PKG_VERSION")));
         format!("issba-{key}.safetensors")
     }
 

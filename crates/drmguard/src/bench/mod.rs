@@ -16,13 +16,12 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
 use crate::data::Split;
 use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind, Suspect};
 use crate::error::{Error, Result};
-use crate::io::{read_json, write_json};
+use crate::io::{read_json, short_hash, write_json};
 use crate::metrics::{BackdoorErrors, TaskError};
 use crate::model_file::ModelCard;
 use crate::models::Model;
@@ -118,28 +117,23 @@ impl BenchProfile {
         c
     }
 
-    /// The mitigators' settings: their defaults, shortened for smoke and small runs.
+    /// The mitigators' settings: their defaults, shortened for smoke and small runs. DRMGuard's
+    /// and Neural Cleanse's reversals are the detectors' own.
     pub fn mitigator_configs(self) -> MitigatorConfigs {
-        let mut c = MitigatorConfigs::default();
+        let detectors = self.detector_configs();
+        let mut c = MitigatorConfigs { drmguard: detectors.drmguard, nc: detectors.nc, ..MitigatorConfigs::default() };
         if self == BenchProfile::Small {
-            c.drmguard.steps = 200;
             c.unlearn.epochs = 10;
             c.ft.epochs = 10;
             c.anp.steps = 100;
-            c.nc.steps = 300;
         }
         if self == BenchProfile::Smoke {
-            c.drmguard.steps = 20;
-            c.drmguard.batch_size = 16;
-            c.drmguard.generator_width = 4;
             c.unlearn.epochs = 2;
             c.unlearn.batch_size = 16;
             c.ft.epochs = 2;
             c.ft.batch_size = 16;
             c.anp.steps = 20;
             c.anp.batch_size = 16;
-            c.nc.steps = 60;
-            c.nc.batch_size = 16;
         }
         c
     }
@@ -305,12 +299,6 @@ pub struct BenchResults {
     pub elapsed_s: f64,
 }
 
-/// A short hash of anything serialisable, for cache keys.
-fn hash_key(value: &impl Serialize) -> String {
-    let json = serde_json::to_vec(value).expect("cache keys serialise");
-    Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
 /// A result computed once and then read back from `path`.
 fn cached<T: Serialize + serde::de::DeserializeOwned>(path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<T> {
     if path.is_file() {
@@ -432,7 +420,7 @@ impl Bench {
 
     fn detect(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, kind: DetectorKind, device: &Device) -> Result<DetectionRecord> {
         let c = &self.config;
-        let key = hash_key(&(&t.record.path, kind, &c.detector_configs, c.seed, clean.describe()));
+        let key = short_hash(&(&t.record.path, kind, &c.detector_configs, c.seed, clean.describe()));
         cached(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
             let finding = c.detector_configs.build(kind).detect(suspect, clean, c.seed, device)?;
             let d = finding.detection;
@@ -451,7 +439,7 @@ impl Bench {
 
     fn mitigate(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, kind: MitigatorKind, device: &Device) -> Result<MitigationRecord> {
         let c = &self.config;
-        let key = hash_key(&(&t.record.path, kind, &c.mitigator_configs, c.seed, clean.describe()));
+        let key = short_hash(&(&t.record.path, kind, &c.mitigator_configs, c.seed, clean.describe()));
         cached(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), || {
             let started = Instant::now();
             let repair = c.mitigator_configs.build(kind).mitigate(suspect, clean, c.seed, device)?;

@@ -15,8 +15,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::trigger::{MaskTrigger, values};
-use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect, progress_bar};
+use super::trigger::MaskTrigger;
+use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect, progress_bar, values};
 use crate::data::to_images;
 use crate::error::{Error, Result};
 use crate::metrics::{column_means, mean_error_to, sample_error_deg, share_within};

@@ -12,8 +12,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::trigger::values;
-use super::{BatchCursor, CleanSet, Mitigator, Repair, Suspect, progress_bar};
+use super::{BatchCursor, CleanSet, Mitigator, Repair, Suspect, progress_bar, values};
 use crate::error::{Error, Result};
 use crate::metrics::task_error;
 use crate::models::{Model, Regressor};

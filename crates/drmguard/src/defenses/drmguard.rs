@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
 use super::unlearn::{UnlearnConfig, unlearn};
-use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar};
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, scalar, values};
 use crate::data::to_images;
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::error::{Error, Result};
@@ -488,10 +488,6 @@ impl Mitigator for DrmGuardRepair {
     }
 }
 
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_scalar::<f32>() as f64
-}
-
 /// Angles (radians) between features `[n, k]` and each weight row `[d, k]`: `[n, d]`.
 /// The model's gradient saliency: mean over batch and channels of |∂ Σ_j f_j(x) / ∂x|, scaled to
 /// a maximum of 1, `[S, S]`. No gradient reaches G.
@@ -552,10 +548,6 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
         output_std: output_var.iter().map(|v| v.sqrt()).collect(),
         angle_var,
     })
-}
-
-fn values(t: Tensor<2>) -> Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
 }
 
 fn column_mean_var(rows: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {

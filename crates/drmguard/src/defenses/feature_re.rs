@@ -20,15 +20,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
-use super::trigger::{FreeTarget, values};
-use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, clean_features, progress_bar};
+use super::trigger::FreeTarget;
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, clean_features, progress_bar, scalar, values};
 use crate::data::to_images;
 use crate::error::{Error, Result};
-use crate::metrics::{column_means, share_within};
+use crate::metrics::share_within;
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::reversal_figure;
 use crate::task::DEG;
-use crate::train::predict;
 
 /// FeatureRE settings: the original's bounds and optimisers, fewer steps for CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -176,9 +175,7 @@ impl Detector for FeatureRe {
         // Reference features of the clean set, mixed in outside the mask.
         let reference = clean_features(&suspect.model, clean, c.batch_size)?.to_device(&ad);
         let k = reference.dims()[1];
-        let outputs = predict(&suspect.model, clean.data(), c.batch_size)?;
-        let d = suspect.spec.outputs;
-        let mean: Vec<f32> = column_means(&outputs, d);
+        let mean = clean.mean_output(&suspect.model, c.batch_size)?;
 
         let mut transform = init_seeded(&ad, seed, || Generator::new(GeneratorKind::Unet, c.width, None, &ad));
         let mut mask = FeatureMask::new(k, &ad);
@@ -320,8 +317,4 @@ impl Detector for FeatureRe {
             figures,
         })
     }
-}
-
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_scalar::<f32>() as f64
 }

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::fine_tuning::FineTuningConfig;
-use super::{CleanSet, Mitigator, Repair, Suspect, clean_features};
+use super::{CleanSet, Mitigator, Repair, Suspect, clean_features, values};
 use crate::error::{Error, Result};
 use crate::metrics::task_error;
 use crate::models::{Model, Regressor};
@@ -119,7 +119,7 @@ pub fn prune_head(model: Model, keep: &Tensor<2>) -> Model {
         // burn stores the weight as [in, out]: one row per feature.
         fc.weight = fc.weight.map(|w| {
             let grad = w.is_require_grad();
-            let pruned = (w * keep.clone().to_device(&keep.device())).detach();
+            let pruned = (w * keep.clone()).detach();
             if grad { pruned.require_grad() } else { pruned }
         });
         fc
@@ -154,8 +154,4 @@ impl Mitigator for FinePruning {
         });
         Ok(Repair { model, record })
     }
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
 }

@@ -168,6 +168,13 @@ impl CleanSet {
     pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
         self.data.batch(indices, device)
     }
+
+    /// The mean of `model`'s outputs over the set (where the free target vectors of Neural
+    /// Cleanse and FeatureRE start).
+    pub fn mean_output(&self, model: &Model, batch_size: usize) -> Result<Vec<f32>> {
+        let outputs = crate::train::predict(model, &self.data, batch_size)?;
+        Ok(crate::metrics::column_means(&outputs, self.data.dim()))
+    }
 }
 
 /// The verdict of a detector, with the numbers behind it.
@@ -233,6 +240,16 @@ pub fn progress_bar(prefix: &str, steps: usize) -> ProgressBar {
     );
     bar.set_prefix(prefix.to_string());
     bar
+}
+
+/// A tensor's values, row-major.
+pub fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
+}
+
+/// A one-element tensor's value.
+pub fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
 }
 
 /// The penultimate features F(x) of every clean image, `[n, k]`, on the model's device.

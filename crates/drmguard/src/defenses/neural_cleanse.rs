@@ -15,15 +15,14 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::trigger::{FreeTarget, MaskTrigger, values};
+use super::trigger::{FreeTarget, MaskTrigger};
 use super::unlearn::{UnlearnConfig, unlearn};
-use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar};
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, values};
 use crate::error::{Error, Result};
-use crate::metrics::{column_means, mean_error_to, share_within};
+use crate::metrics::{mean_error_to, share_within};
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::task::DEG;
-use crate::train::predict;
 
 /// Neural Cleanse settings: the original's optimiser and cost schedule; steps, success and
 /// threshold adapted to regression.
@@ -148,30 +147,35 @@ impl NeuralCleanse {
     /// Optimises mask, pattern and y_t against the frozen suspect, y_t starting at the mean
     /// output on the clean set, as the regression adaptation prescribes.
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<NcReversal> {
-        self.config.validate()?;
-        clean.check_for(suspect, self.config.batch_size)?;
-        let outputs = predict(&suspect.model, clean.data(), self.config.batch_size)?;
-        let d = suspect.spec.outputs;
-        let mean: Vec<f32> = column_means(&outputs, d);
-        self.reverse_from(suspect, clean, &mean, seed, device)
+        self.check(suspect, clean)?;
+        let mean = clean.mean_output(&suspect.model, self.config.batch_size)?;
+        self.optimise(suspect, clean, &mean, seed, device)
     }
 
     /// [`Self::reverse`] with y_t starting at `initial_target` (radians).
     pub fn reverse_from(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
-        let c = &self.config;
-        c.validate()?;
-        clean.check_for(suspect, c.batch_size)?;
+        self.check(suspect, clean)?;
         if initial_target.len() != suspect.spec.outputs {
             return Err(Error::Data(format!("a target of {} values for a model with {} outputs", initial_target.len(), suspect.spec.outputs)));
         }
+        self.optimise(suspect, clean, initial_target, seed, device)
+    }
+
+    fn check(&self, suspect: &Suspect, clean: &CleanSet) -> Result<()> {
+        self.config.validate()?;
+        clean.check_for(suspect, self.config.batch_size)
+    }
+
+    /// The optimisation itself, on checked settings and data.
+    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
+        let c = &self.config;
         let task = suspect.task;
         let ad = device.clone().autodiff();
         let model = suspect.model.clone().fork(&ad).freeze();
-        let mean = initial_target.to_vec();
 
         let side = suspect.image_size() as usize;
         let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, &ad));
-        let mut target = FreeTarget::new(&mean, &ad);
+        let mut target = FreeTarget::new(initial_target, &ad);
         let adam = || AdamConfig::new().with_beta_1(0.5).with_beta_2(0.9);
         let (mut optim, mut target_optim) = (adam().init(), adam().init());
         let mut batches = BatchCursor::new(clean.len(), c.batch_size, seed ^ 0x6e63_5f62_6174_6368);

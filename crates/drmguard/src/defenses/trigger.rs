@@ -5,7 +5,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::error::{Error, Result};
+use super::values;
+use crate::error::Result;
 
 /// ε of NC's parameterisation: keeps tanh's argument finite at the ends of [0, 1].
 const EPSILON: f32 = 1e-7;
@@ -82,9 +83,4 @@ impl FreeTarget {
     pub fn values(&self) -> Result<Vec<f32>> {
         values(self.value.val())
     }
-}
-
-/// A tensor's values, row-major.
-pub fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))
 }

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::{TrainConfig, train};
 use crate::attacks::BackdoorSpec;
@@ -39,9 +38,7 @@ impl TrainJob {
     /// A short hash of the job and the drmguard version: equal jobs give equal models, so a cache
     /// can be keyed by it.
     pub fn key(&self) -> String {
-        let json = serde_json::to_vec(&(self, env!("CARGO_PKG_VERSION"))).expect("a train job serialises");
-        let digest = Sha256::digest(&json);
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        crate::io::short_hash(&(self, env!("CARGO_PKG_VERSION")))
     }
 
     /// Loads the data, trains, and returns the model with its sidecar.
