@@ -41,6 +41,7 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     for d in results["detections"].as_array().unwrap() {
         keys(d, &["model", "detector", "backdoored", "score", "suspicion", "threshold", "elapsed_s"], "a detection");
     }
+    assert_eq!(config["mitigated_per_class"].as_u64(), Some(n as u64), "smoke repairs every backdoored model");
     assert_eq!(results["mitigations"].as_array().unwrap().len(), tasks * attacks * n * mitigators);
     for s in results["detection_summary"].as_array().unwrap() {
         keys(s, &["task", "attack", "detector", "tp", "fp", "fn", "tn", "accuracy", "roc_auc", "mean_seconds"], "a detection summary");

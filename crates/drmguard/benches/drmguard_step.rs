@@ -1,24 +1,30 @@
-//! DRMGuard reverse-engineering step time (batch 50, 64×64) on the default CPU backend, for the
+//! DRMGuard reverse-engineering step time (batch 50, 64×64 by default) on the default CPU backend, for the
 //! suspect ResNet-18 at width 64 and 16, with the default generator, and with parts switched off
 //! to show where the time goes (MTR's extra input-gradient pass; the generator's own size).
 //!
 //! Run: `cargo bench -p drmguard --bench drmguard_step` (DRMGUARD_BENCH_STEPS sets the number of
-//! timed steps, default 5).
+//! timed steps, default 5; DRMGUARD_BENCH_SIZE the image side, default 64; DRMGUARD_BENCH_DEVICE picks the device as `--device` does: cpu, or cuda
+//! / wgpu when built with those features). With DRMGUARD_TORCH set to a Python interpreter that has PyTorch, each
+//! case is also run by the PyTorch reference `benches/reference/drmguard_step.py` (same sizes,
+//! same machine, as many threads) and the ratio drmguard / PyTorch is printed beside it.
 
-use burn::tensor::Device;
+use std::process::Command;
+
 use drmguard::data::DataSource;
 use drmguard::defenses::drmguard::{DrmGuardConfig, Mtr};
 use drmguard::defenses::generator::GeneratorKind;
 use drmguard::defenses::{CleanSet, DrmGuard, Suspect};
+use drmguard::device::DeviceKind;
 use drmguard::models::{Architecture, ModelSpec, Normalization};
 use drmguard::task::Task;
 
 fn main() {
     let steps: usize = std::env::var("DRMGUARD_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let size = 64;
-    let device = Device::flex();
+    let size: u32 = std::env::var("DRMGUARD_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let kind: DeviceKind = std::env::var("DRMGUARD_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().expect("a device name");
+    let device = kind.device().expect("the device is available in this build");
     println!(
-        "DRMGuard step, batch 50, {size}×{size}, flex CPU backend, {} threads, {steps} steps each (after 1 warm-up step)",
+        "DRMGuard step, batch 50, {size}×{size}, device {kind}, {} CPU threads, {steps} steps each (after 1 warm-up step)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let base = DrmGuardConfig { steps, ..DrmGuardConfig::default() };
@@ -38,12 +44,42 @@ fn main() {
             normalization: Normalization::imagenet(),
             outputs: 2,
         };
+        let reference = reference_ms(width, &config, size, steps, kind);
         let model = spec.init(&device, 0).expect("a valid spec");
         let suspect = Suspect::from_parts(model, Task::Gaze, spec, source.clone(), 10_000);
         let clean = CleanSet::fresh_builtin(&suspect, 100).expect("built-in data");
         // One step first, so that allocation and kernel set-up are not timed.
-        DrmGuard::new(DrmGuardConfig { steps: 1, ..config.clone() }).reverse(&suspect, &clean, &device).expect("a step");
-        let reversal = DrmGuard::new(config).reverse(&suspect, &clean, &device).expect("reverse engineering");
-        println!("ResNet-18 width {width:>2}, {label:<34}: {:7.1} ms/step", reversal.summary.seconds_per_step * 1e3);
+        DrmGuard::new(DrmGuardConfig { steps: 1, ..config.clone() }).reverse(&suspect, &clean, 0, &device).expect("a step");
+        let reversal = DrmGuard::new(config).reverse(&suspect, &clean, 0, &device).expect("reverse engineering");
+        let ms = reversal.summary.seconds_per_step * 1e3;
+        match reference {
+            Some(torch) => println!("ResNet-18 width {width:>2}, {label:<34}: {ms:7.1} ms/step, PyTorch {torch:7.1} ms/step, ratio {:.2}", ms / torch),
+            None => println!("ResNet-18 width {width:>2}, {label:<34}: {ms:7.1} ms/step"),
+        }
     }
+}
+
+/// The PyTorch reference's ms per step for the same case, when DRMGUARD_TORCH names a Python with
+/// torch. Run before drmguard's own case, so the two never share the cores.
+fn reference_ms(width: usize, config: &DrmGuardConfig, size: u32, steps: usize, kind: DeviceKind) -> Option<f64> {
+    let python = std::env::var("DRMGUARD_TORCH").ok()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/drmguard_step.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let output = Command::new(&python)
+        .arg(script)
+        .args(["--width", &width.to_string(), "--generator", &config.generator.to_string()])
+        .args(["--generator-width", &config.generator_width.to_string()])
+        .args(["--mtr", if config.mtr == Mtr::Off { "off" } else { "loss" }])
+        .args(["--size", &size.to_string(), "--batch-size", &config.batch_size.to_string(), "--clean", "100"])
+        .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
+        .args(["--device", if kind == DeviceKind::Cuda { "cuda" } else { "cpu" }])
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => panic!("the PyTorch reference failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("cannot run DRMGUARD_TORCH={python}: {e}"),
+    };
+    let line = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).expect("the reference prints one JSON line");
+    json["ms_per_step"].as_f64()
 }

@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Models per class (benign, and each attack): default 2 (smoke), 5 (small), 10 (paper).
     #[arg(long = "models-per-class")]
     models_per_class: Option<usize>,
+    /// Backdoored models of each attack that every mitigator repairs (the first ones): default
+    /// all of them, 1 for the small profile.
+    #[arg(long = "mitigated-per-class")]
+    mitigated_per_class: Option<usize>,
     /// Base seed of the models and defenses.
     #[arg(id = "bench_seed", long = "seed", default_value_t = 0)]
     seed: u64,
@@ -71,6 +75,7 @@ pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
     config.detectors = list(&a.detectors, config.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?;
     config.mitigators = list(&a.mitigators, config.mitigators.clone(), value_enum::<MitigatorKind>).context("--mitigators")?;
     config.models_per_class = a.models_per_class.unwrap_or(config.models_per_class);
+    config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
     config.seed = a.seed;
     config.validate()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;

@@ -60,10 +60,11 @@ fn detector_header(detectors: &[DetectorKind]) -> String {
 fn markdown(r: &BenchResults, figures: &[String]) -> String {
     let c = &r.config;
     let mut md = format!(
-        "# drmguard benchmark ({} profile)\n\n{} models per class; tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
+        "# drmguard benchmark ({} profile)\n\n{} models per class ({} repaired per attack); tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
          (cached steps are free). Every number is recomputable from `results.json`.\n",
         c.profile,
         c.models_per_class,
+        c.mitigated_per_class,
         c.tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
         c.attacks.join(", "),
         r.drmguard_version,
@@ -102,14 +103,15 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         }
         md.push('\n');
         md.push_str(
-            "\n### Mitigation (mean over the attack's models: clean error / AE / DAE in degrees, before → after)\n\n\
-             | attack | mitigator | clean | AE | DAE | time |\n|---|---|---|---|---|---|\n",
+            "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in degrees, before → after)\n\n\
+             | attack | mitigator | models | clean | AE | DAE | time |\n|---|---|---|---|---|---|---|\n",
         );
         for s in r.mitigation_summary.iter().filter(|s| s.task == task) {
             md.push_str(&format!(
-                "| {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.1} s |\n",
+                "| {} | {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.1} s |\n",
                 s.attack,
                 s.mitigator,
+                s.models,
                 s.clean_before_deg,
                 s.clean_after_deg,
                 s.ae_before_deg,
