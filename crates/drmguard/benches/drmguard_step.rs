@@ -1,12 +1,16 @@
-//! DRMGuard reverse-engineering step time (batch 50, 64×64 by default) on the default CPU backend, for the
-//! suspect ResNet-18 at width 64 and 16, with the default generator, and with parts switched off
-//! to show where the time goes (MTR's extra input-gradient pass; the generator's own size).
+//! DRMGuard reverse-engineering step time (batch 50) for the suspect ResNet-18 at width 64 and 16,
+//! with the default generator, and with parts switched off to show where the time goes (MTR's
+//! extra input-gradient pass; the generator's own size).
 //!
-//! Run: `cargo bench -p drmguard --bench drmguard_step` (DRMGUARD_BENCH_STEPS sets the number of
-//! timed steps, default 5; DRMGUARD_BENCH_SIZE the image side, default 64; DRMGUARD_BENCH_DEVICE picks the device as `--device` does: cpu, or cuda
-//! / wgpu when built with those features). With DRMGUARD_TORCH set to a Python interpreter that has PyTorch, each
-//! case is also run by the PyTorch reference `benches/reference/drmguard_step.py` (same sizes,
-//! same machine, as many threads) and the ratio drmguard / PyTorch is printed beside it.
+//! Run: `cargo bench -p drmguard --bench drmguard_step`. Environment:
+//! - DRMGUARD_BENCH_STEPS: timed steps per case (default 5, after one warm-up step);
+//! - DRMGUARD_BENCH_SIZE: the image side (default 64);
+//! - DRMGUARD_BENCH_DEVICE: cpu (default, burn's flex backend), or cuda / wgpu when built with
+//!   those features;
+//! - DRMGUARD_TORCH: a Python interpreter with PyTorch. Each case is then also run by the PyTorch
+//!   reference `benches/reference/drmguard_step.py` (same sizes, same machine, as many threads)
+//!   and the ratio drmguard / PyTorch is printed beside it (DRMGUARD_REFERENCE: the script's path
+//!   where the bench runs outside this checkout).
 
 use std::process::Command;
 
@@ -63,16 +67,18 @@ fn main() {
 /// torch. Run before drmguard's own case, so the two never share the cores.
 fn reference_ms(width: usize, config: &DrmGuardConfig, size: u32, steps: usize, kind: DeviceKind) -> Option<f64> {
     let python = std::env::var("DRMGUARD_TORCH").ok()?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/drmguard_step.py");
+    // DRMGUARD_REFERENCE points at the script where the bench runs outside this checkout.
+    let script = std::env::var("DRMGUARD_REFERENCE").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/drmguard_step.py").into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let output = Command::new(&python)
-        .arg(script)
+        .arg(&script)
         .args(["--width", &width.to_string(), "--generator", &config.generator.to_string()])
         .args(["--generator-width", &config.generator_width.to_string()])
         .args(["--mtr", if config.mtr == Mtr::Off { "off" } else { "loss" }])
         .args(["--size", &size.to_string(), "--batch-size", &config.batch_size.to_string(), "--clean", "100"])
         .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
-        .args(["--device", if kind == DeviceKind::Cuda { "cuda" } else { "cpu" }])
+        // On a GPU, drmguard's cuda or wgpu backend is compared with PyTorch's CUDA.
+        .args(["--device", if kind == DeviceKind::Cpu { "cpu" } else { "cuda" }])
         .output();
     let output = match output {
         Ok(o) if o.status.success() => o,

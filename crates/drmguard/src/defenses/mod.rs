@@ -369,6 +369,16 @@ impl DetectorConfigs {
             DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
         }
     }
+
+    /// The settings detector `kind` reads, and only those (e.g. for cache keys).
+    pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
+        match kind {
+            DetectorKind::Drmguard => serde_json::json!(self.drmguard),
+            DetectorKind::Nc => serde_json::json!(self.nc),
+            DetectorKind::Featurere => serde_json::json!(self.featurere),
+            DetectorKind::Abs => serde_json::json!(self.abs),
+        }
+    }
 }
 
 /// The settings of every mitigator (flattened into `drmguard mitigate`'s options); `build` is the
@@ -397,6 +407,17 @@ impl MitigatorConfigs {
             MitigatorKind::Fp => Box::new(FinePruning { config: self.fp.clone(), fine_tuning: self.ft.clone() }),
             MitigatorKind::Anp => Box::new(Anp { config: self.anp.clone() }),
             MitigatorKind::Nc => Box::new(NcUnlearning { nc: self.nc.clone(), unlearn: self.unlearn.clone() }),
+        }
+    }
+
+    /// The settings mitigator `kind` reads, and only those (e.g. for cache keys).
+    pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
+        match kind {
+            MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
+            MitigatorKind::Ft => serde_json::json!(self.ft),
+            MitigatorKind::Fp => serde_json::json!([self.fp, self.ft]),
+            MitigatorKind::Anp => serde_json::json!(self.anp),
+            MitigatorKind::Nc => serde_json::json!([self.nc, self.unlearn]),
         }
     }
 }
