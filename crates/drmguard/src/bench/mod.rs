@@ -585,3 +585,39 @@ fn summarise_mitigations(c: &BenchConfig, models: &[ModelRecord], mitigations: &
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached scan or repair is keyed on the settings its defense reads: changing DRMGuard's
+    /// must not throw away the other defenses' results (and must change DRMGuard's own key).
+    #[test]
+    fn cache_keys_follow_each_defense_own_settings() {
+        let base = BenchConfig::new(BenchProfile::Small);
+        let mut changed = base.clone();
+        changed.detector_configs.drmguard.steps += 1;
+        changed.mitigator_configs.drmguard.steps += 1;
+        for kind in [DetectorKind::Nc, DetectorKind::Featurere, DetectorKind::Abs] {
+            assert_eq!(base.detector_configs.settings_of(kind), changed.detector_configs.settings_of(kind), "{kind}");
+        }
+        for kind in [MitigatorKind::Ft, MitigatorKind::Fp, MitigatorKind::Anp, MitigatorKind::Nc] {
+            assert_eq!(base.mitigator_configs.settings_of(kind), changed.mitigator_configs.settings_of(kind), "{kind}");
+        }
+        assert_ne!(base.detector_configs.settings_of(DetectorKind::Drmguard), changed.detector_configs.settings_of(DetectorKind::Drmguard));
+        assert_ne!(base.mitigator_configs.settings_of(MitigatorKind::Drmguard), changed.mitigator_configs.settings_of(MitigatorKind::Drmguard));
+        // Fine-pruning fine-tunes with the fine-tuning settings, so it reads them too.
+        changed.mitigator_configs.ft.epochs += 1;
+        assert_ne!(base.mitigator_configs.settings_of(MitigatorKind::Fp), changed.mitigator_configs.settings_of(MitigatorKind::Fp));
+    }
+
+    #[test]
+    fn the_small_profile_repairs_one_model_per_attack() {
+        let c = BenchConfig::new(BenchProfile::Small);
+        assert_eq!((c.models_per_class, c.mitigated_per_class), (5, 1));
+        let smoke = BenchConfig::new(BenchProfile::Smoke);
+        assert_eq!(smoke.mitigated_per_class, smoke.models_per_class);
+        // The repairs reuse the scans' DRMGuard reversal only when both have the same settings.
+        assert_eq!(c.detector_configs.drmguard, c.mitigator_configs.drmguard);
+    }
+}
