@@ -8,7 +8,8 @@ PyTorch's as a ratio (set DRMGUARD_TORCH to a Python that has torch):
 - the suspect: ResNet-18 at a given width (torchvision's layout, ImageNet normalisation inside),
   frozen, in inference mode (BatchNorm on running statistics), gradients flowing to the images;
 - the generator: drmguard's U-Net or encoder-decoder (3x3 conv + BatchNorm + ReLU, three 2x
-  max-pool down-samplings, bilinear up-sampling, tanh(x) / (2 + 1e-7) + 0.5 output), training mode;
+  max-pool down-samplings, bilinear up-sampling with corners aligned, tanh(x) / (2 + 1e-7) + 0.5
+  output), training mode;
 - one step: the MTR input-gradient pass (|d sum f(x) / dx| averaged over batch and channels,
   divided by its maximum, momentum 0.9), G(x), the suspect's features and outputs on G(x), output
   variance, L1 weighted by 1 + gamma M, the variance of the feature angles, the loss read back as a
@@ -86,7 +87,7 @@ class Generator(nn.Module):
         c = self.c
         r = lambda i, t: F.relu(c[i](t))  # noqa: E731
         pool = lambda t: F.max_pool2d(t, 2, 2)  # noqa: E731
-        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)  # noqa: E731
         if self.kind == "unet":
             s1 = r(1, r(0, x))
             s2 = r(3, r(2, pool(s1)))

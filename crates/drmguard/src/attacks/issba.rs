@@ -22,8 +22,6 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::{log_sigmoid, relu};
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::Attack;
 use crate::error::{Error, Result};
 use crate::models::init_seeded;
+use crate::models::resize::resize_bilinear;
 use crate::task::Task;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -195,7 +194,7 @@ impl Encoder {
         let [_, _, hh, hw] = half.dims();
         let planes = code.reshape([n, bits, 1, 1]).expand([n, bits, hh, hw]);
         let b = relu(self.c3.forward(Tensor::cat(vec![half, planes], 1)));
-        let b = interpolate(b, InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([h, w]));
+        let b = resize_bilinear(b, [h, w]);
         let c = relu(self.c4.forward(Tensor::cat(vec![a, b], 1)));
         self.out.forward(c).tanh() * amplitude
     }

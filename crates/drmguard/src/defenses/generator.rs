@@ -15,10 +15,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::models::resize::resize_bilinear;
 
 /// Which generator architecture to reverse-engineer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -67,7 +67,7 @@ impl ConvBn {
 
 fn upsample(x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([2 * h, 2 * w]))
+    resize_bilinear(x, [2 * h, 2 * w])
 }
 
 fn squash(x: Tensor<4>) -> Tensor<4> {
