@@ -20,6 +20,7 @@ fn main() {
             architecture: Architecture::Resnet18 { width },
             input_size: size as u32,
             input_range: [0.0, 1.0],
+            channel_order: Default::default(),
             normalization: Normalization::imagenet(),
             outputs: 2,
         };

@@ -2,13 +2,13 @@
 
 use burn::tensor::{Device, Tensor};
 use drmguard::data::{DataSource, Split, synthesize};
-use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard, card_path};
+use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard, TrainingRecord, card_path};
 use drmguard::models::{Architecture, ModelSpec, Normalization, Regressor};
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, predict, train};
 
 fn spec(architecture: Architecture, outputs: usize) -> ModelSpec {
-    ModelSpec { architecture, input_size: 32, input_range: [0.0, 1.0], normalization: Normalization::imagenet(), outputs }
+    ModelSpec { architecture, input_size: 32, input_range: [0.0, 1.0], channel_order: Default::default(), normalization: Normalization::imagenet(), outputs }
 }
 
 #[test]
@@ -88,12 +88,15 @@ fn saved_models_load_back_with_torchvision_names() {
         output_names: vec!["yaw".into(), "pitch".into(), "roll".into()],
         output_units: "radians".into(),
         model: config.model_spec(),
-        training: config.clone(),
-        data: DataSource::Synthetic { task: Task::HeadPose, n: 10, seed: 0, image_size: 32 },
-        data_hash: String::new(),
-        label_mean: vec![0.0; 3],
-        history: vec![],
-        train_seconds: 0.0,
+        trained: Some(TrainingRecord {
+            training: config.clone(),
+            data: DataSource::Synthetic { task: Task::HeadPose, n: 10, seed: 0, image_size: 32 },
+            data_hash: String::new(),
+            label_mean: vec![0.0; 3],
+            history: vec![],
+            train_seconds: 0.0,
+        }),
+        imported: None,
         backdoor: None,
         mitigation: None,
     };

@@ -89,8 +89,9 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         let (model, card, path) = job
             .run_cached(&cache, &format!("{task}-{name}"), &device)
             .with_context(|| format!("training the {name} model (cache {})", cache.display()))?;
-        out!("{name}: model {} (trained in {:.0} s)", path.display(), card.train_seconds);
-        let test = card.data.load(task, card.model.input_size, Split::Test).context("test data")?;
+        let trained = card.trained("the demo")?;
+        out!("{name}: model {} (trained in {:.0} s)", path.display(), trained.train_seconds);
+        let test = trained.data.load(task, card.model.input_size, Split::Test).context("test data")?;
         let (clean_error, backdoor_errors) = card_errors(&model, &card, &test)?;
 
         // The defense sees the model without its card's attack record, and fresh clean images.

@@ -11,10 +11,12 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Model weights (MODEL.safetensors with its sidecar MODEL.json).
+    /// Model weights (MODEL.safetensors with its sidecar MODEL.json), or the TOML card of a model
+    /// trained elsewhere (see `drmguard inspect`).
     #[arg(long)]
     model: PathBuf,
-    /// A data folder in the user format; without it, the model's own data source is used.
+    /// A data folder in the user format; without it, the model's own data source is used (an
+    /// imported model needs it).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Which split to evaluate on: test, val, train or all.
@@ -30,11 +32,14 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     let (model, card) = model_file::load(&a.model, &device).with_context(|| format!("--model {}", a.model.display()))?;
     let source = match &a.data {
         Some(dir) => DataSource::Folder { path: dir.clone() },
-        None => card.data.clone(),
+        None => card.trained("evaluation without --data")?.data.clone(),
     };
     let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
     let (error, backdoor) = card_errors(&model, &card, &data)?;
-    let baseline = constant_predictor_error(card.task, &card.label_mean, &data.labels);
+    // The mean predictor predicts the mean training label; an imported model's training labels
+    // are unknown, so it gets the mean of the evaluated labels (a slightly stronger baseline).
+    let label_mean = card.trained.as_ref().map_or_else(|| data.label_mean(), |t| t.label_mean.clone());
+    let baseline = constant_predictor_error(card.task, &label_mean, &data.labels);
     if a.json {
         let mut out = json!({
             "model": a.model,

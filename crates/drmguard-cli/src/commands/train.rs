@@ -8,7 +8,6 @@ use drmguard::io::ensure_parent_exists;
 use super::attack_args::AttackArgs;
 use drmguard::device::DeviceKind;
 use drmguard::model_file;
-use drmguard::models::Architecture;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, TrainJob};
 
@@ -68,10 +67,7 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
         config.min_learning_rate = v * 0.01;
     }
     if let Some(w) = a.width {
-        config.architecture = match config.architecture {
-            Architecture::Resnet18 { .. } => Architecture::Resnet18 { width: w },
-            Architecture::SmallCnn { .. } => Architecture::SmallCnn { width: w },
-        };
+        config.architecture = config.architecture.with_width(w);
     }
     config.validate().context("training options")?;
     let backdoor_spec = a.attack.spec(a.task, config.seed)?;
@@ -88,12 +84,13 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     let job = TrainJob { config, source, backdoor: backdoor_spec };
     let (model, card) = job.run(&device).context("training")?;
     model_file::save(&a.out, &model, &card)?;
-    let last = card.history.last().map_or(f64::NAN, |r| r.val_error_deg);
+    let trained = card.trained("training")?;
+    let last = trained.history.last().map_or(f64::NAN, |r| r.val_error_deg);
     let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));
     out!(
         "trained {kind} {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
         a.task,
-        card.train_seconds,
+        trained.train_seconds,
         last,
         a.out.display(),
         model_file::card_path(&a.out).display()

@@ -380,11 +380,13 @@ pub fn card_errors(
     card: &crate::model_file::ModelCard,
     data: &Dataset,
 ) -> Result<(crate::metrics::TaskError, Option<crate::metrics::BackdoorErrors>)> {
-    let error = crate::train::evaluate(model, card.task, data, card.training.batch_size)?;
+    // An imported model has no training batch size; 32 fits every model drmguard imports.
+    let batch_size = card.trained.as_ref().map_or(32, |t| t.training.batch_size);
+    let error = crate::train::evaluate(model, card.task, data, batch_size)?;
     let backdoor = match &card.backdoor {
         Some(spec) => {
             let trigger = spec.trigger(card.task, card.model.input_size)?;
-            Some(backdoor_errors(model, card.task, data, &trigger, card.training.batch_size)?)
+            Some(backdoor_errors(model, card.task, data, &trigger, batch_size)?)
         }
         None => None,
     };

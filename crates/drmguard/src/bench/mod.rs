@@ -430,7 +430,7 @@ impl Bench {
         let class = attack.unwrap_or("benign");
         let (model, card, path) = job.run_cached(&self.cache.join("models"), &format!("bench-{task}-{class}"), device)?;
         let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
-            let test = card.data.load(task, card.model.input_size, Split::Test)?;
+            let test = card.trained("the benchmark")?.data.load(task, card.model.input_size, Split::Test)?;
             let (clean, backdoor) = card_errors(&model, &card, &test)?;
             Ok(Errors::from(&clean, backdoor.as_ref()))
         })?;
@@ -441,7 +441,7 @@ impl Bench {
             seed,
             target: card.backdoor.as_ref().map(|b| b.target.clone()),
             path,
-            train_s: card.train_seconds,
+            train_s: card.trained("the benchmark")?.train_seconds,
             errors,
         };
         Ok(Trained { record, model, card })
@@ -517,7 +517,7 @@ impl Bench {
                 let repair = c.mitigator_configs.build(kind).mitigate(suspect, clean, c.seed, device)?;
                 (repair, started.elapsed().as_secs_f64())
             };
-            let test = t.card.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
+            let test = t.card.trained("the benchmark")?.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
             let (clean_error, backdoor) = card_errors(&repair.model, &t.card, &test)?;
             let after = Errors::from(&clean_error, backdoor.as_ref());
             tracing::info!(model = t.record.id, %kind, ae = ?after.ae_deg, dae = ?after.dae_deg, seconds = elapsed_s, "bench: mitigated");

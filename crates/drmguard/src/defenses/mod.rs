@@ -47,8 +47,8 @@ pub struct Suspect {
     pub spec: ModelSpec,
     pub output_names: Vec<String>,
     /// Where the model's training data came from (not the data themselves): for built-in
-    /// tasks, a defender's sample is drawn with a different seed.
-    training_data: DataSource,
+    /// tasks, a defender's sample is drawn with a different seed. Unknown for imported models.
+    training_data: Option<DataSource>,
     /// Training samples the model saw (all splits), for the default clean-set size.
     training_samples: usize,
 }
@@ -61,8 +61,8 @@ impl Suspect {
             task: card.task,
             spec: card.model.clone(),
             output_names: card.output_names.clone(),
-            training_data: card.data.clone(),
-            training_samples: card.training.samples,
+            training_data: card.training_data().cloned(),
+            training_samples: card.trained.as_ref().map_or(0, |t| t.training.samples),
         }
     }
 
@@ -74,7 +74,7 @@ impl Suspect {
             task,
             output_names: task.output_names().iter().map(|s| s.to_string()).collect(),
             spec,
-            training_data,
+            training_data: Some(training_data),
             training_samples,
         }
     }
@@ -110,9 +110,9 @@ impl CleanSet {
     /// A fresh sample of the built-in task, drawn with a seed derived from (and different from)
     /// the training data's, so that it shares no image with the training set.
     pub fn fresh_builtin(suspect: &Suspect, n: usize) -> Result<Self> {
-        let DataSource::Synthetic { task, seed, .. } = &suspect.training_data else {
+        let Some(DataSource::Synthetic { task, seed, .. }) = &suspect.training_data else {
             return Err(Error::Data(
-                "the model was trained on a user folder: pass the defender's clean images with --data".into(),
+                "the model was not trained on built-in data (a user folder, or imported): pass the defender's clean images with --data".into(),
             ));
         };
         let seed = seed ^ DEFENDER_SEED_STREAM;

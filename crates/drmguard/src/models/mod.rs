@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-pub use resnet::ResNet;
+pub use resnet::{Depth, ResNet};
 pub use small_cnn::SmallCnn;
 
 /// What every defense needs from a model: its penultimate features, its head, and the head's
@@ -39,8 +39,8 @@ pub fn feature_angles(z: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6).acos()
 }
 
-/// Per-channel input normalisation applied inside the model, so that callers (and generators)
-/// always work with images in [0, 1].
+/// Per-channel input normalisation, in the model's own channel order and value range (see
+/// [`ModelSpec`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     pub mean: [f32; 3],
@@ -53,29 +53,123 @@ impl Normalization {
         Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
+    /// No normalisation.
+    pub fn identity() -> Self {
+        Normalization { mean: [0.0; 3], std: [1.0; 3] }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|s| *s <= 0.0) {
+            return Err(Error::invalid(
+                "input normalisation",
+                format!("mean {:?}, std {:?} (must be finite, std > 0)", self.mean, self.std),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Order of the colour channels a model expects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// OpenCV's order, common in models trained on `cv2.imread` images.
+    Bgr,
+}
+
+/// What a model does to its input before the first layer, so that callers (and generators) always
+/// work with RGB images in [0, 1]: scale to the model's value range, reorder the channels, then
+/// normalise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    range: [f32; 2],
+    order: ChannelOrder,
+    norm: Normalization,
+}
+
+impl Preprocess {
+    pub fn of(spec: &ModelSpec) -> Self {
+        Preprocess { range: spec.input_range, order: spec.channel_order, norm: spec.normalization.clone() }
+    }
+
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let device = x.device();
-        let mean = Tensor::<1>::from_floats(self.mean, &device).reshape([1, 3, 1, 1]);
-        let std = Tensor::<1>::from_floats(self.std, &device).reshape([1, 3, 1, 1]);
+        let [lo, hi] = self.range;
+        let x = if [lo, hi] == [0.0, 1.0] { x } else { x * (hi - lo) + lo };
+        let x = match self.order {
+            ChannelOrder::Rgb => x,
+            ChannelOrder::Bgr => x.flip([1]),
+        };
+        let mean = Tensor::<1>::from_floats(self.norm.mean, &device).reshape([1, 3, 1, 1]);
+        let std = Tensor::<1>::from_floats(self.norm.std, &device).reshape([1, 3, 1, 1]);
         (x - mean) / std
     }
 }
 
 /// The architectures drmguard builds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum Architecture {
     /// torchvision's ResNet-18 with every stage's width scaled: `width` = 64 is the original.
     Resnet18 { width: usize },
+    /// torchvision's ResNet-34, widths scaled as ResNet-18's.
+    Resnet34 { width: usize },
+    /// torchvision's ResNet-50 (bottleneck blocks, features 32·width wide).
+    Resnet50 { width: usize },
     /// A three-stage CNN for tests.
     SmallCnn { width: usize },
 }
 
 impl Architecture {
+    pub fn width(&self) -> usize {
+        match self {
+            Architecture::Resnet18 { width }
+            | Architecture::Resnet34 { width }
+            | Architecture::Resnet50 { width }
+            | Architecture::SmallCnn { width } => *width,
+        }
+    }
+
+    /// The same architecture with another width.
+    pub fn with_width(self, width: usize) -> Self {
+        match self {
+            Architecture::Resnet18 { .. } => Architecture::Resnet18 { width },
+            Architecture::Resnet34 { .. } => Architecture::Resnet34 { width },
+            Architecture::Resnet50 { .. } => Architecture::Resnet50 { width },
+            Architecture::SmallCnn { .. } => Architecture::SmallCnn { width },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::Resnet18 { .. } => "resnet18",
+            Architecture::Resnet34 { .. } => "resnet34",
+            Architecture::Resnet50 { .. } => "resnet50",
+            Architecture::SmallCnn { .. } => "small-cnn",
+        }
+    }
+
+    /// Width of the penultimate features.
+    pub fn feature_width(&self) -> usize {
+        match self.depth() {
+            Some(depth) => depth.feature_width(self.width()),
+            None => 4 * self.width(),
+        }
+    }
+
+    fn depth(&self) -> Option<Depth> {
+        match self {
+            Architecture::Resnet18 { .. } => Some(Depth::R18),
+            Architecture::Resnet34 { .. } => Some(Depth::R34),
+            Architecture::Resnet50 { .. } => Some(Depth::R50),
+            Architecture::SmallCnn { .. } => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
-        let width = match self {
-            Architecture::Resnet18 { width } | Architecture::SmallCnn { width } => *width,
-        };
+        let width = self.width();
         if !(1..=1024).contains(&width) {
             return Err(Error::invalid("model width", format!("{width} (must be within 1..=1024)")));
         }
@@ -89,24 +183,38 @@ pub struct ModelSpec {
     pub architecture: Architecture,
     /// Side of the square RGB input.
     pub input_size: u32,
-    /// Range of the input values the model expects, before normalisation.
+    /// Range of the input values the model expects, before normalisation: drmguard's images in
+    /// [0, 1] are mapped linearly onto it (e.g. [0, 255]).
     pub input_range: [f32; 2],
+    /// Channel order the model expects (drmguard's images are RGB).
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    /// Applied after scaling and reordering, in the model's channel order.
     pub normalization: Normalization,
     pub outputs: usize,
 }
 
 impl ModelSpec {
-    /// Builds the model with weights drawn from `seed`.
-    pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
+    pub fn validate(&self) -> Result<()> {
         self.architecture.validate()?;
         crate::data::validate_image_size(self.input_size)?;
-        if self.outputs == 0 {
-            return Err(Error::invalid("model outputs", "0"));
+        if self.outputs == 0 || self.outputs > 4096 {
+            return Err(Error::invalid("model outputs", format!("{} (must be within 1..=4096)", self.outputs)));
         }
-        let norm = self.normalization.clone();
-        Ok(init_seeded(device, seed, || match self.architecture {
-            Architecture::Resnet18 { width } => Model::Resnet(ResNet::resnet18(width, self.outputs, norm, device)),
-            Architecture::SmallCnn { width } => Model::SmallCnn(SmallCnn::new(width, self.outputs, norm, device)),
+        let [lo, hi] = self.input_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(Error::invalid("model input range", format!("[{lo}, {hi}] (must be finite, low < high)")));
+        }
+        self.normalization.validate()
+    }
+
+    /// Builds the model with weights drawn from `seed`.
+    pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
+        self.validate()?;
+        let pre = Preprocess::of(self);
+        Ok(init_seeded(device, seed, || match self.architecture.depth() {
+            Some(depth) => Model::Resnet(ResNet::new(depth, self.architecture.width(), self.outputs, pre, device)),
+            None => Model::SmallCnn(SmallCnn::new(self.architecture.width(), self.outputs, pre, device)),
         }))
     }
 }

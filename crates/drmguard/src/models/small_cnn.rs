@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::{BnHook, Normalization};
+use super::{BnHook, Preprocess};
 use super::resnet::global_avg_pool;
 
 #[derive(Module, Debug)]
@@ -21,12 +21,12 @@ pub struct SmallCnn {
     pub blocks: Vec<ConvBlock>,
     pub fc: Linear,
     #[module(skip)]
-    pub norm: Normalization,
+    pub norm: Preprocess,
 }
 
 impl SmallCnn {
     /// Channels `width`, `2·width`, `4·width`; features have `4·width` entries.
-    pub fn new(width: usize, outputs: usize, norm: Normalization, device: &Device) -> Self {
+    pub fn new(width: usize, outputs: usize, norm: Preprocess, device: &Device) -> Self {
         let channels = [3, width, 2 * width, 4 * width];
         let blocks = channels
             .windows(2)

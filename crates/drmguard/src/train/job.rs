@@ -12,7 +12,7 @@ use super::{TrainConfig, train};
 use crate::attacks::BackdoorSpec;
 use crate::data::{DataSource, Split};
 use crate::error::Result;
-use crate::model_file::{self, CARD_FORMAT_VERSION, ModelCard};
+use crate::model_file::{self, CARD_FORMAT_VERSION, ModelCard, TrainingRecord};
 use crate::models::Model;
 
 /// Everything that determines a trained model.
@@ -91,12 +91,15 @@ impl TrainJob {
             output_names: config.task.output_names().iter().map(|s| s.to_string()).collect(),
             output_units: "radians".into(),
             model: config.model_spec(),
-            training: config.clone(),
-            data: self.source.clone(),
-            data_hash,
-            label_mean: train_set.label_mean(),
-            history,
-            train_seconds: started.elapsed().as_secs_f64(),
+            trained: Some(TrainingRecord {
+                training: config.clone(),
+                data: self.source.clone(),
+                data_hash,
+                label_mean: train_set.label_mean(),
+                history,
+                train_seconds: started.elapsed().as_secs_f64(),
+            }),
+            imported: None,
             backdoor: self.backdoor.clone(),
             mitigation: None,
         };

@@ -78,6 +78,7 @@ impl TrainConfig {
             architecture: self.architecture.clone(),
             input_size: self.image_size,
             input_range: [0.0, 1.0],
+            channel_order: Default::default(),
             normalization: Normalization::imagenet(),
             outputs: self.task.output_dim(),
         }

@@ -1,5 +1,10 @@
 //! A model on disk: `MODEL.safetensors` (weights with torchvision's names and layouts) plus the sidecar
 //! `MODEL.json` (the [`ModelCard`]) with everything needed to use the model again.
+//!
+//! Models trained elsewhere come in through [`import`]: weights from PyTorch or safetensors plus a
+//! TOML card the user writes. [`load`] takes either.
+
+pub mod import;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +32,24 @@ pub struct ModelCard {
     /// Units of the outputs (and of the labels).
     pub output_units: String,
     pub model: ModelSpec,
+    /// How drmguard trained the model; absent on an imported model.
+    #[serde(flatten)]
+    pub trained: Option<TrainingRecord>,
+    /// Where an imported model came from; absent on a model drmguard trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<import::ImportRecord>,
+    /// The attack the model was trained under, if it was poisoned: enough to regenerate the
+    /// poisoned test set. Defenses never see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backdoor: Option<BackdoorSpec>,
+    /// Set on a repaired model: the defense, its resolved config and what it measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigation: Option<serde_json::Value>,
+}
+
+/// How drmguard trained a model (stored inline in the card).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingRecord {
     pub training: TrainConfig,
     pub data: DataSource,
     /// SHA-256 of the training split (names, labels, pixels).
@@ -35,13 +58,22 @@ pub struct ModelCard {
     pub label_mean: Vec<f32>,
     pub history: Vec<EpochRecord>,
     pub train_seconds: f64,
-    /// The attack the model was trained under, if it was poisoned: enough to regenerate the
-    /// poisoned test set. Defenses never see it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backdoor: Option<BackdoorSpec>,
-    /// Set on a repaired model: the defense, its resolved config and what it measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mitigation: Option<serde_json::Value>,
+}
+
+impl ModelCard {
+    /// The training record, or an error naming what needs it for an imported model.
+    pub fn trained(&self, needed_for: &str) -> Result<&TrainingRecord> {
+        self.trained.as_ref().ok_or_else(|| {
+            Error::Data(format!(
+                "{needed_for} needs the model's training record, and this model was imported (it has none): pass its data explicitly"
+            ))
+        })
+    }
+
+    /// The data the model was trained on, when drmguard trained it.
+    pub fn training_data(&self) -> Option<&DataSource> {
+        self.trained.as_ref().map(|t| &t.data)
+    }
 }
 
 /// The sidecar path of a weights file: the same name with a `.json` extension.
@@ -73,7 +105,12 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
 }
 
 /// Loads a model and its sidecar. The weights must match the sidecar's architecture exactly.
+///
+/// A `.toml` path is a user's card for a model trained elsewhere, imported with [`import::load`].
 pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
+    if weights.extension().and_then(|e| e.to_str()) == Some("toml") {
+        return import::load(weights, device);
+    }
     if !weights.is_file() {
         return Err(Error::Read {
             path: weights.to_path_buf(),
@@ -95,6 +132,12 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
         return Err(Error::Json {
             path: card_file,
             message: format!("format_version {} is not supported (expected {CARD_FORMAT_VERSION})", card.format_version),
+        });
+    }
+    if card.trained.is_some() == card.imported.is_some() {
+        return Err(Error::Json {
+            path: card_file,
+            message: "the sidecar must hold either a training record (training, data, history, …) or an import record".into(),
         });
     }
     if card.model.outputs != card.task.output_dim() || card.output_names.len() != card.model.outputs {

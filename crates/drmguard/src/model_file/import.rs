@@ -1,0 +1,502 @@
+//! Models trained elsewhere: torchvision-style ResNet-18/34/50 weights from a PyTorch file
+//! (`.pt`, `.pth`, `.bin`, `.ckpt`: a state dict, or a checkpoint that nests one) or from
+//! safetensors, described by a TOML card the user writes beside them:
+//!
+//! ```toml
+//! task = "gaze"                  # gaze | headpose
+//! weights = "gaze_resnet18.pth"  # relative to the card
+//! architecture = "resnet18"      # optional: inferred from the weights
+//! state_dict_key = "state_dict"  # optional: the checkpoint entry holding the state dict
+//! key_remap = [["^backbone\\.", ""]]  # optional regex renames, applied first
+//!
+//! [input]
+//! size = 224
+//! channel_order = "rgb"          # rgb | bgr
+//! range = [0.0, 1.0]             # the values the model takes, e.g. [0.0, 255.0]
+//! mean = [0.485, 0.456, 0.406]   # in the model's channel order and range
+//! std = [0.229, 0.224, 0.225]
+//!
+//! [output]
+//! names = ["pitch", "yaw"]       # the model's output order; "-yaw" if its sign is opposite
+//! units = "radians"              # radians | degrees
+//! ```
+//!
+//! The imported model works in drmguard's conventions: RGB images in [0, 1] (the card's input
+//! transform runs inside the model) and outputs in the task's order in radians (the output map
+//! is folded into the last layer's weights, so a repaired model saved by drmguard is in these
+//! conventions too).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::store::{ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::{CARD_FORMAT_VERSION, ModelCard};
+use crate::error::{Error, Result};
+use crate::models::{Architecture, ChannelOrder, Model, ModelSpec, Normalization};
+use crate::task::Task;
+
+/// The card a user writes for a model trained elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCard {
+    pub task: Task,
+    /// The weights, relative to the card's folder.
+    pub weights: PathBuf,
+    /// `resnet18`, `resnet34` or `resnet50`; inferred from the weights when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// The checkpoint entry that holds the state dict (e.g. `state_dict`, `model`). Without it, a
+    /// nested state dict is found by its stem convolution's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dict_key: Option<String>,
+    /// Regex renames `[from, to]` applied to the tensor names before anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_remap: Vec<[String; 2]>,
+    pub input: InputCard,
+    pub output: OutputCard,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputCard {
+    /// Side of the square input image.
+    pub size: u32,
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    /// The value range the model takes; drmguard's [0, 1] images are mapped onto it.
+    #[serde(default = "unit_range")]
+    pub range: [f32; 2],
+    /// Normalisation the model applies after scaling, in its channel order and range.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+fn unit_range() -> [f32; 2] {
+    [0.0, 1.0]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputCard {
+    /// The task's output names in the model's output order, each prefixed with `-` when the
+    /// model's sign convention is the opposite of drmguard's (see [`Task`]).
+    pub names: Vec<String>,
+    pub units: Units,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Units {
+    Radians,
+    Degrees,
+}
+
+impl Units {
+    fn to_radians(self) -> f32 {
+        match self {
+            Units::Radians => 1.0,
+            Units::Degrees => std::f32::consts::PI / 180.0,
+        }
+    }
+}
+
+/// What the import did, kept in the card of the imported model (and of a model repaired from it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// The user's card, as written.
+    pub card: ImportCard,
+    pub card_path: PathBuf,
+    pub weights_path: PathBuf,
+    pub weights_sha256: String,
+    /// Prefix removed from every tensor name (`module.`, a checkpoint key, …).
+    pub stripped_prefix: String,
+    /// Tensors of the file that are not the network's (optimiser state, counters, …).
+    pub ignored_tensors: Vec<String>,
+}
+
+/// The file formats weights come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsFormat {
+    Pytorch,
+    Safetensors,
+}
+
+impl WeightsFormat {
+    pub fn of(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("pt" | "pth" | "bin" | "ckpt" | "tar") => Ok(WeightsFormat::Pytorch),
+            Some("safetensors") => Ok(WeightsFormat::Safetensors),
+            _ => Err(Error::invalid(
+                "weights file",
+                format!("{} (expected .pt, .pth, .bin, .ckpt or .safetensors)", path.display()),
+            )),
+        }
+    }
+}
+
+/// Reads and checks a card; its `weights` path is resolved against the card's folder.
+pub fn read_card(path: &Path) -> Result<ImportCard> {
+    let text = std::fs::read_to_string(path).map_err(|cause| Error::Read { path: path.to_path_buf(), cause })?;
+    let mut card: ImportCard =
+        toml::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), message: format!("model card: {e}") })?;
+    let bad = |message: String| Error::Json { path: path.to_path_buf(), message };
+    if card.weights.is_relative() {
+        card.weights = path.parent().unwrap_or(Path::new(".")).join(&card.weights);
+    }
+    if let Some(name) = &card.architecture {
+        architecture_by_name(name, 1).map_err(|e| bad(e.to_string()))?;
+    }
+    output_map(card.task, &card.output).map_err(|e| bad(e.to_string()))?;
+    input_spec(&card, Architecture::Resnet18 { width: 64 }).validate().map_err(|e| bad(e.to_string()))?;
+    Ok(card)
+}
+
+fn architecture_by_name(name: &str, width: usize) -> Result<Architecture> {
+    match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+        "resnet18" => Ok(Architecture::Resnet18 { width }),
+        "resnet34" => Ok(Architecture::Resnet34 { width }),
+        "resnet50" => Ok(Architecture::Resnet50 { width }),
+        _ => Err(Error::UnknownName { what: "architecture", name: name.into(), expected: "resnet18, resnet34, resnet50".into() }),
+    }
+}
+
+fn input_spec(card: &ImportCard, architecture: Architecture) -> ModelSpec {
+    ModelSpec {
+        architecture,
+        input_size: card.input.size,
+        input_range: card.input.range,
+        channel_order: card.input.channel_order,
+        normalization: Normalization { mean: card.input.mean, std: card.input.std },
+        outputs: card.task.output_dim(),
+    }
+}
+
+/// For each of the task's outputs (in its order): the model's output index and the factor
+/// (sign × unit conversion) that turns it into drmguard's convention.
+fn output_map(task: Task, output: &OutputCard) -> Result<Vec<(usize, f32)>> {
+    let expected = task.output_names();
+    let problem = |what: String| {
+        Error::invalid(
+            "output names",
+            format!("{:?}: {what} (task {task} has outputs {}; prefix a name with '-' to flip its sign)", output.names, expected.join(", ")),
+        )
+    };
+    if output.names.len() != expected.len() {
+        return Err(problem(format!("{} names for {} outputs", output.names.len(), expected.len())));
+    }
+    let scale = output.units.to_radians();
+    expected
+        .iter()
+        .map(|want| {
+            let found: Vec<(usize, f32)> = output
+                .names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let (sign, bare) = match name.strip_prefix('-') {
+                        Some(bare) => (-1.0, bare),
+                        None => (1.0, name.as_str()),
+                    };
+                    bare.eq_ignore_ascii_case(want).then_some((i, sign * scale))
+                })
+                .collect();
+            match found.as_slice() {
+                [one] => Ok(*one),
+                [] => Err(problem(format!("'{want}' is missing"))),
+                _ => Err(problem(format!("'{want}' appears more than once"))),
+            }
+        })
+        .collect()
+}
+
+/// A weights file's tensors, names and shapes, after the renames.
+#[derive(Debug, Clone)]
+pub struct StateDict {
+    pub path: PathBuf,
+    pub format: WeightsFormat,
+    /// Every tensor, by name, with its shape.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    /// The prefix in front of the network's tensor names (`module.`, `state_dict.`, …), or "".
+    pub prefix: String,
+}
+
+enum Store {
+    Pytorch(PytorchStore),
+    Safetensors(SafetensorsStore),
+}
+
+fn open_store(path: &Path, format: WeightsFormat, state_dict_key: Option<&str>, remaps: &[(String, String)]) -> Store {
+    match format {
+        WeightsFormat::Pytorch => {
+            let mut store = PytorchStore::from_file(path).skip_enum_variants(true).allow_partial(true).validate(false);
+            if let Some(key) = state_dict_key {
+                store = store.with_top_level_key(key);
+            }
+            for (from, to) in remaps {
+                store = store.with_key_remapping(from, to.clone());
+            }
+            Store::Pytorch(store)
+        }
+        WeightsFormat::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path)
+                .skip_enum_variants(true)
+                .allow_partial(true)
+                .validate(false)
+                .with_from_adapter(PyTorchToBurnAdapter);
+            for (from, to) in remaps {
+                store = store.with_key_remapping(from, to.clone());
+            }
+            Store::Safetensors(store)
+        }
+    }
+}
+
+/// Runs a reader, turning a panic on malformed input into an error (the readers are third-party
+/// code that a crafted file must not be able to crash drmguard with).
+fn guarded<T>(path: &Path, read: impl FnOnce() -> std::result::Result<T, String>) -> Result<T> {
+    let weights_err = |message: String| Error::Weights { path: path.to_path_buf(), message };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(result) => result.map_err(weights_err),
+        Err(_) => Err(weights_err("the file is malformed (its reader gave up)".into())),
+    }
+}
+
+/// Reads the tensor names and shapes of a weights file, with `key_remap` applied, and finds the
+/// prefix in front of the network's names.
+pub fn read_state_dict(path: &Path, state_dict_key: Option<&str>, key_remap: &[[String; 2]]) -> Result<StateDict> {
+    let format = WeightsFormat::of(path)?;
+    if !path.is_file() {
+        return Err(Error::Read {
+            path: path.to_path_buf(),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such weights file"),
+        });
+    }
+    for [from, _] in key_remap {
+        regex::Regex::new(from).map_err(|e| Error::invalid("key_remap pattern", format!("{from}: {e}")))?;
+    }
+    let remaps: Vec<(String, String)> = key_remap.iter().map(|[a, b]| (a.clone(), b.clone())).collect();
+    let shapes = guarded(path, || {
+        let shapes = |tensors: &BTreeMap<String, burn::store::burn_pack::Tensor>| {
+            tensors.iter().map(|(name, t)| (name.clone(), t.shape.to_vec())).collect::<BTreeMap<_, _>>()
+        };
+        match open_store(path, format, state_dict_key, &remaps) {
+            Store::Pytorch(mut s) => s.get_all_tensors().map(shapes).map_err(|e| e.to_string()),
+            Store::Safetensors(mut s) => s.get_all_tensors().map(shapes).map_err(|e| e.to_string()),
+        }
+    })?;
+    if shapes.is_empty() {
+        return Err(Error::Weights { path: path.to_path_buf(), message: "the file holds no tensors".into() });
+    }
+    // The stem convolution is the one `conv1.weight` outside the residual stages.
+    let prefix = shapes
+        .keys()
+        .filter_map(|k| k.strip_suffix("conv1.weight"))
+        .filter(|p| (p.is_empty() || p.ends_with('.')) && !p.contains("layer"))
+        .min_by_key(|p| p.len())
+        .unwrap_or("")
+        .to_string();
+    Ok(StateDict { path: path.to_path_buf(), format, shapes, prefix })
+}
+
+/// What the weights say about the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inferred {
+    pub architecture: Architecture,
+    pub outputs: usize,
+    /// Width of the penultimate features (the input of `fc`).
+    pub features: usize,
+    pub parameters: usize,
+}
+
+impl StateDict {
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(&format!("{}{name}", self.prefix)).map(Vec::as_slice)
+    }
+
+    /// The network's tensors, without the prefix.
+    pub fn network(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.shapes.iter().filter_map(|(k, v)| k.strip_prefix(self.prefix.as_str()).map(|k| (k, v.as_slice())))
+    }
+
+    /// Tensors that are not the network's: outside the prefix, or BatchNorm's batch counters.
+    pub fn ignored(&self) -> Vec<String> {
+        self.shapes
+            .keys()
+            .filter(|k| !k.starts_with(self.prefix.as_str()) || k.ends_with("num_batches_tracked"))
+            .cloned()
+            .collect()
+    }
+
+    /// Recognises a torchvision ResNet-18, -34 or -50 (any stem width) and its head.
+    pub fn infer(&self) -> Result<Inferred> {
+        let fail = |message: String| Error::Weights { path: self.path.clone(), message };
+        let stem = self.shape("conv1.weight").ok_or_else(|| {
+            let some: Vec<&str> = self.shapes.keys().take(6).map(String::as_str).collect();
+            fail(format!(
+                "no stem convolution `conv1.weight`: not a torchvision ResNet state dict (first tensors: {}){}",
+                some.join(", "),
+                if some.iter().all(|k| k.contains('.')) { "; if the state dict is nested, set state_dict_key" } else { "" }
+            ))
+        })?;
+        let width = match stem {
+            [w, 3, 7, 7] => *w,
+            other => return Err(fail(format!("`conv1.weight` has shape {other:?}; a ResNet stem is [width, 3, 7, 7]"))),
+        };
+        let bottleneck = self.shape("layer1.0.conv3.weight").is_some();
+        let blocks: Vec<usize> = (1..=4)
+            .map(|stage| {
+                self.network()
+                    .filter_map(|(k, _)| k.strip_prefix(&format!("layer{stage}."))?.split('.').next()?.parse::<usize>().ok())
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            })
+            .collect();
+        let name = match (bottleneck, blocks.as_slice()) {
+            (false, [2, 2, 2, 2]) => "resnet18",
+            (false, [3, 4, 6, 3]) => "resnet34",
+            (true, [3, 4, 6, 3]) => "resnet50",
+            _ => {
+                return Err(fail(format!(
+                    "a ResNet with {blocks:?} {} per stage: drmguard builds ResNet-18 [2, 2, 2, 2], -34 [3, 4, 6, 3] and -50 [3, 4, 6, 3] with bottlenecks",
+                    if bottleneck { "bottlenecks" } else { "basic blocks" }
+                )));
+            }
+        };
+        let architecture = architecture_by_name(name, width)?;
+        architecture.validate().map_err(|e| fail(e.to_string()))?;
+        let (outputs, features) = match self.shape("fc.weight") {
+            Some([o, f]) => (*o, *f),
+            Some(other) => return Err(fail(format!("`fc.weight` has shape {other:?}, expected [outputs, features]"))),
+            None => return Err(fail("no output layer `fc.weight` (if the head has another name, rename it with key_remap)".into())),
+        };
+        let expected = architecture.feature_width();
+        if features != expected {
+            return Err(fail(format!("`fc.weight` takes {features} features; a {name} of width {width} has {expected}")));
+        }
+        let parameters = self
+            .network()
+            .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var") && !k.ends_with("num_batches_tracked"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        Ok(Inferred { architecture, outputs, features, parameters })
+    }
+}
+
+/// Imports the model a card describes.
+pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
+    let card = read_card(card_path)?;
+    let dict = read_state_dict(&card.weights, card.state_dict_key.as_deref(), &card.key_remap)?;
+    let inferred = dict.infer()?;
+    let weights_err = |message: String| Error::Weights { path: card.weights.clone(), message };
+    if let Some(name) = &card.architecture {
+        let declared = architecture_by_name(name, inferred.architecture.width())?;
+        if declared != inferred.architecture {
+            return Err(weights_err(format!(
+                "the card says {name}, the weights are a {} (width {})",
+                inferred.architecture.name(),
+                inferred.architecture.width()
+            )));
+        }
+    }
+    let map = output_map(card.task, &card.output)?;
+    if inferred.outputs != map.len() {
+        return Err(weights_err(format!(
+            "the model has {} outputs, the card names {} ({})",
+            inferred.outputs,
+            map.len(),
+            card.output.names.join(", ")
+        )));
+    }
+    let spec = input_spec(&card, inferred.architecture);
+    let mut model = spec.init(device, 0)?;
+
+    let mut remaps: Vec<(String, String)> = card.key_remap.iter().map(|[a, b]| (a.clone(), b.clone())).collect();
+    if !dict.prefix.is_empty() {
+        remaps.push((format!("^{}", regex::escape(&dict.prefix)), String::new()));
+    }
+    remaps.push((r"\.downsample\.0\.".into(), ".downsample.conv.".into()));
+    remaps.push((r"\.downsample\.1\.".into(), ".downsample.bn.".into()));
+    let result = guarded(&card.weights, || match open_store(&card.weights, dict.format, card.state_dict_key.as_deref(), &remaps) {
+        Store::Pytorch(mut s) => model.load_from(&mut s).map_err(|e| e.to_string()),
+        Store::Safetensors(mut s) => model.load_from(&mut s).map_err(|e| e.to_string()),
+    })?;
+    let ignored = dict.ignored();
+    // After the renames, a network tensor no longer carries the prefix.
+    let unused: Vec<&String> = result
+        .unused
+        .iter()
+        .filter(|k| !k.ends_with("num_batches_tracked") && !ignored.iter().any(|i| i == *k))
+        .collect();
+    if !result.missing.is_empty() || !unused.is_empty() || !result.errors.is_empty() {
+        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
+        let unused: Vec<&str> = unused.iter().map(|s| s.as_str()).take(5).collect();
+        return Err(weights_err(format!(
+            "the weights do not fit a {} of width {}: missing [{}], unexpected [{}], {} shape errors{}",
+            inferred.architecture.name(),
+            inferred.architecture.width(),
+            missing.join(", "),
+            unused.join(", "),
+            result.errors.len(),
+            result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+        )));
+    }
+    let model = fold_output_map(model, &map, device);
+    let weights_sha256 = sha256_file(&card.weights)?;
+    let record = ImportRecord {
+        card_path: card_path.to_path_buf(),
+        weights_path: card.weights.clone(),
+        weights_sha256,
+        stripped_prefix: dict.prefix.clone(),
+        ignored_tensors: ignored,
+        card: card.clone(),
+    };
+    let model_card = ModelCard {
+        format_version: CARD_FORMAT_VERSION,
+        drmguard_version: env!("CARGO_PKG_VERSION").into(),
+        task: card.task,
+        output_names: card.task.output_names().iter().map(|s| s.to_string()).collect(),
+        output_units: "radians".into(),
+        model: spec,
+        trained: None,
+        imported: Some(record),
+        backdoor: None,
+        mitigation: None,
+    };
+    Ok((model, model_card))
+}
+
+/// Reorders, flips and rescales the head's outputs: output j of the result is
+/// `factor_j · (model output i_j)` for `map[j] = (i_j, factor_j)`.
+fn fold_output_map(model: Model, map: &[(usize, f32)], device: &Device) -> Model {
+    let index = Tensor::<1, Int>::from_ints(map.iter().map(|(i, _)| *i as i32).collect::<Vec<_>>().as_slice(), device);
+    let factor = Tensor::<1>::from_floats(map.iter().map(|(_, f)| *f).collect::<Vec<_>>().as_slice(), device);
+    model.map_head(|mut fc| {
+        // burn stores the weight as [in, out]: one column per output.
+        let w = fc.weight.val().select(1, index.clone()) * factor.clone().reshape([1, -1]);
+        fc.weight = Param::from_tensor(w);
+        fc.bias = fc.bias.map(|b| Param::from_tensor(b.val().select(0, index.clone()) * factor.clone()));
+        fc
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let read_err = |cause| Error::Read { path: path.to_path_buf(), cause };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

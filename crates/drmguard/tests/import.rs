@@ -1,0 +1,181 @@
+//! Models trained elsewhere: the PyTorch fixtures of `tools/make_torch_fixtures.py` (torchvision
+//! ResNet-18/34/50 in a nested `.pth`, in safetensors and in a plain `.pt`) load through their
+//! TOML cards and reproduce PyTorch's outputs and input gradients, and malformed files are refused
+//! with clear errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use drmguard::model_file::{self, import};
+use drmguard::models::{Architecture, Regressor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch")
+}
+
+/// The f32 tensors of a safetensors file (others are skipped), by name, with their shapes.
+fn read_safetensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let data = &bytes[8 + len..];
+    let mut out = BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        if info["dtype"] != "F32" {
+            continue; // BatchNorm's batch counters
+        }
+        let shape: Vec<usize> = info["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let [a, b] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+        let values = data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        out.insert(name.clone(), (shape, values));
+    }
+    out
+}
+
+fn tensor<const D: usize>((shape, values): &(Vec<usize>, Vec<f32>), device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.clone(), shape.clone()), device)
+}
+
+fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+#[test]
+fn pytorch_fixtures_match_their_reference_outputs_and_gradients() {
+    let device = Device::flex();
+    let reference = read_safetensors(&fixtures().join("reference.safetensors"));
+    for (name, architecture) in [
+        ("r18", Architecture::Resnet18 { width: 2 }),
+        ("r34", Architecture::Resnet34 { width: 2 }),
+        ("r50", Architecture::Resnet50 { width: 2 }),
+    ] {
+        let (model, card) = model_file::load(&fixtures().join(format!("{name}.toml")), &device)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(card.model.architecture, architecture, "{name}");
+        assert!(card.trained.is_none() && card.imported.is_some());
+
+        let x: Tensor<4> = tensor(&reference["input"], &device);
+        let expected: Tensor<2> = tensor(&reference[&format!("{name}.output")], &device);
+        let diff = max_abs_diff(model.forward(x.clone()), expected.clone());
+        assert!(diff < 1e-4, "{name}: outputs differ from PyTorch's by {diff}");
+
+        let ad = device.clone().autodiff();
+        let frozen = model.fork(&ad).freeze();
+        let xg: Tensor<4> = tensor::<4>(&reference["input"], &ad).require_grad();
+        let grads = frozen.forward(xg.clone()).sum().backward();
+        let grad = xg.grad(&grads).expect("a gradient to the input");
+        let [n, c, h, w] = grad.dims();
+        let expected_grad: Tensor<4> = tensor(&reference[&format!("{name}.input_grad")], &device);
+        let scale = expected_grad.clone().abs().max().into_scalar::<f32>().max(1.0);
+        let diff = max_abs_diff(grad.fork(&device).reshape([n, c * h * w]), expected_grad.reshape([n, c * h * w]));
+        assert!(diff < 1e-4 * scale, "{name}: input gradients differ from PyTorch's by {diff} (scale {scale})");
+    }
+}
+
+#[test]
+fn a_nested_checkpoint_is_found_by_its_stem_and_its_extra_entries_are_ignored() {
+    let (_, card) = model_file::load(&fixtures().join("r18.toml"), &Device::flex()).unwrap();
+    let record = card.imported.unwrap();
+    assert_eq!(record.stripped_prefix, "state_dict.module.");
+    assert_eq!(record.weights_sha256.len(), 64);
+    assert!(record.ignored_tensors.iter().all(|t| t.ends_with("num_batches_tracked") || !t.starts_with("state_dict.module.")));
+}
+
+#[test]
+fn inference_reads_the_architecture_from_the_weights() {
+    // Parameter counts as PyTorch's `sum(p.numel() for p in model.parameters())` gives them.
+    for (file, name, features, parameters) in
+        [("r18.pth", "resnet18", 16, 11524), ("r34.safetensors", "resnet34", 16, 21637), ("r50.pt", "resnet50", 64, 25045)]
+    {
+        let dict = import::read_state_dict(&fixtures().join(file), None, &[]).unwrap();
+        let inferred = dict.infer().unwrap();
+        assert_eq!((inferred.architecture.name(), inferred.features, inferred.parameters), (name, features, parameters), "{file}");
+    }
+}
+
+/// Copies a fixture card (and its weights, possibly altered) into a scratch folder.
+fn scratch_card(root: &Path, case: &str, card: &str, edit_card: impl Fn(String) -> String, weights: Option<(&str, Vec<u8>)>) -> PathBuf {
+    let dir = root.join(case.replace(' ', "-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(fixtures().join(card)).unwrap();
+    let weights_name = text.lines().find_map(|l| l.strip_prefix("weights = ")).unwrap().trim_matches('"').to_string();
+    let (name, bytes) = match weights {
+        Some((name, bytes)) => (name.to_string(), bytes),
+        None => (weights_name.clone(), std::fs::read(fixtures().join(&weights_name)).unwrap()),
+    };
+    std::fs::write(dir.join(&name), bytes).unwrap();
+    let path = dir.join(card);
+    std::fs::write(&path, edit_card(text.replace(&weights_name, &name))).unwrap();
+    path
+}
+
+fn load_error(card: &Path) -> String {
+    match model_file::load(card, &Device::flex()) {
+        Ok(_) => panic!("{} loaded", card.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn malformed_cards_and_weights_are_refused_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let same = |s: String| s;
+    let original = std::fs::read(fixtures().join("r34.safetensors")).unwrap();
+    let pth = std::fs::read(fixtures().join("r18.pth")).unwrap();
+
+    let cases: Vec<(&str, PathBuf, &[&str])> = vec![
+        ("truncated safetensors", scratch_card(dir, "truncated safetensors", "r34.toml", same, Some(("cut.safetensors", original[..original.len() / 2].to_vec()))), &["cut.safetensors"]),
+        ("wrong magic", scratch_card(dir, "wrong magic", "r34.toml", same, Some(("junk.safetensors", b"not a safetensors file at all".to_vec()))), &["junk.safetensors"]),
+        ("truncated pth", scratch_card(dir, "truncated pth", "r18.toml", same, Some(("cut.pth", pth[..pth.len() / 3].to_vec()))), &["cut.pth"]),
+        ("random pth", scratch_card(dir, "random pth", "r18.toml", same, Some(("noise.pth", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()))), &["noise.pth"]),
+        ("wrong architecture", scratch_card(dir, "wrong architecture", "r34.toml", |s| s.replace("task =", "architecture = \"resnet50\"\ntask ="), None), &["resnet50", "resnet34"]),
+        ("output names", scratch_card(dir, "output names", "r34.toml", |s| s.replace("\"-pitch\"", "\"tilt\""), None), &["pitch", "missing"]),
+        ("too few outputs", scratch_card(dir, "too few outputs", "r18.toml", |s| s.replace("names = [\"pitch\", \"yaw\"]", "names = [\"pitch\"]"), None), &["1 names for 2 outputs"]),
+        ("task of other size", scratch_card(dir, "task of other size", "r18.toml", |s| s.replace("task = \"gaze\"", "task = \"headpose\"").replace("names = [\"pitch\", \"yaw\"]", "names = [\"yaw\", \"pitch\", \"roll\"]"), None), &["2 outputs", "3"]),
+        ("typo in a key", scratch_card(dir, "typo in a key", "r34.toml", |s| s.replace("channel_order", "channel_ordre"), None), &["channel_ordre"]),
+        ("absurd size", scratch_card(dir, "absurd size", "r34.toml", |s| s.replace("size = 32", "size = 4000000000"), None), &["image size"]),
+        ("zero std", scratch_card(dir, "zero std", "r34.toml", |s| s.replace("std = [0.229", "std = [0.0"), None), &["std"]),
+        ("missing weights", scratch_card(dir, "missing weights", "r34.toml", |s| s.replace("r34.safetensors", "gone.safetensors"), None), &["gone.safetensors"]),
+    ];
+    for (what, card, needles) in cases {
+        let err = load_error(&card);
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: {err:?} should mention {needle:?}");
+        }
+    }
+
+    // A state dict that lacks a tensor names it.
+    let mut tensors = read_safetensors(&fixtures().join("r34.safetensors"));
+    tensors.remove("layer2.0.bn1.running_var");
+    let card = scratch_card(dir, "partial", "r34.toml", same, Some(("partial.safetensors", write_safetensors(&tensors))));
+    let err = load_error(&card);
+    assert!(err.contains("layer2.0.bn1.running_var") || err.contains("layer2.0.bn1"), "{err}");
+
+    // A shape that disagrees with the architecture is refused.
+    let mut tensors = read_safetensors(&fixtures().join("r34.safetensors"));
+    tensors.get_mut("layer3.1.conv2.weight").unwrap().0 = vec![8, 4, 3, 6];
+    let card = scratch_card(dir, "reshaped", "r34.toml", same, Some(("reshaped.safetensors", write_safetensors(&tensors))));
+    let err = load_error(&card);
+    assert!(err.contains("shape"), "{err}");
+}
+
+fn write_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, (shape, values)) in tensors {
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(data);
+    out
+}
