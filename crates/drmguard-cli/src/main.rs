@@ -39,6 +39,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Evaluate a trained model on held-out data (and, for a backdoored model, on poisoned data).
     Eval(commands::eval::EvalArgs),
+    /// Show what drmguard understands of a model file (network, shapes, feature layer, input
+    /// transform, outputs) and what it still needs; for bare PyTorch weights, a card to fill in.
+    Inspect(commands::inspect::InspectArgs),
     /// Write a poisoned copy of a dataset in the user format, for evaluating other tools.
     Poison(commands::poison::PoisonArgs),
     /// Decide whether a model is backdoored (DRMGuard, or a baseline: nc, featurere, abs), with a
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => commands::data::run(cmd).map(|()| None),
         Command::Train(args) => commands::train::run(args, cli.device).map(|()| None),
         Command::Eval(args) => commands::eval::run(args, cli.device).map(|()| None),
+        Command::Inspect(args) => commands::inspect::run(args, cli.device).map(|()| None),
         Command::Poison(args) => commands::poison::run(args, cli.device).map(|()| None),
         Command::Scan(args) => commands::scan::run(args, cli.device),
         Command::Mitigate(args) => commands::mitigate::run(args, cli.device).map(|()| None),

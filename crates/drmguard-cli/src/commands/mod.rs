@@ -3,6 +3,7 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod inspect;
 pub mod mitigate;
 pub mod poison;
 pub mod scan;

@@ -11,11 +11,13 @@ use drmguard::report::scan::write_scan_report;
 /// What every defense command needs: the suspect model and the defender's clean images.
 #[derive(Args, Clone)]
 pub struct DefenseInput {
-    /// Model weights (MODEL.safetensors with its sidecar MODEL.json).
+    /// Model weights (MODEL.safetensors with its sidecar MODEL.json), or the TOML card of a model
+    /// trained elsewhere (see `drmguard inspect`).
     #[arg(long)]
     pub model: PathBuf,
     /// The defender's clean images (a folder in the user format). Without it, for a model
-    /// trained on built-in data, a fresh sample is drawn with a seed disjoint from training.
+    /// trained on built-in data, a fresh sample is drawn with a seed disjoint from training;
+    /// other models (user data, imported) need it.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Size of the fresh built-in clean set (default: 5% of the training set, at least 500).

@@ -324,13 +324,10 @@ impl StateDict {
         self.shapes.iter().filter_map(|(k, v)| k.strip_prefix(self.prefix.as_str()).map(|k| (k, v.as_slice())))
     }
 
-    /// Tensors that are not the network's: outside the prefix, or BatchNorm's batch counters.
+    /// Tensors that are not the network's (outside the prefix: optimiser state, counters, …).
+    /// BatchNorm's batch counters, which every PyTorch state dict has, are not listed.
     pub fn ignored(&self) -> Vec<String> {
-        self.shapes
-            .keys()
-            .filter(|k| !k.starts_with(self.prefix.as_str()) || k.ends_with("num_batches_tracked"))
-            .cloned()
-            .collect()
+        self.shapes.keys().filter(|k| !k.starts_with(self.prefix.as_str()) && !k.ends_with("num_batches_tracked")).cloned().collect()
     }
 
     /// Recognises a torchvision ResNet-18, -34 or -50 (any stem width) and its head.

@@ -5,6 +5,7 @@
 //! TOML card the user writes. [`load`] takes either.
 
 pub mod import;
+pub mod inspect;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,178 @@
+//! What drmguard understands of a model file, and what it still needs: for `drmguard inspect`.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::import::{self, Inferred, StateDict, WeightsFormat};
+use super::{ModelCard, card_path};
+use crate::error::Result;
+use crate::models::{Architecture, ModelSpec};
+
+/// One stage of the network with the shape of its output for the model's input size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub layers: String,
+    /// `[channels, height, width]`, or `[features]` for the pooled features and the outputs.
+    pub output_shape: Vec<usize>,
+}
+
+/// A model file as drmguard sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    /// `drmguard model`, `imported model` or `weights without a card`.
+    pub kind: &'static str,
+    pub architecture: Option<String>,
+    pub width: Option<usize>,
+    /// Trainable parameters (PyTorch's `parameters()`, without BatchNorm's running statistics).
+    pub parameters: Option<usize>,
+    pub stages: Vec<Stage>,
+    /// Where DRMGuard reads the penultimate features.
+    pub feature_layer: Option<String>,
+    /// The card, when there is one (its input transform, task and outputs).
+    pub card: Option<ModelCard>,
+    /// What the weights file holds, when it was read directly.
+    pub tensors: Option<usize>,
+    pub stripped_prefix: Option<String>,
+    pub ignored_tensors: Vec<String>,
+    /// What drmguard still needs before it can scan the model.
+    pub missing: Vec<String>,
+    /// A card to fill in, for weights without one.
+    pub card_template: Option<String>,
+}
+
+/// Inspects a drmguard model (`.safetensors` with its `.json` sidecar), an imported model (its
+/// `.toml` card), or bare weights (`.pt`, `.pth`, `.safetensors` without a sidecar).
+pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Result<Inspection> {
+    let is_card = path.extension().and_then(|e| e.to_str()) == Some("toml");
+    let native = path.extension().and_then(|e| e.to_str()) == Some("safetensors") && card_path(path).is_file();
+    if is_card || native {
+        let (model, card) = super::load(path, device)?;
+        let kind = if card.imported.is_some() { "imported model" } else { "drmguard model" };
+        let running_stats: usize = model.batch_norms().iter().map(|bn| 2 * bn.gamma.val().dims()[0]).sum();
+        return Ok(Inspection {
+            path: path.display().to_string(),
+            kind,
+            architecture: Some(card.model.architecture.name().into()),
+            width: Some(card.model.architecture.width()),
+            parameters: Some(model.num_params() - running_stats),
+            stages: stages(&card.model),
+            feature_layer: Some(feature_layer(&card.model.architecture)),
+            stripped_prefix: card.imported.as_ref().map(|r| r.stripped_prefix.clone()),
+            ignored_tensors: card.imported.as_ref().map(|r| r.ignored_tensors.clone()).unwrap_or_default(),
+            card: Some(card),
+            tensors: None,
+            missing: Vec::new(),
+            card_template: None,
+        });
+    }
+    let dict = import::read_state_dict(path, state_dict_key, &[])?;
+    let inferred = dict.infer();
+    let mut missing = vec![format!(
+        "a model card (TOML) beside the weights: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model"
+    )];
+    if let Err(e) = &inferred {
+        missing.insert(0, format!("a network drmguard can build: {e}"));
+    }
+    let inferred = inferred.ok();
+    let spec = inferred.as_ref().map(|i| ModelSpec {
+        architecture: i.architecture,
+        input_size: 224,
+        input_range: [0.0, 1.0],
+        channel_order: Default::default(),
+        normalization: crate::models::Normalization::imagenet(),
+        outputs: i.outputs,
+    });
+    Ok(Inspection {
+        path: path.display().to_string(),
+        kind: "weights without a card",
+        architecture: inferred.as_ref().map(|i| i.architecture.name().into()),
+        width: inferred.as_ref().map(|i| i.architecture.width()),
+        parameters: inferred.as_ref().map(|i| i.parameters),
+        stages: spec.as_ref().map(stages).unwrap_or_default(),
+        feature_layer: inferred.as_ref().map(|i| feature_layer(&i.architecture)),
+        card: None,
+        tensors: Some(dict.shapes.len()),
+        stripped_prefix: Some(dict.prefix.clone()),
+        ignored_tensors: dict.ignored(),
+        missing,
+        card_template: Some(card_template(path, &dict, inferred.as_ref(), state_dict_key)),
+    })
+}
+
+fn feature_layer(architecture: &Architecture) -> String {
+    format!("the input of `fc` (globally pooled, {} features)", architecture.feature_width())
+}
+
+/// The stages of the network and their output shapes for the spec's input size (shapes for 224
+/// when the size is not known yet).
+fn stages(spec: &ModelSpec) -> Vec<Stage> {
+    let s = spec.input_size as usize;
+    let half = |n: usize| n.div_ceil(2);
+    let w = spec.architecture.width();
+    let features = spec.architecture.feature_width();
+    let mut out = Vec::new();
+    let mut push = |name: &str, layers: String, shape: Vec<usize>| out.push(Stage { name: name.into(), layers, output_shape: shape });
+    match spec.architecture {
+        Architecture::SmallCnn { .. } => {
+            let mut size = s;
+            for (i, c) in [w, 2 * w, 4 * w].into_iter().enumerate() {
+                size = half(size);
+                push(&format!("blocks.{i}"), "conv 3×3 stride 2, BatchNorm, ReLU".into(), vec![c, size, size]);
+            }
+        }
+        arch => {
+            let bottleneck = matches!(arch, Architecture::Resnet50 { .. });
+            let blocks = match arch {
+                Architecture::Resnet18 { .. } => [2, 2, 2, 2],
+                _ => [3, 4, 6, 3],
+            };
+            let mut size = half(half(s));
+            push("stem", "conv1 7×7 stride 2, bn1, ReLU, max-pool 3×3 stride 2".into(), vec![w, size, size]);
+            for (i, n) in blocks.into_iter().enumerate() {
+                if i > 0 {
+                    size = half(size);
+                }
+                let c = (w << i) * if bottleneck { 4 } else { 1 };
+                let kind = if bottleneck { "bottleneck blocks (1×1, 3×3, 1×1)" } else { "basic blocks (3×3, 3×3)" };
+                push(&format!("layer{}", i + 1), format!("{n} {kind}"), vec![c, size, size]);
+            }
+        }
+    }
+    push("pool", "global average pooling: the penultimate features".into(), vec![features]);
+    push("fc", "linear head".into(), vec![spec.outputs]);
+    out
+}
+
+fn card_template(weights: &Path, dict: &StateDict, inferred: Option<&Inferred>, state_dict_key: Option<&str>) -> String {
+    let file = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let outputs = inferred.map_or(2, |i| i.outputs);
+    let (task, names) = if outputs == 3 { ("headpose", r#"["yaw", "pitch", "roll"]"#) } else { ("gaze", r#"["pitch", "yaw"]"#) };
+    let mut t = String::new();
+    t.push_str("# drmguard model card: check every value against how the model was trained.\n");
+    t.push_str(&format!("task = \"{task}\"                 # gaze | headpose\n"));
+    t.push_str(&format!("weights = \"{file}\"\n"));
+    if let Some(i) = inferred {
+        t.push_str(&format!("architecture = \"{}\"        # read from the weights (width {})\n", i.architecture.name(), i.architecture.width()));
+    }
+    if let Some(key) = state_dict_key {
+        t.push_str(&format!("state_dict_key = \"{key}\"\n"));
+    }
+    if dict.format == WeightsFormat::Pytorch && !dict.prefix.is_empty() {
+        t.push_str(&format!("# the state dict's names start with \"{}\": drmguard strips it\n", dict.prefix));
+    }
+    t.push_str("\n[input]\n");
+    t.push_str("size = 224                      # side of the square input image\n");
+    t.push_str("channel_order = \"rgb\"           # rgb | bgr (OpenCV)\n");
+    t.push_str("range = [0.0, 1.0]              # the values the model takes, e.g. [0.0, 255.0]\n");
+    t.push_str("mean = [0.485, 0.456, 0.406]    # in the model's channel order and range\n");
+    t.push_str("std = [0.229, 0.224, 0.225]\n");
+    t.push_str("\n[output]\n");
+    t.push_str(&format!("names = {names}          # the model's output order; \"-yaw\" flips a sign\n"));
+    t.push_str("units = \"radians\"               # radians | degrees\n");
+    t
+}
