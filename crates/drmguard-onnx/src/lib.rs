@@ -1,0 +1,300 @@
+//! Runs an ONNX model on burn tensors, at run time, with autodiff: gradients flow to the input
+//! image and to every float initializer, which become the module's parameters (so a model can be
+//! scanned and fine-tuned). The file is parsed with `onnx-ir`, which also folds constants and
+//! shape arithmetic; what remains is interpreted node by node.
+//!
+//! Supported: the operators `torch.onnx.export` emits for CNN regressors — Conv, BatchNormalization
+//! (inference form), Relu, LeakyRelu, PRelu, Sigmoid, Tanh, MaxPool and AveragePool (pads,
+//! ceil_mode), GlobalAveragePool, Gemm, MatMul (and onnx-ir's fused Linear), Add, Mul, Sub, Div,
+//! Flatten, Reshape, Concat, Transpose, Pad, Clip, Softmax, ReduceMean, Constant, Identity —
+//! on float tensors of rank 1 to 4, with one image input. Anything else is refused with the
+//! operator's name when the model is loaded.
+
+mod ops;
+mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use onnx_ir::{ArgType, Argument, Node, OnnxGraphBuilder, ValueSource};
+
+pub use value::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ONNX model {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    #[error("shape error: {0}")]
+    Shape(String),
+    #[error("node {node} ({op}): {message}")]
+    Node { node: String, op: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a node input comes from.
+#[derive(Debug, Clone)]
+enum Src {
+    /// The graph's image input.
+    Input,
+    /// A float initializer, trainable.
+    Param(usize),
+    /// An integer constant (shapes, axes).
+    Ints(Vec<i64>),
+    /// The output of an earlier node.
+    Slot(usize),
+    /// An optional input left out.
+    Absent,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    node: Node,
+    inputs: Vec<Src>,
+    outputs: Vec<usize>,
+}
+
+/// The interpreted graph: steps in execution order, the initializers' shapes and where the
+/// outputs come from.
+#[derive(Debug)]
+struct Program {
+    steps: Vec<Step>,
+    param_shapes: Vec<Vec<usize>>,
+    param_names: Vec<String>,
+    input_name: String,
+    input_shape: Vec<Option<usize>>,
+    outputs: Vec<(String, Src)>,
+    slots: usize,
+    /// Slot of each value by name, for reading an inner node's value.
+    slot_of: HashMap<String, usize>,
+}
+
+/// An ONNX model as a burn module.
+#[derive(Module, Debug)]
+pub struct OnnxModel {
+    /// Float initializers, flattened (reshaped at use), in file order.
+    pub params: Vec<Param<Tensor<1>>>,
+    #[module(skip)]
+    program: Arc<Program>,
+}
+
+/// The operators this crate runs, by ONNX name.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Conv", "BatchNormalization", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "Flatten", "Reshape", "Concat", "Transpose",
+    "Pad", "Clip", "Softmax", "ReduceMean", "Constant", "Identity",
+];
+
+impl OnnxModel {
+    /// Parses and checks an ONNX file; every operator is checked here, so that running the model
+    /// fails only on shapes.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_graph(path, device).map_err(|e| match e {
+            e @ Error::Parse { .. } => e,
+            other => Error::Parse { path: path.display().to_string(), message: other.to_string() },
+        })
+    }
+
+    fn load_graph(path: &Path, device: &Device) -> Result<Self> {
+        let parse_err = |message: String| Error::Parse { path: path.display().to_string(), message };
+        if !path.is_file() {
+            return Err(parse_err("no such file".into()));
+        }
+        // onnx-ir is third-party code: a crafted file must not crash the process.
+        let graph = std::panic::catch_unwind(|| OnnxGraphBuilder::new().parse_file(path))
+            .map_err(|_| parse_err("the file is malformed (the parser gave up)".into()))?
+            .map_err(|e| parse_err(e.to_string()))?;
+        let float_inputs: Vec<&Argument> = graph.inputs.iter().filter(|a| !a.is_static() && !a.is_constant()).collect();
+        let input = match float_inputs.as_slice() {
+            [one] => *one,
+            many => return Err(Error::Unsupported(format!("{} graph inputs (drmguard models take one image batch)", many.len()))),
+        };
+        let input_shape = match &input.ty {
+            ArgType::Tensor(t) if t.rank == 4 => t.static_shape.clone().unwrap_or_else(|| vec![None; 4]),
+            other => return Err(Error::Unsupported(format!("input {} of type {other:?} (expected an image batch [n, c, h, w])", input.name))),
+        };
+
+        let mut params: Vec<Param<Tensor<1>>> = Vec::new();
+        let mut param_shapes = Vec::new();
+        let mut param_names = Vec::new();
+        let mut param_of: HashMap<String, usize> = HashMap::new();
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        // Outputs of Constant nodes, which become parameters or integer constants.
+        let mut constant_of: HashMap<String, Src> = HashMap::new();
+        let mut steps = Vec::new();
+        let mut resolve = |arg: &Argument, slot_of: &HashMap<String, usize>, constant_of: &HashMap<String, Src>| -> Result<Src> {
+            if let Some(src) = constant_of.get(&arg.name) {
+                return Ok(src.clone());
+            }
+            let key = match arg.value_source {
+                ValueSource::Optional => return Ok(Src::Absent),
+                ValueSource::Dynamic if arg.name == input.name => return Ok(Src::Input),
+                ValueSource::Dynamic => {
+                    return slot_of
+                        .get(&arg.name)
+                        .map(|&slot| Src::Slot(slot))
+                        .ok_or_else(|| Error::Invalid(format!("value {} is used before it is computed", arg.name)));
+                }
+                // Static values have no name: the store's id tells them apart.
+                ValueSource::Static(id) => format!("static #{id}"),
+                ValueSource::Constant => arg.name.clone(),
+            };
+            let Some(data) = arg.value() else {
+                return Err(Error::Invalid(format!("constant {key} has no value")));
+            };
+            if data.dtype().is_float() {
+                if let Some(&k) = param_of.get(&key) {
+                    return Ok(Src::Param(k));
+                }
+                let shape = data.shape().to_vec();
+                let flat = match Value::from_data(data, device)?.reshape(&[shape.iter().product()])? {
+                    Value::F1(t) => t,
+                    _ => unreachable!("reshaped to rank 1"),
+                };
+                params.push(Param::from_tensor(flat));
+                param_shapes.push(shape);
+                param_names.push(key.clone());
+                param_of.insert(key, params.len() - 1);
+                Ok(Src::Param(params.len() - 1))
+            } else {
+                let ints = data.convert::<i64>().try_into_vec::<i64>().map_err(|e| Error::Invalid(format!("{}: {e:?}", arg.name)))?;
+                Ok(Src::Ints(ints))
+            }
+        };
+        for node in &graph.nodes {
+            ops::check(node)?;
+            if let Node::Constant(c) = node {
+                let out = c.outputs.first().ok_or_else(|| Error::Invalid(format!("Constant {} without output", c.name)))?;
+                let mut valued = out.clone();
+                if valued.value().is_none() {
+                    if let Some(v) = c.inputs.first() {
+                        valued.copy_value(v);
+                    }
+                }
+                let src = resolve(&valued, &slot_of, &constant_of)?;
+                constant_of.insert(out.name.clone(), src);
+                continue;
+            }
+            let inputs = node.inputs().iter().map(|a| resolve(a, &slot_of, &constant_of)).collect::<Result<Vec<_>>>()?;
+            let outputs = node
+                .outputs()
+                .iter()
+                .map(|a| {
+                    let slot = slot_of.len();
+                    slot_of.insert(a.name.clone(), slot);
+                    slot
+                })
+                .collect();
+            steps.push(Step { node: node.clone(), inputs, outputs });
+        }
+        let outputs = graph
+            .outputs
+            .iter()
+            .map(|a| Ok((a.name.clone(), resolve(a, &slot_of, &constant_of)?)))
+            .collect::<Result<Vec<_>>>()?;
+        if outputs.is_empty() {
+            return Err(Error::Invalid("the graph has no outputs".into()));
+        }
+        let program = Program {
+            steps,
+            param_shapes,
+            param_names,
+            input_name: input.name.clone(),
+            input_shape,
+            outputs,
+            slots: slot_of.len(),
+            slot_of,
+        };
+        Ok(OnnxModel { params, program: Arc::new(program) })
+    }
+
+    /// The graph's outputs for an image batch.
+    pub fn forward(&self, x: Tensor<4>) -> Result<Vec<Value>> {
+        Ok(self.run(x, None)?.0)
+    }
+
+    /// The graph's outputs, and the value named `probe` (an inner node's output) when given.
+    pub fn run(&self, x: Tensor<4>, probe: Option<&str>) -> Result<(Vec<Value>, Option<Value>)> {
+        let p = &self.program;
+        let mut slots: Vec<Option<Value>> = vec![None; p.slots];
+        let fetch = |src: &Src, slots: &[Option<Value>]| -> Result<Option<Value>> {
+            Ok(match src {
+                Src::Input => Some(Value::F4(x.clone())),
+                Src::Param(k) => Some(Value::F1(self.params[*k].val()).reshape(&p.param_shapes[*k])?),
+                Src::Ints(v) => Some(Value::Ints(v.clone())),
+                Src::Slot(s) => Some(slots[*s].clone().ok_or_else(|| Error::Invalid("a value is read before it is computed".into()))?),
+                Src::Absent => None,
+            })
+        };
+        for step in &p.steps {
+            let inputs = step.inputs.iter().map(|s| fetch(s, &slots)).collect::<Result<Vec<_>>>()?;
+            let outputs = ops::run(&step.node, inputs).map_err(|e| Error::Node {
+                node: step.node.name().to_string(),
+                op: ops::op_name(&step.node).to_string(),
+                message: e.to_string(),
+            })?;
+            for (slot, value) in step.outputs.iter().zip(outputs) {
+                slots[*slot] = Some(value);
+            }
+        }
+        let outputs = p.outputs.iter().map(|(_, s)| fetch(s, &slots)?.ok_or_else(|| Error::Invalid("an output is absent".into()))).collect::<Result<Vec<_>>>()?;
+        let probed = match probe {
+            Some(name) => {
+                let slot = p.slot_of.get(name).ok_or_else(|| Error::Invalid(format!("no value named {name}")))?;
+                Some(slots[*slot].clone().ok_or_else(|| Error::Invalid(format!("{name} was not computed")))?)
+            }
+            None => None,
+        };
+        Ok((outputs, probed))
+    }
+
+    /// The input's name and shape as declared (`None` for a dynamic axis).
+    pub fn input(&self) -> (&str, &[Option<usize>]) {
+        (&self.program.input_name, &self.program.input_shape)
+    }
+
+    /// The outputs' names.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.program.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// How many nodes of each operator the graph runs.
+    pub fn op_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for step in &self.program.steps {
+            *counts.entry(ops::op_name(&step.node)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The initializers' names and shapes, in file order.
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.program.param_names.iter().map(String::as_str).zip(self.program.param_shapes.iter().map(Vec::as_slice))
+    }
+
+    /// The last linear layer (Gemm, MatMul or fused Linear) that feeds output `output`: its
+    /// input is where a regressor's penultimate features are. Returns that input's name.
+    pub fn last_linear_input(&self, output: usize) -> Option<String> {
+        let (_, Src::Slot(target)) = self.program.outputs.get(output)? else { return None };
+        self.program
+            .steps
+            .iter()
+            .rev()
+            .skip_while(|s| !s.outputs.contains(target))
+            .find(|s| matches!(s.node, Node::Gemm(_) | Node::MatMul(_) | Node::Linear(_)))
+            .and_then(|s| s.node.inputs().first().map(|a| a.name.clone()))
+    }
+}
+
+/// Builds a float tensor of rank 1 to 4 from raw values (for tests and callers without burn's
+/// `TensorData` at hand).
+pub fn tensor(values: Vec<f32>, shape: &[usize], device: &Device) -> Result<Value> {
+    Value::from_data(TensorData::new(values, shape.to_vec()), device)
+}

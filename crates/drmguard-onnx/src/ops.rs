@@ -1,0 +1,395 @@
+//! One function per supported operator, on [`Value`]s.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::{leaky_relu, relu, sigmoid, softmax};
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
+use onnx_ir::Node;
+use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
+
+use crate::value::{self, Value, broadcast, map_tensor};
+use crate::{Error, Result};
+
+/// The ONNX name of a node's operator.
+pub fn op_name(node: &Node) -> &'static str {
+    match node {
+        Node::Conv2d(_) => "Conv",
+        Node::BatchNormalization(_) => "BatchNormalization",
+        Node::Relu(_) => "Relu",
+        Node::LeakyRelu(_) => "LeakyRelu",
+        Node::PRelu(_) => "PRelu",
+        Node::Sigmoid(_) => "Sigmoid",
+        Node::Tanh(_) => "Tanh",
+        Node::MaxPool2d(_) => "MaxPool",
+        Node::AveragePool2d(_) => "AveragePool",
+        Node::GlobalAveragePool(_) => "GlobalAveragePool",
+        Node::Gemm(_) => "Gemm",
+        Node::MatMul(_) => "MatMul",
+        Node::Linear(_) => "Gemm (fused Linear)",
+        Node::Add(_) => "Add",
+        Node::Sub(_) => "Sub",
+        Node::Mul(_) => "Mul",
+        Node::Div(_) => "Div",
+        Node::Flatten(_) => "Flatten",
+        Node::Reshape(_) => "Reshape",
+        Node::Concat(_) => "Concat",
+        Node::Transpose(_) => "Transpose",
+        Node::Pad(_) => "Pad",
+        Node::Clip(_) => "Clip",
+        Node::Softmax(_) => "Softmax",
+        Node::ReduceMean(_) => "ReduceMean",
+        Node::Constant(_) => "Constant",
+        Node::Identity(_) => "Identity",
+        _ => "unsupported",
+    }
+}
+
+/// Refuses, at load time, operators and settings this crate does not run.
+pub fn check(node: &Node) -> Result<()> {
+    let refuse = |what: String| Err(Error::Unsupported(format!("node {}: {what}", node.name())));
+    match node {
+        Node::Conv2d(n) => {
+            let c = &n.config;
+            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
+                return refuse(format!("Conv with auto_pad {:?} (export with explicit pads)", c.auto_pad));
+            }
+            if c.kernel_size.contains(&0) || c.stride.contains(&0) || c.dilation.contains(&0) || c.groups == 0 {
+                return refuse("Conv with a zero kernel, stride, dilation or group count".into());
+            }
+        }
+        Node::MaxPool2d(n) => {
+            let c = &n.config;
+            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
+                return refuse(format!("MaxPool with auto_pad {:?}", c.auto_pad));
+            }
+            if c.kernel_size.contains(&0) || c.strides.contains(&0) || c.dilation.contains(&0) {
+                return refuse("MaxPool with a zero kernel, stride or dilation".into());
+            }
+        }
+        Node::AveragePool2d(n) => {
+            let c = &n.config;
+            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
+                return refuse(format!("AveragePool with auto_pad {:?}", c.auto_pad));
+            }
+            if c.kernel_size.contains(&0) || c.strides.contains(&0) || c.dilation != [1, 1] {
+                return refuse("AveragePool with a zero kernel or stride, or dilation".into());
+            }
+        }
+        Node::Custom(c) => return refuse(format!("operator {}::{}", c.domain, c.op_type)),
+        other if op_name(other) == "unsupported" => {
+            return refuse(format!("operator {:?} (supported: {})", other.node_type(), crate::SUPPORTED_OPS.join(", ")));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn input(inputs: &mut [Option<Value>], i: usize, what: &str) -> Result<Value> {
+    inputs.get_mut(i).and_then(Option::take).ok_or_else(|| Error::Invalid(format!("missing input {i} ({what})")))
+}
+
+fn pads2(p: &PaddingConfig2d) -> [(usize, usize); 2] {
+    match p {
+        PaddingConfig2d::Valid => [(0, 0); 2],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
+    }
+}
+
+/// Normalises a possibly negative axis of a rank-`rank` tensor.
+fn axis(a: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    let a = if a < 0 { a + r } else { a };
+    if !(0..r).contains(&a) {
+        return Err(Error::Shape(format!("axis {a} out of range for rank {rank}")));
+    }
+    Ok(a as usize)
+}
+
+/// Runs one node.
+pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
+    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
+    let out = match node {
+        Node::Identity(_) => x(&mut inputs)?,
+        Node::Constant(_) => return Err(Error::Invalid("Constant nodes are resolved when the model is loaded".into())),
+        Node::Relu(_) => map_tensor!(x(&mut inputs)?, t => relu(t)),
+        Node::Sigmoid(_) => map_tensor!(x(&mut inputs)?, t => sigmoid(t)),
+        Node::Tanh(_) => map_tensor!(x(&mut inputs)?, t => t.tanh()),
+        Node::LeakyRelu(n) => {
+            let alpha = n.config.alpha;
+            map_tensor!(x(&mut inputs)?, t => leaky_relu(t, alpha))
+        }
+        Node::PRelu(_) => {
+            let data = x(&mut inputs)?;
+            let slope = input(&mut inputs, 1, "slope")?;
+            let pos = map_tensor!(data.clone(), t => relu(t));
+            let neg = broadcast(data, pos.clone(), value::sub)?;
+            broadcast(pos, broadcast(slope, neg, value::mul)?, value::add)?
+        }
+        Node::Clip(n) => {
+            use onnx_ir::node::clip::ClipInput;
+            let bound = |b: &Option<ClipInput>, inputs: &mut Vec<Option<Value>>, i: usize| -> Result<Option<f32>> {
+                match b {
+                    None => Ok(None),
+                    Some(ClipInput::Static(v)) => Ok(Some(*v as f32)),
+                    Some(ClipInput::Runtime(_)) => {
+                        let v = input(inputs, i, "clip bound")?.f1("a clip bound")?;
+                        Ok(Some(v.into_scalar::<f32>()))
+                    }
+                }
+            };
+            let lo = bound(&n.config.min, &mut inputs, 1)?.unwrap_or(f32::MIN);
+            let hi = bound(&n.config.max, &mut inputs, 2)?.unwrap_or(f32::MAX);
+            map_tensor!(x(&mut inputs)?, t => t.clamp(lo, hi))
+        }
+        Node::Softmax(n) => {
+            let ax = n.config.axis;
+            map_tensor!(x(&mut inputs)?, t => softmax(t, ax))
+        }
+        Node::Add(_) | Node::Sub(_) | Node::Mul(_) | Node::Div(_) => {
+            let a = x(&mut inputs)?;
+            let b = input(&mut inputs, 1, "second operand")?;
+            let f = match node {
+                Node::Add(_) => value::add,
+                Node::Sub(_) => value::sub,
+                Node::Mul(_) => value::mul,
+                _ => value::div,
+            };
+            broadcast(a, b, f)?
+        }
+        Node::Conv2d(n) => {
+            let c = &n.config;
+            let data = x(&mut inputs)?.f4("Conv input")?;
+            let weight = input(&mut inputs, 1, "weight")?.f4("Conv weight")?;
+            let bias = inputs.get_mut(2).and_then(Option::take).map(|b| b.f1("Conv bias")).transpose()?;
+            let [_, cin, _, _] = data.dims();
+            let [_, wc, kh, kw] = weight.dims();
+            if cin != wc * c.groups || [kh, kw] != c.kernel_size {
+                return Err(Error::Shape(format!("input has {cin} channels, weight {:?} with {} groups", weight.dims(), c.groups)));
+            }
+            let options = ConvOptions::new_with_padding(c.stride, pads2(&c.padding), c.dilation, c.groups);
+            Value::F4(conv2d(data, weight, bias, options))
+        }
+        Node::BatchNormalization(n) => {
+            use onnx_ir::node::batch_norm::BatchNormConfig;
+            let eps = match &n.config {
+                BatchNormConfig::Static(c) => c.epsilon,
+                BatchNormConfig::Runtime(c) => c.epsilon,
+            } as f32;
+            let data = x(&mut inputs)?;
+            let rank = data.rank();
+            let [scale, bias, mean, var] = [1, 2, 3, 4].map(|i| input(&mut inputs, i, "BatchNormalization statistics"));
+            // Per-channel vectors on axis 1: [c] → [c, 1, …] to broadcast against [n, c, …].
+            let per_channel = |v: Value| -> Result<Value> {
+                let n = v.dims().iter().product::<usize>();
+                let mut dims = vec![n];
+                dims.extend(std::iter::repeat_n(1, rank.saturating_sub(2)));
+                v.reshape(&dims)
+            };
+            let (scale, bias, mean, var) = (per_channel(scale?)?, per_channel(bias?)?, per_channel(mean?)?, per_channel(var?)?);
+            let inv_std = map_tensor!(var, t => (t + eps).sqrt().recip());
+            let centred = broadcast(data, mean, value::sub)?;
+            let normed = broadcast(centred, broadcast(inv_std, scale, value::mul)?, value::mul)?;
+            broadcast(normed, bias, value::add)?
+        }
+        Node::MaxPool2d(n) => {
+            let c = &n.config;
+            let data = x(&mut inputs)?.f4("MaxPool input")?;
+            let options = MaxPoolOptions {
+                kernel_size: c.kernel_size,
+                stride: c.strides,
+                padding: pads2(&c.padding),
+                dilation: c.dilation,
+                ceil_mode: c.ceil_mode,
+            };
+            Value::F4(max_pool2d(data, options))
+        }
+        Node::AveragePool2d(n) => {
+            let c = &n.config;
+            let data = x(&mut inputs)?.f4("AveragePool input")?;
+            let options = AvgPoolOptions {
+                kernel_size: c.kernel_size,
+                stride: c.strides,
+                padding: pads2(&c.padding),
+                count_include_pad: c.count_include_pad,
+                ceil_mode: c.ceil_mode,
+            };
+            Value::F4(avg_pool2d(data, options))
+        }
+        Node::GlobalAveragePool(_) => {
+            let data = x(&mut inputs)?.f4("GlobalAveragePool input")?;
+            Value::F4(data.mean_dim(3).mean_dim(2))
+        }
+        Node::Gemm(n) => {
+            let c = &n.config;
+            let a = x(&mut inputs)?.f2("Gemm A")?;
+            let b = input(&mut inputs, 1, "Gemm B")?.f2("Gemm B")?;
+            let a = if c.trans_a != 0 { a.transpose() } else { a };
+            let b = if c.trans_b != 0 { b.transpose() } else { b };
+            check_matmul(&a.dims(), &b.dims())?;
+            let y = Value::F2(a.matmul(b) * c.alpha);
+            match inputs.get_mut(2).and_then(Option::take) {
+                Some(bias) => broadcast(y, map_tensor!(bias, t => t * c.beta), value::add)?,
+                None => y,
+            }
+        }
+        Node::Linear(n) => {
+            let data = x(&mut inputs)?.f2("Linear input")?;
+            let weight = input(&mut inputs, 1, "Linear weight")?.f2("Linear weight")?;
+            let weight = if n.config.transpose_weight { weight.transpose() } else { weight };
+            check_matmul(&data.dims(), &weight.dims())?;
+            let y = Value::F2(data.matmul(weight));
+            match inputs.get_mut(2).and_then(Option::take) {
+                Some(bias) => broadcast(y, bias, value::add)?,
+                None => y,
+            }
+        }
+        Node::MatMul(_) => {
+            let a = x(&mut inputs)?;
+            let b = input(&mut inputs, 1, "second operand")?;
+            let rank = a.rank().max(b.rank()).max(2);
+            let (a, b) = (a.lift(rank)?, b.lift(rank)?);
+            let (da, db) = (a.dims(), b.dims());
+            check_matmul(&da[rank - 2..], &db[rank - 2..])?;
+            match (a, b) {
+                (Value::F2(a), Value::F2(b)) => Value::F2(a.matmul(b)),
+                (Value::F3(a), Value::F3(b)) => Value::F3(a.matmul(b)),
+                (Value::F4(a), Value::F4(b)) => Value::F4(a.matmul(b)),
+                _ => return Err(Error::Unsupported("MatMul of these ranks".into())),
+            }
+        }
+        Node::Flatten(n) => {
+            let data = x(&mut inputs)?;
+            let dims = data.dims();
+            let ax = n.config.axis.min(dims.len());
+            let outer: usize = dims[..ax].iter().product();
+            let inner: usize = dims[ax..].iter().product();
+            data.reshape(&[outer, inner])?
+        }
+        Node::Reshape(n) => {
+            use onnx_ir::node::reshape::ReshapeInput;
+            let data = x(&mut inputs)?;
+            let shape = match &n.config.shape {
+                ReshapeInput::Static(s) => s.clone(),
+                ReshapeInput::Runtime(_) => input(&mut inputs, 1, "shape")?.ints("the target shape")?,
+            };
+            let dims = data.dims();
+            let total: usize = dims.iter().product();
+            let mut out: Vec<usize> = Vec::with_capacity(shape.len());
+            let mut infer = None;
+            for (i, &s) in shape.iter().enumerate() {
+                match s {
+                    0 => out.push(*dims.get(i).ok_or_else(|| Error::Shape(format!("reshape {dims:?} to {shape:?}")))?),
+                    -1 if infer.is_none() => {
+                        infer = Some(i);
+                        out.push(1);
+                    }
+                    s if s > 0 => out.push(s as usize),
+                    _ => return Err(Error::Shape(format!("reshape target {shape:?}"))),
+                }
+            }
+            if let Some(i) = infer {
+                let known: usize = out.iter().product();
+                if known == 0 || total % known != 0 {
+                    return Err(Error::Shape(format!("cannot reshape {dims:?} to {shape:?}")));
+                }
+                out[i] = total / known;
+            }
+            data.reshape(&out)?
+        }
+        Node::Transpose(n) => {
+            let data = x(&mut inputs)?;
+            let rank = data.rank();
+            let perm = n.config.perm.iter().map(|&a| axis(a, rank)).collect::<Result<Vec<_>>>()?;
+            if perm.len() != rank {
+                return Err(Error::Shape(format!("permutation {perm:?} for rank {rank}")));
+            }
+            match data {
+                Value::F1(t) => Value::F1(t),
+                Value::F2(t) => Value::F2(t.permute([perm[0], perm[1]])),
+                Value::F3(t) => Value::F3(t.permute([perm[0], perm[1], perm[2]])),
+                Value::F4(t) => Value::F4(t.permute([perm[0], perm[1], perm[2], perm[3]])),
+                Value::Ints(_) => return Err(Error::Unsupported("Transpose of an integer list".into())),
+            }
+        }
+        Node::Concat(n) => {
+            let values: Vec<Value> = inputs.into_iter().flatten().collect();
+            let ax = n.config.axis;
+            match values.first() {
+                Some(Value::Ints(_)) => {
+                    let mut all = Vec::new();
+                    for v in values {
+                        all.extend(v.ints("Concat operands")?);
+                    }
+                    Value::Ints(all)
+                }
+                Some(Value::F1(_)) => Value::F1(Tensor::cat(values.into_iter().map(|v| v.f1("Concat operand")).collect::<Result<Vec<_>>>()?, ax)),
+                Some(Value::F2(_)) => Value::F2(Tensor::cat(values.into_iter().map(|v| v.f2("Concat operand")).collect::<Result<Vec<_>>>()?, ax)),
+                Some(Value::F4(_)) => Value::F4(Tensor::cat(values.into_iter().map(|v| v.f4("Concat operand")).collect::<Result<Vec<_>>>()?, ax)),
+                Some(Value::F3(_)) => {
+                    let mut ts = Vec::new();
+                    for v in values {
+                        match v {
+                            Value::F3(t) => ts.push(t),
+                            _ => return Err(Error::Shape("Concat operands of different ranks".into())),
+                        }
+                    }
+                    Value::F3(Tensor::cat(ts, ax))
+                }
+                None => return Err(Error::Invalid("Concat without operands".into())),
+            }
+        }
+        Node::Pad(n) => {
+            use onnx_ir::node::pad::{ConstantValueInput, PadInput, PadMode as OnnxPad};
+            let data = x(&mut inputs)?;
+            let pads = match &n.config.pads {
+                PadInput::Static(p) => p.clone(),
+                PadInput::Runtime { .. } => return Err(Error::Unsupported("Pad with pads computed at run time".into())),
+            };
+            if pads.len() != data.rank() {
+                return Err(Error::Shape(format!("{} pad pairs for rank {}", pads.len(), data.rank())));
+            }
+            let mode = match n.config.mode {
+                OnnxPad::Constant => match &n.config.constant_value {
+                    ConstantValueInput::Static(v) => PadMode::Constant(*v),
+                    ConstantValueInput::Runtime(_) => return Err(Error::Unsupported("Pad with a value computed at run time".into())),
+                },
+                OnnxPad::Reflect => PadMode::Reflect,
+                OnnxPad::Edge => PadMode::Edge,
+            };
+            map_tensor!(data, t => t.pad(pads.clone(), mode))
+        }
+        Node::ReduceMean(n) => {
+            use onnx_ir::node::reduce::ReduceAxes;
+            let data = x(&mut inputs)?;
+            let rank = data.rank();
+            let axes: Vec<usize> = match &n.config.axes {
+                ReduceAxes::Static(a) if a.is_empty() && n.config.noop_with_empty_axes => vec![],
+                ReduceAxes::Static(a) if a.is_empty() => (0..rank).collect(),
+                ReduceAxes::Static(a) => a.clone(),
+                _ => return Err(Error::Unsupported("ReduceMean with axes computed at run time".into())),
+            };
+            if let Some(bad) = axes.iter().find(|a| **a >= rank) {
+                return Err(Error::Shape(format!("axis {bad} for rank {rank}")));
+            }
+            let mut v = data;
+            for &a in &axes {
+                v = map_tensor!(v, t => t.mean_dim(a));
+            }
+            if n.config.keepdims {
+                v
+            } else {
+                let dims: Vec<usize> = v.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| *d).collect();
+                v.reshape(&dims)?
+            }
+        }
+        other => return Err(Error::Unsupported(format!("operator {:?}", other.node_type()))),
+    };
+    Ok(vec![out])
+}
+
+fn check_matmul(a: &[usize], b: &[usize]) -> Result<()> {
+    if a[a.len() - 1] != b[b.len() - 2] {
+        return Err(Error::Shape(format!("cannot multiply {a:?} by {b:?}")));
+    }
+    Ok(())
+}

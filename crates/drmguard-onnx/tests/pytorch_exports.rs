@@ -1,0 +1,110 @@
+//! Models exported by `torch.onnx.export` (tools/make_onnx_fixtures.py): a torchvision-style
+//! ResNet-18 and a small CNN that uses every other supported operator. Their outputs and the
+//! gradients of the outputs' sum (to the input and to the first parameter) match PyTorch's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use drmguard_onnx::{OnnxModel, Value, tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The f32 tensors of a safetensors file, by name, with their shapes.
+fn read_safetensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let data = &bytes[8 + len..];
+    let mut out = BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape: Vec<usize> = info["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let [a, b] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+        let values = data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        out.insert(name.clone(), (shape, values));
+    }
+    out
+}
+
+fn values(v: Value) -> Vec<f32> {
+    let n = v.dims().iter().product();
+    v.f1("test value").unwrap().into_data().try_to_vec::<f32>().unwrap().into_iter().take(n).collect()
+}
+
+/// Largest difference relative to the reference's largest magnitude.
+fn max_rel_diff(ours: &[f32], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().fold(1e-20f32, |m, v| m.max(v.abs()));
+    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+#[test]
+fn exports_match_pytorch_outputs_and_gradients() {
+    let reference = read_safetensors(&fixture("reference.safetensors"));
+    let (shape, input) = &reference["input"];
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    for name in ["r18", "zoo"] {
+        let model = OnnxModel::load(&fixture(&format!("{name}.onnx")), &ad).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = tensor(input.clone(), shape, &ad).unwrap().f4("input").unwrap().require_grad();
+        let outputs = model.forward(x.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let y = outputs.into_iter().next().unwrap();
+        let (out_shape, expected) = &reference[&format!("{name}.output")];
+        assert_eq!(&y.dims(), out_shape, "{name}");
+        let y2 = y.f2("output").unwrap();
+        let diff = max_rel_diff(&values(Value::F2(y2.clone())), expected);
+        assert!(diff < 1e-4, "{name}: outputs differ from PyTorch's by {diff}");
+
+        let grads = y2.sum().backward();
+        let gx = x.grad(&grads).expect("a gradient to the input");
+        let diff = max_rel_diff(&values(Value::F4(gx)), &reference[&format!("{name}.input_grad")].1);
+        assert!(diff < 1e-4, "{name}: input gradients differ by {diff}");
+        // The one initializer of the reference's shape (ONNX initializer names are not kept).
+        let (p_shape, p_grad) = &reference[&format!("{name}.param_grad")];
+        let matching: Vec<usize> = model.parameters().enumerate().filter(|(_, (_, s))| s == p_shape).map(|(i, _)| i).collect();
+        assert_eq!(matching.len(), 1, "{name}: one parameter of shape {p_shape:?}");
+        let gp = model.params[matching[0]].val().grad(&grads).expect("a gradient to the parameter");
+        let diff = max_rel_diff(&values(Value::F1(gp)), p_grad);
+        assert!(diff < 1e-4, "{name}: parameter gradients differ by {diff}");
+    }
+}
+
+#[test]
+fn the_feature_layer_is_the_input_of_the_last_linear_layer() {
+    let device = Device::flex();
+    let model = OnnxModel::load(&fixture("r18.onnx"), &device).unwrap();
+    let probe = model.last_linear_input(0).expect("a linear head");
+    let x = Tensor::<4>::zeros([3, 3, 16, 16], &device);
+    let (_, features) = model.run(x, Some(&probe)).unwrap();
+    assert_eq!(features.unwrap().dims(), vec![3, 16], "ResNet-18 of stem width 2 pools 16 features");
+    let counts = model.op_counts();
+    assert_eq!(counts.get("Conv"), Some(&20), "{counts:?}");
+}
+
+#[test]
+fn bad_files_give_errors_not_panics() {
+    let device = Device::flex();
+    let tmp = std::env::temp_dir().join(format!("drmguard-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let good = std::fs::read(fixture("zoo.onnx")).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("text", b"this is not an ONNX model".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("noise", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect()),
+    ];
+    for (what, bytes) in cases {
+        let path = tmp.join(format!("{what}.onnx"));
+        std::fs::write(&path, bytes).unwrap();
+        let err = OnnxModel::load(&path, &device).err().unwrap_or_else(|| panic!("{what} loaded"));
+        assert!(err.to_string().contains(&format!("{what}.onnx")), "{what}: {err}");
+    }
+    let err = OnnxModel::load(&tmp.join("missing.onnx"), &device).err().unwrap();
+    assert!(err.to_string().contains("missing.onnx"), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
