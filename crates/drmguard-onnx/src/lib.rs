@@ -74,6 +74,8 @@ struct Program {
     slots: usize,
     /// Slot of each value by name, for reading an inner node's value.
     slot_of: HashMap<String, usize>,
+    /// The step that computes each slot.
+    producer: Vec<usize>,
 }
 
 /// An ONNX model as a burn module.
@@ -129,6 +131,7 @@ impl OnnxModel {
         // Outputs of Constant nodes, which become parameters or integer constants.
         let mut constant_of: HashMap<String, Src> = HashMap::new();
         let mut steps = Vec::new();
+        let mut producer = Vec::new();
         let mut resolve = |arg: &Argument, slot_of: &HashMap<String, usize>, constant_of: &HashMap<String, Src>| -> Result<Src> {
             if let Some(src) = constant_of.get(&arg.name) {
                 return Ok(src.clone());
@@ -192,6 +195,7 @@ impl OnnxModel {
                     slot
                 })
                 .collect();
+            producer.extend(std::iter::repeat_n(steps.len(), node.outputs().len()));
             steps.push(Step { node: node.clone(), inputs, outputs });
         }
         let outputs = graph
@@ -211,30 +215,149 @@ impl OnnxModel {
             outputs,
             slots: slot_of.len(),
             slot_of,
+            producer,
         };
         Ok(OnnxModel { params, program: Arc::new(program) })
     }
 
     /// The graph's outputs for an image batch.
     pub fn forward(&self, x: Tensor<4>) -> Result<Vec<Value>> {
-        Ok(self.run(x, None)?.0)
-    }
-
-    /// The graph's outputs, and the value named `probe` (an inner node's output) when given.
-    pub fn run(&self, x: Tensor<4>, probe: Option<&str>) -> Result<(Vec<Value>, Option<Value>)> {
         let p = &self.program;
         let mut slots: Vec<Option<Value>> = vec![None; p.slots];
-        let fetch = |src: &Src, slots: &[Option<Value>]| -> Result<Option<Value>> {
-            Ok(match src {
-                Src::Input => Some(Value::F4(x.clone())),
-                Src::Param(k) => Some(Value::F1(self.params[*k].val()).reshape(&p.param_shapes[*k])?),
-                Src::Ints(v) => Some(Value::Ints(v.clone())),
-                Src::Slot(s) => Some(slots[*s].clone().ok_or_else(|| Error::Invalid("a value is read before it is computed".into()))?),
-                Src::Absent => None,
+        self.execute(Some(&x), &mut slots, 0, None)?;
+        p.outputs
+            .iter()
+            .map(|(_, s)| self.fetch(s, Some(&x), &slots)?.ok_or_else(|| Error::Invalid("an output is absent".into())))
+            .collect()
+    }
+
+    /// The value named `name` (an inner node's output) for an image batch; the graph runs only
+    /// as far as needed.
+    pub fn value_at(&self, x: Tensor<4>, name: &str) -> Result<Value> {
+        let slot = self.slot(name)?;
+        let mut slots: Vec<Option<Value>> = vec![None; self.program.slots];
+        self.execute(Some(&x), &mut slots, 0, Some(slot))?;
+        slots[slot].take().ok_or_else(|| Error::Invalid(format!("{name} was not computed")))
+    }
+
+    /// Runs the graph from the value of `from` (a cut: see [`Self::is_cut`]) to the value `to`.
+    pub fn resume(&self, from: &str, value: Value, to: &str) -> Result<Value> {
+        if !self.is_cut(from) {
+            return Err(Error::Invalid(format!("{from} does not separate the graph: later nodes read earlier values")));
+        }
+        let (start, stop) = (self.slot(from)?, self.slot(to)?);
+        let mut slots: Vec<Option<Value>> = vec![None; self.program.slots];
+        slots[start] = Some(value);
+        self.execute(None, &mut slots, self.program.producer[start] + 1, Some(stop))?;
+        slots[stop].take().ok_or_else(|| Error::Invalid(format!("{to} does not follow {from}")))
+    }
+
+    /// Whether every node after the one that computes `name` depends on the input only through
+    /// `name`, so that [`Self::resume`] can start there.
+    pub fn is_cut(&self, name: &str) -> bool {
+        let p = &self.program;
+        let Ok(slot) = self.slot(name) else { return false };
+        let step = p.producer[slot];
+        p.steps[step + 1..].iter().all(|s| {
+            s.inputs.iter().all(|src| match src {
+                Src::Input => false,
+                Src::Slot(k) => *k == slot || p.producer[*k] > step,
+                _ => true,
             })
+        })
+    }
+
+    /// Every computed value's name and shape for an image batch, in execution order.
+    pub fn shapes(&self, x: Tensor<4>) -> Result<Vec<(String, Vec<usize>)>> {
+        let p = &self.program;
+        let mut slots: Vec<Option<Value>> = vec![None; p.slots];
+        self.execute(Some(&x), &mut slots, 0, None)?;
+        let mut named: Vec<(&String, &usize)> = p.slot_of.iter().collect();
+        named.sort_by_key(|(_, s)| **s);
+        Ok(named.into_iter().filter_map(|(n, s)| slots[*s].as_ref().map(|v| (n.clone(), v.dims()))).collect())
+    }
+
+    /// The linear layer that computes output `output` directly: drmguard's head H, with the
+    /// name of its input (the penultimate features). An output computed by anything else (an
+    /// activation after the last layer, several heads summed) is refused.
+    pub fn linear_head(&self, output: usize) -> Result<LinearHead> {
+        let p = &self.program;
+        let (name, src) = p.outputs.get(output).ok_or_else(|| Error::Invalid(format!("no output {output}")))?;
+        let not_linear = |what: &str| Error::Unsupported(format!("output {name} is computed by {what}, not by a linear layer of the penultimate features"));
+        let Src::Slot(slot) = src else { return Err(not_linear("no node")) };
+        let step = &p.steps[p.producer[*slot]];
+        let param = |i: usize| -> Result<Option<Tensor<1>>> {
+            match step.inputs.get(i) {
+                Some(Src::Param(k)) => Ok(Some(self.params[*k].val())),
+                None | Some(Src::Absent) => Ok(None),
+                Some(_) => Err(not_linear("a layer whose weights are computed")),
+            }
         };
-        for step in &p.steps {
-            let inputs = step.inputs.iter().map(|s| fetch(s, &slots)).collect::<Result<Vec<_>>>()?;
+        let features = step.node.inputs().first().map(|a| a.name.clone()).ok_or_else(|| not_linear("a node without input"))?;
+        if !matches!(step.inputs.first(), Some(Src::Slot(_))) {
+            return Err(not_linear("a layer of the input image"));
+        }
+        let shape = |i: usize| match step.inputs.get(i) {
+            Some(Src::Param(k)) => p.param_shapes[*k].clone(),
+            _ => vec![],
+        };
+        let (weight, bias) = match &step.node {
+            Node::Gemm(g) => {
+                let c = &g.config;
+                if c.trans_a != 0 {
+                    return Err(not_linear("a Gemm with transA"));
+                }
+                let w_shape = shape(1);
+                let w = param(1)?.ok_or_else(|| not_linear("a Gemm without weights"))?;
+                let w = Value::F1(w).reshape(&w_shape)?.f2("Gemm weight")?;
+                let w = if c.trans_b != 0 { w.transpose() } else { w } * c.alpha;
+                (w, param(2)?.map(|b| b * c.beta))
+            }
+            Node::Linear(l) => {
+                let w_shape = shape(1);
+                let w = param(1)?.ok_or_else(|| not_linear("a Linear without weights"))?;
+                let w = Value::F1(w).reshape(&w_shape)?.f2("Linear weight")?;
+                let w = if l.config.transpose_weight { w.transpose() } else { w };
+                (w, param(2)?)
+            }
+            Node::MatMul(_) => {
+                let w_shape = shape(1);
+                let w = param(1)?.ok_or_else(|| not_linear("a MatMul of two computed values"))?;
+                (Value::F1(w).reshape(&w_shape)?.f2("MatMul weight")?, None)
+            }
+            other => return Err(not_linear(ops::op_name(other))),
+        };
+        let outputs = weight.dims()[1];
+        if let Some(b) = &bias {
+            if b.dims()[0] != outputs {
+                return Err(not_linear("a layer whose bias is broadcast"));
+            }
+        }
+        Ok(LinearHead { features, weight, bias })
+    }
+
+    fn slot(&self, name: &str) -> Result<usize> {
+        self.program.slot_of.get(name).copied().ok_or_else(|| Error::Invalid(format!("no value named {name}")))
+    }
+
+    fn fetch(&self, src: &Src, x: Option<&Tensor<4>>, slots: &[Option<Value>]) -> Result<Option<Value>> {
+        let p = &self.program;
+        Ok(match src {
+            Src::Input => Some(Value::F4(x.ok_or_else(|| Error::Invalid("the input is read after the cut".into()))?.clone())),
+            Src::Param(k) => Some(Value::F1(self.params[*k].val()).reshape(&p.param_shapes[*k])?),
+            Src::Ints(v) => Some(Value::Ints(v.clone())),
+            Src::Slot(s) => Some(slots[*s].clone().ok_or_else(|| Error::Invalid("a value is read before it is computed".into()))?),
+            Src::Absent => None,
+        })
+    }
+
+    /// Runs steps from `from` on, stopping once slot `stop` is filled.
+    fn execute(&self, x: Option<&Tensor<4>>, slots: &mut [Option<Value>], from: usize, stop: Option<usize>) -> Result<()> {
+        for step in &self.program.steps[from..] {
+            if stop.is_some_and(|s| slots[s].is_some()) {
+                break;
+            }
+            let inputs = step.inputs.iter().map(|s| self.fetch(s, x, slots)).collect::<Result<Vec<_>>>()?;
             let outputs = ops::run(&step.node, inputs).map_err(|e| Error::Node {
                 node: step.node.name().to_string(),
                 op: ops::op_name(&step.node).to_string(),
@@ -244,15 +367,7 @@ impl OnnxModel {
                 slots[*slot] = Some(value);
             }
         }
-        let outputs = p.outputs.iter().map(|(_, s)| fetch(s, &slots)?.ok_or_else(|| Error::Invalid("an output is absent".into()))).collect::<Result<Vec<_>>>()?;
-        let probed = match probe {
-            Some(name) => {
-                let slot = p.slot_of.get(name).ok_or_else(|| Error::Invalid(format!("no value named {name}")))?;
-                Some(slots[*slot].clone().ok_or_else(|| Error::Invalid(format!("{name} was not computed")))?)
-            }
-            None => None,
-        };
-        Ok((outputs, probed))
+        Ok(())
     }
 
     /// The input's name and shape as declared (`None` for a dynamic axis).
@@ -278,19 +393,16 @@ impl OnnxModel {
     pub fn parameters(&self) -> impl Iterator<Item = (&str, &[usize])> {
         self.program.param_names.iter().map(String::as_str).zip(self.program.param_shapes.iter().map(Vec::as_slice))
     }
+}
 
-    /// The last linear layer (Gemm, MatMul or fused Linear) that feeds output `output`: its
-    /// input is where a regressor's penultimate features are. Returns that input's name.
-    pub fn last_linear_input(&self, output: usize) -> Option<String> {
-        let (_, Src::Slot(target)) = self.program.outputs.get(output)? else { return None };
-        self.program
-            .steps
-            .iter()
-            .rev()
-            .skip_while(|s| !s.outputs.contains(target))
-            .find(|s| matches!(s.node, Node::Gemm(_) | Node::MatMul(_) | Node::Linear(_)))
-            .and_then(|s| s.node.inputs().first().map(|a| a.name.clone()))
-    }
+/// A regressor's linear head H(z) = z·W + b, read from the graph.
+#[derive(Debug, Clone)]
+pub struct LinearHead {
+    /// Name of the value H reads: the penultimate features.
+    pub features: String,
+    /// `[in, out]`, burn's layout.
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
 }
 
 /// Builds a float tensor of rank 1 to 4 from raw values (for tests and callers without burn's

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use drmguard_onnx::{OnnxModel, Value, tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -75,15 +75,29 @@ fn exports_match_pytorch_outputs_and_gradients() {
 }
 
 #[test]
-fn the_feature_layer_is_the_input_of_the_last_linear_layer() {
+fn the_graph_splits_into_features_and_a_linear_head() {
     let device = Device::flex();
     let model = OnnxModel::load(&fixture("r18.onnx"), &device).unwrap();
-    let probe = model.last_linear_input(0).expect("a linear head");
-    let x = Tensor::<4>::zeros([3, 3, 16, 16], &device);
-    let (_, features) = model.run(x, Some(&probe)).unwrap();
-    assert_eq!(features.unwrap().dims(), vec![3, 16], "ResNet-18 of stem width 2 pools 16 features");
-    let counts = model.op_counts();
-    assert_eq!(counts.get("Conv"), Some(&20), "{counts:?}");
+    let head = model.linear_head(0).expect("a linear head");
+    assert_eq!(head.weight.dims(), [16, 2], "ResNet-18 of stem width 2 pools 16 features");
+    let reference = read_safetensors(&fixture("reference.safetensors"));
+    let (shape, input) = &reference["input"];
+    let x = tensor(input.clone(), shape, &device).unwrap().f4("input").unwrap();
+    let z = model.value_at(x.clone(), &head.features).unwrap().f2("features").unwrap();
+    let y = z.clone().matmul(head.weight.clone()) + head.bias.clone().unwrap().reshape([1, -1]);
+    let direct = model.forward(x.clone()).unwrap().remove(0);
+    assert!(max_rel_diff(&values(Value::F2(y)), &values(direct)) < 1e-6);
+
+    // The last 4-D value that separates the graph: the input of global average pooling.
+    let shapes = model.shapes(x.clone()).unwrap();
+    let (cut, _) = shapes.iter().rev().find(|(name, dims)| dims.len() == 4 && model.is_cut(name)).unwrap();
+    let h = model.value_at(x, cut).unwrap();
+    let resumed = model.resume(cut, h, &head.features).unwrap().f2("features").unwrap();
+    assert!(max_rel_diff(&values(Value::F2(resumed)), &values(Value::F2(z))) < 1e-6);
+    // A value inside a residual block does not separate the graph.
+    let inside = shapes.iter().find(|(name, dims)| dims.len() == 4 && !model.is_cut(name));
+    assert!(inside.is_some(), "residual blocks read values from before their convolutions");
+    assert_eq!(model.op_counts().get("Conv"), Some(&20));
 }
 
 #[test]
