@@ -7,7 +7,8 @@ reach users:
 
   r18: a nested checkpoint {"epoch", "state_dict"} with DataParallel's `module.` prefix (.pth);
        gaze, BGR input in [0, 255], outputs (pitch, yaw) in radians.
-  r34: a plain state dict in safetensors; head pose, outputs (roll, yaw, -pitch) in degrees.
+  r34: a plain state dict in safetensors; head pose, outputs (roll, yaw, -pitch) in degrees;
+       also exported with torch.onnx.export as r34.onnx, with the same card (r34-onnx.toml).
   r50: a plain state dict (.pt); head pose, outputs (yaw, pitch, roll) in radians.
 
 Each comes with its drmguard model card (TOML). reference.safetensors holds two RGB images in
@@ -134,6 +135,11 @@ def main():
         else:
             torch.save(state, out / weights)
         (out / f"{name}.toml").write_text(card_toml(name, weights, card))
+        if name == "r34":
+            torch.onnx.export(model, (preprocess(x, card),), str(out / "r34.onnx"), dynamo=False, opset_version=17,
+                              input_names=["image"], output_names=["pose"],
+                              dynamic_axes={"image": {0: "n"}, "pose": {0: "n"}})
+            (out / "r34-onnx.toml").write_text(card_toml("r34 (ONNX)", "r34.onnx", card))
         xg = x.clone().requires_grad_(True)
         y = to_task_convention(model(preprocess(xg, card)), card)
         y.sum().backward()

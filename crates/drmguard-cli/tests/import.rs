@@ -67,3 +67,32 @@ fn an_imported_model_is_scanned_repaired_and_evaluated() {
     assert!(out.contains("imported model") && out.contains("repaired    yes") && out.contains("resnet34"), "{out}");
     succeeds(&["eval", "--model", fixed.to_str().unwrap(), "--data", data, "--split", "all"]);
 }
+
+#[test]
+fn an_onnx_export_and_the_state_dict_of_one_model_get_the_same_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("clean");
+    succeeds(&["data", "synth", "--task", "headpose", "--n", "24", "--image-size", "32", "--out", data.to_str().unwrap()]);
+    let mut reports = Vec::new();
+    for card in ["r34.toml", "r34-onnx.toml"] {
+        let out = tmp.path().join(card);
+        let card = fixture(card);
+        let mut args = vec!["scan", "--model", card.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend(FAST);
+        succeeds(&args);
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        reports.push(report);
+    }
+    assert_eq!(reports[0]["backdoored"], reports[1]["backdoored"]);
+    let (a, b) = (reports[0]["score"].as_f64().unwrap(), reports[1]["score"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-6), "scores {a} (state dict) and {b} (ONNX)");
+
+    // ANP needs BatchNorm layers, which the ONNX export folded away: a clear refusal.
+    let anp = tmp.path().join("anp.safetensors");
+    let o = drmguard(&["mitigate", "--model", fixture("r34-onnx.toml").to_str().unwrap(), "--data", data.to_str().unwrap(), "--defense", "anp", "--out", anp.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("BatchNorm") && !err.contains("panicked") && !anp.exists(), "{err}");
+
+    let out = succeeds(&["inspect", fixture("r34.onnx").to_str().unwrap()]);
+    assert!(out.contains("ONNX graph without a card") && out.contains("Conv ×36") && out.contains("16 features"), "{out}");
+}

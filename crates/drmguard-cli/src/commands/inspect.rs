@@ -27,7 +27,8 @@ pub fn run(a: InspectArgs, device: DeviceKind) -> Result<()> {
         return Ok(());
     }
     out!("{} ({})", report.path, report.kind);
-    match (&report.architecture, report.width) {
+    match (report.architecture.as_deref(), report.width) {
+        (Some("onnx"), _) => out!("network     ONNX graph, run by drmguard-onnx"),
         (Some(arch), Some(width)) => out!("network     {arch}, stem width {width}"),
         _ => out!("network     not understood"),
     }

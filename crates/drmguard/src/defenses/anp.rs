@@ -256,6 +256,11 @@ impl Mitigator for Anp {
     }
 
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
+        if suspect.model.batch_norms().is_empty() {
+            return Err(Error::Data(
+                "ANP perturbs and prunes BatchNorm neurons, and this model has none (an ONNX export folds BatchNorm into the convolutions)".into(),
+            ));
+        }
         let masks = self.optimise_masks(suspect, clean, seed, device)?;
         let (model, result) = self.prune(suspect, clean, masks)?;
         let record = serde_json::json!({

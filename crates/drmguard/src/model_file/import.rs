@@ -1,6 +1,7 @@
 //! Models trained elsewhere: torchvision-style ResNet-18/34/50 weights from a PyTorch file
 //! (`.pt`, `.pth`, `.bin`, `.ckpt`: a state dict, or a checkpoint that nests one) or from
-//! safetensors, described by a TOML card the user writes beside them:
+//! safetensors, or any CNN regressor as an ONNX graph (`.onnx`, run by `drmguard-onnx`; its
+//! last layer must be linear), described by a TOML card the user writes beside them:
 //!
 //! ```toml
 //! task = "gaze"                  # gaze | headpose
@@ -37,7 +38,7 @@ use sha2::Digest;
 
 use super::{CARD_FORMAT_VERSION, ModelCard};
 use crate::error::{Error, Result};
-use crate::models::{Architecture, ChannelOrder, Model, ModelSpec, Normalization};
+use crate::models::{Architecture, ChannelOrder, Model, ModelSpec, Normalization, Preprocess};
 use crate::task::Task;
 
 /// The card a user writes for a model trained elsewhere.
@@ -125,6 +126,7 @@ pub struct ImportRecord {
 pub enum WeightsFormat {
     Pytorch,
     Safetensors,
+    Onnx,
 }
 
 impl WeightsFormat {
@@ -132,9 +134,10 @@ impl WeightsFormat {
         match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("pt" | "pth" | "bin" | "ckpt" | "tar") => Ok(WeightsFormat::Pytorch),
             Some("safetensors") => Ok(WeightsFormat::Safetensors),
+            Some("onnx") => Ok(WeightsFormat::Onnx),
             _ => Err(Error::invalid(
                 "weights file",
-                format!("{} (expected .pt, .pth, .bin, .ckpt or .safetensors)", path.display()),
+                format!("{} (expected .pt, .pth, .bin, .ckpt, .safetensors or .onnx)", path.display()),
             )),
         }
     }
@@ -149,8 +152,18 @@ pub fn read_card(path: &Path) -> Result<ImportCard> {
     if card.weights.is_relative() {
         card.weights = path.parent().unwrap_or(Path::new(".")).join(&card.weights);
     }
-    if let Some(name) = &card.architecture {
-        architecture_by_name(name, 1).map_err(|e| bad(e.to_string()))?;
+    let onnx = WeightsFormat::of(&card.weights).map_err(|e| bad(e.to_string()))? == WeightsFormat::Onnx;
+    match (&card.architecture, onnx) {
+        (Some(name), true) if !name.eq_ignore_ascii_case("onnx") => {
+            return Err(bad(format!("architecture {name} for an ONNX graph (leave it out, or write \"onnx\")")));
+        }
+        (Some(name), false) => {
+            architecture_by_name(name, 1).map_err(|e| bad(e.to_string()))?;
+        }
+        _ => {}
+    }
+    if onnx && (card.state_dict_key.is_some() || !card.key_remap.is_empty()) {
+        return Err(bad("state_dict_key and key_remap apply to PyTorch and safetensors weights, not to an ONNX graph".into()));
     }
     output_map(card.task, &card.output).map_err(|e| bad(e.to_string()))?;
     input_spec(&card, Architecture::Resnet18 { width: 64 }).validate().map_err(|e| bad(e.to_string()))?;
@@ -243,7 +256,7 @@ fn open_store(path: &Path, format: WeightsFormat, state_dict_key: Option<&str>, 
             }
             Store::Pytorch(store)
         }
-        WeightsFormat::Safetensors => {
+        WeightsFormat::Safetensors | WeightsFormat::Onnx => {
             let mut store = SafetensorsStore::from_file(path)
                 .skip_enum_variants(true)
                 .allow_partial(true)
@@ -271,6 +284,9 @@ fn guarded<T>(path: &Path, read: impl FnOnce() -> std::result::Result<T, String>
 /// prefix in front of the network's names.
 pub fn read_state_dict(path: &Path, state_dict_key: Option<&str>, key_remap: &[[String; 2]]) -> Result<StateDict> {
     let format = WeightsFormat::of(path)?;
+    if format == WeightsFormat::Onnx {
+        return Err(Error::invalid("weights file", format!("{} is an ONNX graph, which has no state dict", path.display())));
+    }
     if !path.is_file() {
         return Err(Error::Read {
             path: path.to_path_buf(),
@@ -372,7 +388,7 @@ impl StateDict {
             Some(other) => return Err(fail(format!("`fc.weight` has shape {other:?}, expected [outputs, features]"))),
             None => return Err(fail("no output layer `fc.weight` (if the head has another name, rename it with key_remap)".into())),
         };
-        let expected = architecture.feature_width();
+        let expected = architecture.feature_width().unwrap_or_default();
         if features != expected {
             return Err(fail(format!("`fc.weight` takes {features} features; a {name} of width {width} has {expected}")));
         }
@@ -388,6 +404,9 @@ impl StateDict {
 /// Imports the model a card describes.
 pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     let card = read_card(card_path)?;
+    if WeightsFormat::of(&card.weights)? == WeightsFormat::Onnx {
+        return load_onnx(card_path, card, device);
+    }
     let dict = read_state_dict(&card.weights, card.state_dict_key.as_deref(), &card.key_remap)?;
     let inferred = dict.infer()?;
     let weights_err = |message: String| Error::Weights { path: card.weights.clone(), message };
@@ -410,7 +429,7 @@ pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
             card.output.names.join(", ")
         )));
     }
-    let spec = input_spec(&card, inferred.architecture);
+    let spec = input_spec(&card, inferred.architecture.clone());
     let mut model = spec.init(device, 0)?;
 
     let mut remaps: Vec<(String, String)> = card.key_remap.iter().map(|[a, b]| (a.clone(), b.clone())).collect();
@@ -444,16 +463,45 @@ pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
         )));
     }
     let model = fold_output_map(model, &map, device);
-    let weights_sha256 = sha256_file(&card.weights)?;
     let record = ImportRecord {
         card_path: card_path.to_path_buf(),
         weights_path: card.weights.clone(),
-        weights_sha256,
+        weights_sha256: sha256_file(&card.weights)?,
         stripped_prefix: dict.prefix.clone(),
         ignored_tensors: ignored,
         card: card.clone(),
     };
-    let model_card = ModelCard {
+    Ok((model, imported_card(card, spec, record)))
+}
+
+/// Imports an ONNX graph: its head is split off as `fc`, and the output map folded into it.
+fn load_onnx(card_path: &Path, card: ImportCard, device: &Device) -> Result<(Model, ModelCard)> {
+    if !card.weights.is_file() {
+        return Err(Error::Read {
+            path: card.weights.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such ONNX file"),
+        });
+    }
+    // Absolute, so that a repaired model saved elsewhere still finds its graph.
+    let graph = card.weights.canonicalize().map_err(|cause| Error::Read { path: card.weights.clone(), cause })?;
+    let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone() });
+    spec.validate()?;
+    let map = output_map(card.task, &card.output)?;
+    let model = crate::models::OnnxRegressor::load(&graph, spec.input_size, Some(map.len()), Preprocess::of(&spec), device)?;
+    let model = fold_output_map(Model::Onnx(model), &map, device);
+    let record = ImportRecord {
+        card_path: card_path.to_path_buf(),
+        weights_path: card.weights.clone(),
+        weights_sha256: sha256_file(&graph)?,
+        stripped_prefix: String::new(),
+        ignored_tensors: Vec::new(),
+        card: card.clone(),
+    };
+    Ok((model, imported_card(card, spec, record)))
+}
+
+fn imported_card(card: ImportCard, spec: ModelSpec, record: ImportRecord) -> ModelCard {
+    ModelCard {
         format_version: CARD_FORMAT_VERSION,
         drmguard_version: env!("CARGO_PKG_VERSION").into(),
         task: card.task,
@@ -464,8 +512,7 @@ pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
         imported: Some(record),
         backdoor: None,
         mitigation: None,
-    };
-    Ok((model, model_card))
+    }
 }
 
 /// Reorders, flips and rescales the head's outputs: output j of the result is

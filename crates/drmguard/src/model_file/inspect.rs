@@ -6,10 +6,13 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
 
+use drmguard_onnx::OnnxModel;
+
 use super::import::{self, Inferred, StateDict, WeightsFormat};
 use super::{ModelCard, card_path};
 use crate::error::Result;
-use crate::models::{Architecture, ModelSpec};
+use crate::models::onnx::OnnxLayers;
+use crate::models::{Architecture, Model, ModelSpec};
 
 /// One stage of the network with the shape of its output for the model's input size.
 #[derive(Debug, Clone, Serialize)]
@@ -24,7 +27,7 @@ pub struct Stage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
     pub path: String,
-    /// `drmguard model`, `imported model` or `weights without a card`.
+    /// `drmguard model`, `imported model`, `weights without a card` or `ONNX graph without a card`.
     pub kind: &'static str,
     pub architecture: Option<String>,
     pub width: Option<usize>,
@@ -53,15 +56,22 @@ pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Re
     if is_card || native {
         let (model, card) = super::load(path, device)?;
         let kind = if card.imported.is_some() { "imported model" } else { "drmguard model" };
-        let running_stats: usize = model.batch_norms().iter().map(|bn| 2 * bn.gamma.val().dims()[0]).sum();
+        let (parameters, stages, feature_layer) = match &model {
+            // The graph's own initializers (its copy of the head included), as the file has them.
+            Model::Onnx(m) => (m.net.num_params(), onnx_stages(&m.net, &m.layers, card.model.input_size, card.model.outputs), onnx_feature_layer(&m.layers)),
+            _ => {
+                let running_stats: usize = model.batch_norms().iter().map(|bn| 2 * bn.gamma.val().dims()[0]).sum();
+                (model.num_params() - running_stats, stages(&card.model), feature_layer(&card.model.architecture))
+            }
+        };
         return Ok(Inspection {
             path: path.display().to_string(),
             kind,
             architecture: Some(card.model.architecture.name().into()),
-            width: Some(card.model.architecture.width()),
-            parameters: Some(model.num_params() - running_stats),
-            stages: stages(&card.model),
-            feature_layer: Some(feature_layer(&card.model.architecture)),
+            width: Some(card.model.architecture.width()).filter(|w| *w > 0),
+            parameters: Some(parameters),
+            stages,
+            feature_layer: Some(feature_layer),
             stripped_prefix: card.imported.as_ref().map(|r| r.stripped_prefix.clone()),
             ignored_tensors: card.imported.as_ref().map(|r| r.ignored_tensors.clone()).unwrap_or_default(),
             card: Some(card),
@@ -69,6 +79,9 @@ pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Re
             missing: Vec::new(),
             card_template: None,
         });
+    }
+    if WeightsFormat::of(path)? == WeightsFormat::Onnx {
+        return inspect_bare_onnx(path, device);
     }
     let dict = import::read_state_dict(path, state_dict_key, &[])?;
     let inferred = dict.infer();
@@ -80,7 +93,7 @@ pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Re
     }
     let inferred = inferred.ok();
     let spec = inferred.as_ref().map(|i| ModelSpec {
-        architecture: i.architecture,
+        architecture: i.architecture.clone(),
         input_size: 224,
         input_range: [0.0, 1.0],
         channel_order: Default::default(),
@@ -105,7 +118,59 @@ pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Re
 }
 
 fn feature_layer(architecture: &Architecture) -> String {
-    format!("the input of `fc` (globally pooled, {} features)", architecture.feature_width())
+    format!("the input of `fc` (globally pooled, {} features)", architecture.feature_width().unwrap_or_default())
+}
+
+fn onnx_feature_layer(layers: &OnnxLayers) -> String {
+    format!("`{}`, the input of the last linear layer ({} features)", layers.features, layers.feature_width)
+}
+
+fn onnx_stages(net: &OnnxModel, layers: &OnnxLayers, size: u32, outputs: usize) -> Vec<Stage> {
+    let ops: Vec<String> = net.op_counts().into_iter().map(|(op, n)| format!("{op} ×{n}")).collect();
+    let s = size as usize;
+    let mut stages = vec![Stage { name: "graph".into(), layers: ops.join(", "), output_shape: vec![3, s, s] }];
+    if let Some(inner) = &layers.inner {
+        stages.push(Stage { name: "inner".into(), layers: format!("`{inner}`: where ABS stimulates neurons"), output_shape: vec![] });
+    }
+    stages.push(Stage { name: "features".into(), layers: format!("`{}`", layers.features), output_shape: vec![layers.feature_width] });
+    stages.push(Stage { name: "fc".into(), layers: "the graph's last linear layer".into(), output_shape: vec![outputs] });
+    stages
+}
+
+/// An ONNX graph without a card: what runs, where the features are, and the card to write.
+fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
+    let net = OnnxModel::load(path, device).map_err(|e| crate::error::Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
+    let (_, declared) = net.input();
+    let size = declared.get(2).copied().flatten().unwrap_or(224) as u32;
+    let mut missing = vec!["a model card (TOML) beside the graph: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model".to_string()];
+    let head = net.linear_head(0);
+    let (stages, feature_layer, outputs) = match &head {
+        Ok(h) => {
+            let [k, d] = h.weight.dims();
+            let layers = OnnxLayers { features: h.features.clone(), feature_width: k, inner: None };
+            (onnx_stages(&net, &layers, size, d), Some(onnx_feature_layer(&layers)), d)
+        }
+        Err(e) => {
+            missing.insert(0, format!("a linear last layer: {e}"));
+            (Vec::new(), None, 2)
+        }
+    };
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Inspection {
+        path: path.display().to_string(),
+        kind: "ONNX graph without a card",
+        architecture: Some("onnx".into()),
+        width: None,
+        parameters: Some(net.num_params()),
+        stages,
+        feature_layer,
+        card: None,
+        tensors: Some(net.parameters().count()),
+        stripped_prefix: None,
+        ignored_tensors: Vec::new(),
+        missing,
+        card_template: Some(template_text(&file, None, None, outputs, size)),
+    })
 }
 
 /// The stages of the network and their output shapes for the spec's input size (shapes for 224
@@ -117,7 +182,9 @@ fn stages(spec: &ModelSpec) -> Vec<Stage> {
     let features = spec.architecture.feature_width();
     let mut out = Vec::new();
     let mut push = |name: &str, layers: String, shape: Vec<usize>| out.push(Stage { name: name.into(), layers, output_shape: shape });
-    match spec.architecture {
+    match &spec.architecture {
+        // Described from the loaded graph instead (see `onnx_stages`).
+        Architecture::Onnx { .. } => {}
         Architecture::SmallCnn { .. } => {
             let mut size = s;
             for (i, c) in [w, 2 * w, 4 * w].into_iter().enumerate() {
@@ -143,14 +210,22 @@ fn stages(spec: &ModelSpec) -> Vec<Stage> {
             }
         }
     }
-    push("pool", "global average pooling: the penultimate features".into(), vec![features]);
+    push("pool", "global average pooling: the penultimate features".into(), vec![features.unwrap_or_default()]);
     push("fc", "linear head".into(), vec![spec.outputs]);
     out
 }
 
 fn card_template(weights: &Path, dict: &StateDict, inferred: Option<&Inferred>, state_dict_key: Option<&str>) -> String {
     let file = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let outputs = inferred.map_or(2, |i| i.outputs);
+    let prefix = (dict.format == WeightsFormat::Pytorch && !dict.prefix.is_empty()).then_some(dict.prefix.as_str());
+    let mut t = template_text(&file, inferred, prefix, inferred.map_or(2, |i| i.outputs), 224);
+    if let Some(key) = state_dict_key {
+        t = t.replacen("\n\n[input]", &format!("\nstate_dict_key = \"{key}\"\n\n[input]"), 1);
+    }
+    t
+}
+
+fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, outputs: usize, size: u32) -> String {
     let (task, names) = if outputs == 3 { ("headpose", r#"["yaw", "pitch", "roll"]"#) } else { ("gaze", r#"["pitch", "yaw"]"#) };
     let mut t = String::new();
     t.push_str("# drmguard model card: check every value against how the model was trained.\n");
@@ -159,14 +234,11 @@ fn card_template(weights: &Path, dict: &StateDict, inferred: Option<&Inferred>, 
     if let Some(i) = inferred {
         t.push_str(&format!("architecture = \"{}\"        # read from the weights (width {})\n", i.architecture.name(), i.architecture.width()));
     }
-    if let Some(key) = state_dict_key {
-        t.push_str(&format!("state_dict_key = \"{key}\"\n"));
-    }
-    if dict.format == WeightsFormat::Pytorch && !dict.prefix.is_empty() {
-        t.push_str(&format!("# the state dict's names start with \"{}\": drmguard strips it\n", dict.prefix));
+    if let Some(prefix) = prefix {
+        t.push_str(&format!("# the state dict's names start with \"{prefix}\": drmguard strips it\n"));
     }
     t.push_str("\n[input]\n");
-    t.push_str("size = 224                      # side of the square input image\n");
+    t.push_str(&format!("size = {size:<26}# side of the square input image\n"));
     t.push_str("channel_order = \"rgb\"           # rgb | bgr (OpenCV)\n");
     t.push_str("range = [0.0, 1.0]              # the values the model takes, e.g. [0.0, 255.0]\n");
     t.push_str("mean = [0.485, 0.456, 0.406]    # in the model's channel order and range\n");

@@ -1,5 +1,6 @@
 //! Regression models f = H ∘ F: a backbone F to penultimate features and one linear head H.
 
+pub mod onnx;
 pub mod resize;
 pub mod resnet;
 pub mod small_cnn;
@@ -10,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use onnx::OnnxRegressor;
 pub use resnet::{Depth, ResNet};
 pub use small_cnn::SmallCnn;
 
@@ -109,7 +111,7 @@ impl Preprocess {
 }
 
 /// The architectures drmguard builds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum Architecture {
     /// torchvision's ResNet-18 with every stage's width scaled: `width` = 64 is the original.
@@ -120,15 +122,20 @@ pub enum Architecture {
     Resnet50 { width: usize },
     /// A three-stage CNN for tests.
     SmallCnn { width: usize },
+    /// A graph from an ONNX file (see [`onnx`]); its weights are the file's until a saved
+    /// model's weights replace them.
+    Onnx { graph: std::path::PathBuf },
 }
 
 impl Architecture {
+    /// The stem width (0 for an ONNX graph, which has none).
     pub fn width(&self) -> usize {
         match self {
             Architecture::Resnet18 { width }
             | Architecture::Resnet34 { width }
             | Architecture::Resnet50 { width }
             | Architecture::SmallCnn { width } => *width,
+            Architecture::Onnx { .. } => 0,
         }
     }
 
@@ -139,6 +146,7 @@ impl Architecture {
             Architecture::Resnet34 { .. } => Architecture::Resnet34 { width },
             Architecture::Resnet50 { .. } => Architecture::Resnet50 { width },
             Architecture::SmallCnn { .. } => Architecture::SmallCnn { width },
+            Architecture::Onnx { .. } => self,
         }
     }
 
@@ -148,14 +156,16 @@ impl Architecture {
             Architecture::Resnet34 { .. } => "resnet34",
             Architecture::Resnet50 { .. } => "resnet50",
             Architecture::SmallCnn { .. } => "small-cnn",
+            Architecture::Onnx { .. } => "onnx",
         }
     }
 
-    /// Width of the penultimate features.
-    pub fn feature_width(&self) -> usize {
-        match self.depth() {
-            Some(depth) => depth.feature_width(self.width()),
-            None => 4 * self.width(),
+    /// Width of the penultimate features (for an ONNX graph, known once it is loaded).
+    pub fn feature_width(&self) -> Option<usize> {
+        match self {
+            Architecture::Onnx { .. } => None,
+            Architecture::SmallCnn { width } => Some(4 * width),
+            _ => self.depth().map(|depth| depth.feature_width(self.width())),
         }
     }
 
@@ -164,11 +174,20 @@ impl Architecture {
             Architecture::Resnet18 { .. } => Some(Depth::R18),
             Architecture::Resnet34 { .. } => Some(Depth::R34),
             Architecture::Resnet50 { .. } => Some(Depth::R50),
-            Architecture::SmallCnn { .. } => None,
+            Architecture::SmallCnn { .. } | Architecture::Onnx { .. } => None,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if let Architecture::Onnx { graph } = self {
+            if !graph.is_file() {
+                return Err(Error::Read {
+                    path: graph.clone(),
+                    cause: std::io::Error::new(std::io::ErrorKind::NotFound, "the model's ONNX graph is missing"),
+                });
+            }
+            return Ok(());
+        }
         let width = self.width();
         if !(1..=1024).contains(&width) {
             return Err(Error::invalid("model width", format!("{width} (must be within 1..=1024)")));
@@ -212,6 +231,9 @@ impl ModelSpec {
     pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
         self.validate()?;
         let pre = Preprocess::of(self);
+        if let Architecture::Onnx { graph } = &self.architecture {
+            return Ok(Model::Onnx(OnnxRegressor::load(graph, self.input_size, Some(self.outputs), pre, device)?));
+        }
         Ok(init_seeded(device, seed, || match self.architecture.depth() {
             Some(depth) => Model::Resnet(ResNet::new(depth, self.architecture.width(), self.outputs, pre, device)),
             None => Model::SmallCnn(SmallCnn::new(self.architecture.width(), self.outputs, pre, device)),
@@ -250,6 +272,7 @@ impl burn::module::ModuleVisitor for Materialize {
 pub enum Model {
     Resnet(ResNet),
     SmallCnn(SmallCnn),
+    Onnx(OnnxRegressor),
 }
 
 /// How a forward pass applies each BatchNorm of F: `bn.forward(x)` normally; a defense may
@@ -266,14 +289,17 @@ impl Model {
         match self {
             Model::Resnet(m) => &m.fc,
             Model::SmallCnn(m) => &m.fc,
+            Model::Onnx(m) => &m.fc,
         }
     }
 
-    /// F with every BatchNorm applied through `bn`.
+    /// F with every BatchNorm applied through `bn` (an ONNX graph has no BatchNorm of its own:
+    /// the exporter folds them into the convolutions).
     pub fn features_with(&self, x: Tensor<4>, bn: BnHook) -> Tensor<2> {
         match self {
             Model::Resnet(m) => m.features_with(x, bn),
             Model::SmallCnn(m) => m.features_with(x, bn),
+            Model::Onnx(m) => m.features(x),
         }
     }
 
@@ -283,6 +309,7 @@ impl Model {
         match self {
             Model::Resnet(m) => m.inner_with(x, &mut plain),
             Model::SmallCnn(m) => m.inner_with(x, &mut plain),
+            Model::Onnx(m) => m.inner(x),
         }
     }
 
@@ -291,6 +318,7 @@ impl Model {
         match self {
             Model::Resnet(m) => m.tail_with(h, &mut plain),
             Model::SmallCnn(m) => m.tail_with(h, &mut plain),
+            Model::Onnx(m) => m.tail(h),
         }
     }
 
@@ -304,6 +332,7 @@ impl Model {
         match self {
             Model::Resnet(m) => m.batch_norms(),
             Model::SmallCnn(m) => m.batch_norms(),
+            Model::Onnx(_) => Vec::new(),
         }
     }
 
@@ -318,6 +347,7 @@ impl Model {
         match self {
             Model::Resnet(m) => Model::Resnet(m.map_batch_norms(&mut visit)),
             Model::SmallCnn(m) => Model::SmallCnn(m.map_batch_norms(&mut visit)),
+            Model::Onnx(m) => Model::Onnx(m),
         }
     }
 
@@ -326,6 +356,7 @@ impl Model {
         match self {
             Model::Resnet(m) => Model::Resnet(ResNet { fc: f(m.fc), ..m }),
             Model::SmallCnn(m) => Model::SmallCnn(SmallCnn { fc: f(m.fc), ..m }),
+            Model::Onnx(m) => Model::Onnx(OnnxRegressor { fc: f(m.fc), ..m }),
         }
     }
 }
