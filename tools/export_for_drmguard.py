@@ -21,8 +21,10 @@ From a checkpoint file:
 
 From Python, with the model object:
 
-  from export_for_drmguard import export
+  from export_for_drmguard import export, export_onnx
   export(model, "exported/gaze", task="gaze", input_size=224, outputs=["pitch", "yaw"], ...)
+  # any CNN regressor whose last layer is linear, as an ONNX graph plus its card:
+  export_onnx(model, "exported/gaze", task="gaze", input_size=224, outputs=["pitch", "yaw"], ...)
 
 Output names are the task's (gaze: pitch, yaw; headpose: yaw, pitch, roll) in the model's output
 order, each prefixed with "-" where the model's sign convention is the opposite of drmguard's
@@ -84,6 +86,17 @@ def check_resnet(state):
     return name, stem.shape[0], fc.shape[0]
 
 
+def check_card_values(task, input_size, outputs, channel_order, units):
+    if task not in TASK_OUTPUTS:
+        raise SystemExit(f"unknown task {task!r} (gaze, headpose)")
+    if sorted(n.lstrip("-") for n in outputs) != sorted(TASK_OUTPUTS[task]):
+        raise SystemExit(f"outputs {outputs} must name each of {TASK_OUTPUTS[task]} once (in the model's order, '-' to flip)")
+    if input_size % 8 or not 16 <= input_size <= 1024:
+        raise SystemExit(f"input size {input_size} must be divisible by 8 and within 16..=1024")
+    if channel_order not in ("rgb", "bgr") or units not in ("radians", "degrees"):
+        raise SystemExit("channel order is rgb or bgr; units are radians or degrees")
+
+
 def card_text(weights_name, architecture, task, input_size, channel_order, value_range, mean, std, outputs, units):
     floats = lambda v: "[" + ", ".join(repr(float(x)) for x in v) + "]"
     names = ", ".join(f'"{n}"' for n in outputs)
@@ -91,8 +104,8 @@ def card_text(weights_name, architecture, task, input_size, channel_order, value
         "# drmguard model card (written by tools/export_for_drmguard.py)\n"
         f'task = "{task}"\n'
         f'weights = "{weights_name}"\n'
-        f'architecture = "{architecture}"\n'
-        "\n[input]\n"
+        + (f'architecture = "{architecture}"\n' if architecture else "")
+        + "\n[input]\n"
         f"size = {input_size}\n"
         f'channel_order = "{channel_order}"\n'
         f"range = {floats(value_range)}\n"
@@ -107,14 +120,7 @@ def card_text(weights_name, architecture, task, input_size, channel_order, value
 def export(model_or_state, out, *, task, input_size, outputs, units="radians", mean=(0.485, 0.456, 0.406),
            std=(0.229, 0.224, 0.225), channel_order="rgb", value_range=(0.0, 1.0), state_dict_key=None):
     """Writes OUT.safetensors and OUT.toml; returns their paths."""
-    if task not in TASK_OUTPUTS:
-        raise SystemExit(f"unknown task {task!r} (gaze, headpose)")
-    if sorted(n.lstrip("-") for n in outputs) != sorted(TASK_OUTPUTS[task]):
-        raise SystemExit(f"outputs {outputs} must name each of {TASK_OUTPUTS[task]} once (in the model's order, '-' to flip)")
-    if input_size % 8 or not 16 <= input_size <= 1024:
-        raise SystemExit(f"input size {input_size} must be divisible by 8 and within 16..=1024")
-    if channel_order not in ("rgb", "bgr") or units not in ("radians", "degrees"):
-        raise SystemExit("channel order is rgb or bgr; units are radians or degrees")
+    check_card_values(task, input_size, outputs, channel_order, units)
     state = state_dict_of(model_or_state, state_dict_key)
     architecture, width, n_out = check_resnet(state)
     if n_out != len(outputs):
@@ -128,6 +134,29 @@ def export(model_or_state, out, *, task, input_size, outputs, units="radians", m
     card.write_text(card_text(weights.name, architecture, task, input_size, channel_order, value_range, mean, std, outputs, units))
     print(f"{architecture} (stem width {width}, {n_out} outputs): wrote {weights} and {card}")
     return weights, card
+
+
+def export_onnx(model, out, *, task, input_size, outputs, units="radians", mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225), channel_order="rgb", value_range=(0.0, 1.0), opset=17):
+    """Writes OUT.onnx (torch.onnx.export with a free batch axis) and OUT.toml; returns their
+    paths. `model` takes the normalised image batch [n, 3, size, size] (the card states the
+    normalisation) and returns the regression outputs from a linear last layer."""
+    check_card_values(task, input_size, outputs, channel_order, units)
+    model = model.eval()
+    x = torch.zeros(2, 3, input_size, input_size)
+    with torch.no_grad():
+        y = model(x)
+    if not torch.is_tensor(y) or y.dim() != 2 or y.shape[1] != len(outputs):
+        shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+        raise SystemExit(f"the model returns {shape}; drmguard needs one [n, {len(outputs)}] tensor")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graph, card = out.with_suffix(".onnx"), out.with_suffix(".toml")
+    torch.onnx.export(model, (x,), str(graph), dynamo=False, opset_version=opset, input_names=["image"],
+                      output_names=["output"], dynamic_axes={"image": {0: "n"}, "output": {0: "n"}})
+    card.write_text(card_text(graph.name, None, task, input_size, channel_order, value_range, mean, std, outputs, units))
+    print(f"ONNX graph ({len(outputs)} outputs): wrote {graph} and {card}")
+    return graph, card
 
 
 def main(argv=None):
