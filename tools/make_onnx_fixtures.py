@@ -4,10 +4,9 @@
   r18.onnx   the narrow torchvision ResNet-18 of make_torch_fixtures.py (stem width 2, 2 outputs)
   zoo.onnx   a small CNN that uses every other supported operator: PRelu, BatchNormalization
              that cannot be folded into a convolution, MaxPool and AveragePool with pads and
-             ceil_mode, grouped Conv, LeakyRelu, Sigmoid, Tanh, Concat, Transpose, ReduceMean,
-             Flatten, Clip, Softmax, MatMul, Add, Sub, Mul, Div. (Not Pad: torch exports F.pad
-             with a chain of shape operators, ConstantOfShape, Slice, Cast, that drmguard-onnx
-             does not run yet.)
+             ceil_mode, F.pad (exported as Pad whose pads a chain of ConstantOfShape, Concat,
+             Reshape, Slice, Transpose and Cast computes), grouped Conv, LeakyRelu, Sigmoid, Tanh,
+             Concat, Transpose, ReduceMean, Flatten, Clip, Softmax, MatMul, Add, Sub, Mul, Div
 
 both exported with torch.onnx.export (TorchScript exporter, opset 19, dynamic batch), and
 reference.safetensors with the input (`input`: two 3×16×16 images in [0, 1]) and, per model,
@@ -36,7 +35,7 @@ class Zoo(nn.Module):
         self.conv1 = nn.Conv2d(3, 4, 3, stride=2, padding=(1, 2))
         self.prelu = nn.PReLU(4, init=0.1)
         self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.conv2 = nn.Conv2d(4, 6, 2, padding=0, groups=2)
         self.head = nn.Parameter(torch.randn(20, 3) * 0.3)
         self.bias = nn.Parameter(torch.randn(3) * 0.1)
 
@@ -44,7 +43,7 @@ class Zoo(nn.Module):
         x = self.bn(self.prelu(self.conv1(x)))
         a = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
         b = F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
-        a = F.leaky_relu(self.conv2(a), 0.2)  # grouped conv
+        a = F.leaky_relu(self.conv2(F.pad(a, (1, 0, 0, 1))), 0.2)  # asymmetric pad, grouped conv
         x = torch.cat([torch.sigmoid(a) - 0.5, torch.tanh(b)], dim=1)  # 10 channels
         x = x.transpose(2, 3) * 2.0
         pooled = x.mean(dim=(2, 3), keepdim=True).flatten(1)  # [n, 10]

@@ -7,9 +7,11 @@
 //! (inference form), Relu, LeakyRelu, PRelu, Sigmoid, Tanh, MaxPool and AveragePool (pads,
 //! ceil_mode), GlobalAveragePool, Gemm, MatMul (and onnx-ir's fused Linear), Add, Mul, Sub, Div,
 //! Flatten, Reshape, Concat, Transpose, Pad, Clip, Softmax, ReduceMean, Constant, Identity —
-//! on float tensors of rank 1 to 4, with one image input. Anything else is refused with the
-//! operator's name when the model is loaded.
+//! on float tensors of rank 1 to 4, with one image input. Integer chains on constants (how
+//! exporters compute shapes and pads) are evaluated at load time ([`fold`]). Anything else is
+//! refused with the operator's name when the model is loaded.
 
+mod fold;
 mod ops;
 mod value;
 
@@ -171,7 +173,32 @@ impl OnnxModel {
                 Ok(Src::Ints(ints))
             }
         };
+        // Shapes of folded integer constants (a plain Src::Ints is one-dimensional).
+        let mut folded_shapes: HashMap<String, Vec<usize>> = HashMap::new();
         for node in &graph.nodes {
+            let int_inputs: Vec<Option<fold::IntTensor>> = node
+                .inputs()
+                .iter()
+                .map(|a| match constant_of.get(&a.name) {
+                    Some(Src::Ints(data)) => Some(fold::IntTensor {
+                        shape: folded_shapes.get(&a.name).cloned().unwrap_or_else(|| vec![data.len()]),
+                        data: data.clone(),
+                    }),
+                    Some(_) => None,
+                    None if a.is_static() || a.is_constant() => a
+                        .value()
+                        .filter(|d| !d.dtype().is_float())
+                        .and_then(|d| Some(fold::IntTensor { shape: d.shape().to_vec(), data: d.convert::<i64>().try_into_vec::<i64>().ok()? })),
+                    None => None,
+                })
+                .collect();
+            if let Some(folded) = fold::fold(node, &int_inputs) {
+                let folded = folded.map_err(|e| Error::Node { node: node.name().into(), op: format!("{:?}", node.node_type()), message: e.to_string() })?;
+                let out = node.outputs().first().ok_or_else(|| Error::Invalid(format!("{} without output", node.name())))?;
+                folded_shapes.insert(out.name.clone(), folded.shape);
+                constant_of.insert(out.name.clone(), Src::Ints(folded.data));
+                continue;
+            }
             ops::check(node)?;
             if let Node::Constant(c) = node {
                 let out = c.outputs.first().ok_or_else(|| Error::Invalid(format!("Constant {} without output", c.name)))?;

@@ -343,7 +343,16 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
             let data = x(&mut inputs)?;
             let pads = match &n.config.pads {
                 PadInput::Static(p) => p.clone(),
-                PadInput::Runtime { .. } => return Err(Error::Unsupported("Pad with pads computed at run time".into())),
+                // ONNX order: every axis's begin, then every axis's end.
+                PadInput::Runtime { axes: None, .. } => {
+                    let flat = input(&mut inputs, 1, "pads")?.ints("pads")?;
+                    let rank = data.rank();
+                    if flat.len() != 2 * rank || flat.iter().any(|p| *p < 0) {
+                        return Err(Error::Unsupported(format!("pads {flat:?} for rank {rank} (negative pads crop)")));
+                    }
+                    (0..rank).map(|i| (flat[i] as usize, flat[i + rank] as usize)).collect()
+                }
+                PadInput::Runtime { .. } => return Err(Error::Unsupported("Pad with axes computed at run time".into())),
             };
             if pads.len() != data.rank() {
                 return Err(Error::Shape(format!("{} pad pairs for rank {}", pads.len(), data.rank())));
