@@ -44,8 +44,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Where a node input comes from.
 #[derive(Debug, Clone)]
 enum Src {
-    /// The graph's image input.
-    Input,
+    /// A graph input, by position.
+    Input(usize),
     /// A float initializer, trainable.
     Param(usize),
     /// An integer constant (shapes, axes).
@@ -70,8 +70,8 @@ struct Program {
     steps: Vec<Step>,
     param_shapes: Vec<Vec<usize>>,
     param_names: Vec<String>,
-    input_name: String,
-    input_shape: Vec<Option<usize>>,
+    /// The graph inputs' names and declared shapes (`None` for a dynamic axis).
+    inputs: Vec<(String, Vec<Option<usize>>)>,
     outputs: Vec<(String, Src)>,
     slots: usize,
     /// Slot of each value by name, for reading an inner node's value.
@@ -99,7 +99,19 @@ pub const SUPPORTED_OPS: &[&str] = &[
 impl OnnxModel {
     /// Parses and checks an ONNX file; every operator is checked here, so that running the model
     /// fails only on shapes.
+    /// The graph must take one image batch `[n, c, h, w]`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let model = Self::load_any(path, device)?;
+        let in_file = |message: String| Error::Parse { path: path.display().to_string(), message };
+        match model.program.inputs.as_slice() {
+            [(_, shape)] if shape.len() == 4 => Ok(model),
+            [(name, shape)] => Err(in_file(format!("input {name} has rank {} (expected an image batch [n, c, h, w])", shape.len()))),
+            many => Err(in_file(format!("{} graph inputs (drmguard models take one image batch)", many.len()))),
+        }
+    }
+
+    /// A graph with any number of inputs of rank 1 to 4 (see [`Self::run_inputs`]).
+    pub fn load_any(path: &Path, device: &Device) -> Result<Self> {
         Self::load_graph(path, device).map_err(|e| match e {
             e @ Error::Parse { .. } => e,
             other => Error::Parse { path: path.display().to_string(), message: other.to_string() },
@@ -115,15 +127,15 @@ impl OnnxModel {
         let graph = std::panic::catch_unwind(|| OnnxGraphBuilder::new().parse_file(path))
             .map_err(|_| parse_err("the file is malformed (the parser gave up)".into()))?
             .map_err(|e| parse_err(e.to_string()))?;
-        let float_inputs: Vec<&Argument> = graph.inputs.iter().filter(|a| !a.is_static() && !a.is_constant()).collect();
-        let input = match float_inputs.as_slice() {
-            [one] => *one,
-            many => return Err(Error::Unsupported(format!("{} graph inputs (drmguard models take one image batch)", many.len()))),
-        };
-        let input_shape = match &input.ty {
-            ArgType::Tensor(t) if t.rank == 4 => t.static_shape.clone().unwrap_or_else(|| vec![None; 4]),
-            other => return Err(Error::Unsupported(format!("input {} of type {other:?} (expected an image batch [n, c, h, w])", input.name))),
-        };
+        let graph_inputs: Vec<&Argument> = graph.inputs.iter().filter(|a| !a.is_static() && !a.is_constant()).collect();
+        let inputs = graph_inputs
+            .iter()
+            .map(|a| match &a.ty {
+                ArgType::Tensor(t) if (1..=4).contains(&t.rank) => Ok((a.name.clone(), t.static_shape.clone().unwrap_or_else(|| vec![None; t.rank]))),
+                other => Err(Error::Unsupported(format!("input {} of type {other:?} (tensors of rank 1 to 4 are supported)", a.name))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input_index: HashMap<String, usize> = inputs.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
 
         let mut params: Vec<Param<Tensor<1>>> = Vec::new();
         let mut param_shapes = Vec::new();
@@ -140,7 +152,7 @@ impl OnnxModel {
             }
             let key = match arg.value_source {
                 ValueSource::Optional => return Ok(Src::Absent),
-                ValueSource::Dynamic if arg.name == input.name => return Ok(Src::Input),
+                ValueSource::Dynamic if input_index.contains_key(&arg.name) => return Ok(Src::Input(input_index[&arg.name])),
                 ValueSource::Dynamic => {
                     return slot_of
                         .get(&arg.name)
@@ -237,8 +249,7 @@ impl OnnxModel {
             steps,
             param_shapes,
             param_names,
-            input_name: input.name.clone(),
-            input_shape,
+            inputs,
             outputs,
             slots: slot_of.len(),
             slot_of,
@@ -249,12 +260,20 @@ impl OnnxModel {
 
     /// The graph's outputs for an image batch.
     pub fn forward(&self, x: Tensor<4>) -> Result<Vec<Value>> {
+        self.run_inputs(vec![Value::F4(x)])
+    }
+
+    /// The graph's outputs for its inputs, in the graph's order.
+    pub fn run_inputs(&self, xs: Vec<Value>) -> Result<Vec<Value>> {
         let p = &self.program;
+        if xs.len() != p.inputs.len() {
+            return Err(Error::Invalid(format!("{} inputs given, the graph takes {}", xs.len(), p.inputs.len())));
+        }
         let mut slots: Vec<Option<Value>> = vec![None; p.slots];
-        self.execute(Some(&x), &mut slots, 0, None)?;
+        self.execute(&xs, &mut slots, 0, None)?;
         p.outputs
             .iter()
-            .map(|(_, s)| self.fetch(s, Some(&x), &slots)?.ok_or_else(|| Error::Invalid("an output is absent".into())))
+            .map(|(_, s)| self.fetch(s, &xs, &slots)?.ok_or_else(|| Error::Invalid("an output is absent".into())))
             .collect()
     }
 
@@ -263,7 +282,7 @@ impl OnnxModel {
     pub fn value_at(&self, x: Tensor<4>, name: &str) -> Result<Value> {
         let slot = self.slot(name)?;
         let mut slots: Vec<Option<Value>> = vec![None; self.program.slots];
-        self.execute(Some(&x), &mut slots, 0, Some(slot))?;
+        self.execute(&[Value::F4(x)], &mut slots, 0, Some(slot))?;
         slots[slot].take().ok_or_else(|| Error::Invalid(format!("{name} was not computed")))
     }
 
@@ -275,7 +294,7 @@ impl OnnxModel {
         let (start, stop) = (self.slot(from)?, self.slot(to)?);
         let mut slots: Vec<Option<Value>> = vec![None; self.program.slots];
         slots[start] = Some(value);
-        self.execute(None, &mut slots, self.program.producer[start] + 1, Some(stop))?;
+        self.execute(&[], &mut slots, self.program.producer[start] + 1, Some(stop))?;
         slots[stop].take().ok_or_else(|| Error::Invalid(format!("{to} does not follow {from}")))
     }
 
@@ -287,7 +306,7 @@ impl OnnxModel {
         let step = p.producer[slot];
         p.steps[step + 1..].iter().all(|s| {
             s.inputs.iter().all(|src| match src {
-                Src::Input => false,
+                Src::Input(_) => false,
                 Src::Slot(k) => *k == slot || p.producer[*k] > step,
                 _ => true,
             })
@@ -298,7 +317,7 @@ impl OnnxModel {
     pub fn shapes(&self, x: Tensor<4>) -> Result<Vec<(String, Vec<usize>)>> {
         let p = &self.program;
         let mut slots: Vec<Option<Value>> = vec![None; p.slots];
-        self.execute(Some(&x), &mut slots, 0, None)?;
+        self.execute(&[Value::F4(x)], &mut slots, 0, None)?;
         let mut named: Vec<(&String, &usize)> = p.slot_of.iter().collect();
         named.sort_by_key(|(_, s)| **s);
         Ok(named.into_iter().filter_map(|(n, s)| slots[*s].as_ref().map(|v| (n.clone(), v.dims()))).collect())
@@ -367,10 +386,10 @@ impl OnnxModel {
         self.program.slot_of.get(name).copied().ok_or_else(|| Error::Invalid(format!("no value named {name}")))
     }
 
-    fn fetch(&self, src: &Src, x: Option<&Tensor<4>>, slots: &[Option<Value>]) -> Result<Option<Value>> {
+    fn fetch(&self, src: &Src, xs: &[Value], slots: &[Option<Value>]) -> Result<Option<Value>> {
         let p = &self.program;
         Ok(match src {
-            Src::Input => Some(Value::F4(x.ok_or_else(|| Error::Invalid("the input is read after the cut".into()))?.clone())),
+            Src::Input(i) => Some(xs.get(*i).ok_or_else(|| Error::Invalid("a graph input is read after the cut".into()))?.clone()),
             Src::Param(k) => Some(Value::F1(self.params[*k].val()).reshape(&p.param_shapes[*k])?),
             Src::Ints(v) => Some(Value::Ints(v.clone())),
             Src::Slot(s) => Some(slots[*s].clone().ok_or_else(|| Error::Invalid("a value is read before it is computed".into()))?),
@@ -379,12 +398,12 @@ impl OnnxModel {
     }
 
     /// Runs steps from `from` on, stopping once slot `stop` is filled.
-    fn execute(&self, x: Option<&Tensor<4>>, slots: &mut [Option<Value>], from: usize, stop: Option<usize>) -> Result<()> {
+    fn execute(&self, xs: &[Value], slots: &mut [Option<Value>], from: usize, stop: Option<usize>) -> Result<()> {
         for step in &self.program.steps[from..] {
             if stop.is_some_and(|s| slots[s].is_some()) {
                 break;
             }
-            let inputs = step.inputs.iter().map(|s| self.fetch(s, x, slots)).collect::<Result<Vec<_>>>()?;
+            let inputs = step.inputs.iter().map(|s| self.fetch(s, xs, slots)).collect::<Result<Vec<_>>>()?;
             let outputs = ops::run(&step.node, inputs).map_err(|e| Error::Node {
                 node: step.node.name().to_string(),
                 op: ops::op_name(&step.node).to_string(),
@@ -397,9 +416,9 @@ impl OnnxModel {
         Ok(())
     }
 
-    /// The input's name and shape as declared (`None` for a dynamic axis).
-    pub fn input(&self) -> (&str, &[Option<usize>]) {
-        (&self.program.input_name, &self.program.input_shape)
+    /// The (first) input's name and shape as declared (`None` for a dynamic axis).
+    pub fn input(&self) -> Option<(&str, &[Option<usize>])> {
+        self.program.inputs.first().map(|(name, shape)| (name.as_str(), shape.as_slice()))
     }
 
     /// The outputs' names.

@@ -175,6 +175,9 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
                 BatchNormConfig::Static(c) => c.epsilon,
                 BatchNormConfig::Runtime(c) => c.epsilon,
             } as f32;
+            // onnx-ir 0.22 reads a missing epsilon as 0; ONNX's default is 1e-5 (an explicit 0,
+            // which no exporter writes, gets the default too).
+            let eps = if eps == 0.0 { 1e-5 } else { eps };
             let data = x(&mut inputs)?;
             let rank = data.rank();
             let [scale, bias, mean, var] = [1, 2, 3, 4].map(|i| input(&mut inputs, i, "BatchNormalization statistics"));

@@ -82,6 +82,9 @@ impl Value {
 
     /// The same elements in a tensor of `dims` (rank 1 to 4; rank 0 becomes `[1]`).
     pub fn reshape(self, dims: &[usize]) -> Result<Value> {
+        if dims.contains(&0) {
+            return Err(Error::Unsupported(format!("empty tensors (shape {dims:?})")));
+        }
         let have: usize = self.dims().iter().product();
         let want: usize = dims.iter().product();
         if have != want {

@@ -140,7 +140,7 @@ fn onnx_stages(net: &OnnxModel, layers: &OnnxLayers, size: u32, outputs: usize) 
 /// An ONNX graph without a card: what runs, where the features are, and the card to write.
 fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
     let net = OnnxModel::load(path, device).map_err(|e| crate::error::Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
-    let (_, declared) = net.input();
+    let declared = net.input().map(|(_, d)| d.to_vec()).unwrap_or_default();
     let size = declared.get(2).copied().flatten().unwrap_or(224) as u32;
     let mut missing = vec!["a model card (TOML) beside the graph: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model".to_string()];
     let head = net.linear_head(0);

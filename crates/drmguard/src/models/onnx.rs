@@ -46,9 +46,9 @@ impl OnnxRegressor {
     pub fn load(path: &Path, input_size: u32, outputs: Option<usize>, norm: Preprocess, device: &Device) -> Result<Self> {
         let err = onnx_err(path);
         let net = OnnxModel::load(path, device).map_err(&err)?;
-        let (_, declared) = net.input();
+        let declared = net.input().map(|(_, d)| d.to_vec()).unwrap_or_default();
         let s = input_size as usize;
-        for (axis, (want, have)) in [None, Some(3), Some(s), Some(s)].iter().zip(declared).enumerate() {
+        for (axis, (want, have)) in [None, Some(3), Some(s), Some(s)].iter().zip(&declared).enumerate() {
             if let (Some(w), Some(h)) = (want, have) {
                 if w != h {
                     return Err(Error::Weights {
