@@ -139,31 +139,7 @@ fn shape_of(dims: &[i64]) -> Result<Vec<usize>> {
 }
 
 fn reshape(data: IntTensor, target: &[i64]) -> Result<IntTensor> {
-    let total = data.data.len();
-    let mut shape = Vec::with_capacity(target.len());
-    let mut infer = None;
-    for (i, &t) in target.iter().enumerate() {
-        match t {
-            0 => shape.push(*data.shape.get(i).ok_or_else(|| Error::Shape(format!("reshape {:?} to {target:?}", data.shape)))?),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                shape.push(1);
-            }
-            t if t > 0 => shape.push(t as usize),
-            _ => return Err(Error::Shape(format!("reshape target {target:?}"))),
-        }
-    }
-    if let Some(i) = infer {
-        let known: usize = shape.iter().product();
-        if known == 0 || total % known != 0 {
-            return Err(Error::Shape(format!("cannot reshape {:?} to {target:?}", data.shape)));
-        }
-        shape[i] = total / known;
-    }
-    if shape.iter().product::<usize>() != total {
-        return Err(Error::Shape(format!("cannot reshape {:?} to {target:?}", data.shape)));
-    }
-    Ok(IntTensor { shape, data: data.data })
+    Ok(IntTensor { shape: crate::value::reshape_target(&data.shape, target)?, data: data.data })
 }
 
 /// ONNX Slice: per listed axis, `start..end` by `step` (negative steps run backwards), with

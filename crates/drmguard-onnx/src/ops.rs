@@ -275,28 +275,7 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
                 ReshapeInput::Static(s) => s.clone(),
                 ReshapeInput::Runtime(_) => input(&mut inputs, 1, "shape")?.ints("the target shape")?,
             };
-            let dims = data.dims();
-            let total: usize = dims.iter().product();
-            let mut out: Vec<usize> = Vec::with_capacity(shape.len());
-            let mut infer = None;
-            for (i, &s) in shape.iter().enumerate() {
-                match s {
-                    0 => out.push(*dims.get(i).ok_or_else(|| Error::Shape(format!("reshape {dims:?} to {shape:?}")))?),
-                    -1 if infer.is_none() => {
-                        infer = Some(i);
-                        out.push(1);
-                    }
-                    s if s > 0 => out.push(s as usize),
-                    _ => return Err(Error::Shape(format!("reshape target {shape:?}"))),
-                }
-            }
-            if let Some(i) = infer {
-                let known: usize = out.iter().product();
-                if known == 0 || total % known != 0 {
-                    return Err(Error::Shape(format!("cannot reshape {dims:?} to {shape:?}")));
-                }
-                out[i] = total / known;
-            }
+            let out = value::reshape_target(&data.dims(), &shape)?;
             data.reshape(&out)?
         }
         Node::Transpose(n) => {

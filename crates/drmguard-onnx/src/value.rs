@@ -141,6 +141,37 @@ impl Value {
     }
 }
 
+/// The dimensions ONNX's Reshape gives `dims` for `target`: 0 copies the input's dimension, one
+/// -1 takes what is left.
+pub fn reshape_target(dims: &[usize], target: &[i64]) -> Result<Vec<usize>> {
+    let total: usize = dims.iter().product();
+    let bad = || Error::Shape(format!("cannot reshape {dims:?} to {target:?}"));
+    let mut out = Vec::with_capacity(target.len());
+    let mut infer = None;
+    for (i, &t) in target.iter().enumerate() {
+        match t {
+            0 => out.push(*dims.get(i).ok_or_else(bad)?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            t if t > 0 => out.push(t as usize),
+            _ => return Err(bad()),
+        }
+    }
+    if let Some(i) = infer {
+        let known: usize = out.iter().product();
+        if known == 0 || total % known != 0 {
+            return Err(bad());
+        }
+        out[i] = total / known;
+    }
+    if out.iter().product::<usize>() != total {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 /// Applies a broadcasting binary operation to two values of possibly different ranks.
 pub fn broadcast(a: Value, b: Value, op: fn(Value, Value) -> Result<Value>) -> Result<Value> {
     let rank = a.rank().max(b.rank());
