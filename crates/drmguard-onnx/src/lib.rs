@@ -7,8 +7,9 @@
 //! (inference form), Relu, LeakyRelu, PRelu, Sigmoid, Tanh, MaxPool and AveragePool (pads,
 //! ceil_mode), GlobalAveragePool, Gemm, MatMul (and onnx-ir's fused Linear), Add, Mul, Sub, Div,
 //! Flatten, Reshape, Concat, Transpose, Pad, Clip, Softmax, ReduceMean, Constant, Identity —
-//! on float tensors of rank 1 to 4, with one image input. Integer chains on constants (how
-//! exporters compute shapes and pads) are evaluated at load time ([`fold`]). Anything else is
+//! on float tensors of rank 1 to 4. [`OnnxModel::load`] takes graphs with one image input,
+//! [`OnnxModel::load_any`] any inputs (ONNX's conformance tests). Integer chains on constants (how
+//! exporters compute shapes and pads) are evaluated at load time (`fold`). Anything else is
 //! refused with the operator's name when the model is loaded.
 
 mod fold;
