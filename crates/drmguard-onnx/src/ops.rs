@@ -50,27 +50,18 @@ pub fn check(node: &Node) -> Result<()> {
     match node {
         Node::Conv2d(n) => {
             let c = &n.config;
-            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
-                return refuse(format!("Conv with auto_pad {:?} (export with explicit pads)", c.auto_pad));
-            }
             if c.kernel_size.contains(&0) || c.stride.contains(&0) || c.dilation.contains(&0) || c.groups == 0 {
                 return refuse("Conv with a zero kernel, stride, dilation or group count".into());
             }
         }
         Node::MaxPool2d(n) => {
             let c = &n.config;
-            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
-                return refuse(format!("MaxPool with auto_pad {:?}", c.auto_pad));
-            }
             if c.kernel_size.contains(&0) || c.strides.contains(&0) || c.dilation.contains(&0) {
                 return refuse("MaxPool with a zero kernel, stride or dilation".into());
             }
         }
         Node::AveragePool2d(n) => {
             let c = &n.config;
-            if !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
-                return refuse(format!("AveragePool with auto_pad {:?}", c.auto_pad));
-            }
             if c.kernel_size.contains(&0) || c.strides.contains(&0) || c.dilation != [1, 1] {
                 return refuse("AveragePool with a zero kernel or stride, or dilation".into());
             }
@@ -88,11 +79,31 @@ fn input(inputs: &mut [Option<Value>], i: usize, what: &str) -> Result<Value> {
     inputs.get_mut(i).and_then(Option::take).ok_or_else(|| Error::Invalid(format!("missing input {i} ({what})")))
 }
 
-fn pads2(p: &PaddingConfig2d) -> [(usize, usize); 2] {
-    match p {
-        PaddingConfig2d::Valid => [(0, 0); 2],
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
+/// The (begin, end) pads of the two spatial axes: explicit, or for `auto_pad` SAME computed from
+/// the input's size so that the output has ⌈size / stride⌉ positions (SAME_UPPER puts an odd
+/// pixel at the end, SAME_LOWER at the beginning).
+fn pads2(p: &PaddingConfig2d, auto_pad: &AutoPad, input: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> [(usize, usize); 2] {
+    let same = |i: usize, upper: bool| {
+        let out = input[i].div_ceil(stride[i]);
+        let span = (kernel[i] - 1) * dilation[i] + 1;
+        let total = ((out - 1) * stride[i] + span).saturating_sub(input[i]);
+        let (small, large) = (total / 2, total - total / 2);
+        if upper { (small, large) } else { (large, small) }
+    };
+    match auto_pad {
+        AutoPad::SameUpper => [same(0, true), same(1, true)],
+        AutoPad::SameLower => [same(0, false), same(1, false)],
+        AutoPad::Valid => [(0, 0); 2],
+        AutoPad::NotSet => match p {
+            PaddingConfig2d::Valid => [(0, 0); 2],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
+        },
     }
+}
+
+fn spatial(x: &Tensor<4>) -> [usize; 2] {
+    let [_, _, h, w] = x.dims();
+    [h, w]
 }
 
 /// Normalises a possibly negative axis of a rank-`rank` tensor.
@@ -166,7 +177,8 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
             if cin != wc * c.groups || [kh, kw] != c.kernel_size {
                 return Err(Error::Shape(format!("input has {cin} channels, weight {:?} with {} groups", weight.dims(), c.groups)));
             }
-            let options = ConvOptions::new_with_padding(c.stride, pads2(&c.padding), c.dilation, c.groups);
+            let pads = pads2(&c.padding, &c.auto_pad, spatial(&data), c.kernel_size, c.stride, c.dilation);
+            let options = ConvOptions::new_with_padding(c.stride, pads, c.dilation, c.groups);
             Value::F4(conv2d(data, weight, bias, options))
         }
         Node::BatchNormalization(n) => {
@@ -200,7 +212,7 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
             let options = MaxPoolOptions {
                 kernel_size: c.kernel_size,
                 stride: c.strides,
-                padding: pads2(&c.padding),
+                padding: pads2(&c.padding, &c.auto_pad, spatial(&data), c.kernel_size, c.strides, c.dilation),
                 dilation: c.dilation,
                 ceil_mode: c.ceil_mode,
             };
@@ -212,7 +224,7 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
             let options = AvgPoolOptions {
                 kernel_size: c.kernel_size,
                 stride: c.strides,
-                padding: pads2(&c.padding),
+                padding: pads2(&c.padding, &c.auto_pad, spatial(&data), c.kernel_size, c.strides, [1, 1]),
                 count_include_pad: c.count_include_pad,
                 ceil_mode: c.ceil_mode,
             };
