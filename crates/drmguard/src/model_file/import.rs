@@ -436,30 +436,19 @@ pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     if !dict.prefix.is_empty() {
         remaps.push((format!("^{}", regex::escape(&dict.prefix)), String::new()));
     }
-    remaps.push((r"\.downsample\.0\.".into(), ".downsample.conv.".into()));
-    remaps.push((r"\.downsample\.1\.".into(), ".downsample.bn.".into()));
+    remaps.extend(super::torchvision_to_drmguard());
     let result = guarded(&card.weights, || match open_store(&card.weights, dict.format, card.state_dict_key.as_deref(), &remaps) {
         Store::Pytorch(mut s) => model.load_from(&mut s).map_err(|e| e.to_string()),
         Store::Safetensors(mut s) => model.load_from(&mut s).map_err(|e| e.to_string()),
     })?;
     let ignored = dict.ignored();
     // After the renames, a network tensor no longer carries the prefix.
-    let unused: Vec<&String> = result
-        .unused
-        .iter()
-        .filter(|k| !k.ends_with("num_batches_tracked") && !ignored.iter().any(|i| i == *k))
-        .collect();
-    if !result.missing.is_empty() || !unused.is_empty() || !result.errors.is_empty() {
-        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
-        let unused: Vec<&str> = unused.iter().map(|s| s.as_str()).take(5).collect();
+    let expected_extra = |k: &str| k.ends_with("num_batches_tracked") || ignored.iter().any(|i| i == k);
+    if let Some(problem) = super::incomplete_load(&result, expected_extra) {
         return Err(weights_err(format!(
-            "the weights do not fit a {} of width {}: missing [{}], unexpected [{}], {} shape errors{}",
+            "the weights do not fit a {} of width {}: {problem}",
             inferred.architecture.name(),
-            inferred.architecture.width(),
-            missing.join(", "),
-            unused.join(", "),
-            result.errors.len(),
-            result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+            inferred.architecture.width()
         )));
     }
     let model = fold_output_map(model, &map, device);

@@ -77,6 +77,36 @@ impl ModelCard {
     }
 }
 
+/// A block's shortcut: torchvision's name on disk, drmguard's in memory.
+const SHORTCUT_NAMES: [(&str, &str); 2] = [("downsample.0", "downsample.conv"), ("downsample.1", "downsample.bn")];
+
+/// Key renames (regex, replacement) for the path segment `from` → `to`.
+fn segment_rename(from: &str, to: &str) -> (String, String) {
+    (format!(r"\.{}\.", regex::escape(from)), format!(".{to}."))
+}
+
+/// The renames from torchvision's names on disk to drmguard's in memory.
+pub(crate) fn torchvision_to_drmguard() -> impl Iterator<Item = (String, String)> {
+    SHORTCUT_NAMES.iter().map(|(disk, memory)| segment_rename(disk, memory))
+}
+
+/// What is wrong with a load that left tensors missing, unexpected (except those `expected_extra`
+/// accepts) or of the wrong shape; `None` when every parameter was loaded.
+pub(crate) fn incomplete_load(result: &burn::store::ApplyResult, expected_extra: impl Fn(&str) -> bool) -> Option<String> {
+    let unused: Vec<&str> = result.unused.iter().map(String::as_str).filter(|k| !expected_extra(k)).collect();
+    if result.missing.is_empty() && unused.is_empty() && result.errors.is_empty() {
+        return None;
+    }
+    let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
+    Some(format!(
+        "missing [{}], unexpected [{}], {} shape errors{}",
+        missing.join(", "),
+        unused.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+        result.errors.len(),
+        result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+    ))
+}
+
 /// The sidecar path of a weights file: the same name with a `.json` extension.
 pub fn card_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
@@ -96,9 +126,11 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     let mut store = SafetensorsStore::from_file(weights)
         .overwrite(true)
         .skip_enum_variants(true)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .with_key_remapping(r"\.downsample\.conv\.", ".downsample.0.")
-        .with_key_remapping(r"\.downsample\.bn\.", ".downsample.1.");
+        .with_to_adapter(BurnToPyTorchAdapter);
+    for (disk, memory) in SHORTCUT_NAMES {
+        let (pattern, replacement) = segment_rename(memory, disk);
+        store = store.with_key_remapping(pattern, replacement);
+    }
     model
         .save_into(&mut store)
         .map_err(|e| Error::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
@@ -156,23 +188,13 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
     // Every weight is overwritten by the file; the seed only fills the skeleton.
     let mut model = card.model.init(device, 0)?;
     let weights_err = |message: String| Error::Weights { path: weights.to_path_buf(), message };
-    let mut store = SafetensorsStore::from_file(weights)
-        .skip_enum_variants(true)
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .with_key_remapping(r"\.downsample\.0\.", ".downsample.conv.")
-        .with_key_remapping(r"\.downsample\.1\.", ".downsample.bn.");
+    let mut store = SafetensorsStore::from_file(weights).skip_enum_variants(true).with_from_adapter(PyTorchToBurnAdapter);
+    for (disk, memory) in torchvision_to_drmguard() {
+        store = store.with_key_remapping(disk, memory);
+    }
     let result = model.load_from(&mut store).map_err(|e| weights_err(e.to_string()))?;
-    if !result.missing.is_empty() || !result.unused.is_empty() || !result.errors.is_empty() {
-        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(5).collect();
-        let unused: Vec<&str> = result.unused.iter().map(String::as_str).take(5).collect();
-        return Err(weights_err(format!(
-            "the weights disagree with the sidecar's architecture {:?}: missing [{}], unexpected [{}], {} shape errors{}",
-            card.model.architecture,
-            missing.join(", "),
-            unused.join(", "),
-            result.errors.len(),
-            result.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
-        )));
+    if let Some(problem) = incomplete_load(&result, |_| false) {
+        return Err(weights_err(format!("the weights disagree with the sidecar's architecture {:?}: {problem}", card.model.architecture)));
     }
     Ok((model, card))
 }
