@@ -38,7 +38,7 @@ use sha2::Digest;
 
 use super::{CARD_FORMAT_VERSION, ModelCard};
 use crate::error::{Error, Result};
-use crate::models::{Architecture, ChannelOrder, Model, ModelSpec, Normalization, Preprocess};
+use crate::models::{Architecture, ChannelOrder, Model, ModelSpec, Normalization};
 use crate::task::Task;
 
 /// The card a user writes for a model trained elsewhere.
@@ -474,10 +474,9 @@ fn load_onnx(card_path: &Path, card: ImportCard, device: &Device) -> Result<(Mod
     // Absolute, so that a repaired model saved elsewhere still finds its graph.
     let graph = card.weights.canonicalize().map_err(|cause| Error::Read { path: card.weights.clone(), cause })?;
     let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone() });
-    spec.validate()?;
     let map = output_map(card.task, &card.output)?;
-    let model = crate::models::OnnxRegressor::load(&graph, spec.input_size, Some(map.len()), Preprocess::of(&spec), device)?;
-    let model = fold_output_map(Model::Onnx(model), &map, device);
+    // The card names one output per task output: the graph must have as many.
+    let model = fold_output_map(spec.init(device, 0)?, &map, device);
     let record = ImportRecord {
         card_path: card_path.to_path_buf(),
         weights_path: card.weights.clone(),

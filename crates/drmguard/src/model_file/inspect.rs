@@ -48,6 +48,9 @@ pub struct Inspection {
     pub card_template: Option<String>,
 }
 
+/// What bare weights or a bare graph lack.
+const MISSING_CARD: &str = "a model card (TOML) beside the weights: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model";
+
 /// Inspects a drmguard model (`.safetensors` with its `.json` sidecar), an imported model (its
 /// `.toml` card), or bare weights (`.pt`, `.pth`, `.safetensors` without a sidecar).
 pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Result<Inspection> {
@@ -85,9 +88,7 @@ pub fn inspect(path: &Path, state_dict_key: Option<&str>, device: &Device) -> Re
     }
     let dict = import::read_state_dict(path, state_dict_key, &[])?;
     let inferred = dict.infer();
-    let mut missing = vec![format!(
-        "a model card (TOML) beside the weights: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model"
-    )];
+    let mut missing = vec![MISSING_CARD.to_string()];
     if let Err(e) = &inferred {
         missing.insert(0, format!("a network drmguard can build: {e}"));
     }
@@ -142,7 +143,7 @@ fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
     let net = OnnxModel::load(path, device).map_err(|e| crate::error::Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
     let declared = net.input().map(|(_, d)| d.to_vec()).unwrap_or_default();
     let size = declared.get(2).copied().flatten().unwrap_or(224) as u32;
-    let mut missing = vec!["a model card (TOML) beside the graph: the task, the input size, channel order, value range and normalisation, and the outputs' names and units. Fill in the template below, then pass the card as --model".to_string()];
+    let mut missing = vec![MISSING_CARD.to_string()];
     let head = net.linear_head(0);
     let (stages, feature_layer, outputs) = match &head {
         Ok(h) => {

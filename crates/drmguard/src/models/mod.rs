@@ -232,7 +232,7 @@ impl ModelSpec {
         self.validate()?;
         let pre = Preprocess::of(self);
         if let Architecture::Onnx { graph } = &self.architecture {
-            return Ok(Model::Onnx(OnnxRegressor::load(graph, self.input_size, Some(self.outputs), pre, device)?));
+            return Ok(Model::Onnx(OnnxRegressor::load(graph, self.input_size, self.outputs, pre, device)?));
         }
         Ok(init_seeded(device, seed, || match self.architecture.depth() {
             Some(depth) => Model::Resnet(ResNet::new(depth, self.architecture.width(), self.outputs, pre, device)),

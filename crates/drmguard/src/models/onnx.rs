@@ -42,26 +42,24 @@ fn onnx_err(path: &Path) -> impl Fn(drmguard_onnx::Error) -> Error + '_ {
 
 impl OnnxRegressor {
     /// Loads the graph and checks it on a dry run of two `input_size` images: the head must be
-    /// one linear layer with `outputs` outputs (when given) and the batch axis must be free.
-    pub fn load(path: &Path, input_size: u32, outputs: Option<usize>, norm: Preprocess, device: &Device) -> Result<Self> {
+    /// one linear layer with `outputs` outputs and the batch axis must be free.
+    pub fn load(path: &Path, input_size: u32, outputs: usize, norm: Preprocess, device: &Device) -> Result<Self> {
         let err = onnx_err(path);
+        let fail = |message: String| Error::Weights { path: path.to_path_buf(), message };
         let net = OnnxModel::load(path, device).map_err(&err)?;
         let declared = net.input().map(|(_, d)| d.to_vec()).unwrap_or_default();
         let s = input_size as usize;
         for (axis, (want, have)) in [None, Some(3), Some(s), Some(s)].iter().zip(&declared).enumerate() {
             if let (Some(w), Some(h)) = (want, have) {
                 if w != h {
-                    return Err(Error::Weights {
-                        path: path.to_path_buf(),
-                        message: format!("the graph's input has {h} on axis {axis}, the card says {w} (input [n, 3, {s}, {s}])"),
-                    });
+                    return Err(fail(format!("the graph's input has {h} on axis {axis}, the card says {w} (input [n, 3, {s}, {s}])")));
                 }
             }
         }
         let head = net.linear_head(0).map_err(&err)?;
         let [feature_width, d] = head.weight.dims();
-        if let Some(o) = outputs.filter(|o| *o != d) {
-            return Err(Error::Weights { path: path.to_path_buf(), message: format!("the graph has {d} outputs, expected {o}") });
+        if d != outputs {
+            return Err(fail(format!("the graph has {d} outputs, expected {outputs}")));
         }
         let mut fc = LinearConfig::new(feature_width, d).with_bias(head.bias.is_some()).init(device);
         fc.weight = Param::from_tensor(head.weight);
@@ -70,16 +68,12 @@ impl OnnxRegressor {
         // A dry run finds shape errors (a batch size baked into a Reshape, a wrong input size)
         // here rather than in the middle of a scan.
         let x = norm.apply(Tensor::<4>::zeros([2, 3, s, s], device));
-        let shapes = net.shapes(x).map_err(|e| Error::Weights {
-            path: path.to_path_buf(),
-            message: format!("the graph does not run on a batch of two {s}×{s} images ({e}); export it with a dynamic batch axis"),
+        let shapes = net.shapes(x).map_err(|e| {
+            fail(format!("the graph does not run on a batch of two {s}×{s} images ({e}); export it with a dynamic batch axis"))
         })?;
         let dims_of = |name: &str| shapes.iter().find(|(n, _)| n == name).map(|(_, d)| d.clone());
         if dims_of(&head.features) != Some(vec![2, feature_width]) {
-            return Err(Error::Weights {
-                path: path.to_path_buf(),
-                message: format!("the features {} have shape {:?}, expected [n, {feature_width}]", head.features, dims_of(&head.features)),
-            });
+            return Err(fail(format!("the features {} have shape {:?}, expected [n, {feature_width}]", head.features, dims_of(&head.features))));
         }
         let feature_step = shapes.iter().position(|(n, _)| *n == head.features).unwrap_or(shapes.len());
         // The last separating 4-D value, preferring one with a spatial extent (after global
