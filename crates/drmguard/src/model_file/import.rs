@@ -170,13 +170,18 @@ pub fn read_card(path: &Path) -> Result<ImportCard> {
     Ok(card)
 }
 
+/// The ResNets a state dict can be imported as.
+fn importable(width: usize) -> [Architecture; 3] {
+    [Architecture::Resnet18 { width }, Architecture::Resnet34 { width }, Architecture::Resnet50 { width }]
+}
+
 fn architecture_by_name(name: &str, width: usize) -> Result<Architecture> {
-    match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-        "resnet18" => Ok(Architecture::Resnet18 { width }),
-        "resnet34" => Ok(Architecture::Resnet34 { width }),
-        "resnet50" => Ok(Architecture::Resnet50 { width }),
-        _ => Err(Error::UnknownName { what: "architecture", name: name.into(), expected: "resnet18, resnet34, resnet50".into() }),
-    }
+    let wanted = name.to_ascii_lowercase().replace(['-', '_'], "");
+    importable(width).into_iter().find(|a| a.name() == wanted).ok_or_else(|| Error::UnknownName {
+        what: "architecture",
+        name: name.into(),
+        expected: importable(width).map(|a| a.name()).join(", "),
+    })
 }
 
 fn input_spec(card: &ImportCard, architecture: Architecture) -> ModelSpec {

@@ -55,11 +55,6 @@ impl Normalization {
         Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
-    /// No normalisation.
-    pub fn identity() -> Self {
-        Normalization { mean: [0.0; 3], std: [1.0; 3] }
-    }
-
     pub fn validate(&self) -> Result<()> {
         if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|s| *s <= 0.0) {
             return Err(Error::invalid(
