@@ -335,6 +335,9 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
         Node::Pad(n) => {
             use onnx_ir::node::pad::{ConstantValueInput, PadInput, PadMode as OnnxPad};
             let data = x(&mut inputs)?;
+            if let Value::Ints(_) = data {
+                return Err(Error::Unsupported("Pad of an integer tensor".into()));
+            }
             let pads = match &n.config.pads {
                 PadInput::Static(p) => p.clone(),
                 // ONNX order: every axis's begin, then every axis's end.
