@@ -55,11 +55,15 @@ pub struct DrmGuardConfig {
     /// Generator architecture.
     #[arg(long, value_enum, default_value_t = GeneratorKind::Unet)]
     pub generator: GeneratorKind,
-    /// Residual generator: G(x) = clamp(x + s·tanh(net(x)), 0, 1), with the learnt scale s
-    /// starting at this value (0: G starts as the identity). Without it, G outputs the whole image
-    /// as in the paper.
-    #[arg(long)]
-    pub residual: Option<f32>,
+    /// What G outputs: a residual step added to x (the default: G starts at the identity and can
+    /// make sparse edits), or the whole image as in the paper (whose reconstruction floor alone is
+    /// about ε on the built-in data, docs/drmguard.md).
+    #[arg(long = "generator-output", value_enum, default_value_t = GeneratorOutput::Residual)]
+    pub output: GeneratorOutput,
+    /// Residual output only: G(x) = clamp(x + s·tanh(net(x)), 0, 1), with the learnt scale s
+    /// starting at this value (> 0; 1 lets a pixel reach any value) and net's last layer at zero.
+    #[arg(long = "residual-scale", default_value_t = 1.0)]
+    pub residual_scale: f32,
     /// Steps of pure reconstruction (L1 only) before the full objective, so that G starts
     /// near the identity.
     #[arg(long = "warmup-steps", default_value_t = 0)]
@@ -67,7 +71,7 @@ pub struct DrmGuardConfig {
     /// Generator base width (channels w, 2w, 4w).
     #[arg(long = "generator-width", default_value_t = 16)]
     pub generator_width: usize,
-    /// Weight of the output variance (default: 20 for gaze, 10 for head pose).
+    /// Weight of the output variance (default: 20 for gaze, 100 for head pose).
     #[arg(long)]
     pub lambda1: Option<f64>,
     /// Weight of the feature-space term r_f (default: 800 for gaze, 100 for head pose).
@@ -77,13 +81,13 @@ pub struct DrmGuardConfig {
     #[arg(long = "feature-reg", value_enum, default_value_t = FeatureReg::Raw)]
     pub feature_reg: FeatureReg,
     /// Momentum reverse trigger: re-weight the L1 loss, the gradient, or off.
-    #[arg(long, value_enum, default_value_t = Mtr::Loss)]
+    #[arg(long, value_enum, default_value_t = Mtr::Gradient)]
     pub mtr: Mtr,
     /// MTR momentum β of the attention map.
     #[arg(long = "mtr-beta", default_value_t = 0.9)]
     pub mtr_beta: f64,
     /// MTR strength γ.
-    #[arg(long = "mtr-gamma", default_value_t = 4.0)]
+    #[arg(long = "mtr-gamma", default_value_t = 100.0)]
     pub mtr_gamma: f64,
     /// Optimisation steps of G.
     #[arg(long, default_value_t = 600)]
@@ -97,42 +101,81 @@ pub struct DrmGuardConfig {
     /// Decision threshold ε on I(f) = mean |G(x) − x| (images in [0, 1]).
     #[arg(long, default_value_t = 0.03)]
     pub epsilon: f64,
+    /// Largest spread ratio ρ that counts as a collapse: the standard deviation of f(G(x)) over
+    /// that of f(x), mean over the outputs (default: 0.2 for gaze, 0.3 for head pose). A model is
+    /// flagged only if G collapsed its outputs this far with I(f) < ε: a small I(f) without a
+    /// collapse only says that G hardly moved. 1 or more turns the check off (the paper's rule).
+    #[arg(long = "max-spread-ratio")]
+    #[serde(default)]
+    pub max_spread_ratio: Option<f64>,
+}
+
+/// What the generator outputs (method.md §4.3 and docs/drmguard.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorOutput {
+    /// x plus a learnt step, starting at the identity.
+    Residual,
+    /// The whole image, as in the paper.
+    Full,
 }
 
 impl Default for DrmGuardConfig {
     fn default() -> Self {
         DrmGuardConfig {
             generator: GeneratorKind::Unet,
-            residual: None,
+            output: GeneratorOutput::Residual,
+            residual_scale: 1.0,
             warmup_steps: 0,
             generator_width: 16,
             lambda1: None,
             lambda2: None,
             feature_reg: FeatureReg::Raw,
-            mtr: Mtr::Loss,
+            mtr: Mtr::Gradient,
             mtr_beta: 0.9,
-            mtr_gamma: 4.0,
+            mtr_gamma: 100.0,
             steps: 600,
             batch_size: 50,
             lr: 1e-3,
             epsilon: 0.03,
+            max_spread_ratio: None,
         }
     }
 }
 
-/// Per-task weights of method.md §4.1.
+/// Per-task weights (λ1, λ2): method.md §4.1's, except head pose's λ1, 100 instead of 10: at 10
+/// the generator stays at the identity on every built-in head-pose model (docs/drmguard.md).
 pub fn default_lambdas(task: Task) -> (f64, f64) {
     match task {
         Task::Gaze => (20.0, 800.0),
-        Task::HeadPose => (10.0, 100.0),
+        Task::HeadPose => (100.0, 100.0),
     }
 }
 
+/// Per-task collapse threshold ρ on the spread ratio, measured on the built-in data
+/// (docs/drmguard.md): benign gaze models collapse to about 0.27 by repainting the irises, benign
+/// head-pose models to 0.4–0.7; found triggers reach 0.1 (gaze) and 0.2–0.3 (head pose).
+pub fn default_max_spread_ratio(task: Task) -> f64 {
+    match task {
+        Task::Gaze => 0.2,
+        Task::HeadPose => 0.3,
+    }
+}
 impl DrmGuardConfig {
+    /// The residual generator's starting scale, `None` for a full-image generator.
+    pub fn residual(&self) -> Option<f32> {
+        (self.output == GeneratorOutput::Residual).then_some(self.residual_scale)
+    }
+
     /// The config with λ1 and λ2 filled in for `task`, checked.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
         let (l1, l2) = default_lambdas(task);
-        let c = DrmGuardConfig { lambda1: Some(self.lambda1.unwrap_or(l1)), lambda2: Some(self.lambda2.unwrap_or(l2)), ..self.clone() };
+        let c = DrmGuardConfig {
+            lambda1: Some(self.lambda1.unwrap_or(l1)),
+            lambda2: Some(self.lambda2.unwrap_or(l2)),
+            max_spread_ratio: Some(self.max_spread_ratio.unwrap_or(default_max_spread_ratio(task))),
+            ..self.clone()
+        };
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         if !finite_nonneg(c.lambda1.unwrap_or_default()) || !finite_nonneg(c.lambda2.unwrap_or_default()) {
             return Err(Error::invalid("DRMGuard λ1 / λ2", format!("{:?} / {:?} (must be finite and ≥ 0)", c.lambda1, c.lambda2)));
@@ -140,8 +183,9 @@ impl DrmGuardConfig {
         if !(0.0..1.0).contains(&c.mtr_beta) || !finite_nonneg(c.mtr_gamma) {
             return Err(Error::invalid("MTR β / γ", format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma)));
         }
-        if c.residual.is_some_and(|s| !s.is_finite()) {
-            return Err(Error::invalid("residual generator scale", format!("{:?} (must be finite)", c.residual)));
+        if !(c.residual_scale.is_finite() && c.residual_scale > 0.0) {
+            // At 0 the zero-initialised last layer would get no gradient and G would never move.
+            return Err(Error::invalid("residual generator scale", format!("{} (must be finite and > 0)", c.residual_scale)));
         }
         if c.steps == 0 {
             return Err(Error::invalid("DRMGuard steps", "0"));
@@ -154,6 +198,9 @@ impl DrmGuardConfig {
         }
         if !(c.lr > 0.0 && c.lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
             return Err(Error::invalid("DRMGuard learning rate / ε", format!("{} / {}", c.lr, c.epsilon)));
+        }
+        if !c.max_spread_ratio.is_some_and(|r| r > 0.0 && r.is_finite()) {
+            return Err(Error::invalid("DRMGuard maximum spread ratio", format!("{:?} (must be finite and > 0)", c.max_spread_ratio)));
         }
         Ok(c)
     }
@@ -184,6 +231,9 @@ pub struct ReversalSummary {
     pub output_std_deg: Vec<f64>,
     /// Standard deviation of f(x) per output on the clean images, degrees (for comparison).
     pub clean_output_std_deg: Vec<f64>,
+    /// How far the outputs collapsed: `output_std_deg / clean_output_std_deg`, mean over the
+    /// outputs (1: not at all, 0: every reversed image gives the same output).
+    pub spread_ratio: f64,
     /// Ratio of angle variance of the reversed to the clean images, mean over outputs.
     pub rav: f64,
     pub rav_per_output: Vec<f64>,
@@ -238,7 +288,15 @@ impl DrmGuard {
             fields.insert("target_spread_deg".into(), serde_json::json!(s.output_std_deg));
             fields.insert("clean_output_spread_deg".into(), serde_json::json!(s.clean_output_std_deg));
         }
-        let detection = Detection::decide("drmguard", s.score, reversal.config.epsilon, true, started.elapsed().as_secs_f64(), details);
+        let c = &reversal.config;
+        let mut detection = Detection::decide("drmguard", s.score, c.epsilon, true, started.elapsed().as_secs_f64(), details);
+        // Both conditions at once, each measured against its own threshold: the model is flagged
+        // iff the worse of I(f) / ε and spread ratio / ρ is below 1. The margin is in units of
+        // I(f) (it is I(f) − ε whenever the collapse holds with room to spare).
+        let worse = (s.score / c.epsilon).max(s.spread_ratio / c.max_spread_ratio.unwrap_or(1.0));
+        detection.backdoored = worse < 1.0;
+        detection.margin = (worse - 1.0) * c.epsilon;
+        detection.suspicion = -worse;
         Ok((detection, reversal))
     }
 
@@ -282,7 +340,10 @@ impl DrmGuard {
                 ),
             ),
             ("estimated target (mean of f(G(x)))".into(), deg(&s.estimated_target)),
-            ("spread of f(G(x)) / of f(x)".into(), format!("{} / {}", spread(&s.output_std_deg), spread(&s.clean_output_std_deg))),
+            (
+                "spread of f(G(x)) / of f(x)".into(),
+                format!("{} / {} (ratio {:.3}, collapse below {})", spread(&s.output_std_deg), spread(&s.clean_output_std_deg), s.spread_ratio, c.max_spread_ratio.unwrap_or(1.0)),
+            ),
             ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
             ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
         ];
@@ -290,7 +351,10 @@ impl DrmGuard {
             detection,
             config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,
             seed: reversal.seed,
-            rule: "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε".into(),
+            rule: format!(
+                "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε and G collapsed the outputs (spread ratio < {})",
+                c.max_spread_ratio.unwrap_or(1.0)
+            ),
             rows,
             figures,
         })
@@ -313,7 +377,7 @@ impl DrmGuard {
         )
         .reshape([1, -1]);
 
-        let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual, &ad));
+        let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual(), &ad));
         let mut optim = AdamConfig::new().init();
         let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
         let mut attention: Option<Tensor<2>> = None;
@@ -418,11 +482,15 @@ impl DrmGuard {
             .zip(&clean_stats.angle_var)
             .map(|(r, c)| r / c.max(1e-12))
             .collect();
+        let output_std_deg: Vec<f64> = reversed_stats.output_std.iter().map(|v| v / DEG as f64).collect();
+        let clean_output_std_deg: Vec<f64> = clean_stats.output_std.iter().map(|v| v / DEG as f64).collect();
+        let spread_ratio = output_std_deg.iter().zip(&clean_output_std_deg).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
         let summary = ReversalSummary {
             score: reversed_stats.l1,
             estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
-            output_std_deg: reversed_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
-            clean_output_std_deg: clean_stats.output_std.iter().map(|v| v / DEG as f64).collect(),
+            output_std_deg,
+            clean_output_std_deg,
+            spread_ratio,
             rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
             rav_per_output,
             steps: config.steps,

@@ -2,8 +2,9 @@
 //! authors' SecureGaze code: 3×3 convolutions with BatchNorm and ReLU, three 2× down-samplings
 //! (so the image side must be divisible by 8), bilinear up-sampling, and an output squashed into
 //! (0, 1) by `tanh(x) / (2 + 1e-7) + 0.5`. The output is the whole image G(x), as in the paper;
-//! the residual switch instead adds a learnt, scaled `tanh` step to x, so that G starts near the
-//! identity (no reconstruction floor).
+//! the residual switch instead adds a learnt, scaled `tanh` step to x from a zero-initialised last
+//! layer without BatchNorm, so that G starts at the identity (no reconstruction floor) and can make
+//! sparse edits.
 //!
 //! - [`GeneratorKind::EncoderDecoder`]: 13 convolutions, no skips (widths w, 2w, 4w; w = 32 in
 //!   SecureGaze).
@@ -13,7 +14,7 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -39,11 +40,11 @@ impl std::fmt::Display for GeneratorKind {
     }
 }
 
-/// A 3×3 "same" convolution followed by BatchNorm.
+/// A 3×3 "same" convolution followed by BatchNorm (none on a residual generator's last layer).
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    pub bn: Option<BatchNorm>,
 }
 
 impl ConvBn {
@@ -52,12 +53,29 @@ impl ConvBn {
             conv: Conv2dConfig::new([cin, cout], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device),
-            bn: BatchNormConfig::new(cout).init(device),
+            bn: Some(BatchNormConfig::new(cout).init(device)),
+        }
+    }
+
+    /// The residual generator's output layer: zero weights, so that G starts as the identity, and
+    /// no BatchNorm, which would spread every edit over the whole image (it forces each channel
+    /// to unit variance), where a trigger is a sparse edit.
+    fn zero_output(cin: usize, cout: usize, device: &Device) -> Self {
+        ConvBn {
+            conv: Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            bn: None,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        let y = self.conv.forward(x);
+        match &self.bn {
+            Some(bn) => bn.forward(y),
+            None => y,
+        }
     }
 
     fn relu(&self, x: Tensor<4>) -> Tensor<4> {
@@ -80,8 +98,8 @@ pub struct Generator {
     /// Convolutions in the order they run.
     pub convs: Vec<ConvBn>,
     pub pool: MaxPool2d,
-    /// Residual mode only: G(x) = clamp(x + scale · tanh(net(x)), 0, 1); with `scale` starting at 0,
-    /// G starts as the identity.
+    /// Residual mode only: G(x) = clamp(x + scale · tanh(net(x)), 0, 1), with a learnt `scale`; the
+    /// last layer starts at zero, so G starts as the identity.
     pub residual_scale: Option<Param<Tensor<1>>>,
     #[module(skip)]
     pub kind: GeneratorKind,
@@ -106,8 +124,13 @@ impl Generator {
                 (2 * w3, w2), (w2, w2), (2 * w2, w1), (w1, w1), (2 * w1, 3), (3, 3),
             ],
         };
+        let last = layout.len() - 1;
+        let layer = |i: usize, (cin, cout): (usize, usize)| match residual {
+            Some(_) if i == last => ConvBn::zero_output(cin, cout, device),
+            _ => ConvBn::new(cin, cout, device),
+        };
         Generator {
-            convs: layout.iter().map(|&(cin, cout)| ConvBn::new(cin, cout, device)).collect(),
+            convs: layout.iter().enumerate().map(|(i, &shape)| layer(i, shape)).collect(),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             residual_scale: residual.map(|s0| Param::from_tensor(Tensor::from_floats([s0], device))),
             kind,
