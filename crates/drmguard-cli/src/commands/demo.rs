@@ -150,7 +150,9 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         );
     }
     out!("");
-    out!("I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {}.", a.drmguard.epsilon);
+    let rho = a.drmguard.max_spread_ratio.map_or_else(|| format!("{} for gaze", drmguard::defenses::drmguard::default_max_spread_ratio(Task::Gaze)), |r| r.to_string());
+    out!("I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {} and the outputs on G(x)", a.drmguard.epsilon);
+    out!("spread less than ρ = {rho} times as much as on the clean images.");
     out!("AE: error of triggered test images to the attacker's target (low = the backdoor works);");
     out!("DAE: their error to the true labels (low = the backdoor is gone).");
     Ok(())
