@@ -94,7 +94,7 @@ pub struct OnnxModel {
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "Flatten", "Reshape", "Concat", "Transpose",
-    "Pad", "Clip", "Softmax", "ReduceMean", "Constant", "Identity",
+    "Pad", "Clip", "Softmax", "ReduceMean", "Constant", "Identity", "Resize",
 ];
 
 impl OnnxModel {

@@ -40,6 +40,7 @@ pub fn op_name(node: &Node) -> &'static str {
         Node::ReduceMean(_) => "ReduceMean",
         Node::Constant(_) => "Constant",
         Node::Identity(_) => "Identity",
+        Node::Resize(_) => "Resize",
         _ => "unsupported",
     }
 }
@@ -64,6 +65,19 @@ pub fn check(node: &Node) -> Result<()> {
             let c = &n.config;
             if c.kernel_size.contains(&0) || c.strides.contains(&0) || c.dilation != [1, 1] {
                 return refuse("AveragePool with a zero kernel or stride, or dilation".into());
+            }
+        }
+        Node::Resize(n) => {
+            use onnx_ir::node::resize::{CoordinateTransformMode as Ct, ResizeMode};
+            let c = &n.config;
+            if c.mode == ResizeMode::Cubic {
+                return refuse("Resize in cubic mode (nearest and linear are supported)".into());
+            }
+            if c.antialias != 0 {
+                return refuse("Resize with antialias".into());
+            }
+            if matches!(c.coordinate_transformation_mode, Ct::TfCropAndResize | Ct::TfHalfPixelForNn) {
+                return refuse(format!("Resize with coordinate_transformation_mode {:?}", c.coordinate_transformation_mode));
             }
         }
         Node::Custom(c) => return refuse(format!("operator {}::{}", c.domain, c.op_type)),
@@ -364,6 +378,7 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
             };
             map_tensor!(data, t => t.pad(pads.clone(), mode))
         }
+        Node::Resize(n) => resize(n, inputs)?,
         Node::ReduceMean(n) => {
             use onnx_ir::node::reduce::ReduceAxes;
             let data = x(&mut inputs)?;
@@ -398,4 +413,114 @@ fn check_matmul(a: &[usize], b: &[usize]) -> Result<()> {
         return Err(Error::Shape(format!("cannot multiply {a:?} by {b:?}")));
     }
     Ok(())
+}
+
+/// ONNX Resize of an `[n, c, h, w]` float tensor, nearest or linear, by index selection (so that
+/// gradients flow to the input). Scales or sizes may be constants or run-time inputs; they must
+/// leave the batch and channel axes alone.
+fn resize(n: &onnx_ir::node::resize::ResizeNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
+    use onnx_ir::node::resize::{CoordinateTransformMode as Ct, NearestMode, ResizeMode, ResizeScales, ResizeSizes};
+    let c = &n.config;
+    let Value::F4(x) = input(&mut inputs, 0, "X")? else {
+        return Err(Error::Unsupported("Resize of a tensor that is not a 4-D float tensor".into()));
+    };
+    let [_, _, h, w] = x.dims();
+    let floats = |v: Value| -> Result<Vec<f32>> {
+        match v {
+            Value::Ints(i) => Ok(i.into_iter().map(|v| v as f32).collect()),
+            other => other.f1("Resize scales")?.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("Resize scales: {e:?}"))),
+        }
+    };
+    let scales: Option<Vec<f32>> = match &c.scales {
+        Some(ResizeScales::Static(v)) if !v.is_empty() => Some(v.clone()),
+        Some(ResizeScales::Runtime(r)) => Some(floats(input(&mut inputs, r.input_index, "scales")?)?),
+        _ => None,
+    };
+    let sizes: Option<Vec<usize>> = match &c.sizes {
+        Some(ResizeSizes::Static(v)) if !v.is_empty() => Some(v.clone()),
+        Some(ResizeSizes::Runtime(r)) => {
+            let v = input(&mut inputs, r.input_index, "sizes")?.ints("Resize sizes")?;
+            if v.iter().any(|d| *d <= 0) {
+                return Err(Error::Shape(format!("Resize sizes {v:?} must be positive")));
+            }
+            Some(v.into_iter().map(|d| d as usize).collect())
+        }
+        _ => None,
+    };
+    // Per spatial axis: the output length and the scale that maps coordinates. Scales and sizes
+    // cover all four axes, or (as onnx-ir may hand them over) the two spatial ones.
+    let (out, scale): ([usize; 2], [f32; 2]) = match (sizes, scales) {
+        (Some(s), _) => {
+            let spatial = match s.len() {
+                2 => [s[0], s[1]],
+                4 if s[..2] == x.dims()[..2] => [s[2], s[3]],
+                _ => return Err(Error::Unsupported(format!("Resize sizes {s:?} of a {:?} tensor (only the last two axes may change)", x.dims()))),
+            };
+            (spatial, [spatial[0] as f32 / h as f32, spatial[1] as f32 / w as f32])
+        }
+        (None, Some(s)) => {
+            let spatial = match s.len() {
+                2 => [s[0], s[1]],
+                4 if s[0] == 1.0 && s[1] == 1.0 => [s[2], s[3]],
+                _ => return Err(Error::Unsupported(format!("Resize scales {s:?} of a {:?} tensor (only the last two axes may change)", x.dims()))),
+            };
+            if !spatial.iter().all(|v| v.is_finite() && *v > 0.0) {
+                return Err(Error::Unsupported(format!("Resize scales {s:?} (must be positive)")));
+            }
+            ([(h as f32 * spatial[0]).floor() as usize, (w as f32 * spatial[1]).floor() as usize], spatial)
+        }
+        (None, None) => return Err(Error::Invalid("Resize without scales or sizes".into())),
+    };
+    if out.contains(&0) || out[0] * out[1] > (1 << 28) {
+        return Err(Error::Shape(format!("Resize to {out:?}")));
+    }
+    // Where output position i samples the input, in input coordinates. Align-corners divides by
+    // the unrounded output length (len_in · scale), as ONNX's reference implementation does.
+    let source = |i: usize, len_in: usize, len_out: usize, scale: f32| -> f32 {
+        let i = i as f32;
+        let exact_out = len_in as f32 * scale;
+        match c.coordinate_transformation_mode {
+            Ct::AlignCorners if exact_out > 1.0 => i * (len_in as f32 - 1.0) / (exact_out - 1.0),
+            Ct::AlignCorners => 0.0,
+            Ct::Asymmetric => i / scale,
+            Ct::PytorchHalfPixel if len_out == 1 => 0.0,
+            _ => (i + 0.5) / scale - 0.5,
+        }
+    };
+    let device = x.device();
+    let index = |v: Vec<i64>| Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]), &device);
+    let mut y = x;
+    for (axis, (len_in, len_out)) in [(2usize, (h, out[0])), (3, (w, out[1]))] {
+        let coords: Vec<f32> = (0..len_out).map(|i| source(i, len_in, len_out, scale[axis - 2])).collect();
+        let last = len_in as i64 - 1;
+        y = match c.mode {
+            ResizeMode::Nearest => {
+                let pick = |v: f32| -> i64 {
+                    let f = v.floor();
+                    let half = (v - f - 0.5).abs() < 1e-6;
+                    let r = match c.nearest_mode {
+                        NearestMode::Floor => f,
+                        NearestMode::Ceil => v.ceil(),
+                        NearestMode::RoundPreferFloor if half => f,
+                        NearestMode::RoundPreferCeil if half => f + 1.0,
+                        _ => v.round(),
+                    };
+                    (r as i64).clamp(0, last)
+                };
+                y.select(axis, index(coords.iter().map(|&v| pick(v)).collect()))
+            }
+            _ => {
+                let clamped: Vec<f32> = coords.iter().map(|&v| v.clamp(0.0, last as f32)).collect();
+                let lo: Vec<i64> = clamped.iter().map(|v| v.floor() as i64).collect();
+                let hi: Vec<i64> = lo.iter().map(|&l| (l + 1).min(last)).collect();
+                let frac: Vec<f32> = clamped.iter().zip(&lo).map(|(v, &l)| v - l as f32).collect();
+                let mut shape = [1usize; 4];
+                shape[axis] = len_out;
+                let t = Tensor::<1>::from_floats(frac.as_slice(), &device).reshape(shape);
+                let (a, b) = (y.clone().select(axis, index(lo)), y.select(axis, index(hi)));
+                a * (t.clone().neg() + 1.0) + b * t
+            }
+        };
+    }
+    Ok(Value::F4(y))
 }

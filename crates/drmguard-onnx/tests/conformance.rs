@@ -20,7 +20,7 @@ const OPERATORS: &[&str] = &[
     "test_maxpool_2d", "test_averagepool_2d", "test_globalaveragepool", "test_gemm", "test_matmul_", "test_add",
     "test_mul", "test_sub", "test_div", "test_flatten", "test_reshape", "test_concat", "test_transpose",
     "test_constant_pad", "test_edge_pad", "test_reflect_pad", "test_clip", "test_softmax", "test_reduce_mean",
-    "test_identity",
+    "test_identity", "test_resize_",
 ];
 
 /// Node tests that must run and match: every one that did with libonnx-testdata 1.12 (Debian
@@ -55,7 +55,13 @@ const MUST_PASS: &[&str] = &[
     "test_reduce_mean_negative_axes_keepdims_random", "test_relu", "test_reshape_extended_dims",
     "test_reshape_negative_dim", "test_reshape_negative_extended_dims", "test_reshape_one_dim",
     "test_reshape_reduced_dims", "test_reshape_reordered_all_dims", "test_reshape_reordered_last_dims",
-    "test_reshape_zero_and_negative_dim", "test_reshape_zero_dim", "test_sigmoid", "test_sigmoid_example",
+    "test_reshape_zero_and_negative_dim", "test_reshape_zero_dim", "test_resize_downsample_scales_linear",
+    "test_resize_downsample_scales_linear_align_corners", "test_resize_downsample_scales_nearest",
+    "test_resize_downsample_sizes_linear_pytorch_half_pixel", "test_resize_downsample_sizes_nearest",
+    "test_resize_upsample_scales_linear", "test_resize_upsample_scales_linear_align_corners",
+    "test_resize_upsample_scales_nearest", "test_resize_upsample_sizes_nearest",
+    "test_resize_upsample_sizes_nearest_ceil_half_pixel", "test_resize_upsample_sizes_nearest_floor_align_corners",
+    "test_resize_upsample_sizes_nearest_round_prefer_ceil_asymmetric", "test_sigmoid", "test_sigmoid_example",
     "test_softmax_axis_0", "test_softmax_axis_1", "test_softmax_axis_2", "test_softmax_default_axis",
     "test_softmax_example", "test_softmax_large_number", "test_softmax_negative_axis", "test_sub", "test_sub_bcast",
     "test_sub_example", "test_tanh", "test_tanh_example", "test_transpose_all_permutations_0",
