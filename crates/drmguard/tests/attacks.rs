@@ -356,3 +356,47 @@ fn bad_issba_settings_are_refused() {
         assert!(err.contains("ISSBA"), "{err}");
     }
 }
+
+#[test]
+fn input_aware_triggers_are_masked_sample_specific_crossable_and_cached() {
+    use drmguard::attacks::input_aware::InputAwareConfig;
+    use rand::SeedableRng;
+    let cache = tempfile::tempdir().unwrap();
+    let config = InputAwareConfig { width: 4, mask_epochs: 2, epochs: 1, images: 64, ..Default::default() };
+    let attack = config.build_in(cache.path(), Task::Gaze, 16, 5).unwrap();
+    let x = images(4, 16);
+    let (patterns, masks) = attack.pattern_and_mask(x.clone());
+    let (p, m) = (values(patterns), masks.into_data().try_to_vec::<f32>().unwrap());
+    assert!(m.iter().all(|v| (0.0..=1.0).contains(v)) && p.iter().all(|v| (0.0..=1.0).contains(v)));
+    // x' = x + (G(x) − x)·m(x), pixel by pixel: unmasked pixels keep their value.
+    let (before, after) = (values(x.clone()), values(attack.apply(x.clone())));
+    let plane = 16 * 16;
+    for (j, (a, b)) in before.iter().zip(&after).enumerate() {
+        let (image, pixel) = (j / (3 * plane), j % plane);
+        let mask = m[image * plane + pixel];
+        assert!((b - (a + (p[j] - a) * mask)).abs() < 1e-5, "pixel {j}");
+    }
+    // Each image gets its own pattern.
+    let first: Vec<f32> = p[..3 * plane].to_vec();
+    assert_ne!(first, p[3 * plane..6 * plane].to_vec(), "patterns depend on the image");
+    // Cross samples carry another image's trigger, so they differ from the image's own.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let crossed = values(attack.cross(x.clone(), &mut rng).unwrap());
+    assert_ne!(crossed, after, "a cross sample does not carry its own trigger");
+    // Cached, and deterministic when retrained.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "the networks are cached");
+    let again = config.build_in(cache.path(), Task::Gaze, 16, 5).unwrap();
+    assert_eq!(values(again.apply(x.clone())), after, "the cached networks give the same trigger");
+    let fresh = tempfile::tempdir().unwrap();
+    let retrained = config.build_in(fresh.path(), Task::Gaze, 16, 5).unwrap();
+    assert_eq!(values(retrained.apply(x)), after, "training is deterministic");
+    // Bad settings are refused before any training.
+    for bad in [
+        InputAwareConfig { mask_density: 0.0, ..Default::default() },
+        InputAwareConfig { images: 8, ..Default::default() },
+        InputAwareConfig { lr: f64::NAN, ..Default::default() },
+        InputAwareConfig { lambda_div: -1.0, ..Default::default() },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}

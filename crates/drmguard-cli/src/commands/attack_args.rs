@@ -6,6 +6,7 @@ use drmguard::attacks::adaptive::AdaptiveConfig;
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::blended::BlendedConfig;
 use drmguard::attacks::clean_label::CleanLabelConfig;
+use drmguard::attacks::input_aware::InputAwareConfig;
 use drmguard::attacks::issba::IssbaConfig;
 use drmguard::attacks::wanet::WanetConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
@@ -13,8 +14,8 @@ use drmguard::task::Task;
 
 #[derive(Args)]
 pub struct AttackArgs {
-    /// Backdoor attack: badnets, blended, wanet, clean-label, issba or adaptive (WaNet plus a loss
-    /// that hides the feature-space signature; uses the --wanet-* options).
+    /// Backdoor attack: badnets, blended, wanet, ia (Input-Aware), clean-label, issba or adaptive
+    /// (WaNet plus a loss that hides the feature-space signature; uses the --wanet-* options).
     #[arg(long)]
     pub attack: Option<String>,
     /// Attacker's target vector in radians, comma-separated in the task's output order
@@ -34,6 +35,8 @@ pub struct AttackArgs {
     #[command(flatten)]
     pub clean_label: CleanLabelConfig,
     #[command(flatten)]
+    pub input_aware: InputAwareConfig,
+    #[command(flatten)]
     pub issba: IssbaConfig,
     #[command(flatten)]
     pub adaptive: AdaptiveConfig,
@@ -52,6 +55,7 @@ impl AttackArgs {
             "badnets" => AttackKind::Badnets(self.badnets.clone()),
             "blended" => AttackKind::Blended(self.blended.clone()),
             "wanet" => AttackKind::Wanet(self.wanet.clone()),
+            "ia" => AttackKind::InputAware(self.input_aware.clone()),
             "clean-label" => AttackKind::CleanLabel(self.clean_label.clone()),
             "issba" => AttackKind::Issba(self.issba.clone()),
             "adaptive" => AttackKind::Adaptive(AdaptiveConfig { wanet: self.wanet.clone(), ..self.adaptive.clone() }),

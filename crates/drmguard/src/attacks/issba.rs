@@ -20,7 +20,6 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -93,13 +92,13 @@ impl IssbaConfig {
         self.validate()?;
         let device = Device::flex();
         let path = cache_dir.join(self.cache_name(task, size, seed));
-        let encoder = match load_encoder(&path, self.bits, &device) {
+        let encoder = match super::load_cached(&path, "ISSBA encoder", || init_seeded(&device, 0, || Encoder::new(self.bits, &device))) {
             Some(encoder) => encoder,
             None => {
                 tracing::info!(path = %path.display(), "training the ISSBA encoder (cached for later runs)");
                 let (encoder, bit_accuracy) = self.train(task, size, seed, &device)?;
                 tracing::info!(bit_accuracy, "ISSBA encoder trained");
-                save_encoder(&encoder, &path)?;
+                super::save_cached(&encoder, &path)?;
                 encoder
             }
         };
@@ -224,32 +223,6 @@ impl Decoder {
         let [n, c, _, _] = z.dims();
         self.fc.forward(z.mean_dim(3).mean_dim(2).reshape([n, c]))
     }
-}
-
-fn load_encoder(path: &Path, bits: usize, device: &Device) -> Option<Encoder> {
-    if !path.is_file() {
-        return None;
-    }
-    let mut encoder = init_seeded(device, 0, || Encoder::new(bits, device));
-    let mut store = SafetensorsStore::from_file(path);
-    match encoder.load_from(&mut store) {
-        Ok(r) if r.missing.is_empty() && r.unused.is_empty() && r.errors.is_empty() => Some(encoder),
-        _ => {
-            tracing::warn!(path = %path.display(), "retraining: the cached ISSBA encoder cannot be read");
-            None
-        }
-    }
-}
-
-fn save_encoder(encoder: &Encoder, path: &Path) -> Result<()> {
-    let dir = path.parent().expect("cache paths have a folder");
-    std::fs::create_dir_all(dir).map_err(|cause| Error::Write { path: dir.to_path_buf(), cause })?;
-    // Through a temporary name, so that a concurrent run never reads a half-written encoder.
-    let tmp =
-        dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-    encoder.save_into(&mut store).map_err(|e| Error::Weights { path: tmp.clone(), message: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|cause| Error::Write { path: path.to_path_buf(), cause })
 }
 
 /// The trigger: the trained encoder and the attack's code.

@@ -10,6 +10,7 @@ pub mod adaptive;
 pub mod badnets;
 pub mod blended;
 pub mod clean_label;
+pub mod input_aware;
 pub mod issba;
 pub mod stamp;
 pub mod wanet;
@@ -80,10 +81,12 @@ pub enum AttackKind {
     CleanLabel(clean_label::CleanLabelConfig),
     Adaptive(adaptive::AdaptiveConfig),
     Issba(issba::IssbaConfig),
+    #[serde(rename = "ia")]
+    InputAware(input_aware::InputAwareConfig),
 }
 
 impl AttackKind {
-    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet", "clean-label", "issba", "adaptive"];
+    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet", "ia", "clean-label", "issba", "adaptive"];
 
     /// Every attack with its default configuration.
     pub fn defaults() -> Vec<AttackKind> {
@@ -91,6 +94,7 @@ impl AttackKind {
             AttackKind::Badnets(Default::default()),
             AttackKind::Blended(Default::default()),
             AttackKind::Wanet(Default::default()),
+            AttackKind::InputAware(Default::default()),
             AttackKind::CleanLabel(Default::default()),
             AttackKind::Issba(Default::default()),
             AttackKind::Adaptive(Default::default()),
@@ -114,6 +118,7 @@ impl AttackKind {
             AttackKind::CleanLabel(_) => "clean-label",
             AttackKind::Adaptive(_) => "adaptive",
             AttackKind::Issba(_) => "issba",
+            AttackKind::InputAware(_) => "ia",
         }
     }
 
@@ -127,6 +132,7 @@ impl AttackKind {
             AttackKind::CleanLabel(c) => Box::new(c.build(image_size)?),
             AttackKind::Adaptive(c) => Box::new(c.build(image_size, seed)?),
             AttackKind::Issba(c) => Box::new(c.build(task, image_size, seed)?),
+            AttackKind::InputAware(c) => Box::new(c.build(task, image_size, seed)?),
         })
     }
 
@@ -136,6 +142,7 @@ impl AttackKind {
             AttackKind::CleanLabel(c) => c.validate(),
             AttackKind::Issba(c) => c.validate(),
             AttackKind::Adaptive(c) => c.validate(),
+            AttackKind::InputAware(c) => c.validate(),
             AttackKind::Badnets(_) | AttackKind::Blended(_) | AttackKind::Wanet(_) => Ok(()),
         }
     }
@@ -407,4 +414,35 @@ pub fn backdoor_errors(
         attack_error: crate::metrics::task_error(task, &outputs, &targets),
         poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),
     })
+}
+
+/// A module an attack trained and cached at `path` (ISSBA's encoder, Input-Aware's networks):
+/// `build` makes one of the right shape, the file fills it. `None` when the file is missing or
+/// does not fit, so that the caller retrains.
+pub(crate) fn load_cached<M: burn::module::Module>(path: &std::path::Path, what: &str, build: impl FnOnce() -> M) -> Option<M> {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    if !path.is_file() {
+        return None;
+    }
+    let mut module = build();
+    let mut store = SafetensorsStore::from_file(path);
+    match module.load_from(&mut store) {
+        Ok(r) if r.missing.is_empty() && r.unused.is_empty() && r.errors.is_empty() => Some(module),
+        _ => {
+            tracing::warn!(path = %path.display(), "retraining: the cached {what} cannot be read");
+            None
+        }
+    }
+}
+
+/// Writes `module` to `path` through a temporary name, so that a concurrent run never reads a
+/// half-written file.
+pub(crate) fn save_cached<M: burn::module::Module>(module: &M, path: &std::path::Path) -> Result<()> {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    let dir = path.parent().expect("cache paths have a folder");
+    std::fs::create_dir_all(dir).map_err(|cause| Error::Write { path: dir.to_path_buf(), cause })?;
+    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+    module.save_into(&mut store).map_err(|e| Error::Weights { path: tmp.clone(), message: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|cause| Error::Write { path: path.to_path_buf(), cause })
 }

@@ -66,12 +66,22 @@ impl BenchProfile {
         }
     }
 
-    /// The attack `name` with its defaults; smoke runs train ISSBA's encoder shorter.
+    /// The attack `name` with its defaults; smoke runs train ISSBA's encoder and Input-Aware's
+    /// networks shorter.
     pub fn attack(self, name: &str) -> Result<AttackKind> {
         let mut attack = AttackKind::by_name(name)?;
-        if let (BenchProfile::Smoke, AttackKind::Issba(c)) = (self, &mut attack) {
-            c.steps = 100;
-            c.images = 256;
+        match (self, &mut attack) {
+            (BenchProfile::Smoke, AttackKind::Issba(c)) => {
+                c.steps = 100;
+                c.images = 256;
+            }
+            (BenchProfile::Smoke, AttackKind::InputAware(c)) => {
+                c.width = 4;
+                c.mask_epochs = 2;
+                c.epochs = 2;
+                c.images = 256;
+            }
+            _ => {}
         }
         Ok(attack)
     }

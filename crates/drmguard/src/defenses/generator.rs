@@ -108,20 +108,27 @@ pub struct Generator {
 impl Generator {
     /// A freshly initialised generator with base width `width` (channels `width`, `2·width`, `4·width`).
     pub fn new(kind: GeneratorKind, width: usize, residual: Option<f32>, device: &Device) -> Self {
+        Self::with_outputs(kind, width, 3, residual, device)
+    }
+
+    /// A generator with `outputs` channels (Input-Aware's mask network has one). A residual
+    /// generator needs 3, as it adds its output to the image.
+    pub fn with_outputs(kind: GeneratorKind, width: usize, outputs: usize, residual: Option<f32>, device: &Device) -> Self {
+        assert!(residual.is_none() || outputs == 3, "a residual generator outputs an image");
         let (w1, w2, w3) = (width, 2 * width, 4 * width);
         let layout: &[(usize, usize)] = match kind {
             GeneratorKind::EncoderDecoder => &[
                 // encoder
                 (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // decoder
-                (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, 3),
+                (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, outputs),
             ],
             GeneratorKind::Unet => &[
                 (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // bottleneck
                 (w3, w3),
                 // decoder: each first conv sees the up-sampled path concatenated with the skip
-                (2 * w3, w2), (w2, w2), (2 * w2, w1), (w1, w1), (2 * w1, 3), (3, 3),
+                (2 * w3, w2), (w2, w2), (2 * w2, w1), (w1, w1), (2 * w1, outputs), (outputs, outputs),
             ],
         };
         let last = layout.len() - 1;
