@@ -34,6 +34,10 @@ pub struct TriggersArgs {
     /// Factor applied to the absolute difference.
     #[arg(long, default_value_t = 10.0)]
     amplify: f32,
+    /// Attacks to show, comma-separated (default: all). ISSBA and Input-Aware train their
+    /// networks on first use (minutes; cached afterwards).
+    #[arg(id = "triggers_attacks", long = "attacks", value_delimiter = ',')]
+    attacks: Option<Vec<String>>,
     /// Output PNG.
     #[arg(long)]
     out: PathBuf,
@@ -98,7 +102,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         }
         DataCommand::Triggers(a) => {
             let ds = data::synthesize(a.task, a.index + 1, a.image_size, a.seed)?;
-            let attacks: Vec<_> = AttackKind::defaults().into_iter().map(|k| (k, a.seed)).collect();
+            let kinds = match &a.attacks {
+                Some(names) => names.iter().map(|n| AttackKind::by_name(n)).collect::<std::result::Result<Vec<_>, _>>().context("--attacks")?,
+                None => AttackKind::defaults(),
+            };
+            let attacks: Vec<_> = kinds.into_iter().map(|k| (k, a.seed)).collect();
             write_trigger_figure(a.task, &ds, a.index, &attacks, a.amplify, &a.out)?;
             let names: Vec<&str> = attacks.iter().map(|(k, _)| k.name()).collect();
             out!(
