@@ -1,5 +1,6 @@
-//! DRMGuard on tiny models: the generator's shapes and range, and detection on smoke-profile
-//! models.
+//! DRMGuard: the generators' shapes and range, reverse engineering on a smoke-profile model, and
+//! detection on the small benchmark's first head-pose models (a BadNets model is flagged, its
+//! benign twin is not).
 
 use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
@@ -96,5 +97,40 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
         DrmGuardConfig { max_spread_ratio: Some(0.0), ..DrmGuardConfig::default() },
     ] {
         assert!(bad.resolved(Task::Gaze).is_err(), "{bad:?} should be refused");
+    }
+}
+
+/// The small benchmark's first head-pose models, trained and scanned exactly as `drmguard bench
+/// --profile small` does (benign seed 0, BadNets seed 1000, DRMGuard's small-profile settings).
+/// The reversal finds this BadNets model's trigger (the estimated target lies within a few degrees
+/// of the attacker's, docs/drmguard.md), so it must stay flagged, and its benign twin, whose
+/// outputs collapse only halfway, must not. A regression test of the detector on models where it
+/// works, not a claim that it finds every trigger: it finds one in five at this size.
+#[test]
+fn the_benchmarks_first_headpose_badnets_model_is_flagged_and_its_benign_twin_is_not() {
+    use drmguard::attacks::DEFAULT_POISON_RATE;
+    use drmguard::bench::BenchProfile;
+    let device = Device::flex();
+    let profile = BenchProfile::Small;
+    for (attack, seed, expected) in [(None, 0, false), (Some("badnets"), 1000, true)] {
+        let task = Task::HeadPose;
+        let backdoor = attack.map(|name| BackdoorSpec {
+            attack: profile.attack(name).unwrap(),
+            target: BackdoorSpec::default_target(task, seed),
+            poison_rate: DEFAULT_POISON_RATE,
+            seed,
+        });
+        let (model, card) = TrainJob::builtin(profile.train_config(task, seed), backdoor).run(&device).unwrap();
+        let suspect = Suspect::new(model, &card);
+        let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect)).unwrap();
+        let config = profile.detector_configs().drmguard;
+        let (detection, reversal) = DrmGuard::new(config).detect_with_reversal(&suspect, &clean, 0, &device).unwrap();
+        let s = &reversal.summary;
+        eprintln!("{attack:?}: I(f) {:.4}, spread ratio {:.3}, target {:?}", s.score, s.spread_ratio, s.estimated_target);
+        assert_eq!(detection.backdoored, expected, "{attack:?}: I(f) {:.4}, spread ratio {:.3}", s.score, s.spread_ratio);
+        if let Some(spec) = &card.backdoor {
+            let off: f32 = s.estimated_target.iter().zip(&spec.target).map(|(a, b)| (a - b).abs().to_degrees()).fold(0.0, f32::max);
+            assert!(off < 5.0, "the estimated target is {off:.1}° from the attacker's");
+        }
     }
 }

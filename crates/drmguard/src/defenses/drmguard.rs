@@ -153,14 +153,15 @@ pub fn default_lambdas(task: Task) -> (f64, f64) {
 }
 
 /// Per-task collapse threshold ρ on the spread ratio, measured on the built-in data
-/// (docs/drmguard.md): benign gaze models collapse to about 0.27 by repainting the irises, benign
-/// head-pose models to 0.4–0.7; found triggers reach 0.1 (gaze) and 0.2–0.3 (head pose).
+/// (docs/drmguard.md): benign gaze models collapse to 0.19–0.29 by repainting the irises, benign
+/// head-pose models to 0.39–0.68; found triggers reach 0.1–0.18 (gaze) and 0.18–0.3 (head pose).
 pub fn default_max_spread_ratio(task: Task) -> f64 {
     match task {
         Task::Gaze => 0.2,
         Task::HeadPose => 0.3,
     }
 }
+
 impl DrmGuardConfig {
     /// The residual generator's starting scale, `None` for a full-image generator.
     pub fn residual(&self) -> Option<f32> {
