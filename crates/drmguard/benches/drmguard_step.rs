@@ -28,16 +28,19 @@ fn main() {
     let kind: DeviceKind = std::env::var("DRMGUARD_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().expect("a device name");
     let device = kind.device().expect("the device is available in this build");
     println!(
-        "DRMGuard step, batch 50, {size}×{size}, device {kind}, {} CPU threads, {steps} steps each (after 1 warm-up step)",
+        "DRMGuard step, batch 50 unless stated, {size}×{size}, device {kind}, {} CPU threads, {steps} steps each (after 1 warm-up step)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let base = DrmGuardConfig { steps, ..DrmGuardConfig::default() };
+    // Batch 50 and U-Net width 16 throughout, so that the rows compare with docs/drmguard.md's
+    // earlier ones; the defaults (width 8, batch 32) are the last row.
+    let base = DrmGuardConfig { steps, batch_size: 50, generator_width: 16, ..DrmGuardConfig::default() };
     let cases: Vec<(usize, &str, DrmGuardConfig)> = vec![
-        (64, "default (U-Net w16, MTR loss)", base.clone()),
-        (16, "default (U-Net w16, MTR loss)", base.clone()),
+        (64, "U-Net w16, residual, gradient MTR", base.clone()),
+        (16, "U-Net w16, residual, gradient MTR", base.clone()),
         (16, "MTR off", DrmGuardConfig { mtr: Mtr::Off, ..base.clone() }),
         (16, "U-Net w32", DrmGuardConfig { generator_width: 32, ..base.clone() }),
         (16, "encoder-decoder w32 (SecureGaze)", DrmGuardConfig { generator: GeneratorKind::EncoderDecoder, generator_width: 32, ..base.clone() }),
+        (16, "the defaults (U-Net w8, batch 32)", DrmGuardConfig { steps, ..DrmGuardConfig::default() }),
     ];
     let source = DataSource::Synthetic { task: Task::Gaze, n: 10_000, seed: 0, image_size: size };
     for (width, label, config) in cases {

@@ -85,7 +85,7 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
     let device = Device::flex();
     let few = CleanSet::fresh_builtin(&suspect, 20).unwrap();
     let err = DrmGuard::new(DrmGuardConfig::default()).detect_with_reversal(&suspect, &few, 0, &device).unwrap_err().to_string();
-    assert!(err.contains("fewer than one batch of 50"), "{err}");
+    assert!(err.contains("fewer than one batch of 32"), "{err}");
     for bad in [
         DrmGuardConfig { steps: 0, ..DrmGuardConfig::default() },
         DrmGuardConfig { batch_size: 1, ..DrmGuardConfig::default() },

@@ -69,7 +69,7 @@ pub struct DrmGuardConfig {
     #[arg(long = "warmup-steps", default_value_t = 0)]
     pub warmup_steps: usize,
     /// Generator base width (channels w, 2w, 4w).
-    #[arg(long = "generator-width", default_value_t = 16)]
+    #[arg(long = "generator-width", default_value_t = 8)]
     pub generator_width: usize,
     /// Weight of the output variance (default: 20 for gaze, 100 for head pose).
     #[arg(long)]
@@ -89,14 +89,15 @@ pub struct DrmGuardConfig {
     /// MTR strength γ.
     #[arg(long = "mtr-gamma", default_value_t = 100.0)]
     pub mtr_gamma: f64,
-    /// Optimisation steps of G.
-    #[arg(long, default_value_t = 600)]
+    /// Optimisation steps of G (the paper: up to 2000). The collapse threshold ρ was measured at
+    /// 200: longer runs collapse benign models further (docs/drmguard.md), so change ρ with it.
+    #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// Images per step.
-    #[arg(long = "batch-size", default_value_t = 50)]
+    #[arg(long = "batch-size", default_value_t = 32)]
     pub batch_size: usize,
     /// Adam learning rate of G.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Decision threshold ε on I(f) = mean |G(x) − x| (images in [0, 1]).
     #[arg(long, default_value_t = 0.03)]
@@ -127,16 +128,16 @@ impl Default for DrmGuardConfig {
             output: GeneratorOutput::Residual,
             residual_scale: 1.0,
             warmup_steps: 0,
-            generator_width: 16,
+            generator_width: 8,
             lambda1: None,
             lambda2: None,
             feature_reg: FeatureReg::Raw,
             mtr: Mtr::Gradient,
             mtr_beta: 0.9,
             mtr_gamma: 100.0,
-            steps: 600,
-            batch_size: 50,
-            lr: 1e-3,
+            steps: 200,
+            batch_size: 32,
+            lr: 3e-3,
             epsilon: 0.03,
             max_spread_ratio: None,
         }
