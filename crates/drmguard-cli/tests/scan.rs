@@ -61,7 +61,7 @@ fn bad_models_and_clean_sets_are_refused() {
 
     // A clean set smaller than one batch.
     let err = fails(&["scan", "--model", m, "--out", o, "--clean-size", "10"]);
-    assert!(err.contains("fewer than one batch of 50"), "{err}");
+    assert!(err.contains("fewer than one batch of 32"), "{err}");
 
     // A user folder whose labels do not fit the task.
     let data = tmp.path().join("data");
