@@ -2,28 +2,17 @@
 //! ResNet-18 and a small CNN that uses every other supported operator. Their outputs and the
 //! gradients of the outputs' sum (to the input and to the first parameter) match PyTorch's.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use drmguard_onnx::{OnnxModel, Value, tensor};
 
+#[path = "support/reference.rs"]
+mod reference;
+use reference::read_safetensors;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// The f32 tensors of a safetensors file, by name, with their shapes.
-fn read_safetensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let values = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (name, (t.shape().to_vec(), values))
-        })
-        .collect()
 }
 
 fn values(v: Value) -> Vec<f32> {

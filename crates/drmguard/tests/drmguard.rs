@@ -61,7 +61,7 @@ fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     assert!((direct - detection.score).abs() < 1e-4, "report {} vs direct {direct}", detection.score);
     // Flagged iff G moved little and the outputs collapsed.
     assert!((0.0..=1.5).contains(&s.spread_ratio), "spread ratio {}", s.spread_ratio);
-    assert_eq!(detection.backdoored, detection.score < detection.threshold && s.spread_ratio < reversal.config.max_spread_ratio.unwrap());
+    assert_eq!(detection.backdoored, detection.score < detection.threshold && s.spread_ratio < reversal.config.collapse_threshold());
     assert_eq!(detection.threshold, 0.03);
     let map = reversal.attention.as_ref().expect("MTR is on by default");
     assert_eq!(map.len(), 32 * 32);

@@ -11,22 +11,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use drmguard::model_file::{self, import};
 use drmguard::models::Regressor;
 
+#[path = "../../drmguard-onnx/tests/support/reference.rs"]
+mod reference;
+use reference::read_safetensors;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch")
-}
-
-/// The f32 tensors of a safetensors file (others are skipped), by name, with their shapes.
-fn read_safetensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let values = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (name, (t.shape().to_vec(), values))
-        })
-        .collect()
 }
 
 fn tensor<const D: usize>((shape, values): &(Vec<usize>, Vec<f32>), device: &Device) -> Tensor<D> {

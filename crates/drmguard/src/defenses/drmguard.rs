@@ -164,6 +164,11 @@ pub fn default_max_spread_ratio(task: Task) -> f64 {
 }
 
 impl DrmGuardConfig {
+    /// ρ of a resolved config (1, no collapse check, if it was never resolved).
+    pub fn collapse_threshold(&self) -> f64 {
+        self.max_spread_ratio.unwrap_or(1.0)
+    }
+
     /// The residual generator's starting scale, `None` for a full-image generator.
     pub fn residual(&self) -> Option<f32> {
         (self.output == GeneratorOutput::Residual).then_some(self.residual_scale)
@@ -295,7 +300,7 @@ impl DrmGuard {
         // Both conditions at once, each measured against its own threshold: the model is flagged
         // iff the worse of I(f) / ε and spread ratio / ρ is below 1. The margin is in units of
         // I(f) (it is I(f) − ε whenever the collapse holds with room to spare).
-        let worse = (s.score / c.epsilon).max(s.spread_ratio / c.max_spread_ratio.unwrap_or(1.0));
+        let worse = (s.score / c.epsilon).max(s.spread_ratio / c.collapse_threshold());
         detection.backdoored = worse < 1.0;
         detection.margin = (worse - 1.0) * c.epsilon;
         detection.suspicion = -worse;
@@ -344,7 +349,7 @@ impl DrmGuard {
             ("estimated target (mean of f(G(x)))".into(), deg(&s.estimated_target)),
             (
                 "spread of f(G(x)) / of f(x)".into(),
-                format!("{} / {} (ratio {:.3}, collapse below {})", spread(&s.output_std_deg), spread(&s.clean_output_std_deg), s.spread_ratio, c.max_spread_ratio.unwrap_or(1.0)),
+                format!("{} / {} (ratio {:.3}, collapse below {})", spread(&s.output_std_deg), spread(&s.clean_output_std_deg), s.spread_ratio, c.collapse_threshold()),
             ),
             ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
             ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
@@ -355,7 +360,7 @@ impl DrmGuard {
             seed: reversal.seed,
             rule: format!(
                 "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε and G collapsed the outputs (spread ratio < {})",
-                c.max_spread_ratio.unwrap_or(1.0)
+                c.collapse_threshold()
             ),
             rows,
             figures,
