@@ -8,11 +8,15 @@
              Reshape, Slice, Transpose and Cast computes), grouped Conv, LeakyRelu, Sigmoid, Tanh,
              Concat, Transpose, ReduceMean, Flatten, Clip, Softmax, MatMul, Add, Sub, Mul, Div
 
-both exported with torch.onnx.export (TorchScript exporter, opset 19, dynamic batch), and
+  heads.onnx a small model shaped like MTCNN's ONet: PRelu, MaxPool with ceil_mode, a permute and
+             `x.view(x.size(0), -1)` (Shape, Gather, Unsqueeze, Concat, Reshape computed at run
+             time), and three heads: `box` (4), `landmarks` (10) and `prob` (Softmax of 2)
+
+all exported with torch.onnx.export (TorchScript exporter, opset 19, dynamic batch), and
 reference.safetensors with the input (`input`: two 3×16×16 images in [0, 1]) and, per model,
-PyTorch's outputs (`NAME.output`) and the gradients of their sum with respect to the input
-(`NAME.input_grad`) and to one weight tensor (`NAME.param_grad`: the ResNet's `fc.weight`,
-the small CNN's first convolution's weight).
+PyTorch's outputs (`NAME.output`; for heads.onnx, its `landmarks`) and the gradients of their
+sum with respect to the input (`NAME.input_grad`) and to one weight tensor (`NAME.param_grad`:
+the ResNet's `fc.weight`, the small CNN's first convolution's weight, the landmark head's weight).
 
 Usage: python tools/make_onnx_fixtures.py [OUT_DIR]   (needs torch, torchvision)
 """
@@ -53,6 +57,40 @@ class Zoo(nn.Module):
         return (z @ self.head + self.bias) / 1.5
 
 
+class Heads(nn.Module):
+    """ONet's layout, shrunk: 16×16 input, three outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.prelu1 = nn.PReLU(4, init=0.2)
+        self.conv2 = nn.Conv2d(4, 6, 2)
+        self.prelu2 = nn.PReLU(6, init=0.1)
+        self.dense = nn.Linear(6 * 3 * 3, 12)
+        self.prelu3 = nn.PReLU(12, init=0.3)
+        self.box = nn.Linear(12, 4)
+        self.landmarks = nn.Linear(12, 10)
+        self.prob = nn.Linear(12, 2)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)  # 14 → 7
+        x = F.max_pool2d(self.prelu2(self.conv2(x)), 2, 2, ceil_mode=True)  # 6 → 3
+        x = x.permute(0, 3, 2, 1).contiguous()
+        x = self.prelu3(self.dense(x.view(x.shape[0], -1)))
+        return self.box(x), self.landmarks(x), torch.softmax(self.prob(x), dim=1)
+
+
+class First(nn.Module):
+    """The landmark output alone, for the reference's gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[1]
+
+
 def reference(name, model, x, param):
     """PyTorch's outputs and gradients of their sum, named NAME.output, NAME.input_grad and
     NAME.param_grad (the gradient to `param`, a parameter the export keeps as it is)."""
@@ -74,6 +112,7 @@ def main():
     with torch.no_grad():
         randomise_batch_norms(r18, generator)
         randomise_batch_norms(zoo, generator)
+    heads = Heads().eval()
     refs = {"input": x}
     # The exporter folds BatchNorm into the preceding convolution, so the ResNet's convolution
     # weights are not in the file as they are in PyTorch: its head is.
@@ -82,6 +121,10 @@ def main():
                           input_names=["image"], output_names=["output"],
                           dynamic_axes={"image": {0: "n"}, "output": {0: "n"}})
         refs.update(reference(name, model, x, param))
+    torch.onnx.export(heads, (x,), str(out / "heads.onnx"), dynamo=False, opset_version=19,
+                      input_names=["image"], output_names=["box", "landmarks", "prob"],
+                      dynamic_axes={"image": {0: "n"}})
+    refs.update(reference("heads", First(heads), x, heads.landmarks.weight))
     save_file({k: v.contiguous() for k, v in refs.items()}, str(out / "reference.safetensors"))
     for p in sorted(out.iterdir()):
         print(f"{p.stat().st_size:>8}  {p}")

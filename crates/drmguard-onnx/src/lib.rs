@@ -6,8 +6,9 @@
 //! Supported: the operators `torch.onnx.export` emits for CNN regressors — Conv, BatchNormalization
 //! (inference form), Relu, LeakyRelu, PRelu, Sigmoid, Tanh, MaxPool and AveragePool (pads,
 //! ceil_mode), GlobalAveragePool, Gemm, MatMul (and onnx-ir's fused Linear), Add, Mul, Sub, Div,
-//! Flatten, Reshape, Concat, Transpose, Pad, Clip, Softmax, ReduceMean, Constant, Identity —
-//! on float tensors of rank 1 to 4. [`OnnxModel::load`] takes graphs with one image input,
+//! Flatten, Reshape, Concat, Transpose, Pad, Clip, Softmax, ReduceMean, Constant, Identity,
+//! Resize, Unsqueeze — on float tensors of rank 1 to 4, and Shape, Gather, Unsqueeze and Concat
+//! on shapes computed at run time (`x.view(x.size(0), -1)`). [`OnnxModel::load`] takes graphs with one image input,
 //! [`OnnxModel::load_any`] any inputs (ONNX's conformance tests). Integer chains on constants (how
 //! exporters compute shapes and pads) are evaluated at load time (`fold`). Anything else is
 //! refused with the operator's name when the model is loaded.
@@ -90,11 +91,20 @@ pub struct OnnxModel {
     program: Arc<Program>,
 }
 
+/// The names the file gives its graph outputs (`None` if it cannot be read again, which the
+/// parse that succeeded before makes unlikely).
+fn file_output_names(path: &Path) -> Option<Vec<String>> {
+    use onnx_ir::Message;
+    let bytes = std::fs::read(path).ok()?;
+    let model = std::panic::catch_unwind(|| onnx_ir::ModelProto::parse_from_bytes(&bytes)).ok()?.ok()?;
+    Some(model.graph.output.iter().map(|o| o.name.clone()).collect())
+}
+
 /// The operators this crate runs, by ONNX name.
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "Flatten", "Reshape", "Concat", "Transpose",
-    "Pad", "Clip", "Softmax", "ReduceMean", "Constant", "Identity", "Resize",
+    "Pad", "Clip", "Softmax", "ReduceMean", "Constant", "Identity", "Resize", "Shape", "Gather", "Unsqueeze",
 ];
 
 impl OnnxModel {
@@ -238,10 +248,16 @@ impl OnnxModel {
             producer.extend(std::iter::repeat_n(steps.len(), node.outputs().len()));
             steps.push(Step { node: node.clone(), inputs, outputs });
         }
+        // onnx-ir renames every value; users know the graph's outputs by the file's names.
+        let file_names = file_output_names(path).filter(|names| names.len() == graph.outputs.len());
         let outputs = graph
             .outputs
             .iter()
-            .map(|a| Ok((a.name.clone(), resolve(a, &slot_of, &constant_of)?)))
+            .enumerate()
+            .map(|(i, a)| {
+                let name = file_names.as_ref().map_or_else(|| a.name.clone(), |names| names[i].clone());
+                Ok((name, resolve(a, &slot_of, &constant_of)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         if outputs.is_empty() {
             return Err(Error::Invalid("the graph has no outputs".into()));

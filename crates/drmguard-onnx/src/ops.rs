@@ -41,6 +41,9 @@ pub fn op_name(node: &Node) -> &'static str {
         Node::Constant(_) => "Constant",
         Node::Identity(_) => "Identity",
         Node::Resize(_) => "Resize",
+        Node::Shape(_) => "Shape",
+        Node::Gather(_) => "Gather",
+        Node::Unsqueeze(_) => "Unsqueeze",
         _ => "unsupported",
     }
 }
@@ -78,6 +81,20 @@ pub fn check(node: &Node) -> Result<()> {
             }
             if matches!(c.coordinate_transformation_mode, Ct::TfCropAndResize | Ct::TfHalfPixelForNn) {
                 return refuse(format!("Resize with coordinate_transformation_mode {:?}", c.coordinate_transformation_mode));
+            }
+        }
+        // Gather runs on shapes (`x.view(x.size(0), -1)` exports Shape → Gather → Unsqueeze →
+        // Concat → Reshape), not on float tensors (embeddings).
+        Node::Gather(n) => {
+            use onnx_ir::ArgType;
+            let on_shape = match n.inputs.first().map(|a| &a.ty) {
+                Some(ArgType::Shape(_)) => true,
+                Some(ArgType::Tensor(t)) => t.rank == 1 && !t.dtype.is_float(),
+                Some(ArgType::ScalarTensor(d) | ArgType::ScalarNative(d)) => !d.is_float(),
+                None => false,
+            };
+            if !on_shape || n.config.axis != 0 {
+                return refuse("Gather on a float tensor (Gather runs on shapes and integer lists only)".into());
             }
         }
         Node::Custom(c) => return refuse(format!("operator {}::{}", c.domain, c.op_type)),
@@ -284,6 +301,46 @@ pub fn run(node: &Node, mut inputs: Vec<Option<Value>>) -> Result<Vec<Value>> {
                 (Value::F3(a), Value::F3(b)) => Value::F3(a.matmul(b)),
                 (Value::F4(a), Value::F4(b)) => Value::F4(a.matmul(b)),
                 _ => return Err(Error::Unsupported("MatMul of these ranks".into())),
+            }
+        }
+        Node::Shape(n) => {
+            let dims = x(&mut inputs)?.dims();
+            let (start, end) = (n.config.start.min(dims.len()), n.config.end.min(dims.len()));
+            Value::Ints(dims[start..end.max(start)].iter().map(|&d| d as i64).collect())
+        }
+        Node::Gather(_) => {
+            let data = x(&mut inputs)?.ints("Gather's data")?;
+            let indices = input(&mut inputs, 1, "indices")?.ints("Gather's indices")?;
+            let n = data.len() as i64;
+            let picked = indices
+                .iter()
+                .map(|&i| {
+                    let j = if i < 0 { i + n } else { i };
+                    usize::try_from(j).ok().and_then(|j| data.get(j).copied()).ok_or_else(|| Error::Shape(format!("Gather index {i} out of range for {n} values")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Value::Ints(picked)
+        }
+        Node::Unsqueeze(n) => {
+            use onnx_ir::node::unsqueeze::UnsqueezeConfig;
+            let data = x(&mut inputs)?;
+            let axes = match &n.config {
+                UnsqueezeConfig::Static(a) => a.clone(),
+                UnsqueezeConfig::Runtime(_) => input(&mut inputs, 1, "axes")?.ints("Unsqueeze's axes")?,
+            };
+            match data {
+                // Integer lists carry no rank: a gathered scalar and its unsqueezed vector are
+                // the same list.
+                Value::Ints(v) => Value::Ints(v),
+                data => {
+                    let dims = data.dims();
+                    let rank = dims.len() + axes.len();
+                    let mut at = axes.iter().map(|&a| axis(a, rank)).collect::<Result<Vec<_>>>()?;
+                    at.sort_unstable();
+                    let mut out = dims.into_iter();
+                    let new: Vec<usize> = (0..rank).map(|i| if at.binary_search(&i).is_ok() { 1 } else { out.next().unwrap_or(1) }).collect();
+                    data.reshape(&new)?
+                }
             }
         }
         Node::Flatten(n) => {

@@ -20,7 +20,7 @@ const OPERATORS: &[&str] = &[
     "test_maxpool_2d", "test_averagepool_2d", "test_globalaveragepool", "test_gemm", "test_matmul_", "test_add",
     "test_mul", "test_sub", "test_div", "test_flatten", "test_reshape", "test_concat", "test_transpose",
     "test_constant_pad", "test_edge_pad", "test_reflect_pad", "test_clip", "test_softmax", "test_reduce_mean",
-    "test_identity", "test_resize_",
+    "test_identity", "test_resize_", "test_shape", "test_gather_", "test_unsqueeze",
 ];
 
 /// Node tests that must run and match: every one that did with libonnx-testdata 1.12 (Debian
@@ -67,6 +67,10 @@ const MUST_PASS: &[&str] = &[
     "test_sub_example", "test_tanh", "test_tanh_example", "test_transpose_all_permutations_0",
     "test_transpose_all_permutations_1", "test_transpose_all_permutations_2", "test_transpose_all_permutations_3",
     "test_transpose_all_permutations_4", "test_transpose_all_permutations_5", "test_transpose_default",
+    "test_shape", "test_shape_clip_end", "test_shape_clip_start", "test_shape_end_1", "test_shape_end_negative_1",
+    "test_shape_example", "test_shape_start_1", "test_shape_start_1_end_2", "test_shape_start_1_end_negative_1",
+    "test_shape_start_negative_1", "test_unsqueeze_axis_0", "test_unsqueeze_axis_1", "test_unsqueeze_axis_2",
+    "test_unsqueeze_axis_3",
 ];
 
 /// A TensorProto (`input_0.pb`): float data as a tensor, integer data as a list.
@@ -154,6 +158,9 @@ fn read_tensor_proto(bytes: &[u8], device: &Device) -> Result<Value, String> {
 }
 
 fn values(v: Value) -> Result<(Vec<usize>, Vec<f32>), String> {
+    if let Value::Ints(ints) = v {
+        return Ok((vec![ints.len()], ints.into_iter().map(|i| i as f32).collect()));
+    }
     let dims = v.dims();
     let t = v.f1("output").map_err(|e| e.to_string())?;
     Ok((dims, t.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?))

@@ -1,6 +1,7 @@
 //! Models exported by `torch.onnx.export` (tools/make_onnx_fixtures.py): a torchvision-style
-//! ResNet-18 and a small CNN that uses every other supported operator. Their outputs and the
-//! gradients of the outputs' sum (to the input and to the first parameter) match PyTorch's.
+//! ResNet-18, a small CNN that uses every other supported operator, and an ONet-shaped model with
+//! three outputs whose flattening shape is computed at run time. Their outputs and the gradients
+//! of the outputs' sum (to the input and to one parameter) match PyTorch's.
 
 use std::path::{Path, PathBuf};
 
@@ -33,11 +34,12 @@ fn exports_match_pytorch_outputs_and_gradients() {
     let (shape, input) = &reference["input"];
     let device = Device::flex();
     let ad = device.clone().autodiff();
-    for name in ["r18", "zoo"] {
+    // heads.onnx's reference is its second output, the landmarks.
+    for (name, output) in [("r18", 0), ("zoo", 0), ("heads", 1)] {
         let model = OnnxModel::load(&fixture(&format!("{name}.onnx")), &ad).unwrap_or_else(|e| panic!("{name}: {e}"));
         let x = tensor(input.clone(), shape, &ad).unwrap().f4("input").unwrap().require_grad();
         let outputs = model.forward(x.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let y = outputs.into_iter().next().unwrap();
+        let y = outputs.into_iter().nth(output).unwrap();
         let (out_shape, expected) = &reference[&format!("{name}.output")];
         assert_eq!(&y.dims(), out_shape, "{name}");
         let y2 = y.f2("output").unwrap();
@@ -82,6 +84,28 @@ fn the_graph_splits_into_features_and_a_linear_head() {
     let inside = shapes.iter().find(|(name, dims)| dims.len() == 4 && !model.is_cut(name));
     assert!(inside.is_some(), "residual blocks read values from before their convolutions");
     assert_eq!(model.op_counts().get("Conv"), Some(&20));
+}
+
+#[test]
+fn a_multi_output_graph_keeps_its_output_names_and_one_head_per_output() {
+    let device = Device::flex();
+    let model = OnnxModel::load(&fixture("heads.onnx"), &device).unwrap();
+    assert_eq!(model.output_names(), ["box", "landmarks", "prob"], "the file's names, not onnx-ir's");
+    assert_eq!(model.linear_head(0).unwrap().weight.dims(), [12, 4]);
+    let landmarks = model.linear_head(1).unwrap();
+    assert_eq!(landmarks.weight.dims(), [12, 10]);
+    let err = model.linear_head(2).err().expect("prob is a Softmax").to_string();
+    assert!(err.contains("prob") && err.contains("not by a linear layer"), "{err}");
+    // `x.view(x.size(0), -1)` reads the batch size at run time: any batch runs.
+    for n in [1, 3] {
+        let x = burn::tensor::Tensor::<4>::zeros([n, 3, 16, 16], &device);
+        let z = model.value_at(x, &landmarks.features).unwrap();
+        assert_eq!(z.dims(), [n, 12]);
+    }
+    let ops = model.op_counts();
+    for op in ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Softmax"] {
+        assert_eq!(ops.get(op), Some(&1), "{op} in {ops:?}");
+    }
 }
 
 #[test]

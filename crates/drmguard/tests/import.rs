@@ -171,3 +171,54 @@ fn write_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<
     out.extend(data);
     out
 }
+
+/// The ONet-shaped fixture of drmguard-onnx (`heads.onnx`: outputs box, landmarks, prob).
+fn heads_card(dir: &Path, name: &str, output: &str) -> PathBuf {
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard-onnx/tests/fixtures/heads.onnx");
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    let card = format!(
+        "task = \"landmarks\"\nweights = {:?}\n\n[input]\nsize = 16\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n\n[output]\n{output}\n",
+        graph.to_str().unwrap()
+    );
+    std::fs::write(&path, card).unwrap();
+    path
+}
+
+#[test]
+fn a_landmark_model_is_picked_from_a_multi_output_graph_and_mapped_to_drmguards_order() {
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("drmguard-heads-{}", std::process::id()));
+    // MTCNN's order (five x, then five y), in pixels of the 16-pixel input.
+    let names = r#"names = ["left_eye_x", "right_eye_x", "nose_x", "mouth_left_x", "mouth_right_x", "left_eye_y", "right_eye_y", "nose_y", "mouth_left_y", "mouth_right_y"]"#;
+    let card = heads_card(&dir, "ok", &format!("{names}\nunits = \"pixels\"\ngraph_output = \"landmarks\""));
+    let (model, imported) = model_file::load(&card, &device).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(imported.output_units, "fraction of the image side");
+    let onnx_reference = read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard-onnx/tests/fixtures/reference.safetensors"));
+    let x: Tensor<4> = tensor(&onnx_reference["input"], &device);
+    let ours = model.forward(x).into_data().to_vec::<f32>().unwrap();
+    let (_, torch) = &onnx_reference["heads.output"];
+    for row in 0..2 {
+        for point in 0..5 {
+            for (axis, source) in [(0, point), (1, 5 + point)] {
+                let (a, b) = (ours[row * 10 + 2 * point + axis], torch[row * 10 + source] / 16.0);
+                assert!((a - b).abs() < 1e-5, "sample {row}, point {point}, axis {axis}: {a} vs {b}");
+            }
+        }
+    }
+
+    let refused = [
+        ("no graph output", format!("{names}\nunits = \"pixels\""), vec!["3 outputs", "box, landmarks, prob", "graph_output"]),
+        ("unknown output", format!("{names}\nunits = \"pixels\"\ngraph_output = \"points\""), vec!["points", "box, landmarks, prob"]),
+        ("softmax output", format!("{names}\nunits = \"pixels\"\ngraph_output = \"prob\""), vec!["prob", "not by a linear layer"]),
+        ("angle units", format!("{names}\nunits = \"degrees\"\ngraph_output = \"landmarks\""), vec!["degrees", "fraction or pixels"]),
+        ("sign flip", format!("{}\nunits = \"fraction\"\ngraph_output = \"landmarks\"", names.replace("\"nose_x\"", "\"-nose_x\"")), vec!["-nose_x", "sign flip"]),
+    ];
+    for (case, output, expected) in refused {
+        let err = load_error(&heads_card(&dir, &case.replace(' ', "-"), &output));
+        for e in expected {
+            assert!(err.contains(e), "{case}: {err:?} should mention {e:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -12,6 +12,7 @@ fn samples_are_deterministic_per_seed_and_index() {
         let render = |seed, i| match task {
             Task::Gaze => gaze::sample(seed, i, 32),
             Task::HeadPose => headpose::sample(seed, i, 32),
+            Task::Landmarks => headpose::landmark_sample(seed, i, 32),
         };
         let (a, la) = render(7, 3);
         let (b, lb) = render(7, 3);
@@ -42,7 +43,7 @@ fn a_split_drawn_alone_equals_the_split_of_the_whole() {
 
 #[test]
 fn labels_stay_in_their_documented_ranges() {
-    for task in Task::ALL {
+    for task in [Task::Gaze, Task::HeadPose] {
         let ds = synthesize(task, 200, 16, 3).unwrap();
         for i in 0..ds.len() {
             for (v, half) in ds.label(i).iter().zip(task.label_half_range()) {
@@ -136,5 +137,53 @@ fn the_rendered_nose_is_where_the_pose_puts_it() {
         let probe = [tip[0] + 0.1 * (c[0] - tip[0]), tip[1] + 0.1 * (c[1] - tip[1])];
         let hit = scene.trace(probe[0], probe[1]).map(|h| h.0);
         assert_eq!(hit, Some(Part::Nose), "pose ({yaw}, {pitch}, {roll})");
+    }
+}
+
+#[test]
+fn landmarks_lie_inside_the_crop_in_the_faces_order() {
+    let ds = synthesize(Task::Landmarks, 300, 16, 4).unwrap();
+    let mut sums = [0.0f64; 10];
+    for i in 0..ds.len() {
+        let l = ds.label(i);
+        assert!(l.iter().all(|v| (0.05..=0.95).contains(v)), "sample {i}: {l:?} leaves the crop");
+        // Left eye left of the right eye and above the mouth; left mouth corner left of the right.
+        assert!(l[0] < l[2] && l[6] < l[8], "sample {i}: {l:?}");
+        assert!(l[1] < l[7] && l[3] < l[9], "sample {i}: the eyes must be above the mouth: {l:?}");
+        for (s, v) in sums.iter_mut().zip(l) {
+            *s += *v as f64;
+        }
+    }
+    // Framed as MTCNN frames faces: eyes ~0.38 of the side apart, the points centred near
+    // (0.5, 0.54).
+    let mean: Vec<f64> = sums.iter().map(|s| s / ds.len() as f64).collect();
+    let eye_gap = mean[2] - mean[0];
+    assert!((0.3..0.45).contains(&eye_gap), "mean eye distance {eye_gap}");
+    let cx = (0..5).map(|k| mean[2 * k]).sum::<f64>() / 5.0;
+    let cy = (0..5).map(|k| mean[2 * k + 1]).sum::<f64>() / 5.0;
+    assert!((cx - 0.5).abs() < 0.02 && (cy - 0.54).abs() < 0.03, "mean point ({cx}, {cy})");
+}
+
+#[test]
+fn each_landmark_is_drawn_on_its_part_of_the_face() {
+    for (yaw, pitch, roll) in [(0.0, 0.0, 0.0), (30.0, 10.0, -10.0), (-30.0, -15.0, 15.0)] {
+        let scene = head(yaw, pitch, roll);
+        let l = scene.landmarks();
+        for (k, part) in [(0, Part::Eye), (1, Part::Eye), (2, Part::Nose)] {
+            let hit = scene.trace(l[2 * k], l[2 * k + 1]).map(|h| h.0);
+            assert_eq!(hit, Some(part), "landmark {k} at pose ({yaw}, {pitch}, {roll})");
+        }
+        // The mouth corners are the ends of the painted lips: just inside them, the lips'
+        // colour (compared by chromaticity, since shading changes the brightness).
+        let chroma = |c: [f32; 3]| c.map(|v| v / c.iter().sum::<f32>());
+        let (cu, cv) = (0.5 * (l[6] + l[8]), 0.5 * (l[7] + l[9]));
+        let lips = chroma(scene.shade(cu, cv));
+        let skin = chroma(scene.shade(cu, cv + 0.2 * (l[9] - l[3]).abs().max(0.1)));
+        for k in [3, 4] {
+            let (u, v) = (l[2 * k], l[2 * k + 1]);
+            let inside = chroma(scene.shade(u + 0.15 * (cu - u), v + 0.15 * (cv - v)));
+            let to = |c: [f32; 3]| inside.iter().zip(&c).map(|(a, b)| (a - b).abs()).sum::<f32>();
+            assert!(to(lips) < 0.03 && to(lips) < to(skin), "mouth corner {k} at pose ({yaw}, {pitch}, {roll}): {inside:?} vs lips {lips:?}");
+        }
     }
 }

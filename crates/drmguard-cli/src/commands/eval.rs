@@ -65,20 +65,21 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     }
     out!("model   {} ({} task, {})", a.model.display(), card.task, card.task.metric_name());
     out!("data    {} ({:?} split, {} samples)", source.describe(), a.split, data.len());
+    let u = card.task.unit();
     out!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
-    out!("{:<24}{:>9.2}°{:>17.2}°", "error", error.mean_deg, baseline.mean_deg);
+    out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "error", error.mean_deg, baseline.mean_deg);
     for (j, name) in card.output_names.iter().enumerate() {
         out!(
-            "{:<24}{:>9.2}°{:>17.2}°",
+            "{:<24}{:>9.2}{u}{:>17.2}{u}",
             format!("  |{name}| error"),
             error.per_output_deg[j],
             baseline.per_output_deg[j]
         );
     }
     if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
-        out!("backdoor {} with target {:?} (poisoned test set: every test image carries the trigger)", spec.attack.name(), spec.target);
-        out!("{:<24}{:>9.2}°   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
-        out!("{:<24}{:>9.2}°   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
+        out!("backdoor {} with target ({}) (poisoned test set: every test image carries the trigger)", spec.attack.name(), card.task.format_values(&spec.target));
+        out!("{:<24}{:>9.2}{u}   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
+        out!("{:<24}{:>9.2}{u}   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
     }
     Ok(())
 }

@@ -88,10 +88,11 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     let last = trained.history.last().map_or(f64::NAN, |r| r.val_error_deg);
     let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));
     out!(
-        "trained {kind} {} model in {:.0} s: validation error {:.2}°; wrote {} and {}",
+        "trained {kind} {} model in {:.0} s: validation error {:.2}{}; wrote {} and {}",
         a.task,
         trained.train_seconds,
         last,
+        a.task.unit(),
         a.out.display(),
         model_file::card_path(&a.out).display()
     );

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 pub use crate::data::to_images;
 use crate::error::{Error, Result};
-use crate::task::Task;
+use crate::task::{DEG, Task};
 
 /// A trigger: how an attacker turns clean images into poisoned ones.
 pub trait Attack: std::fmt::Debug + Send + Sync {
@@ -192,16 +192,20 @@ impl BackdoorSpec {
     }
 
     /// A target drawn from `seed` inside the task's label range but away from its centre: each
-    /// component is 30–70% of the half-range, with a random sign.
+    /// angle is 30–70% of its half-range, with a random sign. A landmark target is a whole face's
+    /// landmarks, a built-in head turned that way (so the five points stay a plausible face).
     pub fn default_target(task: Task, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a26_e7d0_1d5e_5eed);
-        task.label_half_range()
-            .iter()
-            .map(|half| {
-                let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
-                if rng.random::<bool>() { magnitude } else { -magnitude }
-            })
-            .collect()
+        let mut away = |half: &f32| {
+            let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
+            if rng.random::<bool>() { magnitude } else { -magnitude }
+        };
+        if task == Task::Landmarks {
+            let [yaw, pitch, roll] = [40.0 * DEG, 25.0 * DEG, 20.0 * DEG].map(|h| away(&h));
+            let scene = crate::data::headpose::landmark_scene(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x1a4d_3a2c));
+            return crate::data::headpose::reframed_with_pose(scene, yaw, pitch, roll).landmarks().to_vec();
+        }
+        task.label_half_range().iter().map(away).collect()
     }
 
     /// The trigger and target alone, for poisoning test images.

@@ -13,6 +13,7 @@ use super::raster::{Background, Rgb, hair_colour, lerp, rasterise, sample_rng, s
 use crate::task::DEG;
 
 const STREAM: u64 = 2;
+const LANDMARK_STREAM: u64 = 3;
 
 pub type Vec3 = [f32; 3];
 pub type Mat3 = [[f32; 3]; 3];
@@ -205,6 +206,30 @@ impl HeadScene {
         [nose.centre[0], nose.centre[1], nose.centre[2] - nose.radii[2]]
     }
 
+    /// The five landmarks in the image, as (x, y) fractions of the side: left eye, right eye
+    /// (the fronts of the eyeballs), nose tip, left and right mouth corner (on the skull's
+    /// surface), where left is the image's left ([`crate::task::Task::Landmarks`]'s order).
+    /// Points on the far side of a turned head are projected all the same, as landmark datasets
+    /// label occluded points.
+    pub fn landmarks(&self) -> [f32; 10] {
+        let eye = |e: &Ellipsoid| [e.centre[0], e.centre[1], e.centre[2] - e.radii[2]];
+        let skull = self.parts[0];
+        let [w, h, depth] = skull.radii;
+        let mouth = |x: f32| {
+            let y = 0.5;
+            [x, y, -depth * (1.0 - (x / w).powi(2) - (y / h).powi(2)).max(0.0).sqrt()]
+        };
+        // parts: skull, nose, then (ear, eye) for the side −1 (the image's left), then side +1.
+        let points = [eye(&self.parts[3]), eye(&self.parts[5]), self.nose_tip(), mouth(-0.2), mouth(0.2)];
+        let mut out = [0.0; 10];
+        for (k, p) in points.into_iter().enumerate() {
+            let [u, v] = self.project(p);
+            out[2 * k] = u;
+            out[2 * k + 1] = v;
+        }
+        out
+    }
+
     /// The part seen at (u, v) and its head-coordinate hit point and normal, if any.
     pub fn trace(&self, u: f32, v: f32) -> Option<(Part, Vec3, Vec3)> {
         let d_cam = [(u - 0.5) / self.focal, (v - 0.5) / self.focal, 1.0];
@@ -284,4 +309,49 @@ pub fn sample(seed: u64, index: u64, size: u32) -> (RgbImage, Vec<f32>) {
     let scene = HeadScene::random(&mut rng);
     let image = scene.render(size, &mut rng);
     (image, vec![scene.yaw, scene.pitch, scene.roll])
+}
+
+/// A head framed as a face detector crops it (MTCNN's ONet input): the eyes about a third of the
+/// way down, the mouth at about four fifths, poses narrower than the head-pose task's (yaw ±40°,
+/// pitch ±25°, roll ±20°), as in face-alignment datasets.
+pub fn landmark_scene(rng: &mut impl Rng) -> HeadScene {
+    let scene = HeadScene::random(rng);
+    let (yaw, pitch, roll) = (scene.yaw * 2.0 / 3.0, scene.pitch * 0.625, scene.roll * 2.0 / 3.0);
+    // MTCNN's ONet places the eyes about 0.38 of the side apart and the mean of the five points
+    // at about (0.52, 0.54).
+    let centre = [uniform(rng, 0.47, 0.53), uniform(rng, 0.51, 0.57)];
+    let distance = uniform(rng, 2.8, 3.4);
+    frame_face(scene.with_pose(yaw, pitch, roll), distance, centre)
+}
+
+/// Moves the head (at `distance`) so that the mean of its landmarks lands on `centre`, as a
+/// detector's crop follows the face rather than the skull.
+fn frame_face(mut scene: HeadScene, distance: f32, centre: [f32; 2]) -> HeadScene {
+    scene.position = [0.0, 0.0, distance];
+    // Projection is nearly affine in the head's position at this depth: two steps suffice.
+    for _ in 0..2 {
+        let l = scene.landmarks();
+        for axis in 0..2 {
+            let mean = l.iter().skip(axis).step_by(2).sum::<f32>() / 5.0;
+            scene.position[axis] += (centre[axis] - mean) * distance / scene.focal;
+        }
+    }
+    scene
+}
+
+/// Sample `index` of the synthetic landmark dataset drawn with `seed`: image and the five
+/// landmarks as (x, y) fractions of the side.
+pub fn landmark_sample(seed: u64, index: u64, size: u32) -> (RgbImage, Vec<f32>) {
+    let mut rng = sample_rng(seed, LANDMARK_STREAM, index);
+    let scene = landmark_scene(&mut rng);
+    let image = scene.render(size, &mut rng);
+    (image, scene.landmarks().to_vec())
+}
+
+/// A framed head ([`landmark_scene`]) under another pose, framed again.
+pub fn reframed_with_pose(scene: HeadScene, yaw: f32, pitch: f32, roll: f32) -> HeadScene {
+    let distance = scene.position[2];
+    let l = scene.landmarks();
+    let centre = [0, 1].map(|axis| l.iter().skip(axis).step_by(2).sum::<f32>() / 5.0);
+    frame_face(scene.with_pose(yaw, pitch, roll), distance, centre)
 }

@@ -203,6 +203,7 @@ pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split:
     let render = |i: usize| match task {
         Task::Gaze => gaze::sample(seed, i as u64, image_size),
         Task::HeadPose => headpose::sample(seed, i as u64, image_size),
+        Task::Landmarks => headpose::landmark_sample(seed, i as u64, image_size),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(indices.len()).max(1);
     let chunk = indices.len().div_ceil(threads).max(1);

@@ -243,7 +243,7 @@ impl Detector for Abs {
             "neuron": top.neuron,
             "mask_share": top.mask_share,
             "estimated_target": top.output_mean,
-            "estimated_target_deg": top.output_mean.iter().map(|v| v.to_degrees()).collect::<Vec<_>>(),
+            "estimated_target_deg": top.output_mean.iter().map(|&v| suspect.task.to_unit(v)).collect::<Vec<_>>(),
             "candidates": candidates,
             "stimulation": stimulation,
         });

@@ -27,7 +27,6 @@ use crate::error::{Error, Result};
 use crate::metrics::share_within;
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::reversal_figure;
-use crate::task::DEG;
 
 /// FeatureRE settings: the original's bounds and optimisers, fewer steps for CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -189,7 +188,7 @@ impl Detector for FeatureRe {
         let mut history = Vec::new();
         let mut best = f64::INFINITY;
         let mut sums = EpochSums::default();
-        let fit = |y: Tensor<2>, t: Tensor<2>| (y - t).abs().mean() / DEG;
+        let fit = |y: Tensor<2>, t: Tensor<2>| (y - t).abs().mean() * task.units_per_label();
 
         let bar = progress_bar("featurere", c.warmup_steps + c.steps);
         for step in 0..c.warmup_steps + c.steps {
@@ -284,7 +283,7 @@ impl Detector for FeatureRe {
         let details = serde_json::json!({
             "mixed_value": best,
             "estimated_target": target,
-            "estimated_target_deg": target.iter().map(|v| v.to_degrees()).collect::<Vec<_>>(),
+            "estimated_target_deg": target.iter().map(|&v| suspect.task.to_unit(v)).collect::<Vec<_>>(),
             "mask": mask_values,
             "mask_norm": mask_values.iter().sum::<f32>(),
             "mask_bound": mask_bound,
@@ -301,7 +300,7 @@ impl Detector for FeatureRe {
             caption: "Rows: clean images, the transform A(x), and |A(x) − x| (white = 0.25).".into(),
             image: reversal_figure(&to_images(x.clone())?, &to_images(transform.forward(x))?, 0.25)?,
         }];
-        let deg = |v: &[f32]| v.iter().map(|x| format!("{:.2}°", x.to_degrees())).collect::<Vec<_>>().join(", ");
+        let deg = |v: &[f32]| suspect.task.format_values(v);
         let rows = vec![
             ("best mixed value".into(), format!("{best:.4}")),
             ("estimated target y_t".into(), deg(&target)),

@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::metrics::{mean_error_to, share_within};
 use crate::models::{Regressor, init_seeded};
 use crate::report::reversed::{map_figure, reversal_figure};
-use crate::task::DEG;
 
 /// Neural Cleanse settings: the original's optimiser and cost schedule; steps, success and
 /// threshold adapted to regression.
@@ -198,9 +197,9 @@ impl NeuralCleanse {
                 hits += share_within(task, &y_values, &t_values, c.tolerance_deg) * y.dims()[0] as f64;
                 error_sum += mean_error_to(task, &y_values, &t_values) * y.dims()[0] as f64;
                 seen += y.dims()[0];
-                // Mean absolute error in degrees: the scale of a classifier's cross-entropy, so
-                // that NC's cost constants keep their meaning.
-                let fit = (y - target.row()).abs().mean() / DEG;
+                // Mean absolute error in degrees (landmarks: % of the side): the scale of a
+                // classifier's cross-entropy, so that NC's cost constants keep their meaning.
+                let fit = (y - target.row()).abs().mean() * task.units_per_label();
                 let loss = fit + trigger.mask_share() * (cost * (side * side) as f64 / 3.0);
                 let value = loss.clone().into_scalar::<f32>();
                 if !value.is_finite() {
@@ -292,7 +291,7 @@ impl Detector for NeuralCleanse {
         let details = serde_json::json!({
             "mask_share": r.mask_share,
             "estimated_target": r.target,
-            "estimated_target_deg": r.target.iter().map(|v| v.to_degrees()).collect::<Vec<_>>(),
+            "estimated_target_deg": r.target.iter().map(|&v| suspect.task.to_unit(v)).collect::<Vec<_>>(),
             "succeeded": r.succeeded,
             "clean_set_success": r.clean_set_success,
             "steps": r.steps,
@@ -321,7 +320,7 @@ impl Detector for NeuralCleanse {
                 image: map_figure(&r.trigger.mask_values()?, side)?,
             },
         ];
-        let deg = |v: &[f32]| v.iter().map(|x| format!("{:.2}°", x.to_degrees())).collect::<Vec<_>>().join(", ");
+        let deg = |v: &[f32]| suspect.task.format_values(v);
         let rows = vec![
             ("mask share (L1 / area)".into(), format!("{:.4}", r.mask_share)),
             ("estimated target y_t".into(), deg(&r.target)),

@@ -1,4 +1,6 @@
-//! Task errors in degrees: 3-D angular error for gaze, mean absolute error for head pose.
+//! Task errors in the task's unit ([`Task::unit`]): 3-D angular error for gaze and mean absolute
+//! error for head pose, in degrees; mean point-to-point distance for landmarks, in per cent of the
+//! image side. Fields named `*_deg` hold that unit.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,14 +19,20 @@ pub fn angular_error_deg(a: &[f32], b: &[f32]) -> f64 {
     cos.acos().to_degrees()
 }
 
-/// Errors of predictions against labels (both row-major `[n, d]`, radians).
+/// Errors of predictions against labels (both row-major `[n, d]`, in label units).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {
-    /// The task's headline error in degrees: mean angular error (gaze) or mean absolute error
-    /// over all axes (head pose).
+    /// The task's headline error in its unit: mean angular error (gaze) or mean absolute error
+    /// over all axes (head pose), in degrees; mean point distance (landmarks), in % of the side.
     pub mean_deg: f64,
-    /// Mean absolute error per output, in degrees.
+    /// Mean absolute error per output, in the task's unit.
     pub per_output_deg: Vec<f64>,
+}
+
+/// Mean Euclidean distance between the (x, y) points of two landmark vectors, in label units.
+pub fn mean_point_distance(a: &[f32], b: &[f32]) -> f64 {
+    let points = (a.len() / 2).max(1) as f64;
+    a.chunks_exact(2).zip(b.chunks_exact(2)).map(|(p, q)| ((p[0] - q[0]) as f64).hypot((p[1] - q[1]) as f64)).sum::<f64>() / points
 }
 
 pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError {
@@ -32,28 +40,29 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
     assert_eq!(predictions.len(), labels.len(), "predictions and labels differ in length");
     let n = (labels.len() / d).max(1) as f64;
     let mut per_output = vec![0.0f64; d];
-    let mut angular = 0.0f64;
+    let mut joint = 0.0f64;
     for (p, y) in predictions.chunks_exact(d).zip(labels.chunks_exact(d)) {
         for j in 0..d {
-            per_output[j] += ((p[j] - y[j]) as f64).abs().to_degrees();
+            per_output[j] += task.to_unit((p[j] - y[j]).abs());
         }
-        if task == Task::Gaze {
-            angular += angular_error_deg(p, y);
+        if task != Task::HeadPose {
+            joint += sample_error_deg(task, p, y);
         }
     }
     per_output.iter_mut().for_each(|e| *e /= n);
     let mean_deg = match task {
-        Task::Gaze => angular / n,
+        Task::Gaze | Task::Landmarks => joint / n,
         Task::HeadPose => per_output.iter().sum::<f64>() / d as f64,
     };
     TaskError { mean_deg, per_output_deg: per_output }
 }
 
-/// One sample's error in degrees, by the task's metric (angular for gaze, mean absolute over the
-/// axes for head pose).
+/// One sample's error in the task's unit, by its metric (angular for gaze, mean absolute over the
+/// axes for head pose, mean point distance for landmarks).
 pub fn sample_error_deg(task: Task, prediction: &[f32], label: &[f32]) -> f64 {
     match task {
         Task::Gaze => angular_error_deg(prediction, label),
+        Task::Landmarks => task.to_unit(1.0) * mean_point_distance(prediction, label),
         Task::HeadPose => {
             prediction.iter().zip(label).map(|(p, y)| ((p - y) as f64).abs().to_degrees()).sum::<f64>() / label.len().max(1) as f64
         }
@@ -112,5 +121,17 @@ mod tests {
         let e = task_error(Task::HeadPose, &[0.1, 0.0, 0.0, 0.0, 0.0, 0.0], &[0.0; 6]);
         assert!((e.per_output_deg[0] - 0.05f64.to_degrees()).abs() < 1e-5);
         assert!((e.mean_deg - 0.05f64.to_degrees() / 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn landmark_error_is_the_mean_point_distance_in_percent_of_the_side() {
+        // Point 0 off by (0.03, 0.04): 5% of the side; the other four exact.
+        let mut p = [0.5f32; 10];
+        p[0] += 0.03;
+        p[1] += 0.04;
+        let e = task_error(Task::Landmarks, &p, &[0.5; 10]);
+        assert!((e.mean_deg - 1.0).abs() < 1e-4, "{e:?}");
+        assert!((e.per_output_deg[0] - 3.0).abs() < 1e-4 && (e.per_output_deg[1] - 4.0).abs() < 1e-4, "{e:?}");
+        assert!((sample_error_deg(Task::Landmarks, &p, &[0.5; 10]) - 1.0).abs() < 1e-4);
     }
 }

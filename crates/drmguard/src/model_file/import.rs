@@ -4,7 +4,7 @@
 //! last layer must be linear), described by a TOML card the user writes beside them:
 //!
 //! ```toml
-//! task = "gaze"                  # gaze | headpose
+//! task = "gaze"                  # gaze | headpose | landmarks
 //! weights = "gaze_resnet18.pth"  # relative to the card
 //! architecture = "resnet18"      # optional: inferred from the weights
 //! state_dict_key = "state_dict"  # optional: the checkpoint entry holding the state dict
@@ -19,11 +19,12 @@
 //!
 //! [output]
 //! names = ["pitch", "yaw"]       # the model's output order; "-yaw" if its sign is opposite
-//! units = "radians"              # radians | degrees
+//! units = "radians"              # radians | degrees (angles); fraction | pixels (landmarks)
+//! graph_output = "landmarks"     # optional: which output of a multi-output ONNX graph
 //! ```
 //!
 //! The imported model works in drmguard's conventions: RGB images in [0, 1] (the card's input
-//! transform runs inside the model) and outputs in the task's order in radians (the output map
+//! transform runs inside the model) and outputs in the task's order and units (the output map
 //! is folded into the last layer's weights, so a repaired model saved by drmguard is in these
 //! conventions too).
 
@@ -85,24 +86,42 @@ fn unit_range() -> [f32; 2] {
 #[serde(deny_unknown_fields)]
 pub struct OutputCard {
     /// The task's output names in the model's output order, each prefixed with `-` when the
-    /// model's sign convention is the opposite of drmguard's (see [`Task`]).
+    /// model's sign convention is the opposite of drmguard's (see [`Task`]; angles only).
     pub names: Vec<String>,
     pub units: Units,
+    /// For an ONNX graph with several outputs (MTCNN's ONet: box, landmarks, face probability),
+    /// the name of the one the card describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_output: Option<String>,
 }
 
+/// Units of a foreign model's outputs: angles for gaze and head pose, image coordinates for
+/// landmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Units {
     Radians,
     Degrees,
+    /// Fractions of the input image's side (MTCNN's landmarks).
+    Fraction,
+    /// Pixels of the input image (its side is the card's `input.size`).
+    Pixels,
 }
 
 impl Units {
-    fn to_radians(self) -> f32 {
-        match self {
-            Units::Radians => 1.0,
-            Units::Degrees => std::f32::consts::PI / 180.0,
+    /// The factor that turns an output in these units into drmguard's (radians; fractions of
+    /// the side), or why these units do not fit the task.
+    fn factor(self, task: Task, input_size: u32) -> Result<f32> {
+        let angular = matches!(self, Units::Radians | Units::Degrees);
+        if angular != task.is_angular() {
+            let fits = if task.is_angular() { "radians or degrees" } else { "fraction or pixels" };
+            return Err(Error::invalid("output units", format!("{self:?} for task {task} (expected {fits})").to_lowercase()));
         }
+        Ok(match self {
+            Units::Radians | Units::Fraction => 1.0,
+            Units::Degrees => std::f32::consts::PI / 180.0,
+            Units::Pixels => 1.0 / input_size as f32,
+        })
     }
 }
 
@@ -165,7 +184,10 @@ pub fn read_card(path: &Path) -> Result<ImportCard> {
     if onnx && (card.state_dict_key.is_some() || !card.key_remap.is_empty()) {
         return Err(bad("state_dict_key and key_remap apply to PyTorch and safetensors weights, not to an ONNX graph".into()));
     }
-    output_map(card.task, &card.output).map_err(|e| bad(e.to_string()))?;
+    output_map(card.task, &card.output, card.input.size).map_err(|e| bad(e.to_string()))?;
+    if !onnx && card.output.graph_output.is_some() {
+        return Err(bad("graph_output names an output of an ONNX graph; these weights are not one".into()));
+    }
     input_spec(&card, Architecture::Resnet18 { width: 64 }).validate().map_err(|e| bad(e.to_string()))?;
     Ok(card)
 }
@@ -197,7 +219,7 @@ fn input_spec(card: &ImportCard, architecture: Architecture) -> ModelSpec {
 
 /// For each of the task's outputs (in its order): the model's output index and the factor
 /// (sign × unit conversion) that turns it into drmguard's convention.
-fn output_map(task: Task, output: &OutputCard) -> Result<Vec<(usize, f32)>> {
+fn output_map(task: Task, output: &OutputCard, input_size: u32) -> Result<Vec<(usize, f32)>> {
     let expected = task.output_names();
     let problem = |what: String| {
         Error::invalid(
@@ -208,7 +230,12 @@ fn output_map(task: Task, output: &OutputCard) -> Result<Vec<(usize, f32)>> {
     if output.names.len() != expected.len() {
         return Err(problem(format!("{} names for {} outputs", output.names.len(), expected.len())));
     }
-    let scale = output.units.to_radians();
+    let scale = output.units.factor(task, input_size)?;
+    if !task.is_angular() {
+        if let Some(name) = output.names.iter().find(|n| n.starts_with('-')) {
+            return Err(problem(format!("'{name}': a sign flip applies to angles, not to image coordinates")));
+        }
+    }
     expected
         .iter()
         .map(|want| {
@@ -425,7 +452,7 @@ pub fn load(card_path: &Path, device: &Device) -> Result<(Model, ModelCard)> {
             )));
         }
     }
-    let map = output_map(card.task, &card.output)?;
+    let map = output_map(card.task, &card.output, card.input.size)?;
     if inferred.outputs != map.len() {
         return Err(weights_err(format!(
             "the model has {} outputs, the card names {} ({})",
@@ -478,8 +505,8 @@ fn load_onnx(card_path: &Path, card: ImportCard, device: &Device) -> Result<(Mod
     }
     // Absolute, so that a repaired model saved elsewhere still finds its graph.
     let graph = card.weights.canonicalize().map_err(|cause| Error::Read { path: card.weights.clone(), cause })?;
-    let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone() });
-    let map = output_map(card.task, &card.output)?;
+    let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone(), output: card.output.graph_output.clone() });
+    let map = output_map(card.task, &card.output, card.input.size)?;
     // The card names one output per task output: the graph must have as many.
     let model = fold_output_map(spec.init(device, 0)?, &map, device);
     let record = ImportRecord {
@@ -499,7 +526,7 @@ fn imported_card(card: ImportCard, spec: ModelSpec, record: ImportRecord) -> Mod
         drmguard_version: env!("CARGO_PKG_VERSION").into(),
         task: card.task,
         output_names: card.task.output_names().iter().map(|s| s.to_string()).collect(),
-        output_units: "radians".into(),
+        output_units: card.task.label_units().into(),
         model: spec,
         trained: None,
         imported: Some(record),

@@ -13,6 +13,7 @@ use super::{ModelCard, card_path};
 use crate::error::Result;
 use crate::models::onnx::OnnxLayers;
 use crate::models::{Architecture, Model, ModelSpec};
+use crate::task::Task;
 
 /// One stage of the network with the shape of its output for the model's input size.
 #[derive(Debug, Clone, Serialize)]
@@ -144,7 +145,30 @@ fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
     let declared = net.input().map(|(_, d)| d.to_vec()).unwrap_or_default();
     let size = declared.get(2).copied().flatten().unwrap_or(224) as u32;
     let mut missing = vec![MISSING_CARD.to_string()];
-    let head = net.linear_head(0);
+    let names: Vec<String> = net.output_names().into_iter().map(String::from).collect();
+    // With several outputs (a detector's box, landmarks and score), the first linear one whose
+    // width is a task's is the likely regression.
+    let heads: Vec<_> = (0..names.len()).map(|i| net.linear_head(i)).collect();
+    let width = |i: usize| heads[i].as_ref().ok().map(|h| h.weight.dims()[1]);
+    let chosen = (0..names.len())
+        .find(|&i| width(i).is_some_and(|d| Task::ALL.iter().any(|t| t.output_dim() == d)))
+        .or_else(|| (0..names.len()).find(|&i| width(i).is_some()))
+        .unwrap_or(0);
+    let graph_output = (names.len() > 1).then(|| names[chosen].as_str());
+    if let Some(name) = graph_output {
+        let listed: Vec<String> = (0..names.len())
+            .map(|i| match width(i) {
+                Some(d) => format!("{}: linear, {d} values", names[i]),
+                None => format!("{}: not a linear layer", names[i]),
+            })
+            .collect();
+        missing.push(format!(
+            "which graph output is the regression: the graph has {} ({}); the template names {name} as graph_output",
+            names.len(),
+            listed.join("; ")
+        ));
+    }
+    let head = heads.into_iter().nth(chosen).expect("the graph has at least one output");
     let (stages, feature_layer, outputs) = match &head {
         Ok(h) => {
             let [k, d] = h.weight.dims();
@@ -170,7 +194,7 @@ fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
         stripped_prefix: None,
         ignored_tensors: Vec::new(),
         missing,
-        card_template: Some(template_text(&file, None, None, outputs, size)),
+        card_template: Some(template_text(&file, None, None, outputs, size, graph_output)),
     })
 }
 
@@ -219,18 +243,23 @@ fn stages(spec: &ModelSpec) -> Vec<Stage> {
 fn card_template(weights: &Path, dict: &StateDict, inferred: Option<&Inferred>, state_dict_key: Option<&str>) -> String {
     let file = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let prefix = (dict.format == WeightsFormat::Pytorch && !dict.prefix.is_empty()).then_some(dict.prefix.as_str());
-    let mut t = template_text(&file, inferred, prefix, inferred.map_or(2, |i| i.outputs), 224);
+    let mut t = template_text(&file, inferred, prefix, inferred.map_or(2, |i| i.outputs), 224, None);
     if let Some(key) = state_dict_key {
         t = t.replacen("\n\n[input]", &format!("\nstate_dict_key = \"{key}\"\n\n[input]"), 1);
     }
     t
 }
 
-fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, outputs: usize, size: u32) -> String {
-    let (task, names) = if outputs == 3 { ("headpose", r#"["yaw", "pitch", "roll"]"#) } else { ("gaze", r#"["pitch", "yaw"]"#) };
+fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, outputs: usize, size: u32, graph_output: Option<&str>) -> String {
+    let task = match outputs {
+        3 => Task::HeadPose,
+        10 => Task::Landmarks,
+        _ => Task::Gaze,
+    };
+    let names: Vec<String> = task.output_names().iter().map(|n| format!("\"{n}\"")).collect();
     let mut t = String::new();
     t.push_str("# drmguard model card: check every value against how the model was trained.\n");
-    t.push_str(&format!("task = \"{task}\"                 # gaze | headpose\n"));
+    t.push_str(&format!("task = \"{task}\"                 # gaze | headpose | landmarks\n"));
     t.push_str(&format!("weights = \"{file}\"\n"));
     if let Some(i) = inferred {
         t.push_str(&format!("architecture = \"{}\"        # read from the weights (width {})\n", i.architecture.name(), i.architecture.width()));
@@ -245,7 +274,14 @@ fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, 
     t.push_str("mean = [0.485, 0.456, 0.406]    # in the model's channel order and range\n");
     t.push_str("std = [0.229, 0.224, 0.225]\n");
     t.push_str("\n[output]\n");
-    t.push_str(&format!("names = {names}          # the model's output order; \"-yaw\" flips a sign\n"));
-    t.push_str("units = \"radians\"               # radians | degrees\n");
+    t.push_str(&format!("names = [{}]          # the model's output order{}\n", names.join(", "), if task.is_angular() { "; \"-yaw\" flips a sign" } else { "" }));
+    if task.is_angular() {
+        t.push_str("units = \"radians\"               # radians | degrees\n");
+    } else {
+        t.push_str("units = \"fraction\"              # fraction (of the input side) | pixels\n");
+    }
+    if let Some(name) = graph_output {
+        t.push_str(&format!("graph_output = \"{name}\"        # the graph's output this card describes\n"));
+    }
     t
 }

@@ -118,8 +118,13 @@ pub enum Architecture {
     /// A three-stage CNN for tests.
     SmallCnn { width: usize },
     /// A graph from an ONNX file (see [`onnx`]); its weights are the file's until a saved
-    /// model's weights replace them.
-    Onnx { graph: std::path::PathBuf },
+    /// model's weights replace them. `output` names the graph output that is the regression
+    /// (needed when the graph has several).
+    Onnx {
+        graph: std::path::PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+    },
 }
 
 impl Architecture {
@@ -174,7 +179,7 @@ impl Architecture {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Architecture::Onnx { graph } = self {
+        if let Architecture::Onnx { graph, .. } = self {
             if !graph.is_file() {
                 return Err(Error::Read {
                     path: graph.clone(),
@@ -226,8 +231,8 @@ impl ModelSpec {
     pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
         self.validate()?;
         let pre = Preprocess::of(self);
-        if let Architecture::Onnx { graph } = &self.architecture {
-            return Ok(Model::Onnx(OnnxRegressor::load(graph, self.input_size, self.outputs, pre, device)?));
+        if let Architecture::Onnx { graph, output } = &self.architecture {
+            return Ok(Model::Onnx(OnnxRegressor::load(graph, output.as_deref(), self.input_size, self.outputs, pre, device)?));
         }
         Ok(init_seeded(device, seed, || match self.architecture.depth() {
             Some(depth) => Model::Resnet(ResNet::new(depth, self.architecture.width(), self.outputs, pre, device)),

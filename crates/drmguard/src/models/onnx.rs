@@ -41,9 +41,10 @@ fn onnx_err(path: &Path) -> impl Fn(drmguard_onnx::Error) -> Error + '_ {
 }
 
 impl OnnxRegressor {
-    /// Loads the graph and checks it on a dry run of two `input_size` images: the head must be
-    /// one linear layer with `outputs` outputs and the batch axis must be free.
-    pub fn load(path: &Path, input_size: u32, outputs: usize, norm: Preprocess, device: &Device) -> Result<Self> {
+    /// Loads the graph and checks it on a dry run of two `input_size` images: the head of the
+    /// graph output `output` (the only one when `None`) must be one linear layer with `outputs`
+    /// outputs and the batch axis must be free.
+    pub fn load(path: &Path, output: Option<&str>, input_size: u32, outputs: usize, norm: Preprocess, device: &Device) -> Result<Self> {
         let err = onnx_err(path);
         let fail = |message: String| Error::Weights { path: path.to_path_buf(), message };
         let net = OnnxModel::load(path, device).map_err(&err)?;
@@ -56,7 +57,7 @@ impl OnnxRegressor {
                 }
             }
         }
-        let head = net.linear_head(0).map_err(&err)?;
+        let head = net.linear_head(graph_output(&net, output).map_err(fail)?).map_err(&err)?;
         let [feature_width, d] = head.weight.dims();
         if d != outputs {
             return Err(fail(format!("the graph has {d} outputs, expected {outputs}")));
@@ -106,6 +107,22 @@ impl OnnxRegressor {
             None => self.net.value_at(h, features),
         };
         expect_shape_checked(z.and_then(|v| v.f2(features)))
+    }
+}
+
+/// The index of the graph output named `wanted`, or of the only output.
+fn graph_output(net: &OnnxModel, wanted: Option<&str>) -> std::result::Result<usize, String> {
+    let names = net.output_names();
+    match wanted {
+        Some(name) => names.iter().position(|n| *n == name).ok_or_else(|| {
+            format!("the graph has no output named {name:?} (its outputs: {})", names.join(", "))
+        }),
+        None if names.len() == 1 => Ok(0),
+        None => Err(format!(
+            "the graph has {} outputs ({}): name the regression's with graph_output in the card's [output] section",
+            names.len(),
+            names.join(", ")
+        )),
     }
 }
 

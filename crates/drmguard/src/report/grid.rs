@@ -59,6 +59,15 @@ pub fn labelled_tile(ds: &Dataset, task: Task, i: usize) -> RgbImage {
                 arrow(&mut tile, c, (c.0 + len * v[0], c.1 + len * v[1]), colour);
             }
         }
+        Task::Landmarks => {
+            // Eyes red, nose green, mouth corners blue: small crosses.
+            let colours = [Rgb([230, 30, 30]), Rgb([230, 30, 30]), Rgb([30, 200, 30]), Rgb([40, 90, 255]), Rgb([40, 90, 255])];
+            for (point, colour) in label.chunks_exact(2).zip(colours) {
+                let (x, y) = (point[0] * TILE as f32, point[1] * TILE as f32);
+                thick_line(&mut tile, (x - 3.0, y), (x + 3.0, y), colour);
+                thick_line(&mut tile, (x, y - 3.0), (x, y + 3.0), colour);
+            }
+        }
     }
     tile
 }

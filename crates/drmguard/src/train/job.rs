@@ -89,7 +89,7 @@ impl TrainJob {
             drmguard_version: env!("CARGO_PKG_VERSION").into(),
             task: config.task,
             output_names: config.task.output_names().iter().map(|s| s.to_string()).collect(),
-            output_units: "radians".into(),
+            output_units: config.task.label_units().into(),
             model: config.model_spec(),
             trained: Some(TrainingRecord {
                 training: config.clone(),
