@@ -26,10 +26,12 @@ From Python, with the model object:
   # any CNN regressor whose last layer is linear, as an ONNX graph plus its card:
   export_onnx(model, "exported/gaze", task="gaze", input_size=224, outputs=["pitch", "yaw"], ...)
 
-Output names are the task's (gaze: pitch, yaw; headpose: yaw, pitch, roll) in the model's output
-order, each prefixed with "-" where the model's sign convention is the opposite of drmguard's
-(yaw > 0 looks or turns towards the image's right, pitch > 0 up, roll > 0 tilts the top of the
-head towards the image's right). Needs torch and safetensors.
+Output names are the task's (gaze: pitch, yaw; headpose: yaw, pitch, roll; landmarks: left_eye_x,
+left_eye_y, right_eye_x, …, mouth_right_y, with left the image's left) in the model's output
+order, each angle prefixed with "-" where the model's sign convention is the opposite of
+drmguard's (yaw > 0 looks or turns towards the image's right, pitch > 0 up, roll > 0 tilts the
+top of the head towards the image's right). Units: radians or degrees for angles, fraction (of
+the input side) or pixels for landmarks. Needs torch and safetensors.
 """
 import argparse
 import sys
@@ -38,7 +40,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-TASK_OUTPUTS = {"gaze": ["pitch", "yaw"], "headpose": ["yaw", "pitch", "roll"]}
+TASK_OUTPUTS = {
+    "gaze": ["pitch", "yaw"],
+    "headpose": ["yaw", "pitch", "roll"],
+    "landmarks": [f"{point}_{axis}" for point in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for axis in "xy"],
+}
+TASK_UNITS = {"gaze": ("radians", "degrees"), "headpose": ("radians", "degrees"), "landmarks": ("fraction", "pixels")}
 STAGE_BLOCKS = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34", (True, (3, 4, 6, 3)): "resnet50"}
 
 
@@ -88,16 +95,21 @@ def check_resnet(state):
 
 def check_card_values(task, input_size, outputs, channel_order, units):
     if task not in TASK_OUTPUTS:
-        raise SystemExit(f"unknown task {task!r} (gaze, headpose)")
+        raise SystemExit(f"unknown task {task!r} ({', '.join(TASK_OUTPUTS)})")
     if sorted(n.lstrip("-") for n in outputs) != sorted(TASK_OUTPUTS[task]):
         raise SystemExit(f"outputs {outputs} must name each of {TASK_OUTPUTS[task]} once (in the model's order, '-' to flip)")
+    if task == "landmarks" and any(n.startswith("-") for n in outputs):
+        raise SystemExit("a sign flip ('-') applies to angles, not to landmark coordinates")
     if input_size % 8 or not 16 <= input_size <= 1024:
         raise SystemExit(f"input size {input_size} must be divisible by 8 and within 16..=1024")
-    if channel_order not in ("rgb", "bgr") or units not in ("radians", "degrees"):
-        raise SystemExit("channel order is rgb or bgr; units are radians or degrees")
+    if channel_order not in ("rgb", "bgr"):
+        raise SystemExit("channel order is rgb or bgr")
+    if units not in TASK_UNITS[task]:
+        raise SystemExit(f"units of task {task} are {' or '.join(TASK_UNITS[task])}, not {units!r}")
 
 
-def card_text(weights_name, architecture, task, input_size, channel_order, value_range, mean, std, outputs, units):
+def card_text(weights_name, architecture, task, input_size, channel_order, value_range, mean, std, outputs, units,
+              graph_output=None):
     floats = lambda v: "[" + ", ".join(repr(float(x)) for x in v) + "]"
     names = ", ".join(f'"{n}"' for n in outputs)
     return (
@@ -114,6 +126,7 @@ def card_text(weights_name, architecture, task, input_size, channel_order, value
         "\n[output]\n"
         f"names = [{names}]\n"
         f'units = "{units}"\n'
+        + (f'graph_output = "{graph_output}"\n' if graph_output else "")
     )
 
 
@@ -137,15 +150,23 @@ def export(model_or_state, out, *, task, input_size, outputs, units="radians", m
 
 
 def export_onnx(model, out, *, task, input_size, outputs, units="radians", mean=(0.485, 0.456, 0.406),
-                std=(0.229, 0.224, 0.225), channel_order="rgb", value_range=(0.0, 1.0), opset=17):
+                std=(0.229, 0.224, 0.225), channel_order="rgb", value_range=(0.0, 1.0), opset=17,
+                graph_outputs=None, graph_output=None):
     """Writes OUT.onnx (torch.onnx.export with a free batch axis) and OUT.toml; returns their
     paths. `model` takes the normalised image batch [n, 3, size, size] (the card states the
-    normalisation) and returns the regression outputs from a linear last layer."""
+    normalisation) and returns the regression outputs from a linear last layer: one tensor, or
+    a tuple whose values `graph_outputs` names, of which `graph_output` is the regression
+    (MTCNN's ONet returns box, landmarks and face probability)."""
     check_card_values(task, input_size, outputs, channel_order, units)
     model = model.eval()
     x = torch.zeros(2, 3, input_size, input_size)
     with torch.no_grad():
         y = model(x)
+    names = ["output"]
+    if isinstance(y, (tuple, list)):
+        if not graph_outputs or len(graph_outputs) != len(y) or graph_output not in graph_outputs:
+            raise SystemExit(f"the model returns {len(y)} values: name them with graph_outputs and pick the regression with graph_output")
+        names, y = list(graph_outputs), y[graph_outputs.index(graph_output)]
     if not torch.is_tensor(y) or y.dim() != 2 or y.shape[1] != len(outputs):
         shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
         raise SystemExit(f"the model returns {shape}; drmguard needs one [n, {len(outputs)}] tensor")
@@ -153,8 +174,9 @@ def export_onnx(model, out, *, task, input_size, outputs, units="radians", mean=
     out.parent.mkdir(parents=True, exist_ok=True)
     graph, card = out.with_suffix(".onnx"), out.with_suffix(".toml")
     torch.onnx.export(model, (x,), str(graph), dynamo=False, opset_version=opset, input_names=["image"],
-                      output_names=["output"], dynamic_axes={"image": {0: "n"}, "output": {0: "n"}})
-    card.write_text(card_text(graph.name, None, task, input_size, channel_order, value_range, mean, std, outputs, units))
+                      output_names=names, dynamic_axes={"image": {0: "n"}, **{n: {0: "n"} for n in names}})
+    card.write_text(card_text(graph.name, None, task, input_size, channel_order, value_range, mean, std, outputs, units,
+                              graph_output if len(names) > 1 else None))
     print(f"ONNX graph ({len(outputs)} outputs): wrote {graph} and {card}")
     return graph, card
 
@@ -170,7 +192,7 @@ def main(argv=None):
     p.add_argument("--mean", type=float, nargs=3, required=True)
     p.add_argument("--std", type=float, nargs=3, required=True)
     p.add_argument("--outputs", nargs="+", required=True, help="output names in the model's order")
-    p.add_argument("--units", default="radians", choices=["radians", "degrees"])
+    p.add_argument("--units", default="radians", choices=["radians", "degrees", "fraction", "pixels"])
     p.add_argument("--out", required=True, help="output path without extension")
     a = p.parse_args(argv)
     if a.weights.endswith(".safetensors"):

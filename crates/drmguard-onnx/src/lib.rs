@@ -330,6 +330,12 @@ impl OnnxModel {
         })
     }
 
+    /// The ONNX operator that computes the value `name`.
+    pub fn producer_op(&self, name: &str) -> Option<&'static str> {
+        let slot = self.slot(name).ok()?;
+        Some(ops::op_name(&self.program.steps[self.program.producer[slot]].node))
+    }
+
     /// Every computed value's name and shape for an image batch, in execution order.
     pub fn shapes(&self, x: Tensor<4>) -> Result<Vec<(String, Vec<usize>)>> {
         let p = &self.program;

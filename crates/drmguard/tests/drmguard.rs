@@ -80,6 +80,29 @@ fn the_same_seed_gives_the_same_reversal() {
 }
 
 #[test]
+fn several_starts_keep_the_one_closest_to_a_verdict() {
+    let (suspect, clean) = smoke_suspect();
+    let config = DrmGuardConfig { steps: 5, batch_size: 16, ..DrmGuardConfig::default() };
+    let device = Device::flex();
+    let single: Vec<_> = (0..3u64).map(|seed| DrmGuard::new(config.clone()).reverse(&suspect, &clean, 10 + seed, &device).unwrap()).collect();
+    let multi = DrmGuard::new(DrmGuardConfig { restarts: 3, ..config }).reverse(&suspect, &clean, 10, &device).unwrap();
+    let starts = &multi.summary.restarts;
+    assert_eq!(starts.len(), 3);
+    let resolved = multi.config.clone();
+    let closeness = |score: f64, ratio: f64| (score / resolved.epsilon).max(ratio / resolved.collapse_threshold());
+    for (start, one) in starts.iter().zip(&single) {
+        // Start k is exactly the single start from seed + k.
+        assert_eq!((start.seed, start.score, start.spread_ratio), (one.seed, one.summary.score, one.summary.spread_ratio));
+        assert_eq!(start.closeness, closeness(one.summary.score, one.summary.spread_ratio));
+    }
+    let best = starts.iter().map(|s| s.closeness).fold(f64::INFINITY, f64::min);
+    assert_eq!(closeness(multi.summary.score, multi.summary.spread_ratio), best);
+    let kept = single.iter().find(|r| r.seed == multi.seed).unwrap();
+    assert_eq!(kept.summary.estimated_target, multi.summary.estimated_target);
+    assert!(DrmGuardConfig { restarts: 0, ..DrmGuardConfig::default() }.resolved(Task::Gaze).is_err());
+}
+
+#[test]
 fn bad_defense_settings_and_small_clean_sets_are_refused() {
     let (suspect, _) = smoke_suspect();
     let device = Device::flex();

@@ -196,7 +196,7 @@ fn a_landmark_model_is_picked_from_a_multi_output_graph_and_mapped_to_drmguards_
     assert_eq!(imported.output_units, "fraction of the image side");
     let onnx_reference = read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard-onnx/tests/fixtures/reference.safetensors"));
     let x: Tensor<4> = tensor(&onnx_reference["input"], &device);
-    let ours = model.forward(x).into_data().to_vec::<f32>().unwrap();
+    let ours = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
     let (_, torch) = &onnx_reference["heads.output"];
     for row in 0..2 {
         for point in 0..5 {

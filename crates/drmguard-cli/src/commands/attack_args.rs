@@ -18,8 +18,9 @@ pub struct AttackArgs {
     /// (WaNet plus a loss that hides the feature-space signature; uses the --wanet-* options).
     #[arg(long)]
     pub attack: Option<String>,
-    /// Attacker's target vector in radians, comma-separated in the task's output order
-    /// (pitch,yaw for gaze; yaw,pitch,roll for head pose). Default: drawn from the seed inside
+    /// Attacker's target vector, comma-separated in the task's output order and label units
+    /// (pitch,yaw for gaze and yaw,pitch,roll for head pose, in radians; the ten landmark
+    /// coordinates x,y per point in fractions of the side). Default: drawn from the seed inside
     /// the label range, away from its centre.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub target: Option<Vec<f32>>,

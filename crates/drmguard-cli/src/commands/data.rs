@@ -45,7 +45,7 @@ pub struct TriggersArgs {
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Built-in task: gaze or headpose.
+    /// Built-in task: gaze, headpose or landmarks.
     #[arg(long)]
     task: Task,
     /// Number of samples (all splits together).

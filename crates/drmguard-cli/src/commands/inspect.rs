@@ -60,10 +60,12 @@ pub fn run(a: InspectArgs, device: DeviceKind) -> Result<()> {
         if let Some(record) = &card.imported {
             out!("weights     {} (sha256 {})", record.weights_path.display(), &record.weights_sha256[..16]);
             out!(
-                "outputs     model order [{}] in {}, folded into fc as drmguard's [{}] in radians",
+                "outputs     model order [{}] in {}{}, folded into fc as drmguard's [{}] in {}",
                 record.card.output.names.join(", "),
                 format!("{:?}", record.card.output.units).to_lowercase(),
-                card.output_names.join(", ")
+                record.card.output.graph_output.as_ref().map(|o| format!(" (graph output {o})")).unwrap_or_default(),
+                card.output_names.join(", "),
+                card.task.label_units()
             );
         }
         if let Some(t) = &card.trained {

@@ -14,7 +14,7 @@ use super::attack_args::AttackArgs;
 
 #[derive(Args)]
 pub struct PoisonArgs {
-    /// Task whose labels the folder holds: gaze or headpose.
+    /// Task whose labels the folder holds: gaze, headpose or landmarks.
     #[arg(long)]
     task: Task,
     /// The clean data folder (user format).

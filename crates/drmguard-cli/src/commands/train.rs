@@ -13,7 +13,7 @@ use drmguard::train::{Profile, TrainConfig, TrainJob};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Task: gaze or headpose.
+    /// Task: gaze, headpose or landmarks.
     #[arg(long)]
     task: Task,
     /// A data folder in the user format; without it, built-in synthetic data are drawn.

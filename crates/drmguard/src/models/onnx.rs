@@ -78,8 +78,14 @@ impl OnnxRegressor {
         }
         let feature_step = shapes.iter().position(|(n, _)| *n == head.features).unwrap_or(shapes.len());
         // The last separating 4-D value, preferring one with a spatial extent (after global
-        // pooling every channel is one number, and ABS would stimulate whole channels).
-        let cuts: Vec<&(String, Vec<usize>)> = shapes[..feature_step].iter().rev().filter(|(n, d)| d.len() == 4 && net.is_cut(n)).collect();
+        // pooling every channel is one number, and ABS would stimulate whole channels). A
+        // Transpose's output is skipped: its axis 1 is no longer the channels (MTCNN permutes
+        // its last feature map before flattening).
+        let cuts: Vec<&(String, Vec<usize>)> = shapes[..feature_step]
+            .iter()
+            .rev()
+            .filter(|(n, d)| d.len() == 4 && net.is_cut(n) && net.producer_op(n) != Some("Transpose"))
+            .collect();
         let inner = cuts.iter().find(|(_, d)| d[2] * d[3] > 1).or(cuts.first()).map(|(n, _)| n.clone());
         let layers = OnnxLayers { features: head.features, feature_width, inner };
         Ok(OnnxRegressor { net, fc, norm, layers })

@@ -140,6 +140,15 @@ pub fn train(
     }
     let device = device.clone().autodiff();
     let mut model = config.model_spec().init(&device, config.seed)?;
+    if !config.task.is_angular() {
+        // Angle labels are centred at zero, where a fresh head starts; image coordinates sit
+        // around 0.5, so the head starts at the training labels' mean instead of far from all.
+        let mean = crate::metrics::column_means(&train.labels, train.dim());
+        model = model.map_head(|mut fc| {
+            fc.bias = Some(burn::module::Param::from_tensor(burn::tensor::Tensor::<1>::from_floats(mean.as_slice(), &device)));
+            fc
+        });
+    }
     let mut optim = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
 
