@@ -405,6 +405,40 @@ impl OnnxModel {
         Ok(LinearHead { features, weight, bias })
     }
 
+    /// The head from the value `features` (a cut, `[n, k]`) to output `output`, for a graph whose
+    /// part after `features` is affine though not one linear layer (a Gemm followed by a scaling
+    /// or a bias Add, several linear layers in a row): its weight and bias are read by running
+    /// that part on zero and on each unit vector, then checked on `check` (`features` values of
+    /// real images). A part that is not affine is refused, with how far it is off.
+    pub fn probed_head(&self, features: &str, output: usize, check: Tensor<2>) -> Result<LinearHead> {
+        let p = &self.program;
+        let (name, src) = p.outputs.get(output).ok_or_else(|| Error::Invalid(format!("no output {output}")))?;
+        let Src::Slot(out_slot) = src else { return Err(Error::Invalid(format!("output {name} is not computed by a node"))) };
+        let out_value = p.slot_of.iter().find(|(_, s)| *s == out_slot).map(|(n, _)| n.clone()).expect("every slot has a name");
+        let [_, k] = check.dims();
+        let device = check.device();
+        // Row 0 is zero, row i + 1 the unit vector e_i.
+        let mut probe = vec![0.0f32; (k + 1) * k];
+        for i in 0..k {
+            probe[(i + 1) * k + i] = 1.0;
+        }
+        let z = Tensor::<2>::from_data(TensorData::new(probe, [k + 1, k]), &device);
+        let y = self.resume(features, Value::F2(z), &out_value)?.f2("the head's output")?.detach();
+        let d = y.dims()[1];
+        let bias = y.clone().slice([0..1, 0..d]).reshape([d]);
+        let weight = y.slice([1..k + 1, 0..d]) - bias.clone().reshape([1, d]);
+        let direct = self.resume(features, Value::F2(check.clone()), &out_value)?.f2("the head's output")?.detach();
+        let affine = check.detach().matmul(weight.clone()) + bias.clone().reshape([1, d]);
+        let scale = direct.clone().abs().max().into_scalar::<f32>().max(1.0);
+        let off = (direct - affine).abs().max().into_scalar::<f32>();
+        if !(off <= 1e-4 * scale) {
+            return Err(Error::Unsupported(format!(
+                "output {name} is not an affine function of {features}: an affine fit is off by {off:.3e} on real features (scale {scale:.3e})"
+            )));
+        }
+        Ok(LinearHead { features: features.to_string(), weight, bias: Some(bias) })
+    }
+
     fn slot(&self, name: &str) -> Result<usize> {
         self.program.slot_of.get(name).copied().ok_or_else(|| Error::Invalid(format!("no value named {name}")))
     }

@@ -109,6 +109,41 @@ fn a_multi_output_graph_keeps_its_output_names_and_one_head_per_output() {
 }
 
 #[test]
+fn an_affine_tail_is_read_by_probing_and_a_nonlinear_one_is_refused() {
+    let device = Device::flex();
+    let reference = read_safetensors(&fixture("reference.safetensors"));
+    let (shape, input) = &reference["input"];
+    let x = tensor(input.clone(), shape, &device).unwrap().f4("input").unwrap();
+    let cut_of_width = |model: &OnnxModel, width: usize| -> Vec<String> {
+        let shapes = model.shapes(x.clone()).unwrap();
+        shapes.into_iter().filter(|(n, d)| *d == [2, width] && model.is_cut(n)).map(|(n, _)| n).collect()
+    };
+
+    // zoo ends in (z @ W + b) / 1.5: no linear layer computes its output, but it is affine in z.
+    let zoo = OnnxModel::load(&fixture("zoo.onnx"), &device).unwrap();
+    assert!(zoo.linear_head(0).is_err(), "a Div computes zoo's output");
+    let z_name = cut_of_width(&zoo, 20).pop().expect("the 20 features before the head");
+    let z = zoo.value_at(x.clone(), &z_name).unwrap().f2("z").unwrap();
+    let head = zoo.probed_head(&z_name, 0, z.clone()).unwrap();
+    let y = z.matmul(head.weight.clone()) + head.bias.clone().unwrap().reshape([1, -1]);
+    let direct = zoo.forward(x.clone()).unwrap().remove(0);
+    assert!(max_rel_diff(&values(Value::F2(y)), &values(direct)) < 1e-5);
+
+    // On a real linear layer, probing gives its weights back.
+    let heads = OnnxModel::load(&fixture("heads.onnx"), &device).unwrap();
+    let linear = heads.linear_head(1).unwrap();
+    let z = heads.value_at(x.clone(), &linear.features).unwrap().f2("z").unwrap();
+    let probed = heads.probed_head(&linear.features, 1, z).unwrap();
+    let flat = |t: burn::tensor::Tensor<2>| values(Value::F2(t));
+    assert!(max_rel_diff(&flat(probed.weight), &flat(linear.weight)) < 1e-5);
+    // Before the last PRelu, the landmarks are not affine in the value.
+    let before = cut_of_width(&heads, 12).into_iter().find(|n| *n != linear.features).expect("the dense layer's output");
+    let z = heads.value_at(x, &before).unwrap().f2("z").unwrap();
+    let err = heads.probed_head(&before, 1, z).err().expect("a PRelu is not affine").to_string();
+    assert!(err.contains("not an affine function"), "{err}");
+}
+
+#[test]
 fn bad_files_give_errors_not_panics() {
     let device = Device::flex();
     let tmp = std::env::temp_dir().join(format!("drmguard-onnx-{}", std::process::id()));

@@ -222,3 +222,36 @@ fn a_landmark_model_is_picked_from_a_multi_output_graph_and_mapped_to_drmguards_
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn an_onnx_head_that_is_affine_but_not_one_layer_is_read_from_the_named_features() {
+    // zoo.onnx ends in (z @ W + b) / 1.5: its output is not one linear layer's, so the card names
+    // z, the Concat before the head, by the name `drmguard inspect zoo.onnx` lists.
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("drmguard-zoo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard-onnx/tests/fixtures/zoo.onnx");
+    let card = |features: &str| {
+        let path = dir.join(format!("zoo-{}.toml", features.len()));
+        let text = format!(
+            "task = \"headpose\"\nweights = {:?}\n\n[input]\nsize = 16\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n\n[output]\nnames = [\"yaw\", \"pitch\", \"roll\"]\nunits = \"radians\"\n{features}\n",
+            graph.to_str().unwrap()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let err = load_error(&card(""));
+    assert!(err.contains("Div") && err.contains("not by a linear layer"), "{err}");
+    let (model, _) = model_file::load(&card("features = \"concat3_out1\""), &device).unwrap_or_else(|e| panic!("{e}"));
+    let reference = read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard-onnx/tests/fixtures/reference.safetensors"));
+    let x: Tensor<4> = tensor(&reference["input"], &device);
+    let expected: Tensor<2> = tensor(&reference["zoo.output"], &device);
+    let diff = max_abs_diff(model.forward(x), expected);
+    assert!(diff < 1e-5, "the probed head differs from PyTorch's output by {diff}");
+    // The value before the last nonlinearity is refused: the rest of the graph is not affine in it.
+    let err = load_error(&card("features = \"sub2_out1\""));
+    assert!(err.contains("not an affine function of sub2_out1"), "{err}");
+    let err = load_error(&card("features = \"nowhere\""));
+    assert!(err.contains("nowhere"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,6 +21,7 @@
 //! names = ["pitch", "yaw"]       # the model's output order; "-yaw" if its sign is opposite
 //! units = "radians"              # radians | degrees (angles); fraction | pixels (landmarks)
 //! graph_output = "landmarks"     # optional: which output of a multi-output ONNX graph
+//! features = "gemm2_out1"        # optional: where an ONNX graph's affine head starts
 //! ```
 //!
 //! The imported model works in drmguard's conventions: RGB images in [0, 1] (the card's input
@@ -93,6 +94,11 @@ pub struct OutputCard {
     /// the name of the one the card describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_output: Option<String>,
+    /// For an ONNX graph whose output is affine in some value but not computed by one linear
+    /// layer of it (a Gemm followed by a scaling, two linear layers in a row): that value, by
+    /// the name `drmguard inspect` prints. The head is then read by probing and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
 }
 
 /// Units of a foreign model's outputs: angles for gaze and head pose, image coordinates for
@@ -185,8 +191,8 @@ pub fn read_card(path: &Path) -> Result<ImportCard> {
         return Err(bad("state_dict_key and key_remap apply to PyTorch and safetensors weights, not to an ONNX graph".into()));
     }
     output_map(card.task, &card.output, card.input.size).map_err(|e| bad(e.to_string()))?;
-    if !onnx && card.output.graph_output.is_some() {
-        return Err(bad("graph_output names an output of an ONNX graph; these weights are not one".into()));
+    if !onnx && (card.output.graph_output.is_some() || card.output.features.is_some()) {
+        return Err(bad("graph_output and features name values of an ONNX graph; these weights are not one".into()));
     }
     input_spec(&card, Architecture::Resnet18 { width: 64 }).validate().map_err(|e| bad(e.to_string()))?;
     Ok(card)
@@ -505,7 +511,7 @@ fn load_onnx(card_path: &Path, card: ImportCard, device: &Device) -> Result<(Mod
     }
     // Absolute, so that a repaired model saved elsewhere still finds its graph.
     let graph = card.weights.canonicalize().map_err(|cause| Error::Read { path: card.weights.clone(), cause })?;
-    let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone(), output: card.output.graph_output.clone() });
+    let spec = input_spec(&card, Architecture::Onnx { graph: graph.clone(), output: card.output.graph_output.clone(), features: card.output.features.clone() });
     let map = output_map(card.task, &card.output, card.input.size)?;
     // The card names one output per task output: the graph must have as many.
     let model = fold_output_map(spec.init(device, 0)?, &map, device);

@@ -176,7 +176,18 @@ fn inspect_bare_onnx(path: &Path, device: &Device) -> Result<Inspection> {
             (onnx_stages(&net, &layers, size, d), Some(onnx_feature_layer(&layers)), d)
         }
         Err(e) => {
-            missing.insert(0, format!("a linear last layer: {e}"));
+            // Values the head could start from instead (`features` in the card's [output]).
+            let x = burn::tensor::Tensor::<4>::zeros([2, 3, size as usize, size as usize], device);
+            let candidates: Vec<String> = net
+                .shapes(x)
+                .map(|shapes| shapes.into_iter().filter(|(n, d)| d.len() == 2 && net.is_cut(n)).map(|(n, d)| format!("{n} [n, {}]", d[1])).collect())
+                .unwrap_or_default();
+            let hint = if candidates.is_empty() {
+                String::new()
+            } else {
+                format!("; if the output is affine in one of the values {}, name it with `features` in the card's [output]", candidates.join(", "))
+            };
+            missing.insert(0, format!("a linear last layer: {e}{hint}"));
             (Vec::new(), None, 2)
         }
     };

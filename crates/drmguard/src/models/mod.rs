@@ -119,11 +119,15 @@ pub enum Architecture {
     SmallCnn { width: usize },
     /// A graph from an ONNX file (see [`onnx`]); its weights are the file's until a saved
     /// model's weights replace them. `output` names the graph output that is the regression
-    /// (needed when the graph has several).
+    /// (needed when the graph has several), `features` the value H starts from.
     Onnx {
         graph: std::path::PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<String>,
+        /// The penultimate features, when they are not the input of a last linear layer (see
+        /// [`OnnxRegressor::load`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        features: Option<String>,
     },
 }
 
@@ -231,8 +235,8 @@ impl ModelSpec {
     pub fn init(&self, device: &Device, seed: u64) -> Result<Model> {
         self.validate()?;
         let pre = Preprocess::of(self);
-        if let Architecture::Onnx { graph, output } = &self.architecture {
-            return Ok(Model::Onnx(OnnxRegressor::load(graph, output.as_deref(), self.input_size, self.outputs, pre, device)?));
+        if let Architecture::Onnx { graph, output, features } = &self.architecture {
+            return Ok(Model::Onnx(OnnxRegressor::load(graph, output.as_deref(), features.as_deref(), self.input_size, self.outputs, pre, device)?));
         }
         Ok(init_seeded(device, seed, || match self.architecture.depth() {
             Some(depth) => Model::Resnet(ResNet::new(depth, self.architecture.width(), self.outputs, pre, device)),

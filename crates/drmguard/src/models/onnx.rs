@@ -43,8 +43,17 @@ fn onnx_err(path: &Path) -> impl Fn(drmguard_onnx::Error) -> Error + '_ {
 impl OnnxRegressor {
     /// Loads the graph and checks it on a dry run of two `input_size` images: the head of the
     /// graph output `output` (the only one when `None`) must be one linear layer with `outputs`
-    /// outputs and the batch axis must be free.
-    pub fn load(path: &Path, output: Option<&str>, input_size: u32, outputs: usize, norm: Preprocess, device: &Device) -> Result<Self> {
+    /// outputs, or an affine function of the value `features` when the card names one, and the
+    /// batch axis must be free.
+    pub fn load(
+        path: &Path,
+        output: Option<&str>,
+        features: Option<&str>,
+        input_size: u32,
+        outputs: usize,
+        norm: Preprocess,
+        device: &Device,
+    ) -> Result<Self> {
         let err = onnx_err(path);
         let fail = |message: String| Error::Weights { path: path.to_path_buf(), message };
         let net = OnnxModel::load(path, device).map_err(&err)?;
@@ -57,7 +66,16 @@ impl OnnxRegressor {
                 }
             }
         }
-        let head = net.linear_head(graph_output(&net, output).map_err(fail)?).map_err(&err)?;
+        let output_index = graph_output(&net, output).map_err(fail)?;
+        let head = match features {
+            None => net.linear_head(output_index).map_err(&err)?,
+            Some(name) => {
+                // Features of a few images, to check that the rest of the graph is affine.
+                let x = norm.apply(probe_images(4, s, device));
+                let z = net.value_at(x, name).and_then(|v| v.f2(name)).map_err(|e| fail(format!("the features {name}: {e}")))?;
+                net.probed_head(name, output_index, z).map_err(&err)?
+            }
+        };
         let [feature_width, d] = head.weight.dims();
         if d != outputs {
             return Err(fail(format!("the graph has {d} outputs, expected {outputs}")));
@@ -114,6 +132,12 @@ impl OnnxRegressor {
         };
         expect_shape_checked(z.and_then(|v| v.f2(features)))
     }
+}
+
+/// `n` fixed pseudo-random RGB images in [0, 1] (a hash of the pixel index: no seed to carry).
+fn probe_images(n: usize, side: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = (0..n * 3 * side * side).map(|i| ((i as u64).wrapping_mul(2654435761) % 1009) as f32 / 1008.0).collect();
+    Tensor::from_data(burn::tensor::TensorData::new(values, [n, 3, side, side]), device)
 }
 
 /// The index of the graph output named `wanted`, or of the only output.
