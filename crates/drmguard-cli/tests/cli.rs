@@ -60,6 +60,34 @@ fn synth_train_and_eval_work_end_to_end() {
 }
 
 #[test]
+fn a_landmark_model_trains_evaluates_and_scans_in_its_own_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = tmp.path().join("m.safetensors");
+    let (data_s, model_s) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let o = drmguard(&["data", "synth", "--task", "landmarks", "--n", "240", "--image-size", "32", "--seed", "2", "--out", data_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let header = std::fs::read_to_string(data.join("labels.csv")).unwrap().lines().next().unwrap().to_string();
+    assert_eq!(header, "file,left_eye_x,left_eye_y,right_eye_x,right_eye_y,nose_x,nose_y,mouth_left_x,mouth_left_y,mouth_right_x,mouth_right_y");
+    let o = drmguard(&["train", "--task", "landmarks", "--data", data_s, "--profile", "smoke", "--epochs", "2", "--out", model_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("validation error") && out.contains('%') && !out.contains('°'), "{out}");
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(card["output_units"], "fraction of the image side");
+    let o = drmguard(&["eval", "--model", model_s, "--data", data_s, "--split", "all"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && out.contains("% of the image side") && !out.contains('°'), "{out}{}", stderr(&o));
+    let scan = tmp.path().join("scan");
+    let o = drmguard(&["scan", "--model", model_s, "--data", data_s, "--steps", "3", "--batch-size", "16", "--out", scan.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(scan.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["task"], "landmarks");
+    assert_eq!(report["config"]["lambda1"], 3000.0, "the landmark default λ1");
+    assert_eq!(report["estimated_target"].as_array().unwrap().len(), 10);
+}
+
+#[test]
 fn unknown_task_and_profile_are_named() {
     let err = fails(&["train", "--task", "pose", "--out", "/tmp/x.safetensors"]);
     assert!(err.contains("unknown task 'pose'") && err.contains("gaze, headpose"), "{err}");

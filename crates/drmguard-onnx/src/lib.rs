@@ -409,7 +409,7 @@ impl OnnxModel {
     /// part after `features` is affine though not one linear layer (a Gemm followed by a scaling
     /// or a bias Add, several linear layers in a row): its weight and bias are read by running
     /// that part on zero and on each unit vector, then checked on `check` (`features` values of
-    /// real images). A part that is not affine is refused, with how far it is off.
+    /// a few images). A part that is not affine is refused, with how far it is off.
     pub fn probed_head(&self, features: &str, output: usize, check: Tensor<2>) -> Result<LinearHead> {
         let p = &self.program;
         let (name, src) = p.outputs.get(output).ok_or_else(|| Error::Invalid(format!("no output {output}")))?;
@@ -433,7 +433,7 @@ impl OnnxModel {
         let off = (direct - affine).abs().max().into_scalar::<f32>();
         if !(off <= 1e-4 * scale) {
             return Err(Error::Unsupported(format!(
-                "output {name} is not an affine function of {features}: an affine fit is off by {off:.3e} on real features (scale {scale:.3e})"
+                "output {name} is not an affine function of {features}: an affine fit is off by {off:.3e} on image features (scale {scale:.3e})"
             )));
         }
         Ok(LinearHead { features: features.to_string(), weight, bias: Some(bias) })
