@@ -243,7 +243,7 @@ pub struct ModelRecord {
     pub errors: Errors,
 }
 
-/// Clean error, and AE / DAE for a backdoored model (degrees).
+/// Clean error, and AE / DAE for a backdoored model (in the task's unit: degrees, or % of the side for landmarks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Errors {
     pub clean_deg: f64,

@@ -102,10 +102,11 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             md.push_str(&format!(" {:.1} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
         }
         md.push('\n');
-        md.push_str(
-            "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in degrees, before → after)\n\n\
+        let unit = if task.is_angular() { "degrees" } else { "% of the image side" };
+        md.push_str(&format!(
+            "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after)\n\n\
              | attack | mitigator | models | clean | AE | DAE | time |\n|---|---|---|---|---|---|---|\n",
-        );
+        ));
         for s in r.mitigation_summary.iter().filter(|s| s.task == task) {
             md.push_str(&format!(
                 "| {} | {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.1} s |\n",
