@@ -330,13 +330,17 @@ fn frame_face(mut scene: HeadScene, distance: f32, centre: [f32; 2]) -> HeadScen
     scene.position = [0.0, 0.0, distance];
     // Projection is nearly affine in the head's position at this depth: two steps suffice.
     for _ in 0..2 {
-        let l = scene.landmarks();
+        let mean = landmark_centre(&scene.landmarks());
         for axis in 0..2 {
-            let mean = l.iter().skip(axis).step_by(2).sum::<f32>() / 5.0;
-            scene.position[axis] += (centre[axis] - mean) * distance / scene.focal;
+            scene.position[axis] += (centre[axis] - mean[axis]) * distance / scene.focal;
         }
     }
     scene
+}
+
+/// The mean (x, y) of five landmarks.
+fn landmark_centre(l: &[f32; 10]) -> [f32; 2] {
+    [0, 1].map(|axis| l.iter().skip(axis).step_by(2).sum::<f32>() / 5.0)
 }
 
 /// Sample `index` of the synthetic landmark dataset drawn with `seed`: image and the five
@@ -351,7 +355,6 @@ pub fn landmark_sample(seed: u64, index: u64, size: u32) -> (RgbImage, Vec<f32>)
 /// A framed head ([`landmark_scene`]) under another pose, framed again.
 pub fn reframed_with_pose(scene: HeadScene, yaw: f32, pitch: f32, roll: f32) -> HeadScene {
     let distance = scene.position[2];
-    let l = scene.landmarks();
-    let centre = [0, 1].map(|axis| l.iter().skip(axis).step_by(2).sum::<f32>() / 5.0);
+    let centre = landmark_centre(&scene.landmarks());
     frame_face(scene.with_pose(yaw, pitch, roll), distance, centre)
 }

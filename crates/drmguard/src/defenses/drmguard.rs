@@ -194,6 +194,12 @@ impl DrmGuardConfig {
         self.max_spread_ratio.unwrap_or(1.0)
     }
 
+    /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and spread ratio
+    /// / ρ, each against its own threshold (below 1: flagged).
+    pub fn closeness(&self, s: &ReversalSummary) -> f64 {
+        (s.score / self.epsilon).max(s.spread_ratio / self.collapse_threshold())
+    }
+
     /// The residual generator's starting scale, `None` for a full-image generator.
     pub fn residual(&self) -> Option<f32> {
         (self.output == GeneratorOutput::Residual).then_some(self.residual_scale)
@@ -342,7 +348,7 @@ impl DrmGuard {
         // Both conditions at once, each measured against its own threshold: the model is flagged
         // iff the worse of I(f) / ε and spread ratio / ρ is below 1. The margin is in units of
         // I(f) (it is I(f) − ε whenever the collapse holds with room to spare).
-        let worse = (s.score / c.epsilon).max(s.spread_ratio / c.collapse_threshold());
+        let worse = c.closeness(s);
         detection.backdoored = worse < 1.0;
         detection.margin = (worse - 1.0) * c.epsilon;
         detection.suspicion = -worse;
@@ -419,14 +425,17 @@ impl DrmGuard {
     /// backdoor verdict.
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Reversal> {
         let config = self.config.resolved(suspect.task)?;
+        clean.check_for(suspect, config.batch_size)?;
+        // The clean set's statistics are the same for every start.
+        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
         if config.restarts == 1 {
-            return self.reverse_once(suspect, clean, seed, device);
+            return reverse_once(&config, suspect, clean, &clean_stats, seed, device);
         }
-        let closeness = |s: &ReversalSummary| (s.score / config.epsilon).max(s.spread_ratio / config.collapse_threshold());
+        let closeness = |s: &ReversalSummary| config.closeness(s);
         let mut best: Option<Reversal> = None;
         let mut records = Vec::new();
         for k in 0..config.restarts as u64 {
-            let r = self.reverse_once(suspect, clean, seed.wrapping_add(k), device)?;
+            let r = reverse_once(&config, suspect, clean, &clean_stats, seed.wrapping_add(k), device)?;
             let c = closeness(&r.summary);
             tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, spread_ratio = r.summary.spread_ratio, "drmguard start done");
             records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, closeness: c });
@@ -438,149 +447,147 @@ impl DrmGuard {
         best.summary.restarts = records;
         Ok(best)
     }
+}
 
-    /// One generator from `seed`.
-    fn reverse_once(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Reversal> {
-        let config = self.config.resolved(suspect.task)?;
-        clean.check_for(suspect, config.batch_size)?;
-        let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
-        let ad = device.clone().autodiff();
-        // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
-        // flow through it to the images.
-        let model = suspect.model.clone().fork(&ad).freeze();
-        let weight = model.head_weight().detach();
-        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
-        let angle_var_clean = Tensor::<1>::from_floats(
-            clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
-            &ad,
-        )
-        .reshape([1, -1]);
+/// One generator from `seed`, under a resolved `config`, against the clean set's statistics.
+fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_stats: &SetStats, seed: u64, device: &Device) -> Result<Reversal> {
+    let config = config.clone();
+    let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
+    let ad = device.clone().autodiff();
+    // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
+    // flow through it to the images.
+    let model = suspect.model.clone().fork(&ad).freeze();
+    let weight = model.head_weight().detach();
+    let angle_var_clean = Tensor::<1>::from_floats(
+        clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
+        &ad,
+    )
+    .reshape([1, -1]);
 
-        let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual(), &ad));
-        let mut optim = AdamConfig::new().init();
-        let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
-        let mut attention: Option<Tensor<2>> = None;
-        let mut history = Vec::new();
-        let log_every = (config.steps / 40).max(1);
-        let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
-        let started = Instant::now();
-        for step in 0..config.warmup_steps {
-            let (x, _) = clean.batch(batches.next_batch(), &ad);
-            let l1 = (generator.forward(x.clone()) - x).abs().mean();
-            if step % log_every == 0 {
-                bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
-            }
-            let grads = GradientsParams::from_grads(l1.backward(), &generator);
-            generator = optim.step(config.lr, generator, grads);
-            bar.inc(1);
+    let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual(), &ad));
+    let mut optim = AdamConfig::new().init();
+    let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
+    let mut attention: Option<Tensor<2>> = None;
+    let mut history = Vec::new();
+    let log_every = (config.steps / 40).max(1);
+    let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
+    let started = Instant::now();
+    for step in 0..config.warmup_steps {
+        let (x, _) = clean.batch(batches.next_batch(), &ad);
+        let l1 = (generator.forward(x.clone()) - x).abs().mean();
+        if step % log_every == 0 {
+            bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
         }
-        for step in 0..config.steps {
-            let (x, _) = clean.batch(batches.next_batch(), &ad);
-
-            let pixel_weight = match config.mtr {
-                Mtr::Off => None,
-                mode => {
-                    let saliency = saliency(&model, x.clone())?;
-                    let m = match attention.take() {
-                        None => saliency,
-                        Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
-                    };
-                    attention = Some(m.clone());
-                    let [h, w] = m.dims();
-                    let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
-                    Some((mode, w4))
-                }
-            };
-
-            let reversed = generator.forward(x.clone());
-            let into_model = match &pixel_weight {
-                // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
-                Some((Mtr::Gradient, w)) => {
-                    let scale = w.clone().recip();
-                    reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
-                }
-                _ => reversed.clone(),
-            };
-            let z = model.features(into_model);
-            let y = model.head(z.clone());
-            let output_variance = y.var_bias(0).mean();
-            let diff = (reversed - x).abs();
-            let l1 = diff.clone().mean();
-            let similarity = match &pixel_weight {
-                Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
-                _ => l1.clone(),
-            };
-            let mut loss = output_variance.clone() * lambda1 + similarity.clone();
-            let feature_term = match config.feature_reg {
-                FeatureReg::Off => None,
-                reg => {
-                    let var = feature_angles(z, weight.clone()).var_bias(0);
-                    let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
-                    Some(var.mean())
-                }
-            };
-            if let Some(term) = &feature_term {
-                loss = loss + term.clone() * lambda2;
-            }
-            let loss_value = scalar(loss.clone());
-            if !loss_value.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
-                )));
-            }
-            if step % log_every == 0 || step + 1 == config.steps {
-                let record = StepRecord {
-                    step,
-                    loss: loss_value,
-                    output_variance: scalar(output_variance),
-                    similarity: scalar(similarity),
-                    l1: scalar(l1),
-                    feature_term: feature_term.map(scalar).unwrap_or(0.0),
-                };
-                // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
-                if step % (log_every * 4) == 0 {
-                    tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
-                } else {
-                    tracing::debug!(?record, "drmguard step");
-                }
-                bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
-                history.push(record);
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &generator);
-            generator = optim.step(config.lr, generator, grads);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
-
-        let generator = generator.valid();
-        let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
-        let rav_per_output: Vec<f64> = reversed_stats
-            .angle_var
-            .iter()
-            .zip(&clean_stats.angle_var)
-            .map(|(r, c)| r / c.max(1e-12))
-            .collect();
-        let output_std_deg: Vec<f64> = reversed_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
-        let clean_output_std_deg: Vec<f64> = clean_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
-        let spread_ratio = output_std_deg.iter().zip(&clean_output_std_deg).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
-        let summary = ReversalSummary {
-            score: reversed_stats.l1,
-            estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
-            output_std_deg,
-            clean_output_std_deg,
-            spread_ratio,
-            rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
-            rav_per_output,
-            steps: config.steps,
-            history,
-            seconds_per_step,
-            restarts: Vec::new(),
-        };
-        tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
-        let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
-        Ok(Reversal { generator, summary, config, seed, attention })
+        let grads = GradientsParams::from_grads(l1.backward(), &generator);
+        generator = optim.step(config.lr, generator, grads);
+        bar.inc(1);
     }
+    for step in 0..config.steps {
+        let (x, _) = clean.batch(batches.next_batch(), &ad);
+
+        let pixel_weight = match config.mtr {
+            Mtr::Off => None,
+            mode => {
+                let saliency = saliency(&model, x.clone())?;
+                let m = match attention.take() {
+                    None => saliency,
+                    Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
+                };
+                attention = Some(m.clone());
+                let [h, w] = m.dims();
+                let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
+                Some((mode, w4))
+            }
+        };
+
+        let reversed = generator.forward(x.clone());
+        let into_model = match &pixel_weight {
+            // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
+            Some((Mtr::Gradient, w)) => {
+                let scale = w.clone().recip();
+                reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
+            }
+            _ => reversed.clone(),
+        };
+        let z = model.features(into_model);
+        let y = model.head(z.clone());
+        let output_variance = y.var_bias(0).mean();
+        let diff = (reversed - x).abs();
+        let l1 = diff.clone().mean();
+        let similarity = match &pixel_weight {
+            Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
+            _ => l1.clone(),
+        };
+        let mut loss = output_variance.clone() * lambda1 + similarity.clone();
+        let feature_term = match config.feature_reg {
+            FeatureReg::Off => None,
+            reg => {
+                let var = feature_angles(z, weight.clone()).var_bias(0);
+                let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
+                Some(var.mean())
+            }
+        };
+        if let Some(term) = &feature_term {
+            loss = loss + term.clone() * lambda2;
+        }
+        let loss_value = scalar(loss.clone());
+        if !loss_value.is_finite() {
+            return Err(Error::Numerical(format!(
+                "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
+            )));
+        }
+        if step % log_every == 0 || step + 1 == config.steps {
+            let record = StepRecord {
+                step,
+                loss: loss_value,
+                output_variance: scalar(output_variance),
+                similarity: scalar(similarity),
+                l1: scalar(l1),
+                feature_term: feature_term.map(scalar).unwrap_or(0.0),
+            };
+            // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
+            if step % (log_every * 4) == 0 {
+                tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
+            } else {
+                tracing::debug!(?record, "drmguard step");
+            }
+            bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
+            history.push(record);
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &generator);
+        generator = optim.step(config.lr, generator, grads);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
+
+    let generator = generator.valid();
+    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
+    let rav_per_output: Vec<f64> = reversed_stats
+        .angle_var
+        .iter()
+        .zip(&clean_stats.angle_var)
+        .map(|(r, c)| r / c.max(1e-12))
+        .collect();
+    let output_std_deg: Vec<f64> = reversed_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
+    let clean_output_std_deg: Vec<f64> = clean_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
+    let spread_ratio = output_std_deg.iter().zip(&clean_output_std_deg).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
+    let summary = ReversalSummary {
+        score: reversed_stats.l1,
+        estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
+        output_std_deg,
+        clean_output_std_deg,
+        spread_ratio,
+        rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
+        rav_per_output,
+        steps: config.steps,
+        history,
+        seconds_per_step,
+        restarts: Vec::new(),
+    };
+    tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
+    let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+    Ok(Reversal { generator, summary, config, seed, attention })
 }
 
 impl Detector for DrmGuard {

@@ -62,7 +62,7 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
 pub fn sample_error_deg(task: Task, prediction: &[f32], label: &[f32]) -> f64 {
     match task {
         Task::Gaze => angular_error_deg(prediction, label),
-        Task::Landmarks => task.to_unit(1.0) * mean_point_distance(prediction, label),
+        Task::Landmarks => task.units_per_label() * mean_point_distance(prediction, label),
         Task::HeadPose => {
             prediction.iter().zip(label).map(|(p, y)| ((p - y) as f64).abs().to_degrees()).sum::<f64>() / label.len().max(1) as f64
         }
