@@ -91,6 +91,11 @@ impl Task {
         if self.is_angular() { "°" } else { "%" }
     }
 
+    /// [`Self::unit`] spelt out, for headings.
+    pub fn unit_name(self) -> &'static str {
+        if self.is_angular() { "degrees" } else { "% of the image side" }
+    }
+
     /// Error units per label unit: degrees per radian, or per cent of the side per fraction.
     pub fn units_per_label(self) -> f64 {
         if self.is_angular() { 180.0 / std::f64::consts::PI } else { 100.0 }

@@ -102,7 +102,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             md.push_str(&format!(" {:.1} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
         }
         md.push('\n');
-        let unit = if task.is_angular() { "degrees" } else { "% of the image side" };
+        let unit = task.unit_name();
         md.push_str(&format!(
             "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after)\n\n\
              | attack | mitigator | models | clean | AE | DAE | time |\n|---|---|---|---|---|---|---|\n",

@@ -431,15 +431,14 @@ impl DrmGuard {
         if config.restarts == 1 {
             return reverse_once(&config, suspect, clean, &clean_stats, seed, device);
         }
-        let closeness = |s: &ReversalSummary| config.closeness(s);
         let mut best: Option<Reversal> = None;
         let mut records = Vec::new();
         for k in 0..config.restarts as u64 {
             let r = reverse_once(&config, suspect, clean, &clean_stats, seed.wrapping_add(k), device)?;
-            let c = closeness(&r.summary);
+            let c = config.closeness(&r.summary);
             tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, spread_ratio = r.summary.spread_ratio, "drmguard start done");
             records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, closeness: c });
-            if best.as_ref().is_none_or(|b| c < closeness(&b.summary)) {
+            if best.as_ref().is_none_or(|b| c < config.closeness(&b.summary)) {
                 best = Some(r);
             }
         }
