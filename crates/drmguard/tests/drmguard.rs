@@ -28,6 +28,21 @@ fn generators_keep_the_shape_and_stay_in_the_unit_range() {
     }
 }
 
+#[test]
+fn a_generator_with_coordinates_starts_at_the_identity() {
+    let device = Device::flex();
+    let x = Tensor::<4>::ones([2, 3, 16, 16], &device) * 0.5;
+    for kind in [GeneratorKind::EncoderDecoder, GeneratorKind::Unet] {
+        let g = Generator::with_coordinates(kind, 4, Some(1.0), &device);
+        assert!(g.coordinates);
+        assert_eq!(g.convs[0].conv.weight.val().dims()[1], 5, "{kind}: three colour channels and two coordinates in");
+        let y = g.forward(x.clone());
+        assert_eq!(y.dims(), [2, 3, 16, 16]);
+        let y = y.into_data().try_to_vec::<f32>().unwrap();
+        assert!(y.iter().all(|p| (p - 0.5).abs() < 1e-6), "{kind}: a residual generator starts as the identity");
+    }
+}
+
 /// A smoke-profile gaze model with a BadNets backdoor, and a defender's clean set.
 fn smoke_suspect() -> (Suspect, CleanSet) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 3);

@@ -71,6 +71,14 @@ pub struct DrmGuardConfig {
     /// Generator base width (channels w, 2w, 4w).
     #[arg(long = "generator-width", default_value_t = 8)]
     pub generator_width: usize,
+    /// Give G each pixel's row and column as two more input channels (CoordConv), so that it can
+    /// make an edit tied to one place in the image (a corner patch, a fixed warp) without
+    /// locating it through the padding's edge effects.
+    #[arg(long = "generator-coordinates")]
+    // Left out when off, so that configs (and the benchmark's cache keys) from before the
+    // option read and hash as they did.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub generator_coordinates: bool,
     /// Weight of the output variance (default: 20 for gaze, 100 for head pose, 3000 for landmarks).
     #[arg(long)]
     pub lambda1: Option<f64>,
@@ -127,6 +135,10 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// What the generator outputs (method.md §4.3 and docs/drmguard.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -145,6 +157,7 @@ impl Default for DrmGuardConfig {
             residual_scale: 1.0,
             warmup_steps: 0,
             generator_width: 8,
+            generator_coordinates: false,
             lambda1: None,
             lambda2: None,
             feature_reg: FeatureReg::Raw,
@@ -386,9 +399,10 @@ impl DrmGuard {
             (
                 "DRMGuard".into(),
                 format!(
-                    "{} generator (width {}), r_f {:?}, MTR {:?}, λ1 = {}, λ2 = {}",
+                    "{} generator (width {}{}), r_f {:?}, MTR {:?}, λ1 = {}, λ2 = {}",
                     c.generator,
                     c.generator_width,
+                    if c.generator_coordinates { ", with coordinates" } else { "" },
                     c.feature_reg,
                     c.mtr,
                     c.lambda1.unwrap_or_default(),
@@ -463,7 +477,13 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
     )
     .reshape([1, -1]);
 
-    let mut generator = init_seeded(&ad, seed, || Generator::new(config.generator, config.generator_width, config.residual(), &ad));
+    let mut generator = init_seeded(&ad, seed, || {
+        if config.generator_coordinates {
+            Generator::with_coordinates(config.generator, config.generator_width, config.residual(), &ad)
+        } else {
+            Generator::new(config.generator, config.generator_width, config.residual(), &ad)
+        }
+    });
     let mut optim = AdamConfig::new().init();
     let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
     let mut attention: Option<Tensor<2>> = None;

@@ -10,6 +10,11 @@
 //!   SecureGaze).
 //! - [`GeneratorKind::Unet`]: the U-Net with skip concatenations (widths w, 2w, 4w; w = 64 in
 //!   SecureGaze), 13 convolutions in use.
+//!
+//! Convolutions are translation-equivariant, so an edit tied to one place in the image (a patch
+//! in a corner, a fixed warp field) is something G can only localise through the zero padding's
+//! edge effects; the coordinates switch ([`Generator::with_coordinates`], CoordConv, Liu et al.
+//! 2018) gives G two more input channels, the row and column in [−1, 1], so it can.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -88,6 +93,17 @@ fn upsample(x: Tensor<4>) -> Tensor<4> {
     resize_bilinear(x, [2 * h, 2 * w])
 }
 
+/// `x` with two more channels: each pixel's row and column, from −1 to 1.
+fn with_coordinate_channels(x: Tensor<4>) -> Tensor<4> {
+    let [n, _, h, w] = x.dims();
+    let at = |i: usize, len: usize| if len > 1 { 2.0 * i as f32 / (len - 1) as f32 - 1.0 } else { 0.0 };
+    let mut grid = Vec::with_capacity(2 * h * w);
+    grid.extend((0..h * w).map(|p| at(p / w, h)));
+    grid.extend((0..h * w).map(|p| at(p % w, w)));
+    let grid = Tensor::<1>::from_floats(grid.as_slice(), &x.device()).reshape([1, 2, h, w]).repeat_dim(0, n);
+    Tensor::cat(vec![x, grid], 1)
+}
+
 fn squash(x: Tensor<4>) -> Tensor<4> {
     x.tanh() / (2.0 + 1e-7) + 0.5
 }
@@ -103,6 +119,9 @@ pub struct Generator {
     pub residual_scale: Option<Param<Tensor<1>>>,
     #[module(skip)]
     pub kind: GeneratorKind,
+    /// Whether the network also sees each pixel's row and column (CoordConv).
+    #[module(skip)]
+    pub coordinates: bool,
 }
 
 impl Generator {
@@ -111,20 +130,29 @@ impl Generator {
         Self::with_outputs(kind, width, 3, residual, device)
     }
 
+    /// The same, with the pixel coordinates as two more input channels (CoordConv).
+    pub fn with_coordinates(kind: GeneratorKind, width: usize, residual: Option<f32>, device: &Device) -> Self {
+        Self::build(kind, width, 3 + 2, 3, residual, device)
+    }
+
     /// A generator with `outputs` channels (Input-Aware's mask network has one). A residual
     /// generator needs 3, as it adds its output to the image.
     pub fn with_outputs(kind: GeneratorKind, width: usize, outputs: usize, residual: Option<f32>, device: &Device) -> Self {
+        Self::build(kind, width, 3, outputs, residual, device)
+    }
+
+    fn build(kind: GeneratorKind, width: usize, inputs: usize, outputs: usize, residual: Option<f32>, device: &Device) -> Self {
         assert!(residual.is_none() || outputs == 3, "a residual generator outputs an image");
         let (w1, w2, w3) = (width, 2 * width, 4 * width);
         let layout: &[(usize, usize)] = match kind {
             GeneratorKind::EncoderDecoder => &[
                 // encoder
-                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
+                (inputs, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // decoder
                 (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, outputs),
             ],
             GeneratorKind::Unet => &[
-                (3, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
+                (inputs, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3),
                 // bottleneck
                 (w3, w3),
                 // decoder: each first conv sees the up-sampled path concatenated with the skip
@@ -141,6 +169,7 @@ impl Generator {
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             residual_scale: residual.map(|s0| Param::from_tensor(Tensor::from_floats([s0], device))),
             kind,
+            coordinates: inputs > 3,
         }
     }
 
@@ -156,6 +185,7 @@ impl Generator {
 
     /// The convolutional network, before the output squashing.
     fn net(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = if self.coordinates { with_coordinate_channels(x) } else { x };
         let c = &self.convs;
         match self.kind {
             GeneratorKind::EncoderDecoder => {
@@ -179,6 +209,26 @@ impl Generator {
                 let u1 = c[11].relu(Tensor::cat(vec![upsample(u2), s1], 1));
                 c[12].forward(u1)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinate_channels_run_from_minus_one_to_one_along_rows_and_columns() {
+        let device = Device::flex();
+        let x = Tensor::<4>::zeros([2, 3, 3, 5], &device);
+        let y = with_coordinate_channels(x);
+        assert_eq!(y.dims(), [2, 5, 3, 5]);
+        let v = y.into_data().try_to_vec::<f32>().unwrap();
+        let at = |n: usize, c: usize, r: usize, col: usize| v[((n * 5 + c) * 3 + r) * 5 + col];
+        for n in 0..2 {
+            assert_eq!(at(n, 0, 1, 2), 0.0, "the image channels come first, unchanged");
+            assert_eq!((at(n, 3, 0, 4), at(n, 3, 1, 0), at(n, 3, 2, 3)), (-1.0, 0.0, 1.0), "channel 3: the row");
+            assert_eq!((at(n, 4, 2, 0), at(n, 4, 0, 1), at(n, 4, 1, 2), at(n, 4, 0, 4)), (-1.0, -0.5, 0.0, 1.0), "channel 4: the column");
         }
     }
 }
