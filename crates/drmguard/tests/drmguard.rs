@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec};
 use drmguard::defenses::generator::{Generator, GeneratorKind};
+use drmguard::defenses::drmguard::Collapse;
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::models::Regressor;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, TrainJob};
 
@@ -43,6 +45,24 @@ fn a_generator_with_coordinates_starts_at_the_identity() {
     }
 }
 
+#[test]
+fn per_task_defaults_fill_only_what_the_user_left_open() {
+    let open = DrmGuardConfig::default();
+    let gaze = open.resolved(Task::Gaze).unwrap();
+    assert_eq!((gaze.lr, gaze.generator_coordinates, gaze.max_spread_ratio), (Some(3e-3), Some(false), Some(0.2)));
+    let headpose = open.resolved(Task::HeadPose).unwrap();
+    assert_eq!((headpose.lr, headpose.generator_coordinates, headpose.max_spread_ratio), (Some(1e-3), Some(true), Some(0.1)));
+    assert_eq!((headpose.lambda1, headpose.lambda2), (Some(100.0), Some(100.0)));
+    // The verdict reads the error ratio against κ unless told otherwise.
+    assert_eq!((open.collapse, gaze.collapse_threshold(), headpose.collapse_threshold()), (Collapse::Error, 0.45, 0.45));
+    let spread = DrmGuardConfig { collapse: Collapse::Spread, ..open.clone() }.resolved(Task::Gaze).unwrap();
+    assert_eq!(spread.collapse_threshold(), 0.2);
+    let chosen = DrmGuardConfig { lr: Some(5e-4), generator_coordinates: Some(false), max_spread_ratio: Some(0.25), ..open.clone() };
+    let chosen = chosen.resolved(Task::HeadPose).unwrap();
+    assert_eq!((chosen.lr, chosen.generator_coordinates, chosen.max_spread_ratio), (Some(5e-4), Some(false), Some(0.25)));
+    assert!(DrmGuardConfig { lr: Some(0.0), ..open }.resolved(Task::Gaze).is_err());
+}
+
 /// A smoke-profile gaze model with a BadNets backdoor, and a defender's clean set.
 fn smoke_suspect() -> (Suspect, CleanSet) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 3);
@@ -74,9 +94,21 @@ fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     let g = reversal.generator.clone();
     let direct = (g.forward(x.clone()) - x).abs().mean().into_scalar::<f32>() as f64;
     assert!((direct - detection.score).abs() < 1e-4, "report {} vs direct {direct}", detection.score);
-    // Flagged iff G moved little and the outputs collapsed.
+    // The error ratio divides the reversed outputs' spread by the model's own mean absolute
+    // error on the clean set, recomputed here from its predictions and the true labels.
+    let (_, y) = clean.batch(&indices, &device);
+    let outputs = suspect.model.forward(clean.batch(&indices, &device).0).into_data().try_to_vec::<f32>().unwrap();
+    let labels = y.into_data().try_to_vec::<f32>().unwrap();
+    for (j, &reported) in s.clean_error_deg.iter().enumerate() {
+        let mae = outputs.iter().zip(&labels).skip(j).step_by(2).map(|(o, l)| (o - l).abs() as f64).sum::<f64>() / clean.len() as f64;
+        assert!((mae.to_degrees() - reported).abs() < 1e-3, "output {j}: clean error {reported}° reported, {}° recomputed", mae.to_degrees());
+    }
+    let expected = s.output_std_deg.iter().zip(&s.clean_error_deg).map(|(a, b)| a / b).sum::<f64>() / 2.0;
+    assert!((s.error_ratio - expected).abs() < 1e-9, "error ratio {} vs {expected}", s.error_ratio);
+    // Flagged iff G moved little and the outputs collapsed (by default: the error ratio below κ).
     assert!((0.0..=1.5).contains(&s.spread_ratio), "spread ratio {}", s.spread_ratio);
-    assert_eq!(detection.backdoored, detection.score < detection.threshold && s.spread_ratio < reversal.config.collapse_threshold());
+    assert_eq!(reversal.config.collapse_threshold(), reversal.config.max_error_ratio.unwrap());
+    assert_eq!(detection.backdoored, detection.score < detection.threshold && s.error_ratio < reversal.config.collapse_threshold());
     assert_eq!(detection.threshold, 0.03);
     let map = reversal.attention.as_ref().expect("MTR is on by default");
     assert_eq!(map.len(), 32 * 32);
@@ -107,11 +139,11 @@ fn several_starts_keep_the_one_closest_to_a_verdict() {
     let closeness = |score: f64, ratio: f64| (score / resolved.epsilon).max(ratio / resolved.collapse_threshold());
     for (start, one) in starts.iter().zip(&single) {
         // Start k is exactly the single start from seed + k.
-        assert_eq!((start.seed, start.score, start.spread_ratio), (one.seed, one.summary.score, one.summary.spread_ratio));
-        assert_eq!(start.closeness, closeness(one.summary.score, one.summary.spread_ratio));
+        assert_eq!((start.seed, start.score, start.spread_ratio, start.error_ratio), (one.seed, one.summary.score, one.summary.spread_ratio, one.summary.error_ratio));
+        assert_eq!(start.closeness, closeness(one.summary.score, one.summary.error_ratio));
     }
     let best = starts.iter().map(|s| s.closeness).fold(f64::INFINITY, f64::min);
-    assert_eq!(closeness(multi.summary.score, multi.summary.spread_ratio), best);
+    assert_eq!(closeness(multi.summary.score, multi.summary.error_ratio), best);
     let kept = single.iter().find(|r| r.seed == multi.seed).unwrap();
     assert_eq!(kept.summary.estimated_target, multi.summary.estimated_target);
     assert!(DrmGuardConfig { restarts: 0, ..DrmGuardConfig::default() }.resolved(Task::Gaze).is_err());
@@ -133,6 +165,7 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
         DrmGuardConfig { residual_scale: f32::NAN, ..DrmGuardConfig::default() },
         DrmGuardConfig { residual_scale: 0.0, ..DrmGuardConfig::default() },
         DrmGuardConfig { max_spread_ratio: Some(0.0), ..DrmGuardConfig::default() },
+        DrmGuardConfig { max_error_ratio: Some(f64::INFINITY), ..DrmGuardConfig::default() },
     ] {
         assert!(bad.resolved(Task::Gaze).is_err(), "{bad:?} should be refused");
     }
@@ -164,8 +197,8 @@ fn the_benchmarks_first_headpose_badnets_model_is_flagged_and_its_benign_twin_is
         let config = profile.detector_configs().drmguard;
         let (detection, reversal) = DrmGuard::new(config).detect_with_reversal(&suspect, &clean, 0, &device).unwrap();
         let s = &reversal.summary;
-        eprintln!("{attack:?}: I(f) {:.4}, spread ratio {:.3}, target {:?}", s.score, s.spread_ratio, s.estimated_target);
-        assert_eq!(detection.backdoored, expected, "{attack:?}: I(f) {:.4}, spread ratio {:.3}", s.score, s.spread_ratio);
+        eprintln!("{attack:?}: I(f) {:.4}, error ratio {:.3}, spread ratio {:.3}, target {:?}", s.score, s.error_ratio, s.spread_ratio, s.estimated_target);
+        assert_eq!(detection.backdoored, expected, "{attack:?}: I(f) {:.4}, error ratio {:.3}", s.score, s.error_ratio);
         if let Some(spec) = &card.backdoor {
             let off: f32 = s.estimated_target.iter().zip(&spec.target).map(|(a, b)| (a - b).abs().to_degrees()).fold(0.0, f32::max);
             assert!(off < 5.0, "the estimated target is {off:.1}° from the attacker's");

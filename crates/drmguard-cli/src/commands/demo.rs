@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
 use drmguard::data::Split;
+use drmguard::defenses::drmguard::Collapse;
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, Suspect, UnlearnConfig};
 use drmguard::device::DeviceKind;
 use drmguard::metrics::{BackdoorErrors, TaskError};
@@ -150,9 +151,12 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         );
     }
     out!("");
-    let rho = a.drmguard.max_spread_ratio.map_or_else(|| format!("{} for gaze", drmguard::defenses::drmguard::default_max_spread_ratio(Task::Gaze)), |r| r.to_string());
+    let threshold = a.drmguard.resolved(Task::Gaze)?.collapse_threshold();
     out!("I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {} and the outputs on G(x)", a.drmguard.epsilon);
-    out!("spread less than ρ = {rho} times as much as on the clean images.");
+    match a.drmguard.collapse {
+        Collapse::Error => out!("spread less than κ = {threshold} times the model's own error on the clean images."),
+        Collapse::Spread => out!("spread less than ρ = {threshold} times as much as on the clean images."),
+    }
     out!("AE: error of triggered test images to the attacker's target (low = the backdoor works);");
     out!("DAE: their error to the true labels (low = the backdoor is gone).");
     Ok(())

@@ -72,13 +72,12 @@ pub struct DrmGuardConfig {
     #[arg(long = "generator-width", default_value_t = 8)]
     pub generator_width: usize,
     /// Give G each pixel's row and column as two more input channels (CoordConv), so that it can
-    /// make an edit tied to one place in the image (a corner patch, a fixed warp) without
-    /// locating it through the padding's edge effects.
-    #[arg(long = "generator-coordinates")]
-    // Left out when off, so that configs (and the benchmark's cache keys) from before the
-    // option read and hash as they did.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub generator_coordinates: bool,
+    /// make an edit tied to one place in the image (a corner patch) without locating it through
+    /// the padding's edge effects. `--generator-coordinates` alone turns it on (default: on for
+    /// head pose, off for gaze and landmarks).
+    #[arg(long = "generator-coordinates", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator_coordinates: Option<bool>,
     /// Weight of the output variance (default: 20 for gaze, 100 for head pose, 3000 for landmarks).
     #[arg(long)]
     pub lambda1: Option<f64>,
@@ -97,34 +96,72 @@ pub struct DrmGuardConfig {
     /// MTR strength γ.
     #[arg(long = "mtr-gamma", default_value_t = 100.0)]
     pub mtr_gamma: f64,
-    /// Optimisation steps of G (the paper: up to 2000). The collapse threshold ρ was measured at
-    /// 200: longer runs collapse benign models further (docs/drmguard.md), so change ρ with it.
+    /// Optimisation steps of G (the paper: up to 2000). The collapse thresholds κ and ρ were
+    /// measured at 200: longer runs collapse benign models further (docs/drmguard.md), so change
+    /// them with it.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// Images per step.
     #[arg(long = "batch-size", default_value_t = 32)]
     pub batch_size: usize,
-    /// Adam learning rate of G.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
+    /// Adam learning rate of G (default: 3e-3 for gaze and landmarks, 1e-3 for head pose).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Decision threshold ε on I(f) = mean |G(x) − x| (images in [0, 1]).
     #[arg(long, default_value_t = 0.03)]
     pub epsilon: f64,
-    /// Largest spread ratio ρ that counts as a collapse: the standard deviation of f(G(x)) over
-    /// that of f(x), mean over the outputs (default: 0.2 for gaze, 0.3 for head pose and landmarks). A model is
-    /// flagged only if G collapsed its outputs this far with I(f) < ε: a small I(f) without a
-    /// collapse only says that G hardly moved. 1 or more turns the check off (the paper's rule).
+    /// What counts as a collapse of the outputs on G(x). A model is flagged only if G collapsed
+    /// them with I(f) < ε: a small I(f) without a collapse only says that G hardly moved.
+    /// `error`: their spread (standard deviation per output) is below κ times the model's own
+    /// mean absolute error on the clean set, i.e. G pins every image to one output more tightly
+    /// than the model can predict the truth; this reads the same on good and on poor models.
+    /// `spread`: their spread is below ρ times the spread of f(x), which depends on how well
+    /// the model was trained (docs/drmguard.md).
+    #[arg(long, value_enum, default_value_t = Collapse::Error)]
+    #[serde(default = "spread_collapse")]
+    pub collapse: Collapse,
+    /// κ for `--collapse error` (default: 0.45 for every task).
+    #[arg(long = "max-error-ratio")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_ratio: Option<f64>,
+    /// ρ for `--collapse spread`: the largest standard deviation of f(G(x)) over that of f(x),
+    /// mean over the outputs, that counts as a collapse (default: 0.2 for gaze, 0.1 for head
+    /// pose, 0.3 for landmarks). 1 or more turns the check off (the paper's rule).
     #[arg(long = "max-spread-ratio")]
     #[serde(default)]
     pub max_spread_ratio: Option<f64>,
     /// Generators trained per scan, from different seeds; the scan keeps the one that came
-    /// closest to the verdict (the smallest max(I(f) / ε, spread ratio / ρ)). A trigger that one
+    /// closest to the verdict (the smallest max(I(f) / ε, collapse ratio / κ or ρ)). A trigger that one
     /// start misses another may find, at the cost of that many times the scan time.
     #[arg(long, default_value_t = 1)]
     // Left out at 1, so that configs (and the benchmark's cache keys) from before the option
     // read and hash as they did.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub restarts: usize,
+}
+
+/// How a collapse of the outputs on G(x) is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Collapse {
+    /// Spread of f(G(x)) over the model's mean absolute error on the clean set.
+    Error,
+    /// Spread of f(G(x)) over the spread of f(x).
+    Spread,
+}
+
+impl std::fmt::Display for Collapse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Collapse::Error => "error",
+            Collapse::Spread => "spread",
+        })
+    }
+}
+
+// Configs written before `collapse` existed decided on the spread ratio.
+fn spread_collapse() -> Collapse {
+    Collapse::Spread
 }
 
 fn one() -> usize {
@@ -135,9 +172,7 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
+
 
 /// What the generator outputs (method.md §4.3 and docs/drmguard.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -157,7 +192,7 @@ impl Default for DrmGuardConfig {
             residual_scale: 1.0,
             warmup_steps: 0,
             generator_width: 8,
-            generator_coordinates: false,
+            generator_coordinates: None,
             lambda1: None,
             lambda2: None,
             feature_reg: FeatureReg::Raw,
@@ -166,51 +201,93 @@ impl Default for DrmGuardConfig {
             mtr_gamma: 100.0,
             steps: 200,
             batch_size: 32,
-            lr: 3e-3,
+            lr: None,
             epsilon: 0.03,
+            collapse: Collapse::Error,
+            max_error_ratio: None,
             max_spread_ratio: None,
             restarts: 1,
         }
     }
 }
 
-/// Per-task weights (λ1, λ2): method.md §4.1's, except head pose's λ1, 100 instead of 10: at 10
-/// the generator stays at the identity on every built-in head-pose model (docs/drmguard.md).
-pub fn default_lambdas(task: Task) -> (f64, f64) {
-    match task {
-        Task::Gaze => (20.0, 800.0),
-        Task::HeadPose => (100.0, 100.0),
-        // Head pose's, with λ1 scaled by the ratio of the labels' variances (built-in landmark
-        // coordinates, fractions of the side, vary about 24 times less than head-pose angles in
-        // radians: 0.0091 against 0.214), rounded up, so that the variance term weighs about
-        // the same against the L1 term. Not tuned: docs/import.md has what it does on ONet.
-        Task::Landmarks => (3000.0, 100.0),
-    }
+/// The settings that DRMGuard takes per task, measured on the built-in data (docs/drmguard.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskDefaults {
+    pub lambda1: f64,
+    pub lambda2: f64,
+    /// The collapse threshold κ on the error ratio.
+    pub max_error_ratio: f64,
+    /// The collapse threshold ρ on the spread ratio.
+    pub max_spread_ratio: f64,
+    pub lr: f64,
+    pub generator_coordinates: bool,
 }
 
-/// Per-task collapse threshold ρ on the spread ratio, measured on the built-in data
-/// (docs/drmguard.md): benign gaze models collapse to 0.19–0.29 by repainting the irises, benign
-/// head-pose models to 0.39–0.68; found triggers reach 0.1–0.18 (gaze) and 0.18–0.3 (head pose).
-pub fn default_max_spread_ratio(task: Task) -> f64 {
+/// DRMGuard's per-task defaults.
+///
+/// - λ1, λ2: method.md §4.1's, except head pose's λ1, 100 instead of 10: at 10 the generator
+///   stays at the identity on every built-in head-pose model. Landmarks take head pose's, with λ1
+///   scaled by the ratio of the labels' variances (built-in landmark coordinates, fractions of
+///   the side, vary about 24 times less than head-pose angles in radians: 0.0091 against 0.214),
+///   rounded up, so that the variance term weighs about the same against the L1 term; not tuned
+///   (docs/import.md has what it does on ONet).
+/// - ρ: benign gaze models collapse to 0.19–0.31 by repainting the irises, found gaze triggers
+///   to 0.04–0.18. On head pose, 64×64 benign models collapse to 0.14–0.19 and a found BadNets
+///   patch to 0.03–0.05 (stop 18); ρ 0.3, measured on 32×32 models alone, flagged benign 64×64
+///   models whenever their I(f) fell under ε. Landmarks keep 0.3 (on ONet benign models collapse
+///   to 0.31, a BadNets one to 0.20, docs/import.md).
+/// - Head pose's lr and coordinates: at 64×64 the generator finds the BadNets patch with lr 1e-3
+///   (two seeds of two) and not at 3e-3 (none of six settings), and with the coordinates it
+///   paints the patch alone (I(f) 0.0097 against 0.0204 without).
+pub fn task_defaults(task: Task) -> TaskDefaults {
     match task {
-        Task::Gaze => 0.2,
-        Task::HeadPose => 0.3,
-        // Head pose's (same renderer); on ONet, benign models collapse to 0.31, a BadNets one
-        // to 0.20 (docs/import.md).
-        Task::Landmarks => 0.3,
+        Task::Gaze => TaskDefaults { lambda1: 20.0, lambda2: 800.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false },
+        Task::HeadPose => TaskDefaults { lambda1: 100.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.1, lr: 1e-3, generator_coordinates: true },
+        Task::Landmarks => TaskDefaults { lambda1: 3000.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.3, lr: 3e-3, generator_coordinates: false },
     }
 }
 
 impl DrmGuardConfig {
-    /// ρ of a resolved config (1, no collapse check, if it was never resolved).
-    pub fn collapse_threshold(&self) -> f64 {
-        self.max_spread_ratio.unwrap_or(1.0)
+    /// G's learning rate in a resolved config (gaze's if it was never resolved).
+    pub fn learning_rate(&self) -> f64 {
+        self.lr.unwrap_or(task_defaults(Task::Gaze).lr)
     }
 
-    /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and spread ratio
-    /// / ρ, each against its own threshold (below 1: flagged).
+    /// Whether G sees the pixel coordinates, in a resolved config (off if it was never resolved).
+    pub fn coordinates(&self) -> bool {
+        self.generator_coordinates.unwrap_or(false)
+    }
+
+    /// The collapse threshold of a resolved config: κ or ρ, after `collapse` (without a
+    /// resolved value: 1 for ρ, no check, and infinity for κ, likewise).
+    pub fn collapse_threshold(&self) -> f64 {
+        match self.collapse {
+            Collapse::Error => self.max_error_ratio.unwrap_or(f64::INFINITY),
+            Collapse::Spread => self.max_spread_ratio.unwrap_or(1.0),
+        }
+    }
+
+    /// The ratio of a reversal that `collapse` reads: the error ratio or the spread ratio.
+    pub fn collapse_ratio(&self, s: &ReversalSummary) -> f64 {
+        match self.collapse {
+            Collapse::Error => s.error_ratio,
+            Collapse::Spread => s.spread_ratio,
+        }
+    }
+
+    /// The same for one start of several.
+    pub fn collapse_ratio_of(&self, r: &RestartRecord) -> f64 {
+        match self.collapse {
+            Collapse::Error => r.error_ratio,
+            Collapse::Spread => r.spread_ratio,
+        }
+    }
+
+    /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and the collapse
+    /// ratio over its threshold (below 1: flagged).
     pub fn closeness(&self, s: &ReversalSummary) -> f64 {
-        (s.score / self.epsilon).max(s.spread_ratio / self.collapse_threshold())
+        (s.score / self.epsilon).max(self.collapse_ratio(s) / self.collapse_threshold())
     }
 
     /// The residual generator's starting scale, `None` for a full-image generator.
@@ -220,11 +297,14 @@ impl DrmGuardConfig {
 
     /// The config with λ1 and λ2 filled in for `task`, checked.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
-        let (l1, l2) = default_lambdas(task);
+        let d = task_defaults(task);
         let c = DrmGuardConfig {
-            lambda1: Some(self.lambda1.unwrap_or(l1)),
-            lambda2: Some(self.lambda2.unwrap_or(l2)),
-            max_spread_ratio: Some(self.max_spread_ratio.unwrap_or(default_max_spread_ratio(task))),
+            lambda1: Some(self.lambda1.unwrap_or(d.lambda1)),
+            lambda2: Some(self.lambda2.unwrap_or(d.lambda2)),
+            max_spread_ratio: Some(self.max_spread_ratio.unwrap_or(d.max_spread_ratio)),
+            max_error_ratio: Some(self.max_error_ratio.unwrap_or(d.max_error_ratio)),
+            lr: Some(self.lr.unwrap_or(d.lr)),
+            generator_coordinates: Some(self.generator_coordinates.unwrap_or(d.generator_coordinates)),
             ..self.clone()
         };
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
@@ -250,11 +330,15 @@ impl DrmGuardConfig {
         if !(1..=256).contains(&c.generator_width) {
             return Err(Error::invalid("generator width", format!("{} (must be within 1..=256)", c.generator_width)));
         }
-        if !(c.lr > 0.0 && c.lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
-            return Err(Error::invalid("DRMGuard learning rate / ε", format!("{} / {}", c.lr, c.epsilon)));
+        let lr = c.learning_rate();
+        if !(lr > 0.0 && lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
+            return Err(Error::invalid("DRMGuard learning rate / ε", format!("{lr} / {}", c.epsilon)));
         }
         if !c.max_spread_ratio.is_some_and(|r| r > 0.0 && r.is_finite()) {
             return Err(Error::invalid("DRMGuard maximum spread ratio", format!("{:?} (must be finite and > 0)", c.max_spread_ratio)));
+        }
+        if !c.max_error_ratio.is_some_and(|r| r > 0.0 && r.is_finite()) {
+            return Err(Error::invalid("DRMGuard maximum error ratio", format!("{:?} (must be finite and > 0)", c.max_error_ratio)));
         }
         Ok(c)
     }
@@ -288,6 +372,13 @@ pub struct ReversalSummary {
     /// How far the outputs collapsed: `output_std_deg / clean_output_std_deg`, mean over the
     /// outputs (1: not at all, 0: every reversed image gives the same output).
     pub spread_ratio: f64,
+    /// The model's mean absolute error per output on the clean images, degrees.
+    #[serde(default)]
+    pub clean_error_deg: Vec<f64>,
+    /// `output_std_deg / clean_error_deg`, mean over the outputs: below 1, G pins the outputs
+    /// more tightly than the model predicts the truth.
+    #[serde(default)]
+    pub error_ratio: f64,
     /// Ratio of angle variance of the reversed to the clean images, mean over outputs.
     pub rav: f64,
     pub rav_per_output: Vec<f64>,
@@ -306,7 +397,10 @@ pub struct RestartRecord {
     pub seed: u64,
     pub score: f64,
     pub spread_ratio: f64,
-    /// max(I(f) / ε, spread ratio / ρ): below 1 is a backdoor verdict; the smallest is kept.
+    #[serde(default)]
+    pub error_ratio: f64,
+    /// max(I(f) / ε, collapse ratio / its threshold): below 1 is a backdoor verdict; the
+    /// smallest is kept.
     pub closeness: f64,
 }
 
@@ -359,7 +453,7 @@ impl DrmGuard {
         let c = &reversal.config;
         let mut detection = Detection::decide("drmguard", s.score, c.epsilon, true, started.elapsed().as_secs_f64(), details);
         // Both conditions at once, each measured against its own threshold: the model is flagged
-        // iff the worse of I(f) / ε and spread ratio / ρ is below 1. The margin is in units of
+        // iff the worse of I(f) / ε and collapse ratio / κ (or ρ) is below 1. The margin is in units of
         // I(f) (it is I(f) − ε whenever the collapse holds with room to spare).
         let worse = c.closeness(s);
         detection.backdoored = worse < 1.0;
@@ -395,6 +489,7 @@ impl DrmGuard {
         let deg = |v: &[f32]| suspect.task.format_values(v);
         let unit = suspect.task.unit();
         let spread = |v: &[f64]| v.iter().map(|x| format!("{x:.2}{unit}")).collect::<Vec<_>>().join(", ");
+        let decides = |m: Collapse| if m == c.collapse { format!(", a collapse below {}", c.collapse_threshold()) } else { String::new() };
         let mut rows = vec![
             (
                 "DRMGuard".into(),
@@ -402,7 +497,7 @@ impl DrmGuard {
                     "{} generator (width {}{}), r_f {:?}, MTR {:?}, λ1 = {}, λ2 = {}",
                     c.generator,
                     c.generator_width,
-                    if c.generator_coordinates { ", with coordinates" } else { "" },
+                    if c.coordinates() { ", with coordinates" } else { "" },
                     c.feature_reg,
                     c.mtr,
                     c.lambda1.unwrap_or_default(),
@@ -412,13 +507,17 @@ impl DrmGuard {
             ("estimated target (mean of f(G(x)))".into(), deg(&s.estimated_target)),
             (
                 "spread of f(G(x)) / of f(x)".into(),
-                format!("{} / {} (ratio {:.3}, collapse below {})", spread(&s.output_std_deg), spread(&s.clean_output_std_deg), s.spread_ratio, c.collapse_threshold()),
+                format!("{} / {} (spread ratio {:.3}{})", spread(&s.output_std_deg), spread(&s.clean_output_std_deg), s.spread_ratio, decides(Collapse::Spread)),
+            ),
+            (
+                "spread of f(G(x)) / the model's clean error".into(),
+                format!("{} / {} (error ratio {:.3}{})", spread(&s.output_std_deg), spread(&s.clean_error_deg), s.error_ratio, decides(Collapse::Error)),
             ),
             ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
             ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
         ];
         if !s.restarts.is_empty() {
-            let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, ratio {:.3}", r.seed, r.score, r.spread_ratio)).collect();
+            let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, {} ratio {:.3}", r.seed, r.score, c.collapse, c.collapse_ratio_of(r))).collect();
             rows.push((format!("{} starts (the closest kept)", s.restarts.len()), starts.join("; ")));
         }
         Ok(Finding {
@@ -426,7 +525,8 @@ impl DrmGuard {
             config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,
             seed: reversal.seed,
             rule: format!(
-                "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε and G collapsed the outputs (spread ratio < {})",
+                "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε and G collapsed the outputs ({} ratio < {})",
+                c.collapse,
                 c.collapse_threshold()
             ),
             rows,
@@ -451,7 +551,7 @@ impl DrmGuard {
             let r = reverse_once(&config, suspect, clean, &clean_stats, seed.wrapping_add(k), device)?;
             let c = config.closeness(&r.summary);
             tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, spread_ratio = r.summary.spread_ratio, "drmguard start done");
-            records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, closeness: c });
+            records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, error_ratio: r.summary.error_ratio, closeness: c });
             if best.as_ref().is_none_or(|b| c < config.closeness(&b.summary)) {
                 best = Some(r);
             }
@@ -478,7 +578,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
     .reshape([1, -1]);
 
     let mut generator = init_seeded(&ad, seed, || {
-        if config.generator_coordinates {
+        if config.coordinates() {
             Generator::with_coordinates(config.generator, config.generator_width, config.residual(), &ad)
         } else {
             Generator::new(config.generator, config.generator_width, config.residual(), &ad)
@@ -498,7 +598,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
             bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
         }
         let grads = GradientsParams::from_grads(l1.backward(), &generator);
-        generator = optim.step(config.lr, generator, grads);
+        generator = optim.step(config.learning_rate(), generator, grads);
         bar.inc(1);
     }
     for step in 0..config.steps {
@@ -574,7 +674,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
             history.push(record);
         }
         let grads = GradientsParams::from_grads(loss.backward(), &generator);
-        generator = optim.step(config.lr, generator, grads);
+        generator = optim.step(config.learning_rate(), generator, grads);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -590,13 +690,17 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         .collect();
     let output_std_deg: Vec<f64> = reversed_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
     let clean_output_std_deg: Vec<f64> = clean_stats.output_std.iter().map(|&v| v * suspect.task.units_per_label()).collect();
-    let spread_ratio = output_std_deg.iter().zip(&clean_output_std_deg).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
+    let clean_error_deg: Vec<f64> = clean_stats.output_mae.iter().map(|&v| v * suspect.task.units_per_label()).collect();
+    let mean_ratio = |over: &[f64]| output_std_deg.iter().zip(over).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
+    let (spread_ratio, error_ratio) = (mean_ratio(&clean_output_std_deg), mean_ratio(&clean_error_deg));
     let summary = ReversalSummary {
         score: reversed_stats.l1,
         estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
         output_std_deg,
         clean_output_std_deg,
         spread_ratio,
+        clean_error_deg,
+        error_ratio,
         rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
         rav_per_output,
         steps: config.steps,
@@ -686,6 +790,8 @@ struct SetStats {
     output_std: Vec<f64>,
     /// Population variance of the feature angle per output (rad²).
     angle_var: Vec<f64>,
+    /// Mean absolute error to the true labels per output (label units).
+    output_mae: Vec<f64>,
 }
 
 fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Generator>, batch_size: usize) -> Result<SetStats> {
@@ -693,10 +799,11 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
     let generator = generator.map(|g| g.clone().to_device(&device));
     let weight = model.head_weight();
     let indices: Vec<usize> = (0..clean.len()).collect();
-    let (mut outputs, mut angle_values) = (Vec::new(), Vec::new());
+    let (mut outputs, mut angle_values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     let mut l1_sum = 0.0f64;
     for batch in indices.chunks(batch_size.max(1)) {
-        let (x, _) = clean.batch(batch, &device);
+        let (x, y) = clean.batch(batch, &device);
+        labels.extend(values(y)?);
         let input = match &generator {
             Some(g) => {
                 let r = g.forward(x.clone());
@@ -715,12 +822,15 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
     }
     let (output_mean, output_var) = column_mean_var(&outputs, d);
     let (_, angle_var) = column_mean_var(&angle_values, d);
+    let errors: Vec<f32> = outputs.iter().zip(&labels).map(|(o, l)| (o - l).abs()).collect();
+    let (output_mae, _) = column_mean_var(&errors, d);
     let s = clean.data().image_size as f64;
     Ok(SetStats {
         l1: l1_sum / (clean.len() as f64 * 3.0 * s * s),
         output_mean,
         output_std: output_var.iter().map(|v| v.sqrt()).collect(),
         angle_var,
+        output_mae,
     })
 }
 
