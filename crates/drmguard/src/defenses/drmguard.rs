@@ -172,8 +172,6 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
-
-
 /// What the generator outputs (method.md §4.3 and docs/drmguard.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -232,7 +230,10 @@ pub struct TaskDefaults {
 ///   the side, vary about 24 times less than head-pose angles in radians: 0.0091 against 0.214),
 ///   rounded up, so that the variance term weighs about the same against the L1 term; not tuned
 ///   (docs/import.md has what it does on ONet).
-/// - ρ: benign gaze models collapse to 0.19–0.31 by repainting the irises, found gaze triggers
+/// - κ (the verdict's threshold by default): found triggers pin the outputs to 0.18–0.40 of the
+///   model's clean error, benign models to 0.50 (32×32 benchmark models, clean error 17°) and
+///   0.9–2.6 (64×64, clean error 2–4°), on both tasks (stop 18).
+/// - ρ (`--collapse spread`): benign gaze models collapse to 0.19–0.31 by repainting the irises, found gaze triggers
 ///   to 0.04–0.18. On head pose, 64×64 benign models collapse to 0.14–0.19 and a found BadNets
 ///   patch to 0.03–0.05 (stop 18); ρ 0.3, measured on 32×32 models alone, flagged benign 64×64
 ///   models whenever their I(f) fell under ε. Landmarks keep 0.3 (on ONet benign models collapse
@@ -295,7 +296,7 @@ impl DrmGuardConfig {
         (self.output == GeneratorOutput::Residual).then_some(self.residual_scale)
     }
 
-    /// The config with λ1 and λ2 filled in for `task`, checked.
+    /// The config with the per-task defaults filled in for `task` where left open, checked.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
         let d = task_defaults(task);
         let c = DrmGuardConfig {
@@ -550,7 +551,7 @@ impl DrmGuard {
         for k in 0..config.restarts as u64 {
             let r = reverse_once(&config, suspect, clean, &clean_stats, seed.wrapping_add(k), device)?;
             let c = config.closeness(&r.summary);
-            tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, spread_ratio = r.summary.spread_ratio, "drmguard start done");
+            tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, error_ratio = r.summary.error_ratio, spread_ratio = r.summary.spread_ratio, "drmguard start done");
             records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, error_ratio: r.summary.error_ratio, closeness: c });
             if best.as_ref().is_none_or(|b| c < config.closeness(&b.summary)) {
                 best = Some(r);
