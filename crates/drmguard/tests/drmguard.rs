@@ -96,8 +96,8 @@ fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     assert!((direct - detection.score).abs() < 1e-4, "report {} vs direct {direct}", detection.score);
     // The error ratio divides the reversed outputs' spread by the model's own mean absolute
     // error on the clean set, recomputed here from its predictions and the true labels.
-    let (_, y) = clean.batch(&indices, &device);
-    let outputs = suspect.model.forward(clean.batch(&indices, &device).0).into_data().try_to_vec::<f32>().unwrap();
+    let (x, y) = clean.batch(&indices, &device);
+    let outputs = suspect.model.forward(x).into_data().try_to_vec::<f32>().unwrap();
     let labels = y.into_data().try_to_vec::<f32>().unwrap();
     for (j, &reported) in s.clean_error_deg.iter().enumerate() {
         let mae = outputs.iter().zip(&labels).skip(j).step_by(2).map(|(o, l)| (o - l).abs() as f64).sum::<f64>() / clean.len() as f64;

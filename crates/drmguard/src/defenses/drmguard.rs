@@ -269,26 +269,18 @@ impl DrmGuardConfig {
         }
     }
 
-    /// The ratio of a reversal that `collapse` reads: the error ratio or the spread ratio.
-    pub fn collapse_ratio(&self, s: &ReversalSummary) -> f64 {
+    /// Of a reversal's spread and error ratios, the one that `collapse` reads.
+    pub fn collapse_ratio(&self, spread_ratio: f64, error_ratio: f64) -> f64 {
         match self.collapse {
-            Collapse::Error => s.error_ratio,
-            Collapse::Spread => s.spread_ratio,
-        }
-    }
-
-    /// The same for one start of several.
-    pub fn collapse_ratio_of(&self, r: &RestartRecord) -> f64 {
-        match self.collapse {
-            Collapse::Error => r.error_ratio,
-            Collapse::Spread => r.spread_ratio,
+            Collapse::Error => error_ratio,
+            Collapse::Spread => spread_ratio,
         }
     }
 
     /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and the collapse
     /// ratio over its threshold (below 1: flagged).
     pub fn closeness(&self, s: &ReversalSummary) -> f64 {
-        (s.score / self.epsilon).max(self.collapse_ratio(s) / self.collapse_threshold())
+        (s.score / self.epsilon).max(self.collapse_ratio(s.spread_ratio, s.error_ratio) / self.collapse_threshold())
     }
 
     /// The residual generator's starting scale, `None` for a full-image generator.
@@ -518,7 +510,7 @@ impl DrmGuard {
             ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
         ];
         if !s.restarts.is_empty() {
-            let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, {} ratio {:.3}", r.seed, r.score, c.collapse, c.collapse_ratio_of(r))).collect();
+            let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, {} ratio {:.3}", r.seed, r.score, c.collapse, c.collapse_ratio(r.spread_ratio, r.error_ratio))).collect();
             rows.push((format!("{} starts (the closest kept)", s.restarts.len()), starts.join("; ")));
         }
         Ok(Finding {
