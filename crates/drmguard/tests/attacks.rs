@@ -287,6 +287,34 @@ fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
 }
 
 #[test]
+fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
+    let config = TrainConfig::new(Task::Gaze, Profile::Smoke, 4);
+    let device = Device::flex();
+    let data = synthesize(Task::Gaze, 256, config.image_size, 4).unwrap();
+    let val = synthesize(Task::Gaze, 64, config.image_size, 5).unwrap();
+    let (benign, _) = train(&config, &data, &val, None, &device).unwrap();
+    let plain = CleanLabelConfig::default();
+    let same = plain.surrogate(&benign, &data, 0, &device).unwrap();
+    let outputs = |m: &drmguard::models::Model| predict(m, &val, 64).unwrap();
+    assert_eq!(outputs(&same), outputs(&benign), "0 robust epochs keeps the benign model");
+    let robust_config = CleanLabelConfig { robust_epochs: 3, ..Default::default() };
+    let robust = robust_config.surrogate(&benign, &data, 0, &device).unwrap();
+    assert_eq!(outputs(&robust), outputs(&robust_config.surrogate(&benign, &data, 0, &device).unwrap()), "seeded");
+    // The PGD perturbation moves each model's outputs; the adversarially fine-tuned one less.
+    let picked: Vec<usize> = (0..val.len()).collect();
+    let shift = |m: &drmguard::models::Model| {
+        let hard = plain.harden(m, &val, &picked, &device).unwrap();
+        let (a, b) = (predict(m, &val, 64).unwrap(), predict(m, &hard, 64).unwrap());
+        task_error(Task::Gaze, &a, &b).mean_deg
+    };
+    let (plain_shift, robust_shift) = (shift(&benign), shift(&robust));
+    assert!(
+        robust_shift < 0.8 * plain_shift,
+        "PGD moved the robust surrogate by {robust_shift:.2}°, the plain one by {plain_shift:.2}°"
+    );
+}
+
+#[test]
 fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones() {
     let device = Device::flex();
     let z = |values: Vec<f32>, n: usize| Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [n, 3]), &device);

@@ -279,7 +279,8 @@ impl BackdoorSpec {
         })?;
         let mut indices: Vec<usize> = plan.poisoned.iter().copied().collect();
         indices.sort_unstable();
-        config.harden(surrogate, &train, &indices, device)
+        let surrogate = config.surrogate(surrogate, &train, self.seed, device)?;
+        config.harden(&surrogate, &train, &indices, device)
     }
 }
 
