@@ -47,6 +47,9 @@ fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
     args.extend(FAST);
     let o = drmguard(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repaired.with_extension("report.json")).unwrap()).unwrap();
+    assert_eq!(record["unlearn_config"]["reversed_ratio"], 0.5, "DRMGuard's default share of reversed images: {record}");
     let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
 }

@@ -17,7 +17,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
-use super::unlearn::{UnlearnConfig, unlearn};
+use super::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, scalar, values};
 use crate::data::to_images;
 use crate::report::reversed::{map_figure, reversal_figure};
@@ -728,7 +728,8 @@ impl DrmGuardRepair {
     /// Unlearns the trigger of an existing reversal (e.g. one a scan just made).
     pub fn repair(&self, suspect: &Suspect, clean: &CleanSet, detection: &Detection, reversal: &Reversal, device: &Device) -> Result<Repair> {
         let generator = reversal.generator.clone().to_device(device);
-        let (model, summary) = unlearn(suspect, clean, &|x| generator.forward(x), &self.unlearn, reversal.seed, device)?;
+        let config = self.unlearn.with_default_ratio(DRMGUARD_UNLEARN_RATIO);
+        let (model, summary) = unlearn(suspect, clean, &|x| generator.forward(x), &config, reversal.seed, device)?;
         let record = serde_json::json!({
             "defense": "drmguard",
             "detection": {
@@ -739,7 +740,7 @@ impl DrmGuardRepair {
                 "rav": reversal.summary.rav,
             },
             "drmguard_config": reversal.config,
-            "unlearn_config": self.unlearn,
+            "unlearn_config": config,
             "unlearn": summary,
             "seed": reversal.seed,
         });

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::trigger::{FreeTarget, MaskTrigger};
-use super::unlearn::{UnlearnConfig, unlearn};
+use super::unlearn::{NC_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, values};
 use crate::error::{Error, Result};
 use crate::metrics::{mean_error_to, share_within};
@@ -354,11 +354,12 @@ impl Mitigator for NcUnlearning {
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
         let r = NeuralCleanse { config: self.nc.clone() }.reverse(suspect, clean, seed, device)?;
         let trigger = r.trigger.clone().to_device(device);
-        let (model, summary) = unlearn(suspect, clean, &|x| trigger.stamp(x), &self.unlearn, seed, device)?;
+        let config = self.unlearn.with_default_ratio(NC_UNLEARN_RATIO);
+        let (model, summary) = unlearn(suspect, clean, &|x| trigger.stamp(x), &config, seed, device)?;
         let record = serde_json::json!({
             "defense": "nc",
             "nc_config": self.nc,
-            "unlearn_config": self.unlearn,
+            "unlearn_config": config,
             "mask_share": r.mask_share,
             "estimated_target": r.target,
             "succeeded": r.succeeded,

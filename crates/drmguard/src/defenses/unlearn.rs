@@ -17,9 +17,10 @@ use crate::train::{FineTuneConfig, fine_tune};
 /// Unlearning settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct UnlearnConfig {
-    /// Unlearning: share of the clean set added again as reversed images G(x) with true labels.
-    #[arg(id = "unlearn_reversed_ratio", long = "unlearn-ratio", default_value_t = 0.2)]
-    pub reversed_ratio: f64,
+    /// Unlearning: share of the clean set added again as reversed images with true labels
+    /// [default: 0.5 for DRMGuard, 0.2 (BackdoorBench's) for Neural Cleanse].
+    #[arg(id = "unlearn_reversed_ratio", long = "unlearn-ratio")]
+    pub reversed_ratio: Option<f64>,
     /// Unlearning: fine-tuning epochs over the clean plus reversed images.
     #[arg(id = "unlearn_epochs", long = "unlearn-epochs", default_value_t = 20)]
     pub epochs: usize,
@@ -33,7 +34,20 @@ pub struct UnlearnConfig {
 
 impl Default for UnlearnConfig {
     fn default() -> Self {
-        UnlearnConfig { reversed_ratio: 0.2, epochs: 20, learning_rate: 1e-4, batch_size: 50 }
+        UnlearnConfig { reversed_ratio: None, epochs: 20, learning_rate: 1e-4, batch_size: 50 }
+    }
+}
+
+/// DRMGuard's default share of reversed images: on the 64×64 head-pose WaNet model 0.2 cut DAE by
+/// 64% and 0.5 by 72%, on gaze's 82% and 84%, at no cost in clean error (docs/drmguard.md).
+pub const DRMGUARD_UNLEARN_RATIO: f64 = 0.5;
+/// Neural Cleanse's: BackdoorBench stamps 20% of the clean set with the reversed trigger.
+pub const NC_UNLEARN_RATIO: f64 = 0.2;
+
+impl UnlearnConfig {
+    /// This config with the share of reversed images filled in where the user left it open.
+    pub fn with_default_ratio(&self, ratio: f64) -> UnlearnConfig {
+        UnlearnConfig { reversed_ratio: Some(self.reversed_ratio.unwrap_or(ratio)), ..self.clone() }
     }
 }
 
@@ -55,14 +69,15 @@ pub fn unlearn(
     seed: u64,
     device: &Device,
 ) -> Result<(Model, UnlearnSummary)> {
-    if !(config.reversed_ratio > 0.0 && config.reversed_ratio <= 1.0) {
-        return Err(Error::invalid("unlearning ratio", format!("{} (must be in (0, 1])", config.reversed_ratio)));
+    let ratio = config.reversed_ratio.ok_or_else(|| Error::invalid("unlearning ratio", "not set"))?;
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(Error::invalid("unlearning ratio", format!("{ratio} (must be in (0, 1])")));
     }
     clean.check_for(suspect, config.batch_size)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x756e_6c65_6172_6e00);
     let mut picked: Vec<usize> = (0..clean.len()).collect();
     picked.shuffle(&mut rng);
-    picked.truncate(((clean.len() as f64 * config.reversed_ratio).round() as usize).max(1));
+    picked.truncate(((clean.len() as f64 * ratio).round() as usize).max(1));
     picked.sort_unstable();
 
     let mut set: Dataset = clean.data().clone();
@@ -77,4 +92,18 @@ pub fn unlearn(
     let fine = FineTuneConfig { epochs: config.epochs, batch_size: config.batch_size, learning_rate: config.learning_rate, seed };
     let (model, epoch_losses) = fine_tune(&suspect.model, &set, &fine, device)?;
     Ok((model, UnlearnSummary { clean_images: clean.len(), reversed_images: picked.len(), epoch_losses }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_ratio_fills_only_what_the_user_left_open() {
+        let open = UnlearnConfig::default();
+        assert_eq!(open.with_default_ratio(DRMGUARD_UNLEARN_RATIO).reversed_ratio, Some(0.5));
+        assert_eq!(open.with_default_ratio(NC_UNLEARN_RATIO).reversed_ratio, Some(0.2));
+        let chosen = UnlearnConfig { reversed_ratio: Some(0.3), ..open };
+        assert_eq!(chosen.with_default_ratio(DRMGUARD_UNLEARN_RATIO), chosen);
+    }
 }
