@@ -120,6 +120,14 @@ fn bad_defense_options_are_refused() {
     assert!(err.contains("ε"), "{err}");
     let err = fails(&["scan", "--model", m, "--out", o, "--steps", "0"]);
     assert!(err.contains("steps"), "{err}");
+    // Refused before the reverse engineering runs, not after it.
+    let repaired = tmp.path().join("fixed.safetensors");
+    let mut args = vec!["mitigate", "--model", m, "--out", repaired.to_str().unwrap(), "--unlearn-ratio", "1.5"];
+    args.extend(FAST);
+    let err = fails(&args);
+    assert!(err.contains("unlearning ratio") && err.contains("1.5"), "{err}");
+    assert!(!err.contains("reverse engineering done"), "the ratio was checked only after the reversal: {err}");
+    assert!(!repaired.exists());
 }
 
 #[test]

@@ -315,6 +315,25 @@ fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
 }
 
 #[test]
+fn clean_label_settings_added_later_keep_the_old_cache_keys() {
+    // Model caches are keyed by the serialised attack config: at their defaults the robust
+    // surrogate's fields must not appear, so models trained before them are still found.
+    let plain = CleanLabelConfig::default();
+    let json = serde_json::to_value(&plain).unwrap();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 4, "{json}");
+    assert_eq!(serde_json::from_value::<CleanLabelConfig>(json).unwrap(), plain);
+    let robust = CleanLabelConfig { robust_epochs: 3, robust_epsilon: Some(0.1), ..Default::default() };
+    let json = serde_json::to_value(&robust).unwrap();
+    assert_eq!((json["robust_epochs"].as_u64(), json["robust_epsilon"].as_f64().map(|e| (e * 10.0).round())), (Some(3), Some(1.0)));
+    assert_eq!(robust.robust_epsilon(), 0.1);
+    assert_eq!(plain.robust_epsilon(), plain.pgd_epsilon / 2.0, "half the PGD bound unless set");
+    for bad in [Some(0.0), Some(-0.1), Some(1.5), Some(f32::NAN)] {
+        assert!(CleanLabelConfig { robust_epsilon: bad, ..Default::default() }.validate().is_err(), "{bad:?} was accepted");
+    }
+}
+
+#[test]
 fn adaptive_penalty_vanishes_for_clean_like_angles_and_punishes_collapsed_ones() {
     let device = Device::flex();
     let z = |values: Vec<f32>, n: usize| Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [n, 3]), &device);

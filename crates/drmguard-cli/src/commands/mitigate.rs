@@ -30,6 +30,7 @@ pub fn run(a: MitigateArgs, device: DeviceKind) -> Result<()> {
         bail!("--out {} must end in .safetensors", a.out.display());
     }
     drmguard::io::ensure_parent_exists(&a.out).context("--out")?;
+    a.configs.validate(a.defense).with_context(|| format!("{} mitigation settings", a.defense))?;
     let started = Instant::now();
     let (suspect, clean, card) = a.input.load(&device)?;
     let mitigator = a.configs.build(a.defense);

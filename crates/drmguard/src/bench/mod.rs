@@ -224,6 +224,9 @@ impl BenchConfig {
         for name in &self.attacks {
             self.profile.attack(name)?;
         }
+        for &kind in &self.mitigators {
+            self.mitigator_configs.validate(kind)?;
+        }
         Ok(())
     }
 }

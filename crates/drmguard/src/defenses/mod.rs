@@ -400,6 +400,20 @@ pub struct MitigatorConfigs {
 }
 
 impl MitigatorConfigs {
+    /// Refuses the settings mitigator `kind` reads where no run could use them, so that a bad
+    /// value stops a run before its reverse engineering or pruning spends time.
+    pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
+        match kind {
+            MitigatorKind::Drmguard => self.unlearn.validate(),
+            MitigatorKind::Nc => {
+                self.nc.validate()?;
+                self.unlearn.validate()
+            }
+            MitigatorKind::Anp => self.anp.validate(),
+            MitigatorKind::Ft | MitigatorKind::Fp => Ok(()),
+        }
+    }
+
     pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
         match kind {
             MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),

@@ -45,6 +45,25 @@ pub const DRMGUARD_UNLEARN_RATIO: f64 = 0.5;
 pub const NC_UNLEARN_RATIO: f64 = 0.2;
 
 impl UnlearnConfig {
+    /// Refuses settings no unlearning run could use, before any reverse engineering spends time.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(ratio) = self.reversed_ratio
+            && !(ratio > 0.0 && ratio <= 1.0)
+        {
+            return Err(Error::invalid("unlearning ratio", format!("{ratio} (must be in (0, 1])")));
+        }
+        if self.epochs == 0 {
+            return Err(Error::invalid("unlearning epochs", "0"));
+        }
+        if self.batch_size < 2 {
+            return Err(Error::invalid("unlearning batch size", format!("{} (must be at least 2)", self.batch_size)));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(Error::invalid("unlearning learning rate", format!("{}", self.learning_rate)));
+        }
+        Ok(())
+    }
+
     /// This config with the share of reversed images filled in where the user left it open.
     pub fn with_default_ratio(&self, ratio: f64) -> UnlearnConfig {
         UnlearnConfig { reversed_ratio: Some(self.reversed_ratio.unwrap_or(ratio)), ..self.clone() }
@@ -69,10 +88,8 @@ pub fn unlearn(
     seed: u64,
     device: &Device,
 ) -> Result<(Model, UnlearnSummary)> {
+    config.validate()?;
     let ratio = config.reversed_ratio.ok_or_else(|| Error::invalid("unlearning ratio", "not set"))?;
-    if !(ratio > 0.0 && ratio <= 1.0) {
-        return Err(Error::invalid("unlearning ratio", format!("{ratio} (must be in (0, 1])")));
-    }
     clean.check_for(suspect, config.batch_size)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x756e_6c65_6172_6e00);
     let mut picked: Vec<usize> = (0..clean.len()).collect();
@@ -105,5 +122,20 @@ mod tests {
         assert_eq!(open.with_default_ratio(NC_UNLEARN_RATIO).reversed_ratio, Some(0.2));
         let chosen = UnlearnConfig { reversed_ratio: Some(0.3), ..open };
         assert_eq!(chosen.with_default_ratio(DRMGUARD_UNLEARN_RATIO), chosen);
+    }
+
+    #[test]
+    fn settings_no_run_could_use_are_refused() {
+        assert!(UnlearnConfig::default().validate().is_ok());
+        for bad in [
+            UnlearnConfig { reversed_ratio: Some(0.0), ..Default::default() },
+            UnlearnConfig { reversed_ratio: Some(1.5), ..Default::default() },
+            UnlearnConfig { reversed_ratio: Some(f64::NAN), ..Default::default() },
+            UnlearnConfig { epochs: 0, ..Default::default() },
+            UnlearnConfig { batch_size: 1, ..Default::default() },
+            UnlearnConfig { learning_rate: -1e-4, ..Default::default() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} was accepted");
+        }
     }
 }

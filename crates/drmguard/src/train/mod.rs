@@ -243,6 +243,33 @@ pub fn fine_tune_constrained(
     device: &Device,
     constrain: &dyn Fn(Model) -> Model,
 ) -> Result<(Model, Vec<f64>)> {
+    fine_tune_general(model, data, config, device, constrain, &mut |_, x, _, _| Ok(x))
+}
+
+/// Makes the images a fine-tuning step learns from out of the batch's images and labels (both on
+/// the base device), given the model as it stands and the fine-tuning's random stream: adversarial
+/// training draws its examples here.
+pub type BatchInputs<'a> = dyn FnMut(&Model, Tensor<4>, &Tensor<2>, &mut ChaCha8Rng) -> Result<Tensor<4>> + 'a;
+
+/// [`fine_tune`] on the images `inputs` makes of each batch.
+pub fn fine_tune_on_inputs(
+    model: &Model,
+    data: &Dataset,
+    config: &FineTuneConfig,
+    device: &Device,
+    inputs: &mut BatchInputs,
+) -> Result<(Model, Vec<f64>)> {
+    fine_tune_general(model, data, config, device, &|m| m, inputs)
+}
+
+fn fine_tune_general(
+    model: &Model,
+    data: &Dataset,
+    config: &FineTuneConfig,
+    device: &Device,
+    constrain: &dyn Fn(Model) -> Model,
+    inputs: &mut BatchInputs,
+) -> Result<(Model, Vec<f64>)> {
     if config.epochs == 0 || config.batch_size < 2 {
         return Err(Error::invalid(
             "fine-tuning epochs / batch size",
@@ -255,8 +282,7 @@ pub fn fine_tune_constrained(
     if data.len() < config.batch_size {
         return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
     }
-    let device = device.clone().autodiff();
-    let mut model = constrain(model.clone().fork(&device).train());
+    let mut model = constrain(model.clone().fork(&device.clone().autodiff()).train());
     let mut optim = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
@@ -268,8 +294,9 @@ pub fn fine_tune_constrained(
         order.shuffle(&mut rng);
         let mut sum = 0.0;
         for batch in order.chunks_exact(config.batch_size) {
-            let (x, y) = data.batch(batch, &device);
-            let loss = (model.forward(x) - y).abs().mean();
+            let (x, y) = data.batch(batch, device);
+            let x = inputs(&model, x, &y, &mut rng)?;
+            let loss = (model.forward(x.autodiff()) - y.autodiff()).abs().mean();
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
                 return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}")));
