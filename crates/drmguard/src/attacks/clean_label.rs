@@ -58,8 +58,8 @@ pub struct CleanLabelConfig {
     pub robust_epsilon: Option<f32>,
 }
 
-// Fields added after the first release stay out of the serialised config at their defaults, so
-// that the cache keys of models trained before them do not change.
+// Fields added after models were first cached stay out of the serialised config at their
+// defaults, so that the cache keys of those models do not change.
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -120,9 +120,9 @@ impl CleanLabelConfig {
     /// The surrogate the PGD perturbation is drawn against: `benign` itself, or with
     /// `robust_epochs` > 0 `benign` fine-tuned adversarially on `data` (FGSM from a uniform random
     /// start, L∞ ε_r = ε/2 unless set, step 1.25 · ε_r, batch 64, Adam 1e-3 cosine-decayed: Wong,
-    /// Rice & Kolter's "fast" adversarial training). Turner et
-    /// al. perturb against adversarially trained models: their adversarial examples change what
-    /// the image shows rather than adding noise that a model trained on it learns to ignore.
+    /// Rice & Kolter's "fast" adversarial training). Turner et al. perturb against adversarially
+    /// trained models: their adversarial examples change what the image shows rather than adding
+    /// noise that a model trained on it learns to ignore.
     pub fn surrogate(&self, benign: &Model, data: &Dataset, seed: u64, device: &Device) -> Result<Model> {
         self.validate()?;
         if self.robust_epochs == 0 {
