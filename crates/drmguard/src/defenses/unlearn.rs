@@ -52,16 +52,12 @@ impl UnlearnConfig {
         {
             return Err(Error::invalid("unlearning ratio", format!("{ratio} (must be in (0, 1])")));
         }
-        if self.epochs == 0 {
-            return Err(Error::invalid("unlearning epochs", "0"));
-        }
-        if self.batch_size < 2 {
-            return Err(Error::invalid("unlearning batch size", format!("{} (must be at least 2)", self.batch_size)));
-        }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(Error::invalid("unlearning learning rate", format!("{}", self.learning_rate)));
-        }
-        Ok(())
+        self.fine_tune_config(0).validate()
+    }
+
+    /// The fine-tuning run this unlearning makes.
+    fn fine_tune_config(&self, seed: u64) -> FineTuneConfig {
+        FineTuneConfig { epochs: self.epochs, batch_size: self.batch_size, learning_rate: self.learning_rate, seed }
     }
 
     /// This config with the share of reversed images filled in where the user left it open.
@@ -106,8 +102,7 @@ pub fn unlearn(
             set.labels.extend_from_slice(clean.data().label(i));
         }
     }
-    let fine = FineTuneConfig { epochs: config.epochs, batch_size: config.batch_size, learning_rate: config.learning_rate, seed };
-    let (model, epoch_losses) = fine_tune(&suspect.model, &set, &fine, device)?;
+    let (model, epoch_losses) = fine_tune(&suspect.model, &set, &config.fine_tune_config(seed), device)?;
     Ok((model, UnlearnSummary { clean_images: clean.len(), reversed_images: picked.len(), epoch_losses }))
 }
 

@@ -228,6 +228,18 @@ pub struct FineTuneConfig {
     pub seed: u64,
 }
 
+impl FineTuneConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size < 2 {
+            return Err(Error::invalid("fine-tuning epochs / batch size", format!("{} / {}", self.epochs, self.batch_size)));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(Error::invalid("fine-tuning learning rate", format!("{}", self.learning_rate)));
+        }
+        Ok(())
+    }
+}
+
 /// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
 /// mode); returns the model in inference mode and the mean loss of each epoch.
 pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
@@ -270,15 +282,7 @@ fn fine_tune_general(
     constrain: &dyn Fn(Model) -> Model,
     inputs: &mut BatchInputs,
 ) -> Result<(Model, Vec<f64>)> {
-    if config.epochs == 0 || config.batch_size < 2 {
-        return Err(Error::invalid(
-            "fine-tuning epochs / batch size",
-            format!("{} / {}", config.epochs, config.batch_size),
-        ));
-    }
-    if !(config.learning_rate > 0.0 && config.learning_rate.is_finite()) {
-        return Err(Error::invalid("fine-tuning learning rate", format!("{}", config.learning_rate)));
-    }
+    config.validate()?;
     if data.len() < config.batch_size {
         return Err(Error::Data(format!("{} samples are fewer than one batch of {}", data.len(), config.batch_size)));
     }
