@@ -127,6 +127,27 @@ fn the_same_seed_gives_the_same_reversal() {
 }
 
 #[test]
+fn extra_steps_run_only_while_the_outputs_stay_collapsed() {
+    let (suspect, clean) = smoke_suspect();
+    let device = Device::flex();
+    let base = DrmGuardConfig { steps: 6, extra_steps: 6, batch_size: 16, ..DrmGuardConfig::default() };
+    let run = |c: DrmGuardConfig| DrmGuard::new(c).reverse(&suspect, &clean, 0, &device).unwrap().summary;
+    // Never collapsed (κ tiny): exactly `steps`.
+    let never = run(DrmGuardConfig { max_error_ratio: Some(1e-9), epsilon: 1e-9, ..base.clone() });
+    assert_eq!(never.steps, 6);
+    // Always collapsed and I(f) always above ε: at least one round of steps / 2 more, at most
+    // `extra_steps` more.
+    let always = DrmGuardConfig { max_error_ratio: Some(1e9), epsilon: 1e-9, ..base.clone() };
+    let extended = run(always.clone());
+    assert!((9..=12).contains(&extended.steps), "{} steps", extended.steps);
+    // The extension continues the same optimisation: a plain run of as many steps ends where it did.
+    let plain = run(DrmGuardConfig { steps: extended.steps, extra_steps: 0, ..always.clone() });
+    assert_eq!((plain.steps, plain.score, &plain.estimated_target), (extended.steps, extended.score, &extended.estimated_target));
+    // No extra steps allowed: exactly `steps`.
+    assert_eq!(run(DrmGuardConfig { extra_steps: 0, ..always }).steps, 6);
+}
+
+#[test]
 fn several_starts_keep_the_one_closest_to_a_verdict() {
     let (suspect, clean) = smoke_suspect();
     let config = DrmGuardConfig { steps: 5, batch_size: 16, ..DrmGuardConfig::default() };

@@ -101,6 +101,15 @@ pub struct DrmGuardConfig {
     /// them with it.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
+    /// Steps G may run beyond `steps`, in rounds of `steps / 2`, while it has collapsed the
+    /// outputs (error or spread ratio below κ or ρ) with I(f) still at or above ε and falling
+    /// (by 1% or more over the last round): a trigger that G found but still paints larger than
+    /// it is gets the time to shrink to its size (docs/drmguard.md, stop 21). A scan whose
+    /// outputs did not collapse stops at `steps`, so benign models cost no more. 0: exactly
+    /// `steps` (configs from before the option read so).
+    #[arg(long = "extra-steps", default_value_t = 400)]
+    #[serde(default)]
+    pub extra_steps: usize,
     /// Images per step.
     #[arg(long = "batch-size", default_value_t = 32)]
     pub batch_size: usize,
@@ -198,6 +207,7 @@ impl Default for DrmGuardConfig {
             mtr_beta: 0.9,
             mtr_gamma: 100.0,
             steps: 200,
+            extra_steps: 400,
             batch_size: 32,
             lr: None,
             epsilon: 0.03,
@@ -281,6 +291,12 @@ impl DrmGuardConfig {
     /// ratio over its threshold (below 1: flagged).
     pub fn closeness(&self, s: &ReversalSummary) -> f64 {
         (s.score / self.epsilon).max(self.collapse_ratio(s.spread_ratio, s.error_ratio) / self.collapse_threshold())
+    }
+
+    /// Whether a reversal collapsed the outputs (its collapse ratio is below κ or ρ), whatever
+    /// its I(f).
+    pub fn collapsed(&self, s: &ReversalSummary) -> bool {
+        self.collapse_ratio(s.spread_ratio, s.error_ratio) < self.collapse_threshold()
     }
 
     /// The residual generator's starting scale, `None` for a full-image generator.
@@ -375,6 +391,7 @@ pub struct ReversalSummary {
     /// Ratio of angle variance of the reversed to the clean images, mean over outputs.
     pub rav: f64,
     pub rav_per_output: Vec<f64>,
+    /// Steps G ran: `steps`, plus any of `extra_steps` that the collapse earned.
     pub steps: usize,
     pub history: Vec<StepRecord>,
     pub seconds_per_step: f64,
@@ -507,7 +524,10 @@ impl DrmGuard {
                 format!("{} / {} (error ratio {:.3}{})", spread(&s.output_std_deg), spread(&s.clean_error_deg), s.error_ratio, decides(Collapse::Error)),
             ),
             ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
-            ("steps".into(), format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step)),
+            ("steps".into(), match s.steps.checked_sub(c.steps).filter(|&extra| extra > 0) {
+                Some(extra) => format!("{} ({} + {extra} while the outputs stayed collapsed and I(f) fell; {:.3} s/step)", s.steps, c.steps, s.seconds_per_step),
+                None => format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step),
+            }),
         ];
         if !s.restarts.is_empty() {
             let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, {} ratio {:.3}", r.seed, r.score, c.collapse, c.collapse_ratio(r.spread_ratio, r.error_ratio))).collect();
@@ -583,6 +603,12 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
     let mut history = Vec::new();
     let log_every = (config.steps / 40).max(1);
     let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
+    // The optimisation runs to `planned`, which grows by rounds while a collapse is still
+    // shrinking (`extra_steps`); `measured` is the full-set measurement of G at `planned`.
+    let round = (config.steps / 2).max(1);
+    let mut planned = config.steps;
+    let limit = config.steps.saturating_add(config.extra_steps);
+    let mut measured: Option<(usize, ReversalSummary)> = None;
     let started = Instant::now();
     for step in 0..config.warmup_steps {
         let (x, _) = clean.batch(batches.next_batch(), &ad);
@@ -594,7 +620,8 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         generator = optim.step(config.learning_rate(), generator, grads);
         bar.inc(1);
     }
-    for step in 0..config.steps {
+    let mut step = 0;
+    while step < planned {
         let (x, _) = clean.batch(batches.next_batch(), &ad);
 
         let pixel_weight = match config.mtr {
@@ -648,7 +675,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
                 "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
             )));
         }
-        if step % log_every == 0 || step + 1 == config.steps {
+        if step % log_every == 0 || step + 1 == planned {
             let record = StepRecord {
                 step,
                 loss: loss_value,
@@ -669,12 +696,39 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         let grads = GradientsParams::from_grads(loss.backward(), &generator);
         generator = optim.step(config.learning_rate(), generator, grads);
         bar.inc(1);
+        step += 1;
+        if step == planned && planned < limit {
+            let now = measure(&config, suspect, clean, clean_stats, &generator.clone().valid())?;
+            let falling = measured.as_ref().is_none_or(|(_, before)| now.score < 0.99 * before.score);
+            if config.collapsed(&now) && now.score >= config.epsilon && falling {
+                let more = round.min(limit - planned);
+                tracing::info!(step, score = now.score, error_ratio = now.error_ratio, more, "outputs collapsed, I(f) still above ε and falling: more steps");
+                planned += more;
+                bar.inc_length(more as u64);
+            }
+            measured = Some((step, now));
+        }
     }
     bar.finish_and_clear();
-    let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + config.steps) as f64;
+    let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + step) as f64;
 
     let generator = generator.valid();
-    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(&generator), config.batch_size)?;
+    let mut summary = match measured {
+        Some((at, summary)) if at == step => summary,
+        _ => measure(&config, suspect, clean, clean_stats, &generator)?,
+    };
+    summary.steps = step;
+    summary.history = history;
+    summary.seconds_per_step = seconds_per_step;
+    tracing::info!(score = summary.score, rav = summary.rav, steps = step, seconds_per_step, "drmguard reverse engineering done");
+    let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+    Ok(Reversal { generator, summary, config, seed, attention })
+}
+
+/// What G does on the whole clean set: I(f), the estimated target and how far the outputs
+/// collapsed. `steps`, `history` and `seconds_per_step` are left for the caller.
+fn measure(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_stats: &SetStats, generator: &Generator) -> Result<ReversalSummary> {
+    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(generator), config.batch_size)?;
     let rav_per_output: Vec<f64> = reversed_stats
         .angle_var
         .iter()
@@ -696,14 +750,12 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         error_ratio,
         rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
         rav_per_output,
-        steps: config.steps,
-        history,
-        seconds_per_step,
+        steps: 0,
+        history: Vec::new(),
+        seconds_per_step: 0.0,
         restarts: Vec::new(),
     };
-    tracing::info!(score = summary.score, rav = summary.rav, seconds_per_step, "drmguard reverse engineering done");
-    let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
-    Ok(Reversal { generator, summary, config, seed, attention })
+    Ok(summary)
 }
 
 impl Detector for DrmGuard {
