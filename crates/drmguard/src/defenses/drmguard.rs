@@ -103,7 +103,7 @@ pub struct DrmGuardConfig {
     pub steps: usize,
     /// Steps G may run beyond `steps`, in rounds of `steps / 2`, while it has collapsed the
     /// outputs (error or spread ratio below κ or ρ) with I(f) still at or above ε and falling
-    /// (by 1% or more over the last round): a trigger that G found but still paints larger than
+    /// (by 9% or more over the last round): a trigger that G found but still paints larger than
     /// it is gets the time to shrink to its size (docs/drmguard.md, stop 21). A scan whose
     /// outputs did not collapse stops at `steps`, so benign models cost no more. 0: exactly
     /// `steps` (configs from before the option read so).
@@ -575,6 +575,12 @@ impl DrmGuard {
     }
 }
 
+/// How much I(f) must fall over a round of extra steps for another round: a found trigger's edit
+/// sheds what the collapse does not need fast (rounds of 10–39% on the backdoored models that
+/// gained a verdict from them), a benign model's collapse gives ground slowly (5–8% a round on
+/// the one 32×32 benign model that collapsed under κ with I(f) above ε; docs/drmguard.md).
+const MIN_FALL_PER_ROUND: f64 = 0.09;
+
 /// One generator from `seed`, under a resolved `config`, against the clean set's statistics.
 fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_stats: &SetStats, seed: u64, device: &Device) -> Result<Reversal> {
     let config = config.clone();
@@ -699,7 +705,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         step += 1;
         if step == planned && planned < limit {
             let now = measure(&config, suspect, clean, clean_stats, &generator.clone().valid())?;
-            let falling = measured.as_ref().is_none_or(|(_, before)| now.score < 0.99 * before.score);
+            let falling = measured.as_ref().is_none_or(|(_, before)| now.score < (1.0 - MIN_FALL_PER_ROUND) * before.score);
             if config.collapsed(&now) && now.score >= config.epsilon && falling {
                 let more = round.min(limit - planned);
                 tracing::info!(step, score = now.score, error_ratio = now.error_ratio, more, "outputs collapsed, I(f) still above ε and falling: more steps");
