@@ -571,6 +571,10 @@ fn summarise_mitigations(c: &BenchConfig, models: &[ModelRecord], mitigations: &
             let ids: Vec<&str> = models.iter().filter(|m| m.task == task && m.attack.as_ref() == Some(attack)).map(|m| m.id.as_str()).collect();
             for &mitigator in &c.mitigators {
                 let rs: Vec<&MitigationRecord> = mitigations.iter().filter(|r| r.mitigator == mitigator && ids.contains(&r.model.as_str())).collect();
+                // A mean over no repairs is no result (`--mitigated-per-class 0`): leave the row out.
+                if rs.is_empty() {
+                    continue;
+                }
                 out.push(MitigationSummary {
                     task,
                     attack: attack.clone(),
@@ -593,6 +597,13 @@ fn summarise_mitigations(c: &BenchConfig, models: &[ModelRecord], mitigations: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_that_repairs_nothing_summarises_no_repairs() {
+        let c = BenchConfig::new(BenchProfile::Smoke);
+        assert!(!c.attacks.is_empty() && !c.mitigators.is_empty());
+        assert!(summarise_mitigations(&c, &[], &[]).is_empty());
+    }
 
     /// A cached scan or repair is keyed on the settings its defense reads: changing DRMGuard's
     /// must not throw away the other defenses' results (and must change DRMGuard's own key).

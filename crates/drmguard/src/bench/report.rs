@@ -107,7 +107,11 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after)\n\n\
              | attack | mitigator | models | clean | AE | DAE | time |\n|---|---|---|---|---|---|---|\n",
         ));
-        for s in r.mitigation_summary.iter().filter(|s| s.task == task) {
+        let repaired: Vec<_> = r.mitigation_summary.iter().filter(|s| s.task == task).collect();
+        if repaired.is_empty() {
+            md.push_str("| (no model was repaired in this run) | | | | | | |\n");
+        }
+        for s in repaired {
             md.push_str(&format!(
                 "| {} | {} | {} | {:.2} → {:.2} | {:.2} → {:.2} | {:.2} → {:.2} | {:.1} s |\n",
                 s.attack,
