@@ -609,12 +609,11 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
     let mut history = Vec::new();
     let log_every = (config.steps / 40).max(1);
     let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
-    // The optimisation runs to `planned`, which grows by rounds while a collapse is still
-    // shrinking (`extra_steps`); `measured` is the full-set measurement of G at `planned`.
+    // The optimisation runs to `planned`, then G is measured on the whole clean set; `planned`
+    // grows by a round while a collapse is still shrinking (`extra_steps`).
     let round = (config.steps / 2).max(1);
     let mut planned = config.steps;
     let limit = config.steps.saturating_add(config.extra_steps);
-    let mut measured: Option<(usize, ReversalSummary)> = None;
     let started = Instant::now();
     for step in 0..config.warmup_steps {
         let (x, _) = clean.batch(batches.next_batch(), &ad);
@@ -627,102 +626,101 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
         bar.inc(1);
     }
     let mut step = 0;
-    while step < planned {
-        let (x, _) = clean.batch(batches.next_batch(), &ad);
+    let mut last_score: Option<f64> = None;
+    let mut summary = loop {
+        while step < planned {
+            let (x, _) = clean.batch(batches.next_batch(), &ad);
 
-        let pixel_weight = match config.mtr {
-            Mtr::Off => None,
-            mode => {
-                let saliency = saliency(&model, x.clone())?;
-                let m = match attention.take() {
-                    None => saliency,
-                    Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
-                };
-                attention = Some(m.clone());
-                let [h, w] = m.dims();
-                let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
-                Some((mode, w4))
-            }
-        };
-
-        let reversed = generator.forward(x.clone());
-        let into_model = match &pixel_weight {
-            // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
-            Some((Mtr::Gradient, w)) => {
-                let scale = w.clone().recip();
-                reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
-            }
-            _ => reversed.clone(),
-        };
-        let z = model.features(into_model);
-        let y = model.head(z.clone());
-        let output_variance = y.var_bias(0).mean();
-        let diff = (reversed - x).abs();
-        let l1 = diff.clone().mean();
-        let similarity = match &pixel_weight {
-            Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
-            _ => l1.clone(),
-        };
-        let mut loss = output_variance.clone() * lambda1 + similarity.clone();
-        let feature_term = match config.feature_reg {
-            FeatureReg::Off => None,
-            reg => {
-                let var = feature_angles(z, weight.clone()).var_bias(0);
-                let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
-                Some(var.mean())
-            }
-        };
-        if let Some(term) = &feature_term {
-            loss = loss + term.clone() * lambda2;
-        }
-        let loss_value = scalar(loss.clone());
-        if !loss_value.is_finite() {
-            return Err(Error::Numerical(format!(
-                "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
-            )));
-        }
-        if step % log_every == 0 || step + 1 == planned {
-            let record = StepRecord {
-                step,
-                loss: loss_value,
-                output_variance: scalar(output_variance),
-                similarity: scalar(similarity),
-                l1: scalar(l1),
-                feature_term: feature_term.map(scalar).unwrap_or(0.0),
+            let pixel_weight = match config.mtr {
+                Mtr::Off => None,
+                mode => {
+                    let saliency = saliency(&model, x.clone())?;
+                    let m = match attention.take() {
+                        None => saliency,
+                        Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
+                    };
+                    attention = Some(m.clone());
+                    let [h, w] = m.dims();
+                    let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
+                    Some((mode, w4))
+                }
             };
-            // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
-            if step % (log_every * 4) == 0 {
-                tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
-            } else {
-                tracing::debug!(?record, "drmguard step");
+
+            let reversed = generator.forward(x.clone());
+            let into_model = match &pixel_weight {
+                // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
+                Some((Mtr::Gradient, w)) => {
+                    let scale = w.clone().recip();
+                    reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
+                }
+                _ => reversed.clone(),
+            };
+            let z = model.features(into_model);
+            let y = model.head(z.clone());
+            let output_variance = y.var_bias(0).mean();
+            let diff = (reversed - x).abs();
+            let l1 = diff.clone().mean();
+            let similarity = match &pixel_weight {
+                Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
+                _ => l1.clone(),
+            };
+            let mut loss = output_variance.clone() * lambda1 + similarity.clone();
+            let feature_term = match config.feature_reg {
+                FeatureReg::Off => None,
+                reg => {
+                    let var = feature_angles(z, weight.clone()).var_bias(0);
+                    let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
+                    Some(var.mean())
+                }
+            };
+            if let Some(term) = &feature_term {
+                loss = loss + term.clone() * lambda2;
             }
-            bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
-            history.push(record);
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &generator);
-        generator = optim.step(config.learning_rate(), generator, grads);
-        bar.inc(1);
-        step += 1;
-        if step == planned && planned < limit {
-            let now = measure(&config, suspect, clean, clean_stats, &generator.clone().valid())?;
-            let falling = measured.as_ref().is_none_or(|(_, before)| now.score < (1.0 - MIN_FALL_PER_ROUND) * before.score);
-            if config.collapsed(&now) && now.score >= config.epsilon && falling {
-                let more = round.min(limit - planned);
-                tracing::info!(step, score = now.score, error_ratio = now.error_ratio, more, "outputs collapsed, I(f) still above ε and falling: more steps");
-                planned += more;
-                bar.inc_length(more as u64);
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                return Err(Error::Numerical(format!(
+                    "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
+                )));
             }
-            measured = Some((step, now));
+            if step % log_every == 0 || step + 1 == planned {
+                let record = StepRecord {
+                    step,
+                    loss: loss_value,
+                    output_variance: scalar(output_variance),
+                    similarity: scalar(similarity),
+                    l1: scalar(l1),
+                    feature_term: feature_term.map(scalar).unwrap_or(0.0),
+                };
+                // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
+                if step % (log_every * 4) == 0 {
+                    tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
+                } else {
+                    tracing::debug!(?record, "drmguard step");
+                }
+                bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
+                history.push(record);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &generator);
+            generator = optim.step(config.learning_rate(), generator, grads);
+            bar.inc(1);
+            step += 1;
         }
-    }
+        let now = measure(&config, suspect, clean, clean_stats, &generator.clone().valid())?;
+        let falling = last_score.is_none_or(|before| now.score < (1.0 - MIN_FALL_PER_ROUND) * before);
+        if planned < limit && config.collapsed(&now) && now.score >= config.epsilon && falling {
+            let more = round.min(limit - planned);
+            tracing::info!(step, score = now.score, error_ratio = now.error_ratio, more, "outputs collapsed, I(f) still above ε and falling: more steps");
+            planned += more;
+            bar.inc_length(more as u64);
+            last_score = Some(now.score);
+        } else {
+            break now;
+        }
+    };
     bar.finish_and_clear();
     let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + step) as f64;
 
     let generator = generator.valid();
-    let mut summary = match measured {
-        Some((at, summary)) if at == step => summary,
-        _ => measure(&config, suspect, clean, clean_stats, &generator)?,
-    };
     summary.steps = step;
     summary.history = history;
     summary.seconds_per_step = seconds_per_step;
