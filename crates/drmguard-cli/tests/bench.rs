@@ -15,14 +15,16 @@ fn keys(value: &Value, keys: &[&str], what: &str) {
 fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = || {
+    let bench = |out: &std::path::Path, extra: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
             .args(["bench", "--profile", "smoke", "--out", out.to_str().unwrap()])
+            .args(extra)
             .env("DRMGUARD_CACHE", tmp.path().join("cache"))
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
+    let run = || bench(&out, &[]);
     run();
     let results: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     keys(&results, &["config", "drmguard_version", "machine", "models", "detections", "mitigations", "detection_summary", "mitigation_summary", "elapsed_s"], "results.json");
@@ -71,4 +73,18 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     let again: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(again["detections"], results["detections"], "cached scans are reused exactly");
     assert!(again["elapsed_s"].as_f64().unwrap() < results["elapsed_s"].as_f64().unwrap());
+
+    // A run of fewer attacks gives each model the seed it has in the full run, so it is the same
+    // model, found in the cache.
+    let some = tmp.path().join("some");
+    bench(&some, &["--tasks", "headpose", "--attacks", "adaptive,wanet", "--detectors", "nc", "--mitigators", "ft"]);
+    let part: Value = serde_json::from_slice(&std::fs::read(some.join("results.json")).unwrap()).unwrap();
+    let by_id = |r: &Value| -> std::collections::BTreeMap<String, Value> {
+        r["models"].as_array().unwrap().iter().map(|m| (m["id"].as_str().unwrap().to_string(), m["seed"].clone())).collect()
+    };
+    let (full, part) = (by_id(&results), by_id(&part));
+    assert_eq!(part.len(), 3 * n);
+    for (id, seed) in &part {
+        assert_eq!(Some(seed), full.get(id), "{id} has another seed in the full run");
+    }
 }

@@ -293,7 +293,7 @@ fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
     let data = synthesize(Task::Gaze, 256, config.image_size, 4).unwrap();
     let val = synthesize(Task::Gaze, 64, config.image_size, 5).unwrap();
     let (benign, _) = train(&config, &data, &val, None, &device).unwrap();
-    let plain = CleanLabelConfig::default();
+    let plain = CleanLabelConfig { robust_epochs: 0, ..Default::default() };
     let same = plain.surrogate(&benign, &data, 0, &device).unwrap();
     let outputs = |m: &drmguard::models::Model| predict(m, &val, 64).unwrap();
     assert_eq!(outputs(&same), outputs(&benign), "0 robust epochs keeps the benign model");
@@ -316,12 +316,14 @@ fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
 
 #[test]
 fn clean_label_settings_added_later_keep_the_old_cache_keys() {
-    // Model caches are keyed by the serialised attack config: at their defaults the robust
-    // surrogate's fields must not appear, so models trained before them are still found.
-    let plain = CleanLabelConfig::default();
+    // Model caches are keyed by the serialised attack config: with a plain surrogate (all there
+    // was before) the robust surrogate's fields must not appear, so models trained before them
+    // are still found, and a config without them reads back as a plain surrogate.
+    let plain = CleanLabelConfig { robust_epochs: 0, ..Default::default() };
     let json = serde_json::to_value(&plain).unwrap();
     assert_eq!(json.as_object().unwrap().len(), 4, "{json}");
     assert_eq!(serde_json::from_value::<CleanLabelConfig>(json).unwrap(), plain);
+    assert_eq!(CleanLabelConfig::default().robust_epochs, 3, "the default surrogate is robust");
     let robust = CleanLabelConfig { robust_epochs: 3, robust_epsilon: Some(0.1), ..Default::default() };
     let json = serde_json::to_value(&robust).unwrap();
     assert_eq!((json["robust_epochs"].as_u64(), json["robust_epsilon"].as_f64().map(|e| (e * 10.0).round())), (Some(3), Some(1.0)));

@@ -103,11 +103,17 @@ impl AttackKind {
 
     /// The attack called `name` with its default configuration.
     pub fn by_name(name: &str) -> Result<AttackKind> {
-        Self::defaults().into_iter().find(|a| a.name() == name).ok_or_else(|| Error::UnknownName {
-            what: "attack",
-            name: name.into(),
-            expected: Self::NAMES.join(", "),
-        })
+        Self::defaults().into_iter().find(|a| a.name() == name).ok_or_else(|| Self::unknown(name))
+    }
+
+    /// Where `name` stands in [`AttackKind::NAMES`]: a number that stays with the attack
+    /// whichever attacks a run picks.
+    pub fn position(name: &str) -> Result<usize> {
+        Self::NAMES.iter().position(|n| *n == name).ok_or_else(|| Self::unknown(name))
+    }
+
+    fn unknown(name: &str) -> Error {
+        Error::UnknownName { what: "attack", name: name.into(), expected: Self::NAMES.join(", ") }
     }
 
     pub fn name(&self) -> &'static str {

@@ -189,8 +189,9 @@ pub struct BenchConfig {
     pub mitigated_per_class: usize,
     /// Images in the defender's clean set (`None`: 5% of the training set, at least 500).
     pub clean_size: Option<usize>,
-    /// Model i of a class uses seed `seed + 1000·class + i` (class 0 is benign, then the attacks
-    /// in order), so every model has its own data, initialisation, trigger and target.
+    /// Model i of a class uses seed `seed + 1000·class + i` (class 0 is benign, class k the k-th
+    /// attack of [`AttackKind::NAMES`]), so every model has its own data, initialisation, trigger
+    /// and target, and a run of a few attacks reuses the models of a run of all of them.
     pub seed: u64,
     pub detector_configs: DetectorConfigs,
     pub mitigator_configs: MitigatorConfigs,
@@ -375,7 +376,11 @@ impl Bench {
         let (mut models, mut detections, mut mitigations) = (Vec::new(), Vec::new(), Vec::new());
         for &task in &c.tasks {
             let mut trained = Vec::new();
-            for (class, attack) in classes.iter().enumerate() {
+            for attack in &classes {
+                let class = match attack {
+                    Some(name) => 1 + AttackKind::position(name)?,
+                    None => 0,
+                };
                 for i in 0..c.models_per_class {
                     let seed = c.seed + 1000 * class as u64 + i as u64;
                     bar.set_message(format!("training {task} {} #{i}", attack.unwrap_or("benign")));
