@@ -74,6 +74,22 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     assert_eq!(again["detections"], results["detections"], "cached scans are reused exactly");
     assert!(again["elapsed_s"].as_f64().unwrap() < results["elapsed_s"].as_f64().unwrap());
 
+    // `--only-cached` with a third model per class trains and scans nothing: the third models
+    // are listed as missing and the tables hold the first two.
+    let models_in_cache = || std::fs::read_dir(tmp.path().join("cache").join("models")).unwrap().count();
+    let cached_models = models_in_cache();
+    let peek = tmp.path().join("peek");
+    bench(&peek, &["--only-cached", "--models-per-class", "3", "--detectors", "drmguard", "--mitigators", "ft"]);
+    let peeked: Value = serde_json::from_slice(&std::fs::read(peek.join("results.json")).unwrap()).unwrap();
+    assert_eq!(models_in_cache(), cached_models, "an --only-cached run trains nothing");
+    assert_eq!(peeked["models"].as_array().unwrap().len(), models.len());
+    assert_eq!(peeked["detections"].as_array().unwrap().len(), models.len(), "the cached DRMGuard scans");
+    let missing: Vec<&str> = peeked["missing"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(missing.len(), tasks * (attacks + 1), "{missing:?}");
+    assert!(missing.contains(&"train headpose-benign-2"), "{missing:?}");
+    assert!(std::fs::read_to_string(peek.join("results.md")).unwrap().contains("**Partial"));
+    assert!(results.get("missing").is_none(), "a complete run lists nothing missing");
+
     // A run of fewer attacks gives each model the seed it has in the full run, so it is the same
     // model, found in the cache.
     let some = tmp.path().join("some");

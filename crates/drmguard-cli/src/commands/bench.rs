@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// $DRMGUARD_CACHE, else ~/.cache/drmguard, under bench/PROFILE).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Train, scan and repair nothing: write the tables from what the cache already holds (for
+    /// a look at a run that another process is still filling); what is missing is listed.
+    #[arg(id = "bench_only_cached", long = "only-cached")]
+    only_cached: bool,
     /// Output folder for results.json, results.md, config.json and the plots (created if missing).
     #[arg(long, default_value = "drmguard-bench")]
     out: PathBuf,
@@ -80,7 +84,7 @@ pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
     config.validate()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("bench").join(a.profile.to_string()));
-    let results = Bench { config, cache: cache.clone() }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
+    let results = Bench { config, cache: cache.clone(), only_cached: a.only_cached }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
     let figures = write_results(&a.out, &results)?;
     out!(
         "benchmark done in {:.0} s: {} models, {} scans, {} mitigations; wrote results.json, results.md and {} plots to {}",
@@ -91,5 +95,8 @@ pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
         figures.len(),
         a.out.display()
     );
+    if !results.missing.is_empty() {
+        out!("partial: {} steps were not in the cache and are left out (`missing` in results.json)", results.missing.len());
+    }
     Ok(())
 }

@@ -330,19 +330,31 @@ pub struct BenchResults {
     pub mitigation_summary: Vec<MitigationSummary>,
     /// Wall-clock time of this run (cached steps cost nothing).
     pub elapsed_s: f64,
+    /// Steps a `cached_only` run did not find in the cache (`train MODEL`, `scan MODEL DETECTOR`,
+    /// `repair MODEL MITIGATOR`): the tables leave them out. Empty for a complete run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
-/// A result computed once and then read back from `path`.
-fn cached<T: Serialize + serde::de::DeserializeOwned>(path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+/// A result computed once and then read back from `path`; `None` if it is not there and
+/// `only_cached` forbids computing it.
+fn cached<T: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    only_cached: bool,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<Option<T>> {
     if path.is_file() {
         match read_json(path) {
-            Ok(value) => return Ok(value),
-            Err(e) => tracing::warn!(path = %path.display(), "recomputing: the cached result cannot be read ({e})"),
+            Ok(value) => return Ok(Some(value)),
+            Err(e) => tracing::warn!(path = %path.display(), "the cached result cannot be read ({e})"),
         }
+    }
+    if only_cached {
+        return Ok(None);
     }
     let value = compute()?;
     write_json(path, &value)?;
-    Ok(value)
+    Ok(Some(value))
 }
 
 /// The benchmark runner.
@@ -350,6 +362,9 @@ pub struct Bench {
     pub config: BenchConfig,
     /// Models under `models/`, results under `results/`.
     pub cache: PathBuf,
+    /// Train, scan and repair nothing: write the tables from what the cache holds, e.g. while
+    /// another process is still filling it. What is missing is listed in the results.
+    pub only_cached: bool,
 }
 
 /// A model ready for the defenses.
@@ -373,7 +388,7 @@ impl Bench {
         let bar = ProgressBar::new(work as u64).with_style(
             ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}, ETA {eta}").expect("a valid progress template").progress_chars("=> "),
         );
-        let (mut models, mut detections, mut mitigations) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut models, mut detections, mut mitigations, mut missing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for &task in &c.tasks {
             let mut trained = Vec::new();
             for attack in &classes {
@@ -384,7 +399,10 @@ impl Bench {
                 for i in 0..c.models_per_class {
                     let seed = c.seed + 1000 * class as u64 + i as u64;
                     bar.set_message(format!("training {task} {} #{i}", attack.unwrap_or("benign")));
-                    trained.push((i, self.train(task, *attack, seed, i, device)?));
+                    match self.train(task, *attack, seed, i, device)? {
+                        Some(t) => trained.push((i, t)),
+                        None => missing.push(format!("train {task}-{}-{i}", attack.unwrap_or("benign"))),
+                    }
                     bar.inc(1);
                 }
             }
@@ -394,13 +412,19 @@ impl Bench {
                 let mut reversal = None;
                 for &kind in &c.detectors {
                     bar.set_message(format!("{kind} on {}", t.record.id));
-                    detections.push(self.detect(t, &suspect, &clean, kind, &mut reversal, device)?);
+                    match self.detect(t, &suspect, &clean, kind, &mut reversal, device)? {
+                        Some(d) => detections.push(d),
+                        None => missing.push(format!("scan {} {kind}", t.record.id)),
+                    }
                     bar.inc(1);
                 }
                 if t.record.attack.is_some() && *i < c.mitigated_per_class {
                     for &kind in &c.mitigators {
                         bar.set_message(format!("{kind} repairing {}", t.record.id));
-                        mitigations.push(self.mitigate(t, &suspect, &clean, kind, &mut reversal, device)?);
+                        match self.mitigate(t, &suspect, &clean, kind, &mut reversal, device)? {
+                            Some(m) => mitigations.push(m),
+                            None => missing.push(format!("repair {} {kind}", t.record.id)),
+                        }
                         bar.inc(1);
                     }
                 }
@@ -420,10 +444,13 @@ impl Bench {
             detection_summary,
             mitigation_summary,
             elapsed_s: started.elapsed().as_secs_f64(),
+            missing,
         })
     }
 
-    fn train(&self, task: Task, attack: Option<&str>, seed: u64, index: usize, device: &Device) -> Result<Trained> {
+    /// Model `index` of its class, trained unless cached (`None`: not cached in an
+    /// `only_cached` run).
+    fn train(&self, task: Task, attack: Option<&str>, seed: u64, index: usize, device: &Device) -> Result<Option<Trained>> {
         let c = &self.config;
         let config = c.profile.train_config(task, seed);
         let backdoor = match attack {
@@ -437,12 +464,22 @@ impl Bench {
         };
         let job = TrainJob::builtin(config, backdoor);
         let class = attack.unwrap_or("benign");
-        let (model, card, path) = job.run_cached(&self.cache.join("models"), &format!("bench-{task}-{class}"), device)?;
-        let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
+        let (dir, name) = (self.cache.join("models"), format!("bench-{task}-{class}"));
+        let (model, card, path) = match self.only_cached {
+            true => match job.find_cached(&dir, &name, device) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+            false => job.run_cached(&dir, &name, device)?,
+        };
+        // A cached model's evaluation is computed even in an `only_cached` run: it is one pass
+        // over the test split.
+        let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), false, || {
             let test = card.trained("the benchmark")?.data.load(task, card.model.input_size, Split::Test)?;
             let (clean, backdoor) = card_errors(&model, &card, &test)?;
             Ok(Errors::from(&clean, backdoor.as_ref()))
-        })?;
+        })?
+        .expect("computed when not cached");
         let record = ModelRecord {
             id: format!("{task}-{class}-{index}"),
             task,
@@ -453,7 +490,7 @@ impl Bench {
             train_s: card.trained("the benchmark")?.train_seconds,
             errors,
         };
-        Ok(Trained { record, model, card })
+        Ok(Some(Trained { record, model, card }))
     }
 
     /// DRMGuard's reversal of the model in hand, made once for its scan and its repair (the
@@ -480,10 +517,10 @@ impl Bench {
         kind: DetectorKind,
         reversal: &mut Option<(Detection, Reversal)>,
         device: &Device,
-    ) -> Result<DetectionRecord> {
+    ) -> Result<Option<DetectionRecord>> {
         let c = &self.config;
         let key = short_hash(&(&t.record.path, kind, c.detector_configs.settings_of(kind), c.seed, clean.describe()));
-        cached(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
+        cached(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), self.only_cached, || {
             let d = match kind {
                 DetectorKind::Drmguard => self.drmguard_reversal(reversal, suspect, clean, device)?.0.clone(),
                 _ => c.detector_configs.build(kind).detect(suspect, clean, c.seed, device)?.detection,
@@ -509,10 +546,10 @@ impl Bench {
         kind: MitigatorKind,
         reversal: &mut Option<(Detection, Reversal)>,
         device: &Device,
-    ) -> Result<MitigationRecord> {
+    ) -> Result<Option<MitigationRecord>> {
         let c = &self.config;
         let key = short_hash(&(&t.record.path, kind, c.mitigator_configs.settings_of(kind), c.seed, clean.describe()));
-        cached(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), || {
+        cached(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), self.only_cached, || {
             let started = Instant::now();
             let shared = kind == MitigatorKind::Drmguard && c.mitigator_configs.drmguard == c.detector_configs.drmguard;
             let (repair, elapsed_s) = if shared {
@@ -551,6 +588,10 @@ fn summarise_detections(c: &BenchConfig, models: &[ModelRecord], detections: &[D
                     detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
                 };
                 let (positives, negatives) = (of(Some(attack)), of(None));
+                // Only a run from a partial cache has no scans of a class: no row, not a row of zeros.
+                if positives.is_empty() || negatives.is_empty() {
+                    continue;
+                }
                 let confusion =
                     Confusion::count(positives.iter().map(|d| (true, d.backdoored)).chain(negatives.iter().map(|d| (false, d.backdoored))));
                 let scores = |ds: &[&DetectionRecord]| ds.iter().map(|d| d.suspicion).collect::<Vec<_>>();

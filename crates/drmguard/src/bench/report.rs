@@ -71,6 +71,14 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         r.machine,
         r.elapsed_s
     );
+    if !r.missing.is_empty() {
+        md.push_str(&format!(
+            "\n**Partial: written from the cache alone, which lacks {} of this run's steps** ({}{}); the tables leave them out.\n",
+            r.missing.len(),
+            r.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if r.missing.len() > 5 { ", …: `missing` in results.json" } else { "" }
+        ));
+    }
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for &task in &c.tasks {
         let rows: Vec<&DetectionSummary> = r.detection_summary.iter().filter(|s| s.task == task).collect();
@@ -79,9 +87,12 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
             for &d in &c.detectors {
-                if let Some(s) = rows.iter().find(|s| &s.attack == attack && s.detector == d) {
-                    let k = &s.confusion;
-                    md.push_str(&format!(" {} / {} / {} / {}, {:.2} |", k.tp, k.fp, k.fn_, k.tn, s.accuracy));
+                match rows.iter().find(|s| &s.attack == attack && s.detector == d) {
+                    Some(s) => {
+                        let k = &s.confusion;
+                        md.push_str(&format!(" {} / {} / {} / {}, {:.2} |", k.tp, k.fp, k.fn_, k.tn, s.accuracy));
+                    }
+                    None => md.push_str(" – |"),
                 }
             }
             md.push('\n');
@@ -99,7 +110,10 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         md.push_str("| mean scan time |");
         for &d in &c.detectors {
             let times: Vec<f64> = rows.iter().filter(|s| s.detector == d).map(|s| s.mean_seconds).filter(|t| t.is_finite()).collect();
-            md.push_str(&format!(" {:.1} s |", times.iter().sum::<f64>() / times.len().max(1) as f64));
+            match times.len() {
+                0 => md.push_str(" – |"),
+                n => md.push_str(&format!(" {:.1} s |", times.iter().sum::<f64>() / n as f64)),
+            }
         }
         md.push('\n');
         let unit = task.unit_name();

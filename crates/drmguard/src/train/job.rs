@@ -106,21 +106,35 @@ impl TrainJob {
         Ok((model, card))
     }
 
+    /// The model `run_cached` would reuse, if the cache holds a readable one; nothing is trained.
+    pub fn find_cached(&self, cache_dir: &Path, name: &str, device: &Device) -> Option<(Model, ModelCard, PathBuf)> {
+        let path = self.cached_path(cache_dir, name);
+        if !path.is_file() {
+            return None;
+        }
+        match model_file::load(&path, device) {
+            Ok((model, card)) => {
+                tracing::info!(path = %path.display(), "reusing a cached model");
+                Some((model, card, path))
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "the cached model cannot be read ({e})");
+                None
+            }
+        }
+    }
+
+    fn cached_path(&self, cache_dir: &Path, name: &str) -> PathBuf {
+        cache_dir.join(format!("{name}-{}.safetensors", self.key()))
+    }
+
     /// The model of this job from `cache_dir` (`NAME-KEY.safetensors`), trained and stored
     /// there first if it is missing or unreadable. Returns the weights' path too.
     pub fn run_cached(&self, cache_dir: &Path, name: &str, device: &Device) -> Result<(Model, ModelCard, PathBuf)> {
-        let path = cache_dir.join(format!("{name}-{}.safetensors", self.key()));
-        if path.is_file() {
-            match model_file::load(&path, device) {
-                Ok((model, card)) => {
-                    tracing::info!(path = %path.display(), "reusing a cached model");
-                    return Ok((model, card, path));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "retraining: the cached model cannot be read ({e})")
-                }
-            }
+        if let Some(found) = self.find_cached(cache_dir, name, device) {
+            return Ok(found);
         }
+        let path = self.cached_path(cache_dir, name);
         std::fs::create_dir_all(cache_dir)
             .map_err(|cause| crate::Error::Write { path: cache_dir.to_path_buf(), cause })?;
         let (model, card) = self.run(device)?;
