@@ -336,25 +336,22 @@ pub struct BenchResults {
     pub missing: Vec<String>,
 }
 
-/// A result computed once and then read back from `path`; `None` if it is not there and
-/// `only_cached` forbids computing it.
-fn cached<T: Serialize + serde::de::DeserializeOwned>(
-    path: &Path,
-    only_cached: bool,
-    compute: impl FnOnce() -> Result<T>,
-) -> Result<Option<T>> {
-    if path.is_file() {
-        match read_json(path) {
-            Ok(value) => return Ok(Some(value)),
-            Err(e) => tracing::warn!(path = %path.display(), "the cached result cannot be read ({e})"),
-        }
+/// The result cached at `path`, if there is a readable one.
+fn read_cached<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    if !path.is_file() {
+        return None;
     }
-    if only_cached {
-        return Ok(None);
+    read_json(path).map_err(|e| tracing::warn!(path = %path.display(), "the cached result cannot be read ({e})")).ok()
+}
+
+/// A result computed once and then read back from `path`.
+fn cached<T: Serialize + serde::de::DeserializeOwned>(path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(value) = read_cached(path) {
+        return Ok(value);
     }
     let value = compute()?;
     write_json(path, &value)?;
-    Ok(Some(value))
+    Ok(value)
 }
 
 /// The benchmark runner.
@@ -465,21 +462,17 @@ impl Bench {
         let job = TrainJob::builtin(config, backdoor);
         let class = attack.unwrap_or("benign");
         let (dir, name) = (self.cache.join("models"), format!("bench-{task}-{class}"));
-        let (model, card, path) = match self.only_cached {
-            true => match job.find_cached(&dir, &name, device) {
-                Some(found) => found,
-                None => return Ok(None),
-            },
-            false => job.run_cached(&dir, &name, device)?,
+        let found = if self.only_cached { job.find_cached(&dir, &name, device) } else { Some(job.run_cached(&dir, &name, device)?) };
+        let Some((model, card, path)) = found else {
+            return Ok(None);
         };
         // A cached model's evaluation is computed even in an `only_cached` run: it is one pass
         // over the test split.
-        let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), false, || {
+        let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
             let test = card.trained("the benchmark")?.data.load(task, card.model.input_size, Split::Test)?;
             let (clean, backdoor) = card_errors(&model, &card, &test)?;
             Ok(Errors::from(&clean, backdoor.as_ref()))
-        })?
-        .expect("computed when not cached");
+        })?;
         let record = ModelRecord {
             id: format!("{task}-{class}-{index}"),
             task,
@@ -491,6 +484,12 @@ impl Bench {
             errors,
         };
         Ok(Some(Trained { record, model, card }))
+    }
+
+    /// A scan or repair cached at `path`: computed unless cached, or `None` in an `only_cached`
+    /// run that does not find it.
+    fn step<T: Serialize + serde::de::DeserializeOwned>(&self, path: &Path, compute: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if self.only_cached { Ok(read_cached(path)) } else { cached(path, compute).map(Some) }
     }
 
     /// DRMGuard's reversal of the model in hand, made once for its scan and its repair (the
@@ -520,7 +519,7 @@ impl Bench {
     ) -> Result<Option<DetectionRecord>> {
         let c = &self.config;
         let key = short_hash(&(&t.record.path, kind, c.detector_configs.settings_of(kind), c.seed, clean.describe()));
-        cached(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), self.only_cached, || {
+        self.step(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
             let d = match kind {
                 DetectorKind::Drmguard => self.drmguard_reversal(reversal, suspect, clean, device)?.0.clone(),
                 _ => c.detector_configs.build(kind).detect(suspect, clean, c.seed, device)?.detection,
@@ -549,7 +548,7 @@ impl Bench {
     ) -> Result<Option<MitigationRecord>> {
         let c = &self.config;
         let key = short_hash(&(&t.record.path, kind, c.mitigator_configs.settings_of(kind), c.seed, clean.describe()));
-        cached(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), self.only_cached, || {
+        self.step(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), || {
             let started = Instant::now();
             let shared = kind == MitigatorKind::Drmguard && c.mitigator_configs.drmguard == c.detector_configs.drmguard;
             let (repair, elapsed_s) = if shared {
