@@ -98,6 +98,14 @@ fn unknown_task_and_profile_are_named() {
 }
 
 #[test]
+fn bad_benchmark_options_are_refused() {
+    let err = fails(&["bench", "--profile", "smoke", "--attacks", "badnets,trojan", "--out", "/tmp/x"]);
+    assert!(err.contains("--attacks") && err.contains("unknown attack 'trojan'"), "{err}");
+    let err = fails(&["bench", "--profile", "smoke", "--jobs", "0", "--out", "/tmp/x"]);
+    assert!(err.contains("--jobs must be at least 1"), "{err}");
+}
+
+#[test]
 fn bad_image_sizes_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("d");

@@ -37,6 +37,8 @@ pub enum Error {
     Numerical(String),
     #[error("device '{0}' is not available in this build (rebuild with `--features {0}`)")]
     DeviceUnavailable(String),
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
 }
 
 /// Shorthand for results of this library.

@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// a look at a run that another process is still filling); what is missing is listed.
     #[arg(id = "bench_only_cached", long = "only-cached")]
     only_cached: bool,
+    /// Models handled at once, each with its share of the CPU threads (default: on the CPU, one
+    /// per CPU thread, at most 8, for the smoke and small profiles; else 1, since a GPU or the
+    /// paper's 224×224 models want the whole machine for one job).
+    #[arg(id = "bench_jobs", long = "jobs")]
+    jobs: Option<usize>,
     /// Output folder for results.json, results.md, config.json and the plots (created if missing).
     #[arg(long, default_value = "drmguard-bench")]
     out: PathBuf,
@@ -71,8 +76,15 @@ fn value_enum<T: clap::ValueEnum>(name: &str) -> Result<T> {
     })
 }
 
-pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
-    let device = device.device()?;
+fn default_jobs(profile: BenchProfile, device: DeviceKind) -> usize {
+    if device != DeviceKind::Cpu || profile == BenchProfile::Paper {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
+pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
+    let device = device_kind.device()?;
     let mut config = BenchConfig::new(a.profile);
     config.tasks = a.tasks.clone();
     config.attacks = list(&a.attacks, config.attacks.clone(), |n| Ok(AttackKind::by_name(n)?.name().to_string())).context("--attacks")?;
@@ -82,9 +94,13 @@ pub fn run(a: BenchArgs, device: DeviceKind) -> Result<()> {
     config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
     config.seed = a.seed;
     config.validate()?;
+    let jobs = a.jobs.unwrap_or_else(|| default_jobs(a.profile, device_kind));
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("bench").join(a.profile.to_string()));
-    let results = Bench { config, cache: cache.clone(), only_cached: a.only_cached }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
+    let results = Bench { config, cache: cache.clone(), only_cached: a.only_cached, jobs }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
     let figures = write_results(&a.out, &results)?;
     out!(
         "benchmark done in {:.0} s: {} models, {} scans, {} mitigations; wrote results.json, results.md and {} plots to {}",
