@@ -55,7 +55,7 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
         keys(s, &["task", "attack", "mitigator", "models", "clean_before_deg", "clean_after_deg", "ae_before_deg", "ae_after_deg", "dae_before_deg", "dae_after_deg", "mean_seconds"], "a mitigation summary");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for heading in ["## gaze", "## headpose", "### Identification", "### ROC-AUC", "### Mitigation"] {
+    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Mitigation", "Compute, summed"] {
         assert!(md.contains(heading), "results.md lacks {heading}");
     }
     assert!(out.join("config.json").is_file());

@@ -79,10 +79,19 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             if r.missing.len() > 5 { ", …: `missing` in results.json" } else { "" }
         ));
     }
+    let work = |times: Vec<f64>| times.iter().sum::<f64>() / 3600.0;
+    md.push_str(&format!(
+        "\nCompute, summed over the steps as each was timed when it ran: training {:.2} h, scans {:.2} h, repairs {:.2} h.\n",
+        work(r.models.iter().map(|m| m.train_s).collect()),
+        work(r.detections.iter().map(|d| d.elapsed_s).collect()),
+        work(r.mitigations.iter().map(|m| m.elapsed_s).collect()),
+    ));
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for &task in &c.tasks {
         let rows: Vec<&DetectionSummary> = r.detection_summary.iter().filter(|s| s.task == task).collect();
-        md.push_str(&format!("\n## {task}\n\n### Identification (TP / FP / FN / TN, accuracy)\n\n"));
+        md.push_str(&format!("\n## {task}\n"));
+        md.push_str(&attack_table(r, task));
+        md.push_str("\n### Identification (TP / FP / FN / TN, accuracy)\n\n");
         md.push_str(&detector_header(&c.detectors));
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
@@ -148,6 +157,40 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         for f in figures.iter().filter(|f| f.contains(&format!("_{task}"))) {
             md.push_str(&format!("\n![{f}]({f})\n"));
         }
+    }
+    md
+}
+
+/// Per class, whether the backdoor took: the detection rows of an attack whose models did not
+/// learn it compare benign models with models that are benign in effect.
+fn attack_table(r: &BenchResults, task: Task) -> String {
+    let unit = task.unit_name();
+    let mut md = format!(
+        "\n### Models per class (mean, and range of AE, in {unit}; an attack whose AE stays far above the clean error did not take)\n\n\
+         | class | models | clean error | AE | DAE | training |\n|---|---|---|---|---|---|\n"
+    );
+    let classes = std::iter::once(None).chain(r.config.attacks.iter().map(|a| Some(a.as_str())));
+    for class in classes {
+        let models: Vec<_> = r.models.iter().filter(|m| m.task == task && m.attack.as_deref() == class).collect();
+        if models.is_empty() {
+            continue;
+        }
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let ae: Vec<f64> = models.iter().filter_map(|m| m.errors.ae_deg).collect();
+        let dae: Vec<f64> = models.iter().filter_map(|m| m.errors.dae_deg).collect();
+        let (ae, dae) = if ae.is_empty() {
+            ("–".to_string(), "–".to_string())
+        } else {
+            let (lo, hi) = ae.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            (format!("{:.2} ({lo:.2}–{hi:.2})", mean(ae.clone())), format!("{:.2}", mean(dae)))
+        };
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {ae} | {dae} | {:.0} s |\n",
+            class.unwrap_or("benign"),
+            models.len(),
+            mean(models.iter().map(|m| m.errors.clean_deg).collect()),
+            mean(models.iter().map(|m| m.train_s).collect()),
+        ));
     }
     md
 }
