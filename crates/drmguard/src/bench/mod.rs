@@ -460,11 +460,16 @@ impl Bench {
         })
     }
 
+    /// Whether every mitigator repairs the unit's model: one of the first backdoored models of
+    /// its attack.
+    fn repaired(&self, u: &Unit) -> bool {
+        u.attack.is_some() && u.index < self.config.mitigated_per_class
+    }
+
     /// The progress steps of a unit: its training, its scans and its repairs.
     fn steps_of(&self, u: &Unit) -> usize {
         let c = &self.config;
-        let repaired = u.attack.is_some() && u.index < c.mitigated_per_class;
-        1 + c.detectors.len() + if repaired { c.mitigators.len() } else { 0 }
+        1 + c.detectors.len() + if self.repaired(u) { c.mitigators.len() } else { 0 }
     }
 
     /// Every unit, `jobs` at a time, outcomes in the units' order whatever the finishing order.
@@ -528,7 +533,7 @@ impl Bench {
             }
             bar.inc(1);
         }
-        if t.record.attack.is_some() && u.index < c.mitigated_per_class {
+        if self.repaired(u) {
             for &kind in &c.mitigators {
                 bar.set_message(format!("{kind} repairing {}", t.record.id));
                 match self.mitigate(&t, &suspect, &clean, kind, &mut reversal, device)? {

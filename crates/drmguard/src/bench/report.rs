@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::scoring::roc_curve;
-use super::{BenchResults, DetectionSummary};
+use super::{BenchResults, DetectionSummary, mean};
 use crate::defenses::DetectorKind;
 use crate::error::Result;
 use crate::io::{write_atomic, write_json};
@@ -79,12 +79,11 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             if r.missing.len() > 5 { ", …: `missing` in results.json" } else { "" }
         ));
     }
-    let work = |times: Vec<f64>| times.iter().sum::<f64>() / 3600.0;
     md.push_str(&format!(
         "\nCompute, summed over the steps as each was timed when it ran: training {:.2} h, scans {:.2} h, repairs {:.2} h.\n",
-        work(r.models.iter().map(|m| m.train_s).collect()),
-        work(r.detections.iter().map(|d| d.elapsed_s).collect()),
-        work(r.mitigations.iter().map(|m| m.elapsed_s).collect()),
+        r.models.iter().map(|m| m.train_s).sum::<f64>() / 3600.0,
+        r.detections.iter().map(|d| d.elapsed_s).sum::<f64>() / 3600.0,
+        r.mitigations.iter().map(|m| m.elapsed_s).sum::<f64>() / 3600.0,
     ));
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for &task in &c.tasks {
@@ -175,21 +174,19 @@ fn attack_table(r: &BenchResults, task: Task) -> String {
         if models.is_empty() {
             continue;
         }
-        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
         let ae: Vec<f64> = models.iter().filter_map(|m| m.errors.ae_deg).collect();
-        let dae: Vec<f64> = models.iter().filter_map(|m| m.errors.dae_deg).collect();
         let (ae, dae) = if ae.is_empty() {
             ("–".to_string(), "–".to_string())
         } else {
             let (lo, hi) = ae.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            (format!("{:.2} ({lo:.2}–{hi:.2})", mean(ae.clone())), format!("{:.2}", mean(dae)))
+            (format!("{:.2} ({lo:.2}–{hi:.2})", mean(ae.iter().copied())), format!("{:.2}", mean(models.iter().filter_map(|m| m.errors.dae_deg))))
         };
         md.push_str(&format!(
             "| {} | {} | {:.2} | {ae} | {dae} | {:.0} s |\n",
             class.unwrap_or("benign"),
             models.len(),
-            mean(models.iter().map(|m| m.errors.clean_deg).collect()),
-            mean(models.iter().map(|m| m.train_s).collect()),
+            mean(models.iter().map(|m| m.errors.clean_deg)),
+            mean(models.iter().map(|m| m.train_s)),
         ));
     }
     md
