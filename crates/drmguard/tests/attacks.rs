@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor};
 use drmguard::attacks::adaptive::{AdaptiveConfig, rav_penalty};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::blended::BlendedConfig;
-use drmguard::attacks::clean_label::CleanLabelConfig;
+use drmguard::attacks::clean_label::{CleanLabelConfig, PgdAim};
 use drmguard::attacks::issba::IssbaConfig;
 use drmguard::attacks::wanet::WanetConfig;
 use drmguard::attacks::{Attack, AttackKind, BackdoorSpec, backdoor_errors, poison_dataset};
@@ -261,7 +261,7 @@ fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
     let data = synthesize(Task::Gaze, 40, config.image_size, 2).unwrap();
     let picked: Vec<usize> = (0..20).collect();
     let cl = CleanLabelConfig::default();
-    let hard = cl.harden(&surrogate, &data, &picked, &device).unwrap();
+    let hard = cl.harden(&surrogate, &data, &picked, None, &device).unwrap();
     assert_eq!(hard.labels, data.labels);
     let limit = (cl.pgd_epsilon * 255.0).round() as i32 + 1;
     for i in 0..data.len() {
@@ -287,6 +287,40 @@ fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
 }
 
 #[test]
+fn clean_label_donor_aim_pulls_the_surrogate_towards_far_labels() {
+    let config = TrainConfig::new(Task::Gaze, Profile::Smoke, 2);
+    let device = Device::flex();
+    let surrogate = config.model_spec().init(&device, 2).unwrap();
+    let data = synthesize(Task::Gaze, 60, config.image_size, 2).unwrap();
+    let cl = CleanLabelConfig { aim: PgdAim::Donor, radius_deg: 15.0, ..Default::default() };
+    let target = data.label(0).to_vec();
+    let picked = cl.eligible(Task::Gaze, &data, &target);
+    let donors = cl.donors(Task::Gaze, &data, &target, &picked, 7).unwrap().unwrap();
+    assert_eq!(donors.len(), picked.len());
+    assert_eq!(Some(donors.clone()), cl.donors(Task::Gaze, &data, &target, &picked, 7).unwrap(), "seeded");
+    for &d in &donors {
+        assert!(task_error(Task::Gaze, data.label(d), &target).mean_deg > 15.0, "donor {d} lies within the radius");
+    }
+    let away = CleanLabelConfig { radius_deg: 15.0, ..Default::default() };
+    assert_eq!(away.donors(Task::Gaze, &data, &target, &picked, 7).unwrap(), None, "away needs no donors");
+    assert!(cl.harden(&surrogate, &data, &picked, Some(&donors[1..]), &device).is_err(), "one donor per sample");
+
+    let hard = cl.harden(&surrogate, &data, &picked, Some(&donors), &device).unwrap();
+    assert_eq!(hard.labels, data.labels, "labels stay true");
+    let goals: Vec<f32> = donors.iter().flat_map(|&d| data.label(d).to_vec()).collect();
+    let error = |d: &Dataset| task_error(Task::Gaze, &predict(&surrogate, &d.subset(&picked), 64).unwrap(), &goals).mean_deg;
+    let (before, after) = (error(&data), error(&hard));
+    assert!(after < before - 1.0, "the error to the donors' labels only went from {before:.2}° to {after:.2}°");
+    let limit = (cl.pgd_epsilon * 255.0).round() as i32 + 1;
+    for &i in &picked {
+        let diff = data.images[i].as_raw().iter().zip(hard.images[i].as_raw()).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+        assert!(diff <= limit, "sample {i} moved by {diff}/255 > ε");
+    }
+    let everything = CleanLabelConfig { radius_deg: 180.0, ..cl };
+    assert!(everything.donors(Task::Gaze, &data, &target, &picked, 7).is_err(), "no label outside the radius");
+}
+
+#[test]
 fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
     let config = TrainConfig::new(Task::Gaze, Profile::Smoke, 4);
     let device = Device::flex();
@@ -303,7 +337,7 @@ fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
     // The PGD perturbation moves each model's outputs; the adversarially fine-tuned one less.
     let picked: Vec<usize> = (0..val.len()).collect();
     let shift = |m: &drmguard::models::Model| {
-        let hard = plain.harden(m, &val, &picked, &device).unwrap();
+        let hard = plain.harden(m, &val, &picked, None, &device).unwrap();
         let (a, b) = (predict(m, &val, 64).unwrap(), predict(m, &hard, 64).unwrap());
         task_error(Task::Gaze, &a, &b).mean_deg
     };
@@ -324,6 +358,8 @@ fn clean_label_settings_added_later_keep_the_old_cache_keys() {
     assert_eq!(json.as_object().unwrap().len(), 4, "{json}");
     assert_eq!(serde_json::from_value::<CleanLabelConfig>(json).unwrap(), plain);
     assert_eq!(CleanLabelConfig::default().robust_epochs, 3, "the default surrogate is robust");
+    let donor = serde_json::to_value(CleanLabelConfig { aim: PgdAim::Donor, ..plain.clone() }).unwrap();
+    assert_eq!(donor["aim"], "donor", "{donor}");
     let robust = CleanLabelConfig { robust_epochs: 3, robust_epsilon: Some(0.1), ..Default::default() };
     let json = serde_json::to_value(&robust).unwrap();
     assert_eq!((json["robust_epochs"].as_u64(), json["robust_epsilon"].as_f64().map(|e| (e * 10.0).round())), (Some(3), Some(1.0)));

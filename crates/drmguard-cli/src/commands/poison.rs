@@ -66,7 +66,7 @@ pub fn run(a: PoisonArgs, device: DeviceKind) -> Result<()> {
     };
     let data = folder::load(&a.data, a.image_size, Some(a.task.output_names())).context("--data")?;
     let plan = spec.plan(a.task, a.image_size, &data)?;
-    let data = spec.prepare_training_set(&plan, data, surrogate.as_ref(), &device)?;
+    let data = spec.prepare_training_set(a.task, &plan, data, surrogate.as_ref(), &device)?;
     let poisoned = poison_dataset(&data, &plan, false, &device)?;
     folder::write(&poisoned, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let mut files: Vec<&str> = plan.poisoned.iter().map(|&i| data.names[i].as_str()).collect();

@@ -16,7 +16,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,31 @@ pub struct CleanLabelConfig {
     #[arg(id = "clean_label_robust_epsilon", long = "clean-label-robust-epsilon")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robust_epsilon: Option<f32>,
+    /// Clean-Label: what the PGD perturbation aims at: `away` raises the surrogate's error to the
+    /// sample's own label (Turner et al.'s untargeted loss); `donor` pulls the surrogate's output
+    /// towards the label of another training sample outside the radius, drawn per poisoned
+    /// sample, so that the poisoned images look like poses from the whole label range.
+    #[arg(id = "clean_label_aim", long = "clean-label-aim", value_enum, default_value_t = PgdAim::Away)]
+    #[serde(default, skip_serializing_if = "PgdAim::is_away")]
+    pub aim: PgdAim,
+}
+
+/// The goal of Clean-Label's PGD perturbation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgdAim {
+    /// Maximise the surrogate's L1 error to the sample's true label.
+    #[default]
+    Away,
+    /// Minimise the surrogate's L1 error to a donor label: the label of a training sample farther
+    /// than the radius from the target, drawn per poisoned sample from the seed.
+    Donor,
+}
+
+impl PgdAim {
+    fn is_away(&self) -> bool {
+        *self == PgdAim::Away
+    }
 }
 
 // Fields added after models were first cached stay out of the serialised config at the value
@@ -75,6 +100,7 @@ impl Default for CleanLabelConfig {
             patch_fraction: 0.125,
             robust_epochs: 3,
             robust_epsilon: None,
+            aim: PgdAim::Away,
         }
     }
 }
@@ -158,24 +184,63 @@ impl CleanLabelConfig {
         Ok(model)
     }
 
+    /// The PGD goals of the samples at `indices` under `aim = donor`: for each, the index of a
+    /// training sample whose label lies farther than the radius from `target`, drawn from `seed`.
+    /// `None` under `aim = away`.
+    pub fn donors(&self, task: Task, data: &Dataset, target: &[f32], indices: &[usize], seed: u64) -> Result<Option<Vec<usize>>> {
+        if self.aim == PgdAim::Away {
+            return Ok(None);
+        }
+        let far: Vec<usize> = (0..data.len())
+            .filter(|&i| task_error(task, data.label(i), target).mean_deg > self.radius_deg as f64)
+            .collect();
+        if far.is_empty() {
+            return Err(Error::Data(format!(
+                "clean-label --clean-label-aim donor: no training label lies farther than {}° from the target",
+                self.radius_deg
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd0d0_c1ea_0a1d_0001);
+        Ok(Some(indices.iter().map(|_| far[rng.random_range(0..far.len())]).collect()))
+    }
+
     /// A copy of `data` in which the images at `indices` carry a PGD perturbation (L∞ ≤ ε) that
-    /// raises `surrogate`'s L1 error to their true labels. Labels are unchanged.
-    pub fn harden(&self, surrogate: &Model, data: &Dataset, indices: &[usize], device: &Device) -> Result<Dataset> {
+    /// raises `surrogate`'s L1 error to their true labels, or, given `donors` (one per index),
+    /// lowers its L1 error to the donors' labels. Labels are unchanged.
+    pub fn harden(
+        &self,
+        surrogate: &Model,
+        data: &Dataset,
+        indices: &[usize],
+        donors: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<Dataset> {
         self.validate()?;
+        if let Some(d) = donors
+            && d.len() != indices.len()
+        {
+            return Err(Error::invalid("clean-label donors", format!("{} for {} samples", d.len(), indices.len())));
+        }
         let ad = device.clone().autodiff();
         // Frozen: BatchNorm on its running statistics, gradients flow to the images only.
         let model = surrogate.clone().fork(&ad).freeze();
         let epsilon = self.pgd_epsilon;
         let step = 2.5 * epsilon / self.pgd_steps.max(1) as f32;
+        // Ascend the error to the own label, or descend the error to the donor's.
+        let step = if donors.is_some() { -step } else { step };
         let mut out = data.clone();
-        for chunk in indices.chunks(64) {
+        for (c, chunk) in indices.chunks(64).enumerate() {
             // The PGD arithmetic stays off the autodiff graph; only each step's input joins it.
-            let (clean, labels) = data.batch(chunk, device);
-            let labels = labels.autodiff();
+            let (clean, own) = data.batch(chunk, device);
+            let goals = match donors {
+                Some(d) => data.batch(&d[c * 64..c * 64 + chunk.len()], device).1,
+                None => own,
+            };
+            let goals = goals.autodiff();
             let mut x = clean.clone();
             for _ in 0..self.pgd_steps {
                 let input = x.clone().autodiff().require_grad();
-                let loss = (model.forward(input.clone()) - labels.clone()).abs().sum();
+                let loss = (model.forward(input.clone()) - goals.clone()).abs().sum();
                 let grads = loss.backward();
                 let g = input
                     .grad(&grads)

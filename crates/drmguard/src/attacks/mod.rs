@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 pub use crate::data::to_images;
 use crate::error::{Error, Result};
+use crate::metrics::task_error;
+use crate::train::predict;
 use crate::task::{DEG, Task};
 
 /// A trigger: how an attacker turns clean images into poisoned ones.
@@ -272,6 +274,7 @@ impl BackdoorSpec {
     /// leave it unchanged.
     pub fn prepare_training_set(
         &self,
+        task: Task,
         plan: &Backdoor,
         train: Dataset,
         surrogate: Option<&crate::models::Model>,
@@ -285,8 +288,21 @@ impl BackdoorSpec {
         })?;
         let mut indices: Vec<usize> = plan.poisoned.iter().copied().collect();
         indices.sort_unstable();
+        let donors = config.donors(task, &train, &self.target, &indices, self.seed)?;
         let surrogate = config.surrogate(surrogate, &train, self.seed, device)?;
-        config.harden(&surrogate, &train, &indices, device)
+        let hard = config.harden(&surrogate, &train, &indices, donors.as_deref(), device)?;
+        // How far the perturbation moved the surrogate: the victim can only be pushed towards the
+        // trigger as far as the perturbed content stops explaining the labels.
+        let (before, after) = (train.subset(&indices), hard.subset(&indices));
+        let (p0, p1) = (predict(&surrogate, &before, 64)?, predict(&surrogate, &after, 64)?);
+        tracing::info!(
+            samples = indices.len(),
+            error_before_deg = task_error(task, &p0, &before.labels).mean_deg,
+            error_after_deg = task_error(task, &p1, &before.labels).mean_deg,
+            shift_deg = task_error(task, &p1, &p0).mean_deg,
+            "clean-label: the PGD perturbation moved the surrogate's outputs"
+        );
+        Ok(hard)
     }
 }
 

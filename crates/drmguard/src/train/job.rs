@@ -78,7 +78,7 @@ impl TrainJob {
                 } else {
                     None
                 };
-                let train_set = spec.prepare_training_set(&plan, train_set, surrogate.as_ref(), device)?;
+                let train_set = spec.prepare_training_set(config.task, &plan, train_set, surrogate.as_ref(), device)?;
                 (train_set, Some(plan))
             }
             None => (train_set, None),
