@@ -187,6 +187,13 @@ fn a_backdoored_model_reports_attack_errors_and_poison_writes_a_copy() {
     for key in ["attack_error_deg", "poisoned_true_error_deg", "clean_error_deg"] {
         assert!(report[key].as_f64().is_some_and(f64::is_finite), "{key} in {report}");
     }
+    // The bins split the poisoned test set: their sizes add up and their weighted mean is AE.
+    let bins = report["attack_error_by_distance"].as_array().unwrap();
+    let samples: u64 = bins.iter().map(|b| b["samples"].as_u64().unwrap()).sum();
+    assert_eq!(Some(samples), report["samples"].as_u64(), "{report}");
+    let weighted: f64 = bins.iter().map(|b| b["samples"].as_f64().unwrap() * b["attack_error"].as_f64().unwrap()).sum();
+    let ae = report["attack_error_deg"].as_f64().unwrap();
+    assert!((weighted / samples as f64 - ae).abs() < 1e-6 * ae.max(1.0), "bins {weighted} vs AE {ae}");
 
     let clean = tmp.path().join("clean");
     let poisoned = tmp.path().join("poisoned");

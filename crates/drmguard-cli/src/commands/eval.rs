@@ -59,6 +59,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             out["target"] = json!(spec.target);
             out["attack_error_deg"] = json!(errors.attack_error.mean_deg);
             out["poisoned_true_error_deg"] = json!(errors.poisoned_true_error.mean_deg);
+            out["attack_error_by_distance"] = json!(errors.by_distance);
         }
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -80,6 +81,14 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         out!("backdoor {} with target ({}) (poisoned test set: every test image carries the trigger)", spec.attack.name(), card.task.format_values(&spec.target));
         out!("{:<24}{:>9.2}{u}   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
         out!("{:<24}{:>9.2}{u}   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
+        out!("AE by the true label's distance to the target:");
+        for bin in &errors.by_distance {
+            let range = match bin.to {
+                Some(to) => format!("{:.0}–{:.0}{u}", bin.from, to),
+                None => format!("≥ {:.0}{u}", bin.from),
+            };
+            out!("  {:<22}{:>9.2}{u}   ({} samples, mean distance {:.2}{u})", range, bin.attack_error, bin.samples, bin.mean_distance);
+        }
     }
     Ok(())
 }

@@ -440,6 +440,7 @@ pub fn backdoor_errors(
     Ok(crate::metrics::BackdoorErrors {
         attack_error: crate::metrics::task_error(task, &outputs, &targets),
         poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),
+        by_distance: crate::metrics::attack_error_by_distance(task, &outputs, &data.labels, &backdoor.target),
     })
 }
 

@@ -98,6 +98,52 @@ pub struct BackdoorErrors {
     pub attack_error: TaskError,
     /// Error of the outputs on poisoned inputs to the true labels: low means the backdoor is gone.
     pub poisoned_true_error: TaskError,
+    /// The attack error by how far each sample's true label lies from the target: whether the
+    /// trigger overrides the content everywhere or only near the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_distance: Vec<DistanceBin>,
+}
+
+/// Poisoned samples whose true label lies `from`–`to` (the task's unit) from the target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistanceBin {
+    pub from: f64,
+    /// `None` for the last, open-ended bin.
+    pub to: Option<f64>,
+    pub samples: usize,
+    /// Mean distance of their true labels to the target.
+    pub mean_distance: f64,
+    /// Mean error of their poisoned outputs to the target.
+    pub attack_error: f64,
+}
+
+/// Bin width and count of [`attack_error_by_distance`]: 10 units up to 40, then one open bin.
+const DISTANCE_BIN: f64 = 10.0;
+const DISTANCE_BINS: usize = 5;
+
+/// The attack error of `outputs` (row-major `[n, d]`, on poisoned inputs) grouped by the distance
+/// of each sample's true label (`labels`) to `target`; empty bins are left out.
+pub fn attack_error_by_distance(task: Task, outputs: &[f32], labels: &[f32], target: &[f32]) -> Vec<DistanceBin> {
+    let d = target.len().max(1);
+    let mut sums = [(0usize, 0.0f64, 0.0f64); DISTANCE_BINS];
+    for (p, y) in outputs.chunks_exact(d).zip(labels.chunks_exact(d)) {
+        let distance = sample_error_deg(task, y, target);
+        let bin = ((distance / DISTANCE_BIN) as usize).min(DISTANCE_BINS - 1);
+        sums[bin].0 += 1;
+        sums[bin].1 += distance;
+        sums[bin].2 += sample_error_deg(task, p, target);
+    }
+    sums.iter()
+        .enumerate()
+        .filter(|(_, (n, _, _))| *n > 0)
+        .map(|(b, &(n, distance, error))| DistanceBin {
+            from: b as f64 * DISTANCE_BIN,
+            to: (b + 1 < DISTANCE_BINS).then(|| (b + 1) as f64 * DISTANCE_BIN),
+            samples: n,
+            mean_distance: distance / n as f64,
+            attack_error: error / n as f64,
+        })
+        .collect()
 }
 
 /// The error of always predicting `constant` (e.g. the training labels' mean).
@@ -133,5 +179,19 @@ mod tests {
         assert!((e.mean_deg - 1.0).abs() < 1e-4, "{e:?}");
         assert!((e.per_output_deg[0] - 3.0).abs() < 1e-4 && (e.per_output_deg[1] - 4.0).abs() < 1e-4, "{e:?}");
         assert!((sample_error_deg(Task::Landmarks, &p, &[0.5; 10]) - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn attack_error_is_binned_by_the_labels_distance_to_the_target() {
+        // Gaze labels 5°, 15° and 70° of yaw from a target at 0; outputs 1°, 2° and 30° from it.
+        let r = |deg: f32| deg.to_radians();
+        let labels = [0.0, r(5.0), 0.0, r(15.0), 0.0, r(70.0)];
+        let outputs = [0.0, r(1.0), 0.0, r(-2.0), 0.0, r(30.0)];
+        let bins = attack_error_by_distance(Task::Gaze, &outputs, &labels, &[0.0, 0.0]);
+        let got: Vec<(f64, Option<f64>, usize)> = bins.iter().map(|b| (b.from, b.to, b.samples)).collect();
+        assert_eq!(got, [(0.0, Some(10.0), 1), (10.0, Some(20.0), 1), (40.0, None, 1)]);
+        for (bin, (distance, error)) in bins.iter().zip([(5.0, 1.0), (15.0, 2.0), (70.0, 30.0)]) {
+            assert!((bin.mean_distance - distance).abs() < 1e-3 && (bin.attack_error - error).abs() < 1e-3, "{bin:?}");
+        }
     }
 }
