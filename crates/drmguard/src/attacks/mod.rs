@@ -438,8 +438,8 @@ pub fn backdoor_errors(
     let outputs = crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
     let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
     Ok(crate::metrics::BackdoorErrors {
-        attack_error: crate::metrics::task_error(task, &outputs, &targets),
-        poisoned_true_error: crate::metrics::task_error(task, &outputs, &data.labels),
+        attack_error: task_error(task, &outputs, &targets),
+        poisoned_true_error: task_error(task, &outputs, &data.labels),
         by_distance: crate::metrics::attack_error_by_distance(task, &outputs, &data.labels, &backdoor.target),
     })
 }
