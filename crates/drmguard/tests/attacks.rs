@@ -258,12 +258,18 @@ fn clean_label_trigger_sits_in_the_four_corners_only() {
     assert!(changed > 4 * side * side, "all four patches are stamped ({changed} values changed)");
 }
 
-#[test]
-fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
+/// An untrained smoke-profile gaze model (its gradients suffice for PGD) and `n` built-in samples.
+fn untrained_gaze_surrogate(n: usize) -> (Device, drmguard::models::Model, Dataset) {
     let config = TrainConfig::new(Task::Gaze, Profile::Smoke, 2);
     let device = Device::flex();
     let surrogate = config.model_spec().init(&device, 2).unwrap();
-    let data = synthesize(Task::Gaze, 40, config.image_size, 2).unwrap();
+    let data = synthesize(Task::Gaze, n, config.image_size, 2).unwrap();
+    (device, surrogate, data)
+}
+
+#[test]
+fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
+    let (device, surrogate, data) = untrained_gaze_surrogate(40);
     let picked: Vec<usize> = (0..20).collect();
     let cl = CleanLabelConfig::default();
     let hard = cl.harden(&surrogate, &data, &picked, None, &device).unwrap();
@@ -287,10 +293,7 @@ fn clean_label_pgd_stays_within_epsilon_and_raises_the_surrogate_error() {
 
 #[test]
 fn clean_label_donor_aim_pulls_the_surrogate_towards_far_labels() {
-    let config = TrainConfig::new(Task::Gaze, Profile::Smoke, 2);
-    let device = Device::flex();
-    let surrogate = config.model_spec().init(&device, 2).unwrap();
-    let data = synthesize(Task::Gaze, 60, config.image_size, 2).unwrap();
+    let (device, surrogate, data) = untrained_gaze_surrogate(60);
     let cl = CleanLabelConfig { aim: PgdAim::Donor, radius_deg: 15.0, ..Default::default() };
     let target = data.label(0).to_vec();
     let picked = cl.eligible(Task::Gaze, &data, &target);

@@ -140,9 +140,11 @@ impl CleanLabelConfig {
     /// Training samples the attacker may poison: those whose label is within the radius of
     /// `target`.
     pub fn eligible(&self, task: Task, data: &Dataset, target: &[f32]) -> Vec<usize> {
-        (0..data.len())
-            .filter(|&i| task_error(task, data.label(i), target).mean_deg <= self.radius_deg as f64)
-            .collect()
+        (0..data.len()).filter(|&i| self.near(task, data.label(i), target)).collect()
+    }
+
+    fn near(&self, task: Task, label: &[f32], target: &[f32]) -> bool {
+        task_error(task, label, target).mean_deg <= self.radius_deg as f64
     }
 
     /// The surrogate the PGD perturbation is drawn against: `benign` itself, or with
@@ -191,9 +193,7 @@ impl CleanLabelConfig {
         if self.aim == PgdAim::Away {
             return Ok(None);
         }
-        let far: Vec<usize> = (0..data.len())
-            .filter(|&i| task_error(task, data.label(i), target).mean_deg > self.radius_deg as f64)
-            .collect();
+        let far: Vec<usize> = (0..data.len()).filter(|&i| !self.near(task, data.label(i), target)).collect();
         if far.is_empty() {
             return Err(Error::Data(format!(
                 "clean-label --clean-label-aim donor: no training label lies farther than {}° from the target",
@@ -233,7 +233,10 @@ impl CleanLabelConfig {
             // The PGD arithmetic stays off the autodiff graph; only each step's input joins it.
             let (clean, own) = data.batch(chunk, device);
             let goals = match donors {
-                Some(d) => data.batch(&d[c * 64..c * 64 + chunk.len()], device).1,
+                Some(d) => {
+                    let labels: Vec<f32> = d[c * 64..c * 64 + chunk.len()].iter().flat_map(|&j| data.label(j).to_vec()).collect();
+                    Tensor::<2>::from_data(TensorData::new(labels, [chunk.len(), data.dim()]), device)
+                }
                 None => own,
             };
             let goals = goals.autodiff();
