@@ -35,7 +35,8 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     let models = results["models"].as_array().unwrap();
     assert_eq!(models.len(), tasks * (attacks + 1) * n);
     for m in models {
-        keys(m, &["id", "task", "attack", "seed", "target", "path", "train_s", "errors"], "a model record");
+        keys(m, &["id", "task", "attack", "seed", "half", "standing", "target", "path", "train_s", "errors"], "a model record");
+        assert_eq!(m["standing"], "unchecked", "smoke models are a schema check, never judged");
         assert_eq!(m["attack"].is_null(), m["errors"]["ae_deg"].is_null(), "backdoored models, and only they, have an AE");
     }
     assert_eq!(results["detections"].as_array().unwrap().len(), models.len() * detectors);
@@ -45,9 +46,9 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     assert_eq!(config["mitigated_per_class"].as_u64(), Some(n as u64), "smoke repairs every backdoored model");
     assert_eq!(results["mitigations"].as_array().unwrap().len(), tasks * attacks * n * mitigators);
     for s in results["detection_summary"].as_array().unwrap() {
-        keys(s, &["task", "attack", "detector", "tp", "fp", "fn", "tn", "accuracy", "roc_auc", "mean_seconds"], "a detection summary");
+        keys(s, &["task", "attack", "detector", "half", "tp", "fp", "fn", "tn", "accuracy", "roc_auc", "mean_seconds"], "a detection summary");
         let counted: u64 = ["tp", "fp", "fn", "tn"].iter().map(|k| s[k].as_u64().unwrap()).sum();
-        assert_eq!(counted as usize, 2 * n, "each summary counts the attack's and the benign models");
+        assert_eq!(counted as usize, n, "each summary counts one half of the attack's and of the benign models");
         let auc = s["roc_auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auc));
     }

@@ -192,25 +192,22 @@ fn bad_defense_settings_and_small_clean_sets_are_refused() {
     }
 }
 
-/// The small benchmark's first head-pose models, trained and scanned exactly as `drmguard bench
-/// --profile small` does (benign seed 0, BadNets seed 1000, DRMGuard's small-profile settings).
+/// The tiny benchmark's first head-pose models, trained and scanned exactly as `drmguard bench
+/// --profile tiny` does (benign seed 0, BadNets seed 1000, DRMGuard's small-profile settings).
 /// The reversal finds this BadNets model's trigger (the estimated target lies within a few degrees
 /// of the attacker's, docs/drmguard.md), so it must stay flagged, and its benign twin, whose
 /// outputs collapse only halfway, must not. A regression test of the detector on models where it
 /// works, not a claim that it finds every trigger: it finds one in five at this size.
 #[test]
 fn the_benchmarks_first_headpose_badnets_model_is_flagged_and_its_benign_twin_is_not() {
-    use drmguard::attacks::DEFAULT_POISON_RATE;
     use drmguard::bench::BenchProfile;
     let device = Device::flex();
-    let profile = BenchProfile::Small;
+    let profile = BenchProfile::Tiny;
     for (attack, seed, expected) in [(None, 0, false), (Some("badnets"), 1000, true)] {
         let task = Task::HeadPose;
-        let backdoor = attack.map(|name| BackdoorSpec {
-            attack: profile.attack(name).unwrap(),
-            target: BackdoorSpec::default_target(task, seed),
-            poison_rate: DEFAULT_POISON_RATE,
-            seed,
+        let backdoor = attack.map(|name| {
+            let (attack, poison_rate) = profile.attack(name, task).unwrap();
+            BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed }
         });
         let (model, card) = TrainJob::builtin(profile.train_config(task, seed), backdoor).run(&device).unwrap();
         let suspect = Suspect::new(model, &card);

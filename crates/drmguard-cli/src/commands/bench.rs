@@ -14,7 +14,8 @@ use drmguard::train::cache_root;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// smoke (minutes, tiny models, for CI), small (the CPU profile), paper (the paper's setting, for GPUs).
+    /// smoke (minutes, tiny models, for CI), tiny (32×32, quick but its models barely learn),
+    /// small (the 64×64 test bed), paper (the paper's setting, for GPUs).
     #[arg(id = "bench_profile", long = "profile", value_enum, default_value_t = BenchProfile::Small)]
     profile: BenchProfile,
     /// Tasks, comma-separated.
@@ -23,15 +24,19 @@ pub struct BenchArgs {
     /// Attacks, comma-separated, or `all`.
     #[arg(long, default_value = "all")]
     attacks: String,
-    /// Detectors, comma-separated (drmguard, nc, featurere, abs), or `all`.
+    /// Detectors, comma-separated (drmguard, nc, featurere, abs), `all`, or `none` (train only).
     #[arg(long, default_value = "all")]
     detectors: String,
-    /// Mitigators, comma-separated (drmguard, ft, fp, anp, nc), or `all`.
+    /// Mitigators, comma-separated (drmguard, ft, fp, anp, nc), `all`, or `none`.
     #[arg(long, default_value = "all")]
     mitigators: String,
-    /// Models per class (benign, and each attack): default 2 (smoke), 5 (small), 10 (paper).
+    /// Models per class (benign, and each attack): default 2 (smoke), 5 (tiny), 4 per attack
+    /// and 8 benign (small), 10 (paper).
     #[arg(long = "models-per-class")]
     models_per_class: Option<usize>,
+    /// Benign models per task, when it differs from --models-per-class.
+    #[arg(long = "benign-per-class")]
+    benign_per_class: Option<usize>,
     /// Backdoored models of each attack that every mitigator repairs (the first ones): default
     /// all of them, 1 for the small profile.
     #[arg(long = "mitigated-per-class")]
@@ -57,10 +62,12 @@ pub struct BenchArgs {
     out: PathBuf,
 }
 
-/// `all`, or a comma-separated list parsed by `parse`.
+/// `all`, `none`, or a comma-separated list parsed by `parse`.
 fn list<T>(text: &str, all: Vec<T>, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
-    if text == "all" {
-        return Ok(all);
+    match text {
+        "all" => return Ok(all),
+        "none" => return Ok(Vec::new()),
+        _ => {}
     }
     let items = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse).collect::<Result<Vec<_>>>()?;
     if items.is_empty() {
@@ -90,7 +97,11 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     config.attacks = list(&a.attacks, config.attacks.clone(), |n| Ok(AttackKind::by_name(n)?.name().to_string())).context("--attacks")?;
     config.detectors = list(&a.detectors, config.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?;
     config.mitigators = list(&a.mitigators, config.mitigators.clone(), value_enum::<MitigatorKind>).context("--mitigators")?;
-    config.models_per_class = a.models_per_class.unwrap_or(config.models_per_class);
+    if let Some(n) = a.models_per_class {
+        config.models_per_class = n;
+        config.benign_per_class = n;
+    }
+    config.benign_per_class = a.benign_per_class.unwrap_or(config.benign_per_class);
     config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
     config.seed = a.seed;
     config.validate()?;

@@ -25,7 +25,7 @@ use crate::defenses::drmguard::{DrmGuard, DrmGuardRepair, Reversal};
 use crate::defenses::{CleanSet, Detection, DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind, Suspect};
 use crate::error::{Error, Result};
 use crate::io::{read_json, short_hash, write_json};
-use crate::metrics::{BackdoorErrors, TaskError};
+use crate::metrics::{BackdoorErrors, TaskError, constant_predictor_error};
 use crate::model_file::ModelCard;
 use crate::models::Model;
 use crate::task::Task;
@@ -36,10 +36,14 @@ use scoring::{Confusion, roc_auc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchProfile {
-    /// Tiny CNNs on 32×32 images and short defenses: minutes, for CI.
+    /// Tiny CNNs on 32×32 images and short defenses: minutes, for CI. Its models learn
+    /// nothing, so its tables check the schema, never a defense.
     Smoke,
-    /// The CPU profile: ResNet-18 width 16 on 32×32 images, trained shorter than `train`'s small
-    /// profile, with shortened defenses, so that the grid fits hours, not days, on 2 cores.
+    /// ResNet-18 width 16 on 32×32 images, trained shorter than `train`'s small profile: quick
+    /// runs in about 3 hours on 2 cores, but its models barely learn their task.
+    Tiny,
+    /// The test bed: ResNet-18 width 16 on 64×64 images with `train`'s small profile, where
+    /// models learn their task and every attack takes with its measured setting.
     Small,
     /// The paper's setting (ResNet-18 width 64, 224×224, 10 + 10 models): for GPUs.
     Paper,
@@ -55,7 +59,8 @@ impl BenchProfile {
                 c.epochs = 6;
                 c
             }
-            BenchProfile::Small => {
+            BenchProfile::Small => TrainConfig::new(task, Profile::Small, seed),
+            BenchProfile::Tiny => {
                 // ResNet-18 width 16 at 32×32: ≈ 1 min per model on 2 cores, and it learns a
                 // BadNets backdoor (measured: clean 10.4°, AE 2.3°), where width 8 does not.
                 let mut c = TrainConfig::new(task, Profile::Small, seed);
@@ -68,12 +73,46 @@ impl BenchProfile {
         }
     }
 
-    /// The attack `name` with its defaults; smoke runs train ISSBA's encoder and Input-Aware's
-    /// networks shorter, small runs Input-Aware's networks.
-    pub fn attack(self, name: &str) -> Result<AttackKind> {
+    /// The attack `name` on `task` and the share of poisoned training samples: the attack's
+    /// defaults, except where the profile needs another setting. Smoke runs train ISSBA's encoder
+    /// and Input-Aware's networks shorter, tiny runs Input-Aware's networks. The test bed (small)
+    /// uses the settings measured to take at 64×64 where the defaults do not (docs/attacks.md,
+    /// "Where the target stands"); each departure is listed in docs/results.md.
+    pub fn attack(self, name: &str, task: Task) -> Result<(AttackKind, f64)> {
         let mut attack = AttackKind::by_name(name)?;
+        let mut poison_rate = DEFAULT_POISON_RATE;
         match (self, &mut attack) {
+            (BenchProfile::Small, AttackKind::Wanet(c)) if task == Task::HeadPose => {
+                // k 4, s 0.5 leave head pose's AE far above 3°; a stronger warp on more samples takes.
+                c.k = 8;
+                c.s = 2.0;
+                poison_rate = 0.2;
+            }
             (BenchProfile::Small, AttackKind::InputAware(c)) => {
+                // Cross ratio 1 teaches the model to ignore most triggers at 64×64.
+                c.cross_ratio = 0.0;
+                poison_rate = 0.2;
+            }
+            (BenchProfile::Small, AttackKind::CleanLabel(c)) => {
+                // One robust epoch moves the surrogate furthest, the tighter radius lowers the
+                // floor near the target and the larger corner trigger overrides the content.
+                c.robust_epochs = 1;
+                c.radius_deg = 5.0;
+                c.patch_fraction = 0.25;
+            }
+            (BenchProfile::Small, AttackKind::Issba(c)) if task == Task::HeadPose => {
+                // A lighter residual-size weight lets the residual use its ±0.04 allowance.
+                c.beta = 0.1;
+            }
+            (BenchProfile::Small, AttackKind::Adaptive(c)) => {
+                // At 10% the in-batch variance term mostly removes its own backdoor.
+                poison_rate = 0.2;
+                if task == Task::HeadPose {
+                    c.wanet.k = 8;
+                    c.wanet.s = 2.0;
+                }
+            }
+            (BenchProfile::Tiny, AttackKind::InputAware(c)) => {
                 // 5 + 5 epochs instead of 10 + 10: its networks made Input-Aware 400 s a model
                 // against 55 s for BadNets, a sixth of the grid's training, and at 32×32 the
                 // longer training did not make the backdoor take either (AE 13.7–22.3°).
@@ -92,7 +131,7 @@ impl BenchProfile {
             }
             _ => {}
         }
-        Ok(attack)
+        Ok((attack, poison_rate))
     }
 
     /// Images in the defender's clean set: the default rule (5% of the training set, at least
@@ -101,11 +140,28 @@ impl BenchProfile {
         (self == BenchProfile::Smoke).then_some(128)
     }
 
+    /// Whether models must have learned their task (and their backdoor taken) to count in the
+    /// tables: every profile but smoke, whose models learn nothing by design.
+    pub fn gated(self) -> bool {
+        self != BenchProfile::Smoke
+    }
+
+    /// Backdoored models per attack.
     pub fn models_per_class(self) -> usize {
         match self {
             BenchProfile::Smoke => 2,
-            BenchProfile::Small => 5,
+            BenchProfile::Small => 4,
+            BenchProfile::Tiny => 5,
             BenchProfile::Paper => 10,
+        }
+    }
+
+    /// Benign models per task: the test bed has twice as many as of each attack, since every
+    /// attack's row compares against them.
+    pub fn benign_per_class(self) -> usize {
+        match self {
+            BenchProfile::Small => 8,
+            other => other.models_per_class(),
         }
     }
 
@@ -114,7 +170,7 @@ impl BenchProfile {
     /// all 60 would cost more than the 3 hours the whole CPU run may take.
     pub fn mitigated_per_class(self) -> usize {
         match self {
-            BenchProfile::Small => 1,
+            BenchProfile::Small | BenchProfile::Tiny => 1,
             other => other.models_per_class(),
         }
     }
@@ -122,7 +178,7 @@ impl BenchProfile {
     /// The detectors' settings: their defaults, shortened for smoke and small runs.
     pub fn detector_configs(self) -> DetectorConfigs {
         let mut c = DetectorConfigs::default();
-        if self == BenchProfile::Small {
+        if matches!(self, BenchProfile::Small | BenchProfile::Tiny) {
             // Sized so that 80 models' scans fit the 3-hour CPU budget with their training
             // (docs/results.md has the budget). DRMGuard runs its defaults, which are this
             // profile's measured setting (200 steps at lr 3e-3, width 8, batch 32: 0.20 s a step
@@ -157,7 +213,7 @@ impl BenchProfile {
     pub fn mitigator_configs(self) -> MitigatorConfigs {
         let detectors = self.detector_configs();
         let mut c = MitigatorConfigs { drmguard: detectors.drmguard, nc: detectors.nc, ..MitigatorConfigs::default() };
-        if self == BenchProfile::Small {
+        if matches!(self, BenchProfile::Small | BenchProfile::Tiny) {
             c.unlearn.epochs = 10;
             c.ft.epochs = 10;
             c.anp.steps = 100;
@@ -178,6 +234,7 @@ impl std::fmt::Display for BenchProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             BenchProfile::Smoke => "smoke",
+            BenchProfile::Tiny => "tiny",
             BenchProfile::Small => "small",
             BenchProfile::Paper => "paper",
         })
@@ -193,7 +250,10 @@ pub struct BenchConfig {
     pub attacks: Vec<String>,
     pub detectors: Vec<DetectorKind>,
     pub mitigators: Vec<MitigatorKind>,
+    /// Backdoored models per attack.
     pub models_per_class: usize,
+    /// Benign models per task.
+    pub benign_per_class: usize,
     /// The first this many backdoored models of each attack are repaired by every mitigator.
     pub mitigated_per_class: usize,
     /// Images in the defender's clean set (`None`: 5% of the training set, at least 500).
@@ -216,6 +276,7 @@ impl BenchConfig {
             detectors: vec![DetectorKind::Drmguard, DetectorKind::Nc, DetectorKind::Featurere, DetectorKind::Abs],
             mitigators: vec![MitigatorKind::Drmguard, MitigatorKind::Ft, MitigatorKind::Fp, MitigatorKind::Anp, MitigatorKind::Nc],
             models_per_class: profile.models_per_class(),
+            benign_per_class: profile.benign_per_class(),
             mitigated_per_class: profile.mitigated_per_class(),
             clean_size: profile.clean_size(),
             seed: 0,
@@ -231,13 +292,95 @@ impl BenchConfig {
         if self.models_per_class == 0 {
             return Err(Error::invalid("models per class", "0"));
         }
+        if self.benign_per_class == 0 {
+            return Err(Error::invalid("benign models per class", "0"));
+        }
         for name in &self.attacks {
-            self.profile.attack(name)?;
+            for &task in &self.tasks {
+                self.profile.attack(name, task)?;
+            }
         }
         for &kind in &self.mitigators {
             self.mitigator_configs.validate(kind)?;
         }
         Ok(())
+    }
+}
+
+/// A model counts as having learned its task when its clean error is at most this share of the
+/// mean predictor's.
+pub const LEARNED_RATIO: f64 = 0.25;
+
+/// A backdoor counts as having taken when its attack error is at most this, in the task's unit.
+pub const TOOK_AE: f64 = 3.0;
+
+/// Which half of the seeds a model belongs to: anything fit to data (thresholds, weights) is fit
+/// on the calibration half, and the tables report the test half beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Half {
+    Calibration,
+    Test,
+}
+
+impl Half {
+    /// Even model indices calibrate, odd ones test, so both halves grow together.
+    pub fn of_index(index: usize) -> Self {
+        if index % 2 == 0 { Half::Calibration } else { Half::Test }
+    }
+}
+
+impl std::fmt::Display for Half {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Half::Calibration => "calibration",
+            Half::Test => "test",
+        })
+    }
+}
+
+/// Whether a model can judge a defense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Standing {
+    /// It learned its task and, if backdoored, its backdoor took.
+    Usable,
+    /// Clean error above [`LEARNED_RATIO`] × the mean predictor's.
+    DidNotLearn,
+    /// Backdoored, but its attack error is above [`TOOK_AE`].
+    DidNotTake,
+    /// Not checked: the profile's models are not meant to learn (smoke), so its tables are a
+    /// schema check.
+    Unchecked,
+}
+
+impl Standing {
+    pub fn of(errors: &Errors, gated: bool) -> Self {
+        if !gated {
+            Standing::Unchecked
+        } else if !(errors.clean_deg <= LEARNED_RATIO * errors.mean_predictor_deg) {
+            Standing::DidNotLearn
+        } else if errors.ae_deg.is_some_and(|ae| !(ae <= TOOK_AE)) {
+            Standing::DidNotTake
+        } else {
+            Standing::Usable
+        }
+    }
+
+    /// Whether the model enters the identification and ROC tables.
+    pub fn counts(self) -> bool {
+        matches!(self, Standing::Usable | Standing::Unchecked)
+    }
+}
+
+impl std::fmt::Display for Standing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Standing::Usable => "usable",
+            Standing::DidNotLearn => "did not learn",
+            Standing::DidNotTake => "did not take",
+            Standing::Unchecked => "unchecked",
+        })
     }
 }
 
@@ -250,6 +393,8 @@ pub struct ModelRecord {
     /// The attack, `None` for benign models.
     pub attack: Option<String>,
     pub seed: u64,
+    pub half: Half,
+    pub standing: Standing,
     pub target: Option<Vec<f32>>,
     pub path: PathBuf,
     pub train_s: f64,
@@ -260,14 +405,18 @@ pub struct ModelRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Errors {
     pub clean_deg: f64,
+    /// The error of always predicting the mean training label, on the same test split: the bar
+    /// a model must clear by far to count as having learned its task.
+    pub mean_predictor_deg: f64,
     pub ae_deg: Option<f64>,
     pub dae_deg: Option<f64>,
 }
 
 impl Errors {
-    fn from(clean: &TaskError, backdoor: Option<&BackdoorErrors>) -> Self {
+    fn from(clean: &TaskError, mean_predictor: &TaskError, backdoor: Option<&BackdoorErrors>) -> Self {
         Errors {
             clean_deg: clean.mean_deg,
+            mean_predictor_deg: mean_predictor.mean_deg,
             ae_deg: backdoor.map(|b| b.attack_error.mean_deg),
             dae_deg: backdoor.map(|b| b.poisoned_true_error.mean_deg),
         }
@@ -302,6 +451,9 @@ pub struct DetectionSummary {
     pub task: Task,
     pub attack: String,
     pub detector: DetectorKind,
+    /// The seeds counted: a summary covers one half (models that did not learn or whose
+    /// backdoor did not take are left out).
+    pub half: Half,
     #[serde(flatten)]
     pub confusion: Confusion,
     pub accuracy: f64,
@@ -413,15 +565,19 @@ impl Bench {
         let results_dir = self.cache.join("results");
         std::fs::create_dir_all(&results_dir).map_err(|cause| Error::Write { path: results_dir.clone(), cause })?;
         let classes: Vec<Option<&str>> = std::iter::once(None).chain(c.attacks.iter().map(|a| Some(a.as_str()))).collect();
+        // Model-major order (every class's model 0, then every class's model 1, …), so that a
+        // run stopped early leaves a balanced grid to resume from.
         let mut units = Vec::new();
-        for &task in &c.tasks {
-            for attack in &classes {
-                let class = match attack {
-                    Some(name) => 1 + AttackKind::position(name)?,
-                    None => 0,
-                };
-                for index in 0..c.models_per_class {
-                    units.push(Unit { task, attack: *attack, index, seed: c.seed + 1000 * class as u64 + index as u64 });
+        for index in 0..c.models_per_class.max(c.benign_per_class) {
+            for &task in &c.tasks {
+                for attack in &classes {
+                    let (class, count) = match attack {
+                        Some(name) => (1 + AttackKind::position(name)?, c.models_per_class),
+                        None => (0, c.benign_per_class),
+                    };
+                    if index < count {
+                        units.push(Unit { task, attack: *attack, index, seed: c.seed + 1000 * class as u64 + index as u64 });
+                    }
                 }
             }
         }
@@ -553,12 +709,10 @@ impl Bench {
         let c = &self.config;
         let config = c.profile.train_config(task, seed);
         let backdoor = match attack {
-            Some(name) => Some(BackdoorSpec {
-                attack: c.profile.attack(name)?,
-                target: BackdoorSpec::default_target(task, seed),
-                poison_rate: DEFAULT_POISON_RATE,
-                seed,
-            }),
+            Some(name) => {
+                let (attack, poison_rate) = c.profile.attack(name, task)?;
+                Some(BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed })
+            }
             None => None,
         };
         let job = TrainJob::builtin(config, backdoor);
@@ -571,15 +725,19 @@ impl Bench {
         // A cached model's evaluation is computed even in an `only_cached` run: it is one pass
         // over the test split.
         let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
-            let test = card.trained("the benchmark")?.data.load(task, card.model.input_size, Split::Test)?;
+            let trained = card.trained("the benchmark")?;
+            let test = trained.data.load(task, card.model.input_size, Split::Test)?;
             let (clean, backdoor) = card_errors(&model, &card, &test)?;
-            Ok(Errors::from(&clean, backdoor.as_ref()))
+            let mean_predictor = constant_predictor_error(task, &trained.label_mean, &test.labels);
+            Ok(Errors::from(&clean, &mean_predictor, backdoor.as_ref()))
         })?;
         let record = ModelRecord {
             id: format!("{task}-{class}-{index}"),
             task,
             attack: attack.map(str::to_string),
             seed,
+            half: Half::of_index(index),
+            standing: Standing::of(&errors, c.profile.gated()),
             target: card.backdoor.as_ref().map(|b| b.target.clone()),
             path,
             train_s: card.trained("the benchmark")?.train_seconds,
@@ -664,9 +822,11 @@ impl Bench {
                 let repair = c.mitigator_configs.build(kind).mitigate(suspect, clean, c.seed, device)?;
                 (repair, started.elapsed().as_secs_f64())
             };
-            let test = t.card.trained("the benchmark")?.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
+            let trained = t.card.trained("the benchmark")?;
+            let test = trained.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
             let (clean_error, backdoor) = card_errors(&repair.model, &t.card, &test)?;
-            let after = Errors::from(&clean_error, backdoor.as_ref());
+            let mean_predictor = constant_predictor_error(t.card.task, &trained.label_mean, &test.labels);
+            let after = Errors::from(&clean_error, &mean_predictor, backdoor.as_ref());
             tracing::info!(model = t.record.id, %kind, ae = ?after.ae_deg, dae = ?after.dae_deg, seconds = elapsed_s, "bench: mitigated");
             Ok(MitigationRecord { model: t.record.id.clone(), mitigator: kind, before: t.record.errors.clone(), after, elapsed_s })
         })
@@ -683,28 +843,36 @@ fn summarise_detections(c: &BenchConfig, models: &[ModelRecord], detections: &[D
     for &task in &c.tasks {
         for attack in &c.attacks {
             for &detector in &c.detectors {
-                let of = |class: Option<&str>| -> Vec<&DetectionRecord> {
-                    let ids: Vec<&str> =
-                        models.iter().filter(|m| m.task == task && m.attack.as_deref() == class).map(|m| m.id.as_str()).collect();
-                    detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
-                };
-                let (positives, negatives) = (of(Some(attack)), of(None));
-                // Only a run from a partial cache has no scans of a class: no row, not a row of zeros.
-                if positives.is_empty() || negatives.is_empty() {
-                    continue;
+                for half in [Half::Test, Half::Calibration] {
+                    let of = |class: Option<&str>| -> Vec<&DetectionRecord> {
+                        let ids: Vec<&str> = models
+                            .iter()
+                            .filter(|m| m.task == task && m.attack.as_deref() == class && m.half == half && m.standing.counts())
+                            .map(|m| m.id.as_str())
+                            .collect();
+                        detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
+                    };
+                    let (positives, negatives) = (of(Some(attack)), of(None));
+                    // A class with no usable scans in this half (a partial cache, or models that
+                    // did not learn) gives no row, not a row of zeros.
+                    if positives.is_empty() || negatives.is_empty() {
+                        continue;
+                    }
+                    let confusion = Confusion::count(
+                        positives.iter().map(|d| (true, d.backdoored)).chain(negatives.iter().map(|d| (false, d.backdoored))),
+                    );
+                    let scores = |ds: &[&DetectionRecord]| ds.iter().map(|d| d.suspicion).collect::<Vec<_>>();
+                    out.push(DetectionSummary {
+                        task,
+                        attack: attack.clone(),
+                        detector,
+                        half,
+                        accuracy: confusion.accuracy(),
+                        confusion,
+                        roc_auc: roc_auc(&scores(&positives), &scores(&negatives)),
+                        mean_seconds: mean(positives.iter().chain(&negatives).map(|d| d.elapsed_s)),
+                    });
                 }
-                let confusion =
-                    Confusion::count(positives.iter().map(|d| (true, d.backdoored)).chain(negatives.iter().map(|d| (false, d.backdoored))));
-                let scores = |ds: &[&DetectionRecord]| ds.iter().map(|d| d.suspicion).collect::<Vec<_>>();
-                out.push(DetectionSummary {
-                    task,
-                    attack: attack.clone(),
-                    detector,
-                    accuracy: confusion.accuracy(),
-                    confusion,
-                    roc_auc: roc_auc(&scores(&positives), &scores(&negatives)),
-                    mean_seconds: mean(positives.iter().chain(&negatives).map(|d| d.elapsed_s)),
-                });
             }
         }
     }
@@ -775,8 +943,10 @@ mod tests {
 
     #[test]
     fn the_small_profile_repairs_one_model_per_attack() {
+        let tiny = BenchConfig::new(BenchProfile::Tiny);
+        assert_eq!((tiny.models_per_class, tiny.benign_per_class, tiny.mitigated_per_class), (5, 5, 1));
         let c = BenchConfig::new(BenchProfile::Small);
-        assert_eq!((c.models_per_class, c.mitigated_per_class), (5, 1));
+        assert_eq!((c.models_per_class, c.benign_per_class, c.mitigated_per_class), (4, 8, 1));
         let smoke = BenchConfig::new(BenchProfile::Smoke);
         assert_eq!(smoke.mitigated_per_class, smoke.models_per_class);
         // The repairs reuse the scans' DRMGuard reversal only when both have the same settings.

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::scoring::roc_curve;
-use super::{BenchResults, DetectionSummary, mean};
+use super::{BenchResults, DetectionSummary, Half, LEARNED_RATIO, TOOK_AE, mean};
 use crate::defenses::DetectorKind;
 use crate::error::Result;
 use crate::io::{write_atomic, write_json};
@@ -45,7 +45,9 @@ fn suspicions(results: &BenchResults, task: Task, backdoored: bool) -> impl Fn(D
             .detections
             .iter()
             .filter(|d| d.detector == detector)
-            .filter(|d| results.models.iter().any(|m| m.id == d.model && m.task == task && m.attack.is_some() == backdoored))
+            .filter(|d| {
+                results.models.iter().any(|m| m.id == d.model && m.task == task && m.attack.is_some() == backdoored && m.standing.counts())
+            })
             .map(|d| d.suspicion)
             .collect()
     }
@@ -60,9 +62,10 @@ fn detector_header(detectors: &[DetectorKind]) -> String {
 fn markdown(r: &BenchResults, figures: &[String]) -> String {
     let c = &r.config;
     let mut md = format!(
-        "# drmguard benchmark ({} profile)\n\n{} models per class ({} repaired per attack); tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
+        "# drmguard benchmark ({} profile)\n\n{} benign models per task and {} per attack ({} repaired per attack); tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
          (cached steps are free). Every number is recomputable from `results.json`.\n",
         c.profile,
+        c.benign_per_class,
         c.models_per_class,
         c.mitigated_per_class,
         c.tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
@@ -85,33 +88,39 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         r.detections.iter().map(|d| d.elapsed_s).sum::<f64>() / 3600.0,
         r.mitigations.iter().map(|m| m.elapsed_s).sum::<f64>() / 3600.0,
     ));
+    md.push_str(&split_note(r));
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for &task in &c.tasks {
         let rows: Vec<&DetectionSummary> = r.detection_summary.iter().filter(|s| s.task == task).collect();
         md.push_str(&format!("\n## {task}\n"));
         md.push_str(&attack_table(r, task));
-        md.push_str("\n### Identification (TP / FP / FN / TN, accuracy)\n\n");
+        let cell = |attack: &String, d: DetectorKind, half: Half| rows.iter().find(|s| &s.attack == attack && s.detector == d && s.half == half);
+        md.push_str("\n### Identification (TP / FP / FN / TN, accuracy; test half, then calibration half)\n\n");
         md.push_str(&detector_header(&c.detectors));
+        let counts = |s: Option<&&DetectionSummary>| match s {
+            Some(s) => {
+                let k = &s.confusion;
+                format!("{} / {} / {} / {}, {:.2}", k.tp, k.fp, k.fn_, k.tn, s.accuracy)
+            }
+            None => "–".to_string(),
+        };
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
             for &d in &c.detectors {
-                match rows.iter().find(|s| &s.attack == attack && s.detector == d) {
-                    Some(s) => {
-                        let k = &s.confusion;
-                        md.push_str(&format!(" {} / {} / {} / {}, {:.2} |", k.tp, k.fp, k.fn_, k.tn, s.accuracy));
-                    }
-                    None => md.push_str(" – |"),
-                }
+                md.push_str(&format!(" {} (cal. {}) |", counts(cell(attack, d, Half::Test)), counts(cell(attack, d, Half::Calibration))));
             }
             md.push('\n');
         }
-        md.push_str("\n### ROC-AUC (backdoored models of the attack against the benign models)\n\n");
+        md.push_str("\n### ROC-AUC (backdoored models of the attack against the benign models; test half (models), then calibration half)\n\n");
         md.push_str(&detector_header(&c.detectors));
+        let auc = |s: Option<&&DetectionSummary>| match s {
+            Some(s) => format!("{} ({})", opt(s.roc_auc), s.confusion.tp + s.confusion.fp + s.confusion.fn_ + s.confusion.tn),
+            None => "–".to_string(),
+        };
         for attack in &c.attacks {
             md.push_str(&format!("| {attack} |"));
             for &d in &c.detectors {
-                let auc = rows.iter().find(|s| &s.attack == attack && s.detector == d).and_then(|s| s.roc_auc);
-                md.push_str(&format!(" {} |", opt(auc)));
+                md.push_str(&format!(" {} (cal. {}) |", auc(cell(attack, d, Half::Test)), auc(cell(attack, d, Half::Calibration))));
             }
             md.push('\n');
         }
@@ -148,16 +157,55 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
                 s.mean_seconds
             ));
         }
-        md.push_str("\n### Models (clean error / AE / DAE, training time)\n\n| model | clean | AE | DAE | train |\n|---|---|---|---|---|\n");
+        md.push_str(
+            "\n### Models (clean error against the mean predictor's, AE / DAE, training time, half, standing)\n\n\
+             | model | clean | mean predictor | AE | DAE | train | half | standing |\n|---|---|---|---|---|---|---|---|\n",
+        );
         for m in r.models.iter().filter(|m| m.task == task) {
             let e = &m.errors;
-            md.push_str(&format!("| {} | {:.2} | {} | {} | {:.0} s |\n", m.id, e.clean_deg, opt(e.ae_deg), opt(e.dae_deg), m.train_s));
+            md.push_str(&format!(
+                "| {} | {:.2} | {:.2} | {} | {} | {:.0} s | {} | {} |\n",
+                m.id,
+                e.clean_deg,
+                e.mean_predictor_deg,
+                opt(e.ae_deg),
+                opt(e.dae_deg),
+                m.train_s,
+                m.half,
+                m.standing
+            ));
         }
         for f in figures.iter().filter(|f| f.contains(&format!("_{task}"))) {
             md.push_str(&format!("\n![{f}]({f})\n"));
         }
     }
     md
+}
+
+/// Which seeds calibrate and which test, and which models are left out of the tables and why.
+fn split_note(r: &BenchResults) -> String {
+    let ids = |half: Half| -> String {
+        let mut seeds: Vec<String> = r.models.iter().filter(|m| m.half == half).map(|m| m.id.clone()).collect();
+        seeds.sort();
+        if seeds.is_empty() { "none yet".into() } else { seeds.join(", ") }
+    };
+    let left_out: Vec<String> = r.models.iter().filter(|m| !m.standing.counts()).map(|m| format!("{} ({})", m.id, m.standing)).collect();
+    let gate = if r.config.profile.gated() {
+        format!(
+            "A model counts only if it learned its task (clean error ≤ {LEARNED_RATIO} × the mean predictor's) and, if backdoored, \
+             its backdoor took (AE ≤ {TOOK_AE}); the others are listed here and in the models tables, and counted nowhere else. \
+             Left out: {}.",
+            if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") }
+        )
+    } else {
+        "This profile's models are not meant to learn their task: its tables check the schema and say nothing about a defense.".into()
+    };
+    format!(
+        "\n**Seeds.** Even model indices form the calibration half, odd ones the test half: anything fit to data is fit on the \
+         calibration half, and the tables give the test half first.\n\n- calibration: {}\n- test: {}\n\n{gate}\n",
+        ids(Half::Calibration),
+        ids(Half::Test)
+    )
 }
 
 /// Per class, whether the backdoor took: the detection rows of an attack whose models did not
