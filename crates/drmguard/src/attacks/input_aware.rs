@@ -135,12 +135,12 @@ impl InputAwareConfig {
         let key = crate::io::short_hash(&(self, task, size, seed, env!("CARGO_PKG_VERSION")));
         let path = cache_dir.join(format!("input-aware-{key}.safetensors"));
         let empty = || init_seeded(&device, 0, || Networks::new(self.width, &device));
-        let networks = match super::load_cached(&path, "Input-Aware networks", empty) {
+        let networks = match crate::models::cache::load_cached(&path, "Input-Aware networks", empty) {
             Some(n) => n,
             None => {
                 tracing::info!(path = %path.display(), "training the Input-Aware networks (cached for later runs)");
                 let networks = self.train(task, size, seed, &device)?;
-                super::save_cached(&networks, &path)?;
+                crate::models::cache::save_cached(&networks, &path)?;
                 networks
             }
         };

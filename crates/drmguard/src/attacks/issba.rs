@@ -92,13 +92,13 @@ impl IssbaConfig {
         self.validate()?;
         let device = Device::flex();
         let path = cache_dir.join(self.cache_name(task, size, seed));
-        let encoder = match super::load_cached(&path, "ISSBA encoder", || init_seeded(&device, 0, || Encoder::new(self.bits, &device))) {
+        let encoder = match crate::models::cache::load_cached(&path, "ISSBA encoder", || init_seeded(&device, 0, || Encoder::new(self.bits, &device))) {
             Some(encoder) => encoder,
             None => {
                 tracing::info!(path = %path.display(), "training the ISSBA encoder (cached for later runs)");
                 let (encoder, bit_accuracy) = self.train(task, size, seed, &device)?;
                 tracing::info!(bit_accuracy, "ISSBA encoder trained");
-                super::save_cached(&encoder, &path)?;
+                crate::models::cache::save_cached(&encoder, &path)?;
                 encoder
             }
         };

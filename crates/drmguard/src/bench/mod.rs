@@ -433,6 +433,9 @@ pub struct DetectionRecord {
     pub suspicion: f64,
     pub threshold: f64,
     pub elapsed_s: f64,
+    /// The detector's scalar signals (see [`Detection::signals`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub signals: std::collections::BTreeMap<String, f64>,
 }
 
 /// One mitigator's repair of one backdoored model.
@@ -793,6 +796,7 @@ impl Bench {
                 suspicion: d.suspicion,
                 threshold: d.threshold,
                 elapsed_s: d.elapsed_s,
+                signals: d.signals,
             })
         })
     }

@@ -17,11 +17,13 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
+use super::references::{ReferenceConfig, ReferenceRecord, References, contrast_penalty, frozen_on, spread_ratios};
 use super::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, scalar, values};
 use crate::data::to_images;
 use crate::report::reversed::{map_figure, reversal_figure};
 use crate::error::{Error, Result};
+use crate::metrics::column_mean_var;
 use crate::models::{Model, Regressor, feature_angles, init_seeded};
 use crate::task::Task;
 
@@ -147,6 +149,48 @@ pub struct DrmGuardConfig {
     // read and hash as they did.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub restarts: usize,
+    /// Benign reference models the defender trains from its clean set alone (ResNet-18 width
+    /// 16, 40 epochs on four fifths of it, cached per task and clean set); 0: none. With
+    /// references, G is also penalised for collapsing them (`--contrast-weight`), and the
+    /// report gives the contrast: the suspect's spread ratio over the references'. An edit that
+    /// collapses every model of the task is the task's own feature, not a trigger.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub references: usize,
+    /// μ: weight of the references' collapse penalty, mean over references of
+    /// max(0, τ − their spread ratio on the batch), in G's objective.
+    #[arg(long = "contrast-weight", default_value_t = DEFAULT_CONTRAST_WEIGHT)]
+    #[serde(default = "default_contrast_weight", skip_serializing_if = "is_default_contrast_weight")]
+    pub contrast_weight: f64,
+    /// τ: the share of their spread the references may lose before the penalty starts.
+    #[arg(long = "contrast-floor", default_value_t = DEFAULT_CONTRAST_FLOOR)]
+    #[serde(default = "default_contrast_floor", skip_serializing_if = "is_default_contrast_floor")]
+    pub contrast_floor: f64,
+}
+
+/// μ of the reference contrast.
+pub const DEFAULT_CONTRAST_WEIGHT: f64 = 1.0;
+/// τ of the reference contrast.
+pub const DEFAULT_CONTRAST_FLOOR: f64 = 0.5;
+
+fn default_contrast_weight() -> f64 {
+    DEFAULT_CONTRAST_WEIGHT
+}
+
+fn is_default_contrast_weight(v: &f64) -> bool {
+    *v == DEFAULT_CONTRAST_WEIGHT
+}
+
+fn default_contrast_floor() -> f64 {
+    DEFAULT_CONTRAST_FLOOR
+}
+
+fn is_default_contrast_floor(v: &f64) -> bool {
+    *v == DEFAULT_CONTRAST_FLOOR
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How a collapse of the outputs on G(x) is measured.
@@ -215,6 +259,9 @@ impl Default for DrmGuardConfig {
             max_error_ratio: None,
             max_spread_ratio: None,
             restarts: 1,
+            references: 0,
+            contrast_weight: DEFAULT_CONTRAST_WEIGHT,
+            contrast_floor: DEFAULT_CONTRAST_FLOOR,
         }
     }
 }
@@ -333,6 +380,12 @@ impl DrmGuardConfig {
         if !(1..=64).contains(&c.restarts) {
             return Err(Error::invalid("DRMGuard restarts", format!("{} (must be within 1..=64)", c.restarts)));
         }
+        if !(finite_nonneg(c.contrast_weight) && c.contrast_floor.is_finite() && c.contrast_floor > 0.0) {
+            return Err(Error::invalid(
+                "DRMGuard contrast weight / floor",
+                format!("{} / {} (weight finite and ≥ 0, floor finite and > 0)", c.contrast_weight, c.contrast_floor),
+            ));
+        }
         if c.batch_size < 2 {
             return Err(Error::invalid("DRMGuard batch size", format!("{} (variances need at least 2)", c.batch_size)));
         }
@@ -365,6 +418,9 @@ pub struct StepRecord {
     /// Unweighted mean |G(x) − x| on the batch.
     pub l1: f64,
     pub feature_term: f64,
+    /// The references' collapse penalty (0 without references).
+    #[serde(default)]
+    pub contrast: f64,
 }
 
 /// What reverse engineering found.
@@ -390,11 +446,30 @@ pub struct ReversalSummary {
     pub error_ratio: f64,
     /// Ratio of angle variance of the reversed to the clean images, mean over outputs.
     pub rav: f64,
+    /// The penultimate features' total variance on the reversed images over that on the clean
+    /// images: a trigger collapses the whole representation, a natural edit moves within it.
+    #[serde(default)]
+    pub feature_dispersion_ratio: f64,
+    /// How far the reversed images' mean features lie from the clean ones': mean over features
+    /// of |mean shift| / clean standard deviation.
+    #[serde(default)]
+    pub feature_shift: f64,
     pub rav_per_output: Vec<f64>,
     /// Steps G ran: `steps`, plus any of `extra_steps` that the collapse earned.
     pub steps: usize,
     pub history: Vec<StepRecord>,
     pub seconds_per_step: f64,
+    /// Each reference model's spread ratio on G(x) (empty without references).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_spread_ratios: Vec<f64>,
+    /// The suspect's spread ratio over the references' mean: far below 1, G found an edit that
+    /// collapses the suspect alone (a trigger); near 1, one that collapses every model of the
+    /// task (a feature of the task). `None` without references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<f64>,
+    /// How well each reference learned the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<ReferenceRecord>,
     /// Every start's outcome when the scan made several (`--restarts`); the summary is the kept
     /// one's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -469,6 +544,13 @@ impl DrmGuard {
         detection.backdoored = worse < 1.0;
         detection.margin = (worse - 1.0) * c.epsilon;
         detection.suspicion = -worse;
+        let mut signals = vec![("score", s.score), ("error_ratio", s.error_ratio), ("spread_ratio", s.spread_ratio), ("rav", s.rav), ("closeness", worse)];
+        signals.extend([("feature_dispersion_ratio", s.feature_dispersion_ratio), ("feature_shift", s.feature_shift)]);
+        if let Some(contrast) = s.contrast {
+            let references = s.reference_spread_ratios.iter().sum::<f64>() / s.reference_spread_ratios.len().max(1) as f64;
+            signals.extend([("contrast", contrast), ("reference_spread_ratio", references)]);
+        }
+        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Ok((detection, reversal))
     }
 
@@ -524,11 +606,28 @@ impl DrmGuard {
                 format!("{} / {} (error ratio {:.3}{})", spread(&s.output_std_deg), spread(&s.clean_error_deg), s.error_ratio, decides(Collapse::Error)),
             ),
             ("RAV of the reversed images".into(), format!("{:.4}", s.rav)),
+            (
+                "features of G(x): dispersion ratio, shift".into(),
+                format!("{:.3} (total variance over the clean images'), {:.2} clean standard deviations", s.feature_dispersion_ratio, s.feature_shift),
+            ),
             ("steps".into(), match s.steps.checked_sub(c.steps).filter(|&extra| extra > 0) {
                 Some(extra) => format!("{} ({} + {extra} while the outputs stayed collapsed and I(f) fell; {:.3} s/step)", s.steps, c.steps, s.seconds_per_step),
                 None => format!("{} ({:.3} s/step)", s.steps, s.seconds_per_step),
             }),
         ];
+        if let Some(contrast) = s.contrast {
+            let refs: Vec<String> = s
+                .references
+                .iter()
+                .zip(&s.reference_spread_ratios)
+                .map(|(r, ratio)| format!("seed {}: spread ratio {ratio:.3} (held-out error {:.2}{unit}, mean predictor {:.2}{unit})", r.seed, r.heldout_error_deg, r.heldout_mean_predictor_deg))
+                .collect();
+            rows.push((format!("{} reference models trained from the clean set (weight {}, floor {})", refs.len(), c.contrast_weight, c.contrast_floor), refs.join("; ")));
+            rows.push((
+                "contrast: the suspect's spread ratio over the references'".into(),
+                format!("{contrast:.3} (far below 1: the edit collapses the suspect alone, as a trigger does; near 1: every model of the task, as a feature of the task does)"),
+            ));
+        }
         if !s.restarts.is_empty() {
             let starts: Vec<String> = s.restarts.iter().map(|r| format!("seed {}: I(f) {:.4}, {} ratio {:.3}", r.seed, r.score, c.collapse, c.collapse_ratio(r.spread_ratio, r.error_ratio))).collect();
             rows.push((format!("{} starts (the closest kept)", s.restarts.len()), starts.join("; ")));
@@ -555,13 +654,18 @@ impl DrmGuard {
         clean.check_for(suspect, config.batch_size)?;
         // The clean set's statistics are the same for every start.
         let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
+        let references = match config.references {
+            0 => None,
+            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), seed ^ REFERENCE_SEED_STREAM, device)?),
+        };
+        let references = references.as_ref();
         if config.restarts == 1 {
-            return reverse_once(&config, suspect, clean, &clean_stats, seed, device);
+            return reverse_once(&config, suspect, clean, &clean_stats, references, seed, device);
         }
         let mut best: Option<Reversal> = None;
         let mut records = Vec::new();
         for k in 0..config.restarts as u64 {
-            let r = reverse_once(&config, suspect, clean, &clean_stats, seed.wrapping_add(k), device)?;
+            let r = reverse_once(&config, suspect, clean, &clean_stats, references, seed.wrapping_add(k), device)?;
             let c = config.closeness(&r.summary);
             tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, error_ratio = r.summary.error_ratio, spread_ratio = r.summary.spread_ratio, "drmguard start done");
             records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, error_ratio: r.summary.error_ratio, closeness: c });
@@ -581,14 +685,27 @@ impl DrmGuard {
 /// the one 32×32 benign model that collapsed under κ with I(f) above ε; docs/drmguard.md).
 const MIN_FALL_PER_ROUND: f64 = 0.09;
 
-/// One generator from `seed`, under a resolved `config`, against the clean set's statistics.
-fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_stats: &SetStats, seed: u64, device: &Device) -> Result<Reversal> {
+/// Stream mixed into the defense seed to seed the reference models.
+const REFERENCE_SEED_STREAM: u64 = 0x7265_6665_7265_6e63;
+
+/// One generator from `seed`, under a resolved `config`, against the clean set's statistics
+/// (and, with references, against their collapse).
+fn reverse_once(
+    config: &DrmGuardConfig,
+    suspect: &Suspect,
+    clean: &CleanSet,
+    clean_stats: &SetStats,
+    references: Option<&References>,
+    seed: u64,
+    device: &Device,
+) -> Result<Reversal> {
     let config = config.clone();
     let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
     let ad = device.clone().autodiff();
     // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
     // flow through it to the images.
     let model = suspect.model.clone().fork(&ad).freeze();
+    let frozen_references = references.filter(|_| config.contrast_weight > 0.0).map(|r| frozen_on(r, &ad));
     let weight = model.head_weight().detach();
     let angle_var_clean = Tensor::<1>::from_floats(
         clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
@@ -658,6 +775,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
             let z = model.features(into_model);
             let y = model.head(z.clone());
             let output_variance = y.var_bias(0).mean();
+            let contrast = frozen_references.as_ref().map(|refs| contrast_penalty(refs, x.clone(), reversed.clone(), config.contrast_floor));
             let diff = (reversed - x).abs();
             let l1 = diff.clone().mean();
             let similarity = match &pixel_weight {
@@ -676,6 +794,9 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
             if let Some(term) = &feature_term {
                 loss = loss + term.clone() * lambda2;
             }
+            if let Some(term) = &contrast {
+                loss = loss + term.clone() * config.contrast_weight;
+            }
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 return Err(Error::Numerical(format!(
@@ -690,6 +811,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
                     similarity: scalar(similarity),
                     l1: scalar(l1),
                     feature_term: feature_term.map(scalar).unwrap_or(0.0),
+                    contrast: contrast.map(scalar).unwrap_or(0.0),
                 };
                 // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
                 if step % (log_every * 4) == 0 {
@@ -705,7 +827,7 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
             bar.inc(1);
             step += 1;
         }
-        let now = measure(&config, suspect, clean, clean_stats, &generator.clone().valid())?;
+        let now = measure(&config, suspect, clean, clean_stats, references, &generator.clone().valid())?;
         let falling = last_score.is_none_or(|before| now.score < (1.0 - MIN_FALL_PER_ROUND) * before);
         if planned < limit && config.collapsed(&now) && now.score >= config.epsilon && falling {
             let more = round.min(limit - planned);
@@ -731,7 +853,14 @@ fn reverse_once(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, cl
 
 /// What G does on the whole clean set: I(f), the estimated target and how far the outputs
 /// collapsed. `steps`, `history` and `seconds_per_step` are left for the caller.
-fn measure(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_stats: &SetStats, generator: &Generator) -> Result<ReversalSummary> {
+fn measure(
+    config: &DrmGuardConfig,
+    suspect: &Suspect,
+    clean: &CleanSet,
+    clean_stats: &SetStats,
+    references: Option<&References>,
+    generator: &Generator,
+) -> Result<ReversalSummary> {
     let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(generator), config.batch_size)?;
     let rav_per_output: Vec<f64> = reversed_stats
         .angle_var
@@ -744,6 +873,22 @@ fn measure(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_s
     let clean_error_deg: Vec<f64> = clean_stats.output_mae.iter().map(|&v| v * suspect.task.units_per_label()).collect();
     let mean_ratio = |over: &[f64]| output_std_deg.iter().zip(over).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
     let (spread_ratio, error_ratio) = (mean_ratio(&clean_output_std_deg), mean_ratio(&clean_error_deg));
+    let reference_spread_ratios = match references {
+        Some(r) => spread_ratios(r, clean, &|x| generator.forward(x), config.batch_size)?,
+        None => Vec::new(),
+    };
+    let contrast = (!reference_spread_ratios.is_empty())
+        .then(|| spread_ratio / (reference_spread_ratios.iter().sum::<f64>() / reference_spread_ratios.len() as f64).max(1e-9));
+    let total = |v: &[f64]| v.iter().sum::<f64>();
+    let feature_dispersion_ratio = total(&reversed_stats.feature_var) / total(&clean_stats.feature_var).max(1e-12);
+    let feature_shift = reversed_stats
+        .feature_mean
+        .iter()
+        .zip(&clean_stats.feature_mean)
+        .zip(&clean_stats.feature_var)
+        .map(|((r, c), v)| (r - c).abs() / v.sqrt().max(1e-6))
+        .sum::<f64>()
+        / clean_stats.feature_mean.len().max(1) as f64;
     let summary = ReversalSummary {
         score: reversed_stats.l1,
         estimated_target: reversed_stats.output_mean.iter().map(|&v| v as f32).collect(),
@@ -754,9 +899,14 @@ fn measure(config: &DrmGuardConfig, suspect: &Suspect, clean: &CleanSet, clean_s
         error_ratio,
         rav: rav_per_output.iter().sum::<f64>() / rav_per_output.len().max(1) as f64,
         rav_per_output,
+        feature_dispersion_ratio,
+        feature_shift,
         steps: 0,
         history: Vec::new(),
         seconds_per_step: 0.0,
+        reference_spread_ratios,
+        contrast,
+        references: references.map(|r| r.records.clone()).unwrap_or_default(),
         restarts: Vec::new(),
     };
     Ok(summary)
@@ -842,6 +992,9 @@ struct SetStats {
     angle_var: Vec<f64>,
     /// Mean absolute error to the true labels per output (label units).
     output_mae: Vec<f64>,
+    /// Mean and population variance of each penultimate feature.
+    feature_mean: Vec<f64>,
+    feature_var: Vec<f64>,
 }
 
 fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Generator>, batch_size: usize) -> Result<SetStats> {
@@ -849,7 +1002,7 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
     let generator = generator.map(|g| g.clone().to_device(&device));
     let weight = model.head_weight();
     let indices: Vec<usize> = (0..clean.len()).collect();
-    let (mut outputs, mut angle_values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut outputs, mut angle_values, mut labels, mut features) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut l1_sum = 0.0f64;
     for batch in indices.chunks(batch_size.max(1)) {
         let (x, y) = clean.batch(batch, &device);
@@ -864,9 +1017,10 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
         };
         let z = model.features(input);
         outputs.extend(values(model.head(z.clone()))?);
+        features.extend(values(z.clone())?);
         angle_values.extend(values(feature_angles(z, weight.clone()))?);
     }
-    let d = weight.dims()[0];
+    let [d, k] = weight.dims();
     if let Some(bad) = outputs.iter().find(|v| !v.is_finite()) {
         return Err(Error::Numerical(format!("the model produced {bad} on the clean set")));
     }
@@ -874,6 +1028,7 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
     let (_, angle_var) = column_mean_var(&angle_values, d);
     let errors: Vec<f32> = outputs.iter().zip(&labels).map(|(o, l)| (o - l).abs()).collect();
     let (output_mae, _) = column_mean_var(&errors, d);
+    let (feature_mean, feature_var) = column_mean_var(&features, k);
     let s = clean.data().image_size as f64;
     Ok(SetStats {
         l1: l1_sum / (clean.len() as f64 * 3.0 * s * s),
@@ -881,14 +1036,7 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
         output_std: output_var.iter().map(|v| v.sqrt()).collect(),
         angle_var,
         output_mae,
+        feature_mean,
+        feature_var,
     })
-}
-
-fn column_mean_var(rows: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = (rows.len() / d).max(1) as f64;
-    let mean: Vec<f64> = (0..d).map(|j| rows.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n).collect();
-    let var = (0..d)
-        .map(|j| rows.iter().skip(j).step_by(d).map(|&v| (v as f64 - mean[j]).powi(2)).sum::<f64>() / n)
-        .collect();
-    (mean, var)
 }

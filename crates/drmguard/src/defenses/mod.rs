@@ -14,6 +14,7 @@ pub mod fine_pruning;
 pub mod fine_tuning;
 pub mod generator;
 pub mod neural_cleanse;
+pub mod references;
 pub mod trigger;
 pub mod unlearn;
 
@@ -192,6 +193,10 @@ pub struct Detection {
     pub elapsed_s: f64,
     /// Defense-specific results (estimated target, RAV, history, …), a JSON object.
     pub details: serde_json::Value,
+    /// The scalar signals behind the verdict, by name (DRMGuard: I(f), its collapse ratios,
+    /// RAV, the reference contrast), for tables that compare signals across models.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub signals: std::collections::BTreeMap<String, f64>,
 }
 
 impl Detection {
@@ -202,7 +207,7 @@ impl Detection {
         } else {
             (score >= threshold, threshold - score, score)
         };
-        Detection { defense: defense.into(), backdoored, score, threshold, margin, suspicion, elapsed_s, details }
+        Detection { defense: defense.into(), backdoored, score, threshold, margin, suspicion, elapsed_s, details, signals: Default::default() }
     }
 }
 

@@ -84,6 +84,15 @@ pub fn column_means(rows: &[f32], d: usize) -> Vec<f32> {
     (0..d).map(|j| rows.iter().skip(j).step_by(d).sum::<f32>() / n).collect()
 }
 
+/// Mean and population variance of each column of row-major `rows` with `d` columns, summed in
+/// f64 (variances of outputs that barely move need the precision).
+pub fn column_mean_var(rows: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (rows.len() / d.max(1)).max(1) as f64;
+    let mean: Vec<f64> = (0..d).map(|j| rows.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n).collect();
+    let var = (0..d).map(|j| rows.iter().skip(j).step_by(d).map(|&v| (v as f64 - mean[j]).powi(2)).sum::<f64>() / n).collect();
+    (mean, var)
+}
+
 /// Mean error in degrees of the predictions (row-major `[n, d]`) to one `target` vector.
 pub fn mean_error_to(task: Task, predictions: &[f32], target: &[f32]) -> f64 {
     let d = target.len().max(1);

@@ -1,5 +1,6 @@
 //! Regression models f = H ∘ F: a backbone F to penultimate features and one linear head H.
 
+pub mod cache;
 pub mod onnx;
 pub mod resize;
 pub mod resnet;

@@ -1,0 +1,107 @@
+//! Reference models trained from the clean set alone, their cache, the contrast penalty, and
+//! DRMGuard's reference contrast.
+
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Tensor};
+use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
+use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::models::Regressor;
+use drmguard::task::Task;
+use drmguard::train::{Profile, TrainConfig, TrainJob};
+
+/// One cache folder for the whole test process: references are cached under
+/// `$DRMGUARD_CACHE/references`, and tests run in parallel threads of one process.
+fn private_cache() -> &'static std::path::Path {
+    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+    // SAFETY: every test sets the same value before reading it, and nothing else here reads
+    // the environment concurrently.
+    unsafe { std::env::set_var("DRMGUARD_CACHE", dir.path()) };
+    dir.path()
+}
+
+/// A smoke-profile gaze model (benign) and a defender's clean set of `n` images.
+fn suspect(n: usize) -> (Suspect, CleanSet) {
+    let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 11);
+    config.samples = 400;
+    config.epochs = 2;
+    let (model, card) = TrainJob::builtin(config, None).run(&Device::flex()).unwrap();
+    let suspect = Suspect::new(model, &card);
+    let clean = CleanSet::fresh_builtin(&suspect, n).unwrap();
+    (suspect, clean)
+}
+
+fn small_references(count: usize) -> ReferenceConfig {
+    ReferenceConfig { width: 2, epochs: 2, batch_size: 16, ..ReferenceConfig::new(count) }
+}
+
+#[test]
+fn references_are_trained_from_the_clean_set_once_then_read_from_the_cache() {
+    let cache = private_cache();
+    let device = Device::flex();
+    let (suspect, clean) = suspect(80);
+    let config = small_references(2);
+    let first = References::get(&suspect, &clean, &config, 5, &device).unwrap();
+    assert_eq!((first.models.len(), first.records.len()), (2, 2));
+    assert_ne!(first.records[0].seed, first.records[1].seed, "each reference has its own seed");
+    for r in &first.records {
+        assert!(r.heldout_error_deg.is_finite() && r.heldout_mean_predictor_deg > 0.0, "{r:?}");
+    }
+    let stored = std::fs::read_dir(cache.join("references")).unwrap().count();
+    assert_eq!(stored, 4, "weights and a record per reference");
+    let again = References::get(&suspect, &clean, &config, 5, &device).unwrap();
+    assert_eq!(again.records, first.records, "the cached records come back");
+    let (x, _) = clean.batch(&[0, 1, 2, 3], &device);
+    for (a, b) in first.models.iter().zip(&again.models) {
+        let (a, b) = (a.forward(x.clone()).into_data(), b.forward(x.clone()).into_data());
+        a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::absolute(1e-6));
+    }
+    assert_eq!(std::fs::read_dir(cache.join("references")).unwrap().count(), stored, "nothing retrained");
+}
+
+#[test]
+fn a_clean_set_too_small_for_references_is_refused() {
+    private_cache();
+    let (suspect, clean) = suspect(16);
+    let err = References::get(&suspect, &clean, &small_references(1), 0, &Device::flex()).unwrap_err().to_string();
+    assert!(err.contains("reference models need at least"), "{err}");
+    assert!(References::get(&suspect, &clean, &ReferenceConfig { count: 0, ..small_references(1) }, 0, &Device::flex()).is_err());
+}
+
+#[test]
+fn the_contrast_penalty_is_zero_for_the_identity_and_the_floor_for_a_constant_image() {
+    private_cache();
+    let device = Device::flex();
+    let (suspect, clean) = suspect(80);
+    let refs = References::get(&suspect, &clean, &small_references(1), 9, &device).unwrap();
+    let (x, _) = clean.batch(&(0..16).collect::<Vec<_>>(), &device);
+    let identity = contrast_penalty(&refs.models, x.clone(), x.clone(), 0.5).into_scalar::<f32>();
+    assert!(identity.abs() < 1e-6, "an edit that changes nothing keeps every reference's spread: {identity}");
+    let constant = Tensor::<4>::ones(x.dims(), &device) * 0.5;
+    let collapsed = contrast_penalty(&refs.models, x, constant, 0.5).into_scalar::<f32>();
+    assert!((collapsed - 0.5).abs() < 1e-3, "one image for all pins the references: the whole floor, {collapsed}");
+}
+
+#[test]
+fn drmguard_with_references_reports_their_collapse_and_the_contrast() {
+    private_cache();
+    let device = Device::flex();
+    let (suspect, clean) = suspect(80);
+    let config = DrmGuardConfig { steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, references: 1, ..Default::default() };
+    let finding = DrmGuard::new(config.clone()).detect(&suspect, &clean, 0, &device).unwrap();
+    let d = &finding.detection;
+    let contrast = d.signals["contrast"];
+    let reference = d.signals["reference_spread_ratio"];
+    assert!(contrast.is_finite() && reference.is_finite() && reference > 0.0, "{:?}", d.signals);
+    let spread = d.signals["spread_ratio"];
+    assert!((contrast - spread / reference).abs() < 1e-9, "contrast = the suspect's spread ratio over the references'");
+    assert_eq!(d.details["references"].as_array().map(Vec::len), Some(1), "{}", d.details);
+    // The same seed gives the same scan, references included.
+    let again = DrmGuard::new(config).detect(&suspect, &clean, 0, &device).unwrap();
+    assert_eq!(again.detection.signals, d.signals);
+    // Without references the scan reports no contrast.
+    let plain = DrmGuardConfig { steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, ..Default::default() };
+    let plain = DrmGuard::new(plain).detect(&suspect, &clean, 0, &device).unwrap();
+    assert!(!plain.detection.signals.contains_key("contrast"));
+}
