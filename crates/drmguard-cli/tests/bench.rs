@@ -107,3 +107,63 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
         assert_eq!(Some(seed), full.get(id), "{id} has another seed in the full run");
     }
 }
+
+/// `bench --zoo`: a manifest of models trained elsewhere (here the ONNX fixture, listed once as
+/// benign and once as backdoored), scanned with the smoke profile's DRMGuard on a clean folder;
+/// a card that does not exist is reported and the others are still scanned; a manifest without
+/// the required columns is refused before anything runs.
+#[test]
+fn the_zoo_scans_every_model_of_a_manifest_and_reports_the_ones_it_cannot_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let drmguard = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_drmguard"));
+        c.env("DRMGUARD_CACHE", tmp.path().join("cache"));
+        c
+    };
+    let clean = tmp.path().join("clean");
+    let o = drmguard().args(["data", "synth", "--task", "headpose", "--n", "40", "--image-size", "32", "--out", clean.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let card = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard/tests/fixtures/torch/r34-onnx.toml").canonicalize().unwrap();
+    let manifest = tmp.path().join("zoo.csv");
+    std::fs::write(
+        &manifest,
+        format!("model,card,backdoored,attack\nplain,{0},false,\ntrojaned,{0},true,badnets\ngone,missing.toml,false,\n", card.display()),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = drmguard()
+        .args(["bench", "--profile", "smoke", "--zoo", manifest.to_str().unwrap(), "--data", clean.to_str().unwrap(), "--detectors", "drmguard"])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("not scanned: gone"), "{stdout}");
+    let results: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    keys(&results, &["config", "scans", "failures", "summary", "elapsed_s"], "zoo results.json");
+    let scans = results["scans"].as_array().unwrap();
+    assert_eq!(scans.len(), 2, "one detector on the two models that load");
+    for s in scans {
+        keys(s, &["model", "task", "backdoored", "attack", "detector", "flagged", "score", "suspicion", "elapsed_s"], "a zoo scan");
+    }
+    assert_eq!(scans[0]["score"], scans[1]["score"], "the same model scanned twice gives the same scan (the second from the cache)");
+    let failures = results["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0]["error"].as_str().unwrap().contains("missing.toml"), "{}", failures[0]);
+    let summary = results["summary"].as_array().unwrap();
+    let attacks: Vec<&str> = summary.iter().map(|s| s["attack"].as_str().unwrap()).collect();
+    assert_eq!(attacks, ["badnets", "all"]);
+    for s in summary {
+        let counted: u64 = ["tp", "fp", "fn", "tn"].iter().map(|k| s[k].as_u64().unwrap()).sum();
+        assert_eq!(counted, 2);
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("## Not scanned") && md.contains("| trojaned |"), "{md}");
+
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "name,path\na,b\n").unwrap();
+    let o = drmguard().args(["bench", "--zoo", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("model, card, backdoored"), "{stderr}");
+}

@@ -6,6 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use drmguard::attacks::AttackKind;
 use drmguard::bench::report::write_results;
+use drmguard::bench::zoo::{self, ZooConfig, read_manifest};
+use drmguard::io::{write_atomic, write_json};
 use drmguard::bench::{Bench, BenchConfig, BenchProfile};
 use drmguard::defenses::{DetectorKind, MitigatorKind};
 use drmguard::device::DeviceKind;
@@ -57,6 +59,16 @@ pub struct BenchArgs {
     /// paper's 224×224 models want the whole machine for one job).
     #[arg(id = "bench_jobs", long = "jobs")]
     jobs: Option<usize>,
+    /// Scan the models of a manifest instead of training the grid: a CSV file with the columns
+    /// model,card,backdoored,attack (cards relative to the manifest), scanned with every
+    /// detector of --detectors at the profile's settings. A model that cannot be scanned is
+    /// listed with its error; the others are still scanned.
+    #[arg(long, value_name = "MANIFEST")]
+    zoo: Option<PathBuf>,
+    /// With --zoo: the defender's clean images (a folder in the user format). Without it, only
+    /// models trained by drmguard on built-in data can be scanned (each gets a fresh sample).
+    #[arg(id = "bench_data", long = "data", requires = "zoo")]
+    data: Option<PathBuf>,
     /// Output folder for results.json, results.md, config.json and the plots (created if missing).
     #[arg(long, default_value = "drmguard-bench")]
     out: PathBuf,
@@ -92,6 +104,9 @@ fn default_jobs(profile: BenchProfile, device: DeviceKind) -> usize {
 
 pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     let device = device_kind.device()?;
+    if let Some(manifest) = &a.zoo {
+        return run_zoo(&a, manifest, &device);
+    }
     let mut config = BenchConfig::new(a.profile);
     config.tasks = a.tasks.clone();
     config.attacks = list(&a.attacks, config.attacks.clone(), |n| Ok(AttackKind::by_name(n)?.name().to_string())).context("--attacks")?;
@@ -124,6 +139,40 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     );
     if !results.missing.is_empty() {
         out!("partial: {} steps were not in the cache and are left out (`missing` in results.json)", results.missing.len());
+    }
+    Ok(())
+}
+
+/// `bench --zoo`: every detector on every model of a manifest.
+fn run_zoo(a: &BenchArgs, manifest: &std::path::Path, device: &drmguard::burn::tensor::Device) -> Result<()> {
+    let entries = read_manifest(manifest).with_context(|| format!("--zoo {}", manifest.display()))?;
+    let defaults = BenchConfig::new(a.profile);
+    let config = ZooConfig {
+        manifest: manifest.to_path_buf(),
+        detectors: list(&a.detectors, defaults.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?,
+        detector_configs: defaults.detector_configs,
+        clean: a.data.clone(),
+        clean_size: defaults.clean_size,
+        seed: a.seed,
+    };
+    if config.detectors.is_empty() {
+        bail!("--zoo needs at least one detector (--detectors)");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("bench").join("zoo"));
+    let results = config.run(&entries, &cache, device).with_context(|| format!("zoo scan (cache {})", cache.display()))?;
+    write_json(&a.out.join("results.json"), &results)?;
+    write_json(&a.out.join("config.json"), &results.config)?;
+    write_atomic(&a.out.join("results.md"), zoo::markdown(&results).as_bytes())?;
+    out!(
+        "zoo scan done in {:.0} s: {} scans of {} models; wrote results.json and results.md to {}",
+        results.elapsed_s,
+        results.scans.len(),
+        entries.len() - results.failures.len(),
+        a.out.display()
+    );
+    for f in &results.failures {
+        out!("not scanned: {}: {}", f.model, f.error);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 pub mod plots;
 pub mod report;
 pub mod scoring;
+pub mod zoo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -106,7 +106,7 @@ pub struct DrmGuardConfig {
     /// Steps G may run beyond `steps`, in rounds of `steps / 2`, while it has collapsed the
     /// outputs (error or spread ratio below κ or ρ) with I(f) still at or above ε and falling
     /// (by 9% or more over the last round): a trigger that G found but still paints larger than
-    /// it is gets the time to shrink to its size (docs/drmguard.md, stop 21). A scan whose
+    /// it is gets the time to shrink to its size (docs/drmguard.md). A scan whose
     /// outputs did not collapse stops at `steps`, so benign models cost no more. 0: exactly
     /// `steps` (configs from before the option read so).
     #[arg(long = "extra-steps", default_value_t = 400)]
@@ -289,10 +289,10 @@ pub struct TaskDefaults {
 ///   (docs/import.md has what it does on ONet).
 /// - κ (the verdict's threshold by default): found triggers pin the outputs to 0.18–0.40 of the
 ///   model's clean error, benign models to 0.50 (32×32 benchmark models, clean error 17°) and
-///   0.9–2.6 (64×64, clean error 2–4°), on both tasks (stop 18).
+///   0.9–2.6 (64×64, clean error 2–4°), on both tasks.
 /// - ρ (`--collapse spread`): benign gaze models collapse to 0.19–0.31 by repainting the irises, found gaze triggers
 ///   to 0.04–0.18. On head pose, 64×64 benign models collapse to 0.14–0.19 and a found BadNets
-///   patch to 0.03–0.05 (stop 18); ρ 0.3, measured on 32×32 models alone, flagged benign 64×64
+///   patch to 0.03–0.05; ρ 0.3, measured on 32×32 models alone, flagged benign 64×64
 ///   models whenever their I(f) fell under ε. Landmarks keep 0.3 (on ONet benign models collapse
 ///   to 0.31, a BadNets one to 0.20, docs/import.md).
 /// - Head pose's lr and coordinates: at 64×64 the generator finds the BadNets patch with lr 1e-3

@@ -13,7 +13,8 @@ use crate::io::{write_atomic, write_json};
 /// Writes the report of `finding` on the model at `model_path` into the folder `out`.
 ///
 /// `report.json` holds the common fields (defense, backdoored, score, threshold, margin,
-/// suspicion, elapsed_s, seed, clean set, config) and, at the top level too, the detector's own
+/// suspicion, elapsed_s, seed, clean set, config, the scalar `signals` where the detector has
+/// them) and, at the top level too, the detector's own
 /// details (DRMGuard's estimated target, RAV, …).
 pub fn write_scan_report(out: &Path, model_path: &Path, suspect: &Suspect, clean: &CleanSet, finding: &Finding) -> Result<()> {
     let d = &finding.detection;
@@ -35,6 +36,9 @@ pub fn write_scan_report(out: &Path, model_path: &Path, suspect: &Suspect, clean
         "config": finding.config,
         "figures": finding.figures.iter().map(|f| &f.file).collect::<Vec<_>>(),
     });
+    if !d.signals.is_empty() {
+        report["signals"] = json!(d.signals);
+    }
     let (Value::Object(common), Value::Object(details)) = (&mut report, &d.details) else {
         return Err(Error::Numerical(format!("{}'s details are not a JSON object", d.defense)));
     };
