@@ -1,8 +1,10 @@
 //! drmguard: find and remove backdoors in deep regression models.
 //!
-//! The crate is organised by concern: [`attacks`] (backdoors to evaluate defenses against), [`data`] (built-in synthetic tasks and users' image folders),
-//! [`models`] (regressors split as f = H ∘ F), [`train`], [`metrics`], [`report`], and
-//! [`model_file`] (weights plus a JSON sidecar).
+//! The crate is organised by concern: [`attacks`] (backdoors to evaluate defenses against),
+//! [`defenses`] (detectors and mitigators, which see a suspect and a clean set only), [`data`]
+//! (built-in synthetic tasks and users' image folders), [`models`] (regressors split as
+//! f = H ∘ F), [`train`], [`metrics`], [`report`], [`model_file`] (weights plus a JSON sidecar)
+//! and [`bench`] (the test bed and the zoo of models trained elsewhere).
 
 pub mod attacks;
 pub mod bench;
@@ -14,6 +16,7 @@ pub mod io;
 pub mod metrics;
 pub mod model_file;
 pub mod models;
+pub mod progress;
 pub mod report;
 pub mod task;
 pub mod train;

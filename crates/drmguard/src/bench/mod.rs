@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
@@ -586,9 +586,7 @@ impl Bench {
             }
         }
         let work: usize = units.iter().map(|u| self.steps_of(u)).sum();
-        let bar = ProgressBar::new(work as u64).with_style(
-            ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}, ETA {eta}").expect("a valid progress template").progress_chars("=> "),
-        );
+        let bar = crate::progress::progress_bar("bench", work);
         let outcomes = self.run_units(&units, &bar, device)?;
         bar.finish_and_clear();
         let (mut models, mut detections, mut mitigations, mut missing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

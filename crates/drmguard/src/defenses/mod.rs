@@ -20,7 +20,6 @@ pub mod unlearn;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -236,16 +235,7 @@ impl BatchCursor {
     }
 }
 
-/// A progress bar over `steps` optimisation steps, hidden when stderr is not a terminal.
-pub fn progress_bar(prefix: &str, steps: usize) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
-}
+pub use crate::progress::progress_bar;
 
 /// A tensor's values, row-major.
 pub fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {

@@ -9,7 +9,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -154,12 +153,7 @@ pub fn train(
 
     let steps_per_epoch = train.len() / config.batch_size;
     let total = steps_per_epoch * config.epochs;
-    let bar = ProgressBar::new(total as u64).with_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {msg}, ETA {eta}")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("train {}", config.task));
+    let bar = crate::progress::progress_bar(&format!("train {}", config.task), total);
     let mut history = Vec::with_capacity(config.epochs);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut step = 0;
