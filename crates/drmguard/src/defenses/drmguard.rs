@@ -17,7 +17,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::generator::{Generator, GeneratorKind};
-use super::references::{ReferenceConfig, ReferenceRecord, References, contrast_penalty, frozen_on, spread_ratios};
+use super::references::{ReferenceConfig, ReferenceRecord, References, contrast_penalty, frozen_on, reference_seed, spread_ratios};
 use super::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, scalar, values};
 use crate::data::to_images;
@@ -646,6 +646,21 @@ impl DrmGuard {
         })
     }
 
+    /// What an edit of the clean images does to the suspect, measured as a reversal is: I(f),
+    /// the collapse ratios, RAV, the features' dispersion and, with references, their collapse
+    /// and the contrast. The bench applies it to a backdoored model's true trigger, to tell a
+    /// search that missed the trigger from an objective that cannot see it; a scan never does.
+    pub fn assess_edit(&self, suspect: &Suspect, clean: &CleanSet, edit: &dyn Fn(Tensor<4>) -> Tensor<4>, seed: u64, device: &Device) -> Result<ReversalSummary> {
+        let config = self.config.resolved(suspect.task)?;
+        clean.check_for(suspect, config.batch_size)?;
+        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
+        let references = match config.references {
+            0 => None,
+            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),
+        };
+        measure(&config, suspect, clean, &clean_stats, references.as_ref(), edit)
+    }
+
     /// Trains G on the clean set against the frozen suspect (method.md §12): `restarts`
     /// generators (seeds `seed`, `seed + 1`, …) and keeps the one closest to a
     /// backdoor verdict.
@@ -656,7 +671,7 @@ impl DrmGuard {
         let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
         let references = match config.references {
             0 => None,
-            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), seed ^ REFERENCE_SEED_STREAM, device)?),
+            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),
         };
         let references = references.as_ref();
         if config.restarts == 1 {
@@ -684,9 +699,6 @@ impl DrmGuard {
 /// gained a verdict from them), a benign model's collapse gives ground slowly (5–8% a round on
 /// the one 32×32 benign model that collapsed under κ with I(f) above ε; docs/drmguard.md).
 const MIN_FALL_PER_ROUND: f64 = 0.09;
-
-/// Stream mixed into the defense seed to seed the reference models.
-const REFERENCE_SEED_STREAM: u64 = 0x7265_6665_7265_6e63;
 
 /// One generator from `seed`, under a resolved `config`, against the clean set's statistics
 /// (and, with references, against their collapse).
@@ -827,7 +839,8 @@ fn reverse_once(
             bar.inc(1);
             step += 1;
         }
-        let now = measure(&config, suspect, clean, clean_stats, references, &generator.clone().valid())?;
+        let inference = generator.clone().valid();
+        let now = measure(&config, suspect, clean, clean_stats, references, &|x| inference.forward(x))?;
         let falling = last_score.is_none_or(|before| now.score < (1.0 - MIN_FALL_PER_ROUND) * before);
         if planned < limit && config.collapsed(&now) && now.score >= config.epsilon && falling {
             let more = round.min(limit - planned);
@@ -859,9 +872,9 @@ fn measure(
     clean: &CleanSet,
     clean_stats: &SetStats,
     references: Option<&References>,
-    generator: &Generator,
+    edit: &dyn Fn(Tensor<4>) -> Tensor<4>,
 ) -> Result<ReversalSummary> {
-    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(generator), config.batch_size)?;
+    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(edit), config.batch_size)?;
     let rav_per_output: Vec<f64> = reversed_stats
         .angle_var
         .iter()
@@ -874,7 +887,7 @@ fn measure(
     let mean_ratio = |over: &[f64]| output_std_deg.iter().zip(over).map(|(r, c)| r / c.max(1e-9)).sum::<f64>() / output_std_deg.len().max(1) as f64;
     let (spread_ratio, error_ratio) = (mean_ratio(&clean_output_std_deg), mean_ratio(&clean_error_deg));
     let reference_spread_ratios = match references {
-        Some(r) => spread_ratios(r, clean, &|x| generator.forward(x), config.batch_size)?,
+        Some(r) => spread_ratios(&r.models, clean, edit, config.batch_size)?,
         None => Vec::new(),
     };
     let contrast = (!reference_spread_ratios.is_empty())
@@ -997,9 +1010,8 @@ struct SetStats {
     feature_var: Vec<f64>,
 }
 
-fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Generator>, batch_size: usize) -> Result<SetStats> {
+fn angle_and_output_stats(model: &Model, clean: &CleanSet, edit: Option<&dyn Fn(Tensor<4>) -> Tensor<4>>, batch_size: usize) -> Result<SetStats> {
     let device = model.devices().into_iter().next().unwrap_or_default();
-    let generator = generator.map(|g| g.clone().to_device(&device));
     let weight = model.head_weight();
     let indices: Vec<usize> = (0..clean.len()).collect();
     let (mut outputs, mut angle_values, mut labels, mut features) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1007,9 +1019,9 @@ fn angle_and_output_stats(model: &Model, clean: &CleanSet, generator: Option<&Ge
     for batch in indices.chunks(batch_size.max(1)) {
         let (x, y) = clean.batch(batch, &device);
         labels.extend(values(y)?);
-        let input = match &generator {
-            Some(g) => {
-                let r = g.forward(x.clone());
+        let input = match edit {
+            Some(edit) => {
+                let r = edit(x.clone());
                 l1_sum += scalar((r.clone() - x).abs().sum());
                 r
             }

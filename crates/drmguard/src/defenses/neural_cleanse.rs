@@ -15,6 +15,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::references::{ReferenceConfig, References, contrast_of, reference_seed};
 use super::trigger::{FreeTarget, MaskTrigger};
 use super::unlearn::{NC_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, values};
@@ -63,6 +64,18 @@ pub struct NeuralCleanseConfig {
     /// its benign twin).
     #[arg(id = "nc_threshold", long = "nc-threshold", default_value_t = 0.025)]
     pub threshold: f64,
+    /// NC: benign reference models trained from the clean set alone (as DRMGuard's
+    /// `--references`, and shared with it); with them, the report adds how far the reversed
+    /// trigger collapses the suspect and the references (the contrast). 0: none.
+    #[arg(id = "nc_references", long = "nc-references", default_value_t = 0)]
+    // Left out at 0, so that configs (and the benchmark's cache keys) from before the option
+    // read and hash as they did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub references: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for NeuralCleanseConfig {
@@ -79,6 +92,7 @@ impl Default for NeuralCleanseConfig {
             tolerance_deg: 5.0,
             success: 0.9,
             threshold: 0.025,
+            references: 0,
         }
     }
 }
@@ -301,7 +315,21 @@ impl Detector for NeuralCleanse {
         // Without a successful trigger there is nothing small to report: as in the original
         // (whose best norm stays infinite), the score is then the whole image.
         let score = if r.succeeded { r.mask_share } else { 1.0 };
-        let detection = Detection::decide("nc", score, c.threshold, true, started.elapsed().as_secs_f64(), details);
+        let mut signals = vec![("score", score), ("mask_share", r.mask_share), ("clean_set_success", r.clean_set_success)];
+        let mut contrast_row = None;
+        if c.references > 0 {
+            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
+            let trigger = r.trigger.clone().to_device(device);
+            let (own, theirs, contrast) = contrast_of(&suspect.model, &references, clean, &|x| trigger.stamp(x), c.batch_size)?;
+            let mean = theirs.iter().sum::<f64>() / theirs.len().max(1) as f64;
+            signals.extend([("spread_ratio", own), ("reference_spread_ratio", mean), ("contrast", contrast)]);
+            contrast_row = Some((
+                format!("spread ratio under the trigger: suspect / {} references trained from the clean set", theirs.len()),
+                format!("{own:.3} / {} (contrast {contrast:.3}: far below 1, the trigger collapses the suspect alone)", theirs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")),
+            ));
+        }
+        let mut detection = Detection::decide("nc", score, c.threshold, true, started.elapsed().as_secs_f64(), details);
+        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
 
         let shown: Vec<usize> = (0..clean.len().min(8)).collect();
         let (x, _) = clean.batch(&shown, device);
@@ -321,12 +349,13 @@ impl Detector for NeuralCleanse {
             },
         ];
         let deg = |v: &[f32]| suspect.task.format_values(v);
-        let rows = vec![
+        let mut rows = vec![
             ("mask share (L1 / area)".into(), format!("{:.4}", r.mask_share)),
             ("estimated target y_t".into(), deg(&r.target)),
             ("trigger reached the success rate".into(), format!("{} (clean set: {:.0}% within {}°)", r.succeeded, 100.0 * r.clean_set_success, c.tolerance_deg)),
             ("steps".into(), format!("{} ({:.3} s/step)", r.steps, r.seconds_per_step)),
         ];
+        rows.extend(contrast_row);
         Ok(Finding {
             detection,
             config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,

@@ -91,6 +91,24 @@ pub struct References {
     pub records: Vec<ReferenceRecord>,
 }
 
+/// Stream mixed into a defense's seed to seed its reference models: every defense that uses
+/// references on one clean set with one seed shares them (and their cache).
+const REFERENCE_SEED_STREAM: u64 = 0x7265_6665_7265_6e63;
+
+/// The first reference's seed for a defense run with `seed`.
+pub fn reference_seed(seed: u64) -> u64 {
+    seed ^ REFERENCE_SEED_STREAM
+}
+
+/// The contrast of an edit: the suspect's spread ratio under it, the references' and the
+/// suspect's over the references' mean (far below 1: the edit collapses the suspect alone).
+pub fn contrast_of(suspect: &Model, references: &References, clean: &CleanSet, edit: &dyn Fn(Tensor<4>) -> Tensor<4>, batch_size: usize) -> Result<(f64, Vec<f64>, f64)> {
+    let own = spread_ratios(std::slice::from_ref(suspect), clean, edit, batch_size)?[0];
+    let theirs = spread_ratios(&references.models, clean, edit, batch_size)?;
+    let mean = theirs.iter().sum::<f64>() / theirs.len().max(1) as f64;
+    Ok((own, theirs, own / mean.max(1e-9)))
+}
+
 /// Which clean images train the references: four in five, the fifth measures them.
 fn is_heldout(i: usize) -> bool {
     i % 5 == 4
@@ -189,13 +207,13 @@ pub fn contrast_penalty(references: &[Model], x: Tensor<4>, reversed: Tensor<4>,
     total.map_or_else(|| Tensor::<1>::zeros([1], &x.device()), |t| t / n)
 }
 
-/// Each reference's spread ratio on the whole clean set: the standard deviation of its outputs
-/// on `transform(x)` over that on `x`, mean over the outputs (1: the edit leaves the reference
-/// as it was, 0: it pins every image to one output).
-pub fn spread_ratios(references: &References, clean: &CleanSet, transform: &dyn Fn(Tensor<4>) -> Tensor<4>, batch_size: usize) -> Result<Vec<f64>> {
+/// Each model's spread ratio on the whole clean set: the standard deviation of its outputs on
+/// `transform(x)` over that on `x`, mean over the outputs (1: the edit leaves the model as it
+/// was, 0: it pins every image to one output).
+pub fn spread_ratios(models: &[Model], clean: &CleanSet, transform: &dyn Fn(Tensor<4>) -> Tensor<4>, batch_size: usize) -> Result<Vec<f64>> {
     let indices: Vec<usize> = (0..clean.len()).collect();
-    let mut ratios = Vec::with_capacity(references.models.len());
-    for model in &references.models {
+    let mut ratios = Vec::with_capacity(models.len());
+    for model in models {
         let device = model.devices().into_iter().next().unwrap_or_default();
         let (mut before, mut after) = (Vec::new(), Vec::new());
         for batch in indices.chunks(batch_size.max(1)) {
