@@ -43,6 +43,13 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     for d in results["detections"].as_array().unwrap() {
         keys(d, &["model", "detector", "backdoored", "score", "suspicion", "threshold", "elapsed_s"], "a detection");
     }
+    let diagnostics = results["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), tasks * attacks * n, "every backdoored model's true trigger is measured");
+    for d in diagnostics {
+        for k in ["score", "error_ratio", "spread_ratio", "rav"] {
+            assert!(d["signals"][k].as_f64().is_some_and(f64::is_finite), "{d}");
+        }
+    }
     assert_eq!(config["mitigated_per_class"].as_u64(), Some(n as u64), "smoke repairs every backdoored model");
     assert_eq!(results["mitigations"].as_array().unwrap().len(), tasks * attacks * n * mitigators);
     for s in results["detection_summary"].as_array().unwrap() {
@@ -56,7 +63,7 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
         keys(s, &["task", "attack", "mitigator", "models", "clean_before_deg", "clean_after_deg", "ae_before_deg", "ae_after_deg", "dae_before_deg", "dae_after_deg", "mean_seconds"], "a mitigation summary");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Mitigation", "Compute, summed"] {
+    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Search diagnostic", "### Mitigation", "Compute, summed"] {
         assert!(md.contains(heading), "results.md lacks {heading}");
     }
     assert!(out.join("config.json").is_file());

@@ -499,6 +499,19 @@ pub struct BenchResults {
     /// `repair MODEL MITIGATOR`): the tables leave them out. Empty for a complete run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
+    /// The search diagnostic: DRMGuard's measures of each backdoored model's true trigger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<TriggerDiagnostic>,
+}
+
+/// What DRMGuard's measures read on a backdoored model's true trigger, applied to the clean set
+/// (I(f), the collapse ratios, RAV, the features' dispersion, the references' contrast). Where
+/// a scan's reversal ends worse than this, its search missed a trigger that its objective
+/// would have rewarded. Only the bench, which knows the attack, computes it; no detector sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerDiagnostic {
+    pub model: String,
+    pub signals: std::collections::BTreeMap<String, f64>,
 }
 
 /// The result cached at `path`, if there is a readable one.
@@ -556,6 +569,7 @@ struct UnitOutcome {
     detections: Vec<DetectionRecord>,
     mitigations: Vec<MitigationRecord>,
     missing: Vec<String>,
+    diagnostic: Option<TriggerDiagnostic>,
 }
 
 impl Bench {
@@ -589,8 +603,9 @@ impl Bench {
         let bar = crate::progress::progress_bar("bench", work);
         let outcomes = self.run_units(&units, &bar, device)?;
         bar.finish_and_clear();
-        let (mut models, mut detections, mut mitigations, mut missing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut models, mut detections, mut mitigations, mut missing, mut diagnostics) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for o in outcomes {
+            diagnostics.extend(o.diagnostic);
             models.extend(o.model);
             detections.extend(o.detections);
             mitigations.extend(o.mitigations);
@@ -615,6 +630,7 @@ impl Bench {
             mitigation_summary,
             elapsed_s: started.elapsed().as_secs_f64(),
             missing,
+            diagnostics,
         })
     }
 
@@ -701,6 +717,10 @@ impl Bench {
                 bar.inc(1);
             }
         }
+        if c.detectors.contains(&DetectorKind::Drmguard) && t.card.backdoor.is_some() {
+            bar.set_message(format!("diagnosing the trigger of {}", t.record.id));
+            out.diagnostic = self.diagnose(&t, &suspect, &clean, device)?;
+        }
         out.model = Some(t.record);
         Ok(out)
     }
@@ -768,6 +788,34 @@ impl Bench {
             *memo = Some(drmguard.detect_with_reversal(suspect, clean, self.config.seed, device)?);
         }
         Ok(memo.as_ref().expect("filled above"))
+    }
+
+    /// The search diagnostic of a backdoored model (see [`TriggerDiagnostic`]), with the
+    /// benchmark's DRMGuard settings.
+    fn diagnose(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Option<TriggerDiagnostic>> {
+        let c = &self.config;
+        let Some(spec) = &t.card.backdoor else { return Ok(None) };
+        let key = short_hash(&(&t.record.path, c.detector_configs.settings_of(DetectorKind::Drmguard), c.seed, clean.describe()));
+        self.step(&self.cache.join("results").join(format!("diagnostic-{}-{key}.json", t.record.id)), || {
+            let trigger = spec.trigger(t.card.task, t.card.model.input_size)?;
+            let drmguard = DrmGuard::new(c.detector_configs.drmguard.clone());
+            let s = drmguard.assess_edit(suspect, clean, &|x| trigger.attack.apply(x), c.seed, device)?;
+            let mut signals: std::collections::BTreeMap<String, f64> = [
+                ("score", s.score),
+                ("error_ratio", s.error_ratio),
+                ("spread_ratio", s.spread_ratio),
+                ("rav", s.rav),
+                ("feature_dispersion_ratio", s.feature_dispersion_ratio),
+                ("feature_shift", s.feature_shift),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            if let Some(contrast) = s.contrast {
+                signals.insert("contrast".into(), contrast);
+            }
+            Ok(TriggerDiagnostic { model: t.record.id.clone(), signals })
+        })
     }
 
     fn detect(

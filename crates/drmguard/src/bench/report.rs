@@ -133,6 +133,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             }
         }
         md.push('\n');
+        md.push_str(&diagnostic_table(r, task));
         let unit = task.unit_name();
         md.push_str(&format!(
             "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after)\n\n\
@@ -178,6 +179,36 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         for f in figures.iter().filter(|f| f.contains(&format!("_{task}"))) {
             md.push_str(&format!("\n![{f}]({f})\n"));
         }
+    }
+    md
+}
+
+/// The search diagnostic of a task: for each backdoored model, DRMGuard's measures of the true
+/// trigger beside those of its reversal.
+fn diagnostic_table(r: &BenchResults, task: Task) -> String {
+    let rows: Vec<_> = r.diagnostics.iter().filter(|d| r.models.iter().any(|m| m.id == d.model && m.task == task)).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Search diagnostic (DRMGuard's measures of the true trigger, and of the reversal; a reversal that ends with a larger collapse ratio than the trigger's missed it)\n\n\
+         | model | trigger: I(f) | error ratio | contrast | reversal: I(f) | error ratio | contrast |\n|---|---|---|---|---|---|---|\n",
+    );
+    let get = |signals: &std::collections::BTreeMap<String, f64>, k: &str| signals.get(k).map_or("–".to_string(), |v| format!("{v:.3}"));
+    for d in rows {
+        let reversal = r.detections.iter().find(|x| x.model == d.model && x.detector == DetectorKind::Drmguard).map(|x| &x.signals);
+        let empty = std::collections::BTreeMap::new();
+        let rev = reversal.unwrap_or(&empty);
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            d.model,
+            get(&d.signals, "score"),
+            get(&d.signals, "error_ratio"),
+            get(&d.signals, "contrast"),
+            get(rev, "score"),
+            get(rev, "error_ratio"),
+            get(rev, "contrast")
+        ));
     }
     md
 }
