@@ -192,6 +192,14 @@ impl BenchProfile {
             c.abs.top_neurons = 5;
             c.abs.steps = 60;
         }
+        if self == BenchProfile::Small {
+            // Two reference models per clean set measure every reversal's contrast, for the
+            // verdict's calibration; DRMGuard's search itself stays the plain one (weight 0),
+            // whose reversals the contrast penalty did not improve (docs/testbed.md).
+            c.drmguard.references = 2;
+            c.drmguard.contrast_weight = 0.0;
+            c.nc.references = 2;
+        }
         if self == BenchProfile::Smoke {
             c.drmguard.steps = 20;
             c.drmguard.batch_size = 16;
