@@ -78,7 +78,7 @@ impl BenchProfile {
     /// defaults, except where the profile needs another setting. Smoke runs train ISSBA's encoder
     /// and Input-Aware's networks shorter, tiny runs Input-Aware's networks. The test bed (small)
     /// uses the settings measured to take at 64×64 where the defaults do not (docs/attacks.md,
-    /// "Where the target stands"); each departure is listed in docs/results.md.
+    /// "Where the target stands"); each departure is listed in docs/testbed.md.
     pub fn attack(self, name: &str, task: Task) -> Result<(AttackKind, f64)> {
         let mut attack = AttackKind::by_name(name)?;
         let mut poison_rate = DEFAULT_POISON_RATE;

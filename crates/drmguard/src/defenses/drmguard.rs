@@ -380,6 +380,9 @@ impl DrmGuardConfig {
         if !(1..=64).contains(&c.restarts) {
             return Err(Error::invalid("DRMGuard restarts", format!("{} (must be within 1..=64)", c.restarts)));
         }
+        if c.references > 16 {
+            return Err(Error::invalid("DRMGuard reference models", format!("{} (must be within 0..=16)", c.references)));
+        }
         if !(finite_nonneg(c.contrast_weight) && c.contrast_floor.is_finite() && c.contrast_floor > 0.0) {
             return Err(Error::invalid(
                 "DRMGuard contrast weight / floor",

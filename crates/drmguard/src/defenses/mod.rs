@@ -442,3 +442,30 @@ macro_rules! kebab_display {
     )*};
 }
 kebab_display!(DetectorKind, MitigatorKind);
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{DetectorConfigs, MitigatorConfigs};
+
+    #[derive(Parser)]
+    struct Detectors {
+        #[command(flatten)]
+        configs: DetectorConfigs,
+    }
+
+    #[derive(Parser)]
+    struct Mitigators {
+        #[command(flatten)]
+        configs: MitigatorConfigs,
+    }
+
+    /// Every default is written twice, in clap's attributes and in `Default`: the command line
+    /// and the library (the bench, the demo) must read the same settings.
+    #[test]
+    fn no_flags_parse_to_every_configs_default() {
+        assert_eq!(Detectors::parse_from(["scan"]).configs, DetectorConfigs::default());
+        assert_eq!(Mitigators::parse_from(["mitigate"]).configs, MitigatorConfigs::default());
+    }
+}

@@ -5,9 +5,8 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use crate::error::{Error, Result};
 
 /// A module trained once and cached at `path` (ISSBA's encoder, Input-Aware's networks, a
-/// defense's reference models):
-/// `build` makes one of the right shape, the file fills it. `None` when the file is missing or
-/// does not fit, so that the caller retrains.
+/// defense's reference models): `build` makes one of the right shape, the file fills it. `None`
+/// when the file is missing or does not fit, so that the caller retrains.
 pub fn load_cached<M: burn::module::Module>(path: &std::path::Path, what: &str, build: impl FnOnce() -> M) -> Option<M> {
     if !path.is_file() {
         return None;
