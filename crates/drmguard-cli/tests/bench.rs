@@ -59,11 +59,18 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
         let auc = s["roc_auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auc));
     }
+    let signals = results["signal_summary"].as_array().unwrap();
+    assert!(signals.iter().any(|s| s["detector"] == "drmguard" && s["signal"] == "error_ratio"), "DRMGuard's signals are summarised");
+    for s in signals {
+        keys(s, &["task", "attack", "detector", "signal", "high_is_suspicious", "calibration_auc", "test_auc", "calibration_models", "test_models"], "a signal summary");
+        let auc = s["calibration_auc"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&auc), "the calibration half sets the direction, so its AUC is at least 0.5: {s}");
+    }
     for s in results["mitigation_summary"].as_array().unwrap() {
         keys(s, &["task", "attack", "mitigator", "models", "clean_before_deg", "clean_after_deg", "ae_before_deg", "ae_after_deg", "dae_before_deg", "dae_after_deg", "mean_seconds"], "a mitigation summary");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Search diagnostic", "### Mitigation", "Compute, summed"] {
+    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Each signal alone", "### Search diagnostic", "### Mitigation", "Compute, summed"] {
         assert!(md.contains(heading), "results.md lacks {heading}");
     }
     assert!(out.join("config.json").is_file());

@@ -500,6 +500,10 @@ pub struct BenchResults {
     pub detections: Vec<DetectionRecord>,
     pub mitigations: Vec<MitigationRecord>,
     pub detection_summary: Vec<DetectionSummary>,
+    /// Each detector signal alone, as a score: its direction fixed on the calibration half, its
+    /// ROC-AUC on each half.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signal_summary: Vec<SignalSummary>,
     pub mitigation_summary: Vec<MitigationSummary>,
     /// Wall-clock time of this run (cached steps cost nothing).
     pub elapsed_s: f64,
@@ -620,6 +624,7 @@ impl Bench {
             missing.extend(o.missing);
         }
         let detection_summary = summarise_detections(c, &models, &detections);
+        let signal_summary = summarise_signals(c, &models, &detections);
         let mitigation_summary = summarise_mitigations(c, &models, &mitigations);
         Ok(BenchResults {
             config: c.clone(),
@@ -635,6 +640,7 @@ impl Bench {
             detections,
             mitigations,
             detection_summary,
+            signal_summary,
             mitigation_summary,
             elapsed_s: started.elapsed().as_secs_f64(),
             missing,
@@ -930,6 +936,65 @@ fn summarise_detections(c: &BenchConfig, models: &[ModelRecord], detections: &[D
                         confusion,
                         roc_auc: roc_auc(&scores(&positives), &scores(&negatives)),
                         mean_seconds: mean(positives.iter().chain(&negatives).map(|d| d.elapsed_s)),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One signal of one detector, alone, on a task and attack (usable models only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalSummary {
+    pub task: Task,
+    pub attack: String,
+    pub detector: DetectorKind,
+    pub signal: String,
+    /// Whether high values are the suspicious side, as the calibration half says (its ROC-AUC
+    /// with high = suspicious is at least 0.5); the test half is read in that direction.
+    pub high_is_suspicious: bool,
+    pub calibration_auc: Option<f64>,
+    pub test_auc: Option<f64>,
+    /// Models behind each AUC.
+    pub calibration_models: usize,
+    pub test_models: usize,
+}
+
+fn summarise_signals(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<SignalSummary> {
+    let mut out = Vec::new();
+    for &task in &c.tasks {
+        for attack in &c.attacks {
+            for &detector in &c.detectors {
+                let of = |class: Option<&str>, half: Half| -> Vec<&DetectionRecord> {
+                    let ids: Vec<&str> = models
+                        .iter()
+                        .filter(|m| m.task == task && m.attack.as_deref() == class && m.half == half && m.standing.counts())
+                        .map(|m| m.id.as_str())
+                        .collect();
+                    detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
+                };
+                let halves = [Half::Calibration, Half::Test].map(|h| (of(Some(attack), h), of(None, h)));
+                let mut names: Vec<&String> = halves.iter().flat_map(|(p, n)| p.iter().chain(n)).flat_map(|d| d.signals.keys()).collect();
+                names.sort();
+                names.dedup();
+                for name in names {
+                    let values = |ds: &[&DetectionRecord]| ds.iter().filter_map(|d| d.signals.get(name).copied()).collect::<Vec<f64>>();
+                    let auc = |(p, n): &(Vec<&DetectionRecord>, Vec<&DetectionRecord>)| roc_auc(&values(p), &values(n));
+                    let count = |(p, n): &(Vec<&DetectionRecord>, Vec<&DetectionRecord>)| values(p).len() + values(n).len();
+                    let (calibration, test) = (auc(&halves[0]), auc(&halves[1]));
+                    let high_is_suspicious = calibration.is_none_or(|a| a >= 0.5);
+                    let oriented = |a: Option<f64>| a.map(|a| if high_is_suspicious { a } else { 1.0 - a });
+                    out.push(SignalSummary {
+                        task,
+                        attack: attack.clone(),
+                        detector,
+                        signal: name.clone(),
+                        high_is_suspicious,
+                        calibration_auc: oriented(calibration),
+                        test_auc: oriented(test),
+                        calibration_models: count(&halves[0]),
+                        test_models: count(&halves[1]),
                     });
                 }
             }

@@ -133,6 +133,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
             }
         }
         md.push('\n');
+        md.push_str(&signal_table(r, task));
         md.push_str(&diagnostic_table(r, task));
         let unit = task.unit_name();
         md.push_str(&format!(
@@ -179,6 +180,32 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         for f in figures.iter().filter(|f| f.contains(&format!("_{task}"))) {
             md.push_str(&format!("\n![{f}]({f})\n"));
         }
+    }
+    md
+}
+
+/// Each detector signal alone on a task: the direction the calibration half gives, and the ROC-AUC
+/// of each half in that direction.
+fn signal_table(r: &BenchResults, task: Task) -> String {
+    let rows: Vec<_> = r.signal_summary.iter().filter(|s| s.task == task).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Each signal alone (ROC-AUC in the direction the calibration half gives; test half (models), calibration half (models))\n\n\
+         | attack | detector | signal | suspicious when | test | calibration |\n|---|---|---|---|---|---|\n",
+    );
+    let auc = |a: Option<f64>, n: usize| a.map_or("–".to_string(), |a| format!("{a:.2} ({n})"));
+    for s in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            s.attack,
+            s.detector,
+            s.signal,
+            if s.high_is_suspicious { "high" } else { "low" },
+            auc(s.test_auc, s.test_models),
+            auc(s.calibration_auc, s.calibration_models)
+        ));
     }
     md
 }
