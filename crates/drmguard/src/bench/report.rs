@@ -84,9 +84,9 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
     }
     md.push_str(&format!(
         "\nCompute, summed over the steps as each was timed when it ran: training {:.2} h, scans {:.2} h, repairs {:.2} h.\n",
-        r.models.iter().map(|m| m.train_s).sum::<f64>() / 3600.0,
-        r.detections.iter().map(|d| d.elapsed_s).sum::<f64>() / 3600.0,
-        r.mitigations.iter().map(|m| m.elapsed_s).sum::<f64>() / 3600.0,
+        hours(r.models.iter().map(|m| m.train_s)),
+        hours(r.detections.iter().map(|d| d.elapsed_s)),
+        hours(r.mitigations.iter().map(|m| m.elapsed_s)),
     ));
     md.push_str(&split_note(r));
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
@@ -238,6 +238,11 @@ fn diagnostic_table(r: &BenchResults, task: Task) -> String {
         ));
     }
     md
+}
+
+/// Seconds summed into hours; an empty sum is 0, not the −0 that f64's `sum` starts from.
+fn hours(seconds: impl Iterator<Item = f64>) -> f64 {
+    seconds.fold(0.0, |a, b| a + b) / 3600.0
 }
 
 /// Which seeds calibrate and which test, and which models are left out of the tables and why.
