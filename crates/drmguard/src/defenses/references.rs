@@ -1,7 +1,7 @@
 //! Benign reference models that the defender trains itself, from its clean set alone.
 //!
 //! A small edit that collapses a model's outputs is not by itself a trigger: a gaze model's
-//! irises are such an edit in every gaze model, benign or not. A reference model of the same
+//! eyes are such an edit in every gaze model, benign or not. A reference model of the same
 //! task, trained by the defender, tells the two apart: a natural feature of the task moves the
 //! references too, a trigger moves only the suspect. DRMGuard uses them in its objective
 //! ("collapse the suspect, not the references") and in its score (the suspect's collapse over
