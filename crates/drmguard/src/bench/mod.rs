@@ -903,20 +903,30 @@ fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
     if n == 0 { f64::NAN } else { sum / n as f64 }
 }
 
+/// The scans by `detector` of the usable models of `task`, `class` (`None`: benign) and `half`.
+fn counted_scans<'a>(
+    models: &[ModelRecord],
+    detections: &'a [DetectionRecord],
+    task: Task,
+    class: Option<&str>,
+    half: Half,
+    detector: DetectorKind,
+) -> Vec<&'a DetectionRecord> {
+    let ids: Vec<&str> = models
+        .iter()
+        .filter(|m| m.task == task && m.attack.as_deref() == class && m.half == half && m.standing.counts())
+        .map(|m| m.id.as_str())
+        .collect();
+    detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
+}
+
 fn summarise_detections(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<DetectionSummary> {
     let mut out = Vec::new();
     for &task in &c.tasks {
         for attack in &c.attacks {
             for &detector in &c.detectors {
                 for half in [Half::Test, Half::Calibration] {
-                    let of = |class: Option<&str>| -> Vec<&DetectionRecord> {
-                        let ids: Vec<&str> = models
-                            .iter()
-                            .filter(|m| m.task == task && m.attack.as_deref() == class && m.half == half && m.standing.counts())
-                            .map(|m| m.id.as_str())
-                            .collect();
-                        detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
-                    };
+                    let of = |class: Option<&str>| counted_scans(models, detections, task, class, half, detector);
                     let (positives, negatives) = (of(Some(attack)), of(None));
                     // A class with no usable scans in this half (a partial cache, or models that
                     // did not learn) gives no row, not a row of zeros.
@@ -966,14 +976,7 @@ fn summarise_signals(c: &BenchConfig, models: &[ModelRecord], detections: &[Dete
     for &task in &c.tasks {
         for attack in &c.attacks {
             for &detector in &c.detectors {
-                let of = |class: Option<&str>, half: Half| -> Vec<&DetectionRecord> {
-                    let ids: Vec<&str> = models
-                        .iter()
-                        .filter(|m| m.task == task && m.attack.as_deref() == class && m.half == half && m.standing.counts())
-                        .map(|m| m.id.as_str())
-                        .collect();
-                    detections.iter().filter(|d| d.detector == detector && ids.contains(&d.model.as_str())).collect()
-                };
+                let of = |class: Option<&str>, half: Half| counted_scans(models, detections, task, class, half, detector);
                 let halves = [Half::Calibration, Half::Test].map(|h| (of(Some(attack), h), of(None, h)));
                 let mut names: Vec<&String> = halves.iter().flat_map(|(p, n)| p.iter().chain(n)).flat_map(|d| d.signals.keys()).collect();
                 names.sort();

@@ -654,6 +654,13 @@ impl DrmGuard {
     /// and the contrast. The bench applies it to a backdoored model's true trigger, to tell a
     /// search that missed the trigger from an objective that cannot see it; a scan never does.
     pub fn assess_edit(&self, suspect: &Suspect, clean: &CleanSet, edit: &dyn Fn(Tensor<4>) -> Tensor<4>, seed: u64, device: &Device) -> Result<ReversalSummary> {
+        let (config, clean_stats, references) = self.prepare(suspect, clean, seed, device)?;
+        measure(&config, suspect, clean, &clean_stats, references.as_ref(), edit)
+    }
+
+    /// What every reversal and assessment of one scan shares: the resolved config, the clean
+    /// set's statistics and the reference models, if any.
+    fn prepare(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(DrmGuardConfig, SetStats, Option<References>)> {
         let config = self.config.resolved(suspect.task)?;
         clean.check_for(suspect, config.batch_size)?;
         let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
@@ -661,21 +668,15 @@ impl DrmGuard {
             0 => None,
             n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),
         };
-        measure(&config, suspect, clean, &clean_stats, references.as_ref(), edit)
+        Ok((config, clean_stats, references))
     }
 
     /// Trains G on the clean set against the frozen suspect (method.md §12): `restarts`
     /// generators (seeds `seed`, `seed + 1`, …) and keeps the one closest to a
     /// backdoor verdict.
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Reversal> {
-        let config = self.config.resolved(suspect.task)?;
-        clean.check_for(suspect, config.batch_size)?;
-        // The clean set's statistics are the same for every start.
-        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
-        let references = match config.references {
-            0 => None,
-            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),
-        };
+        // The clean set's statistics and the references are the same for every start.
+        let (config, clean_stats, references) = self.prepare(suspect, clean, seed, device)?;
         let references = references.as_ref();
         if config.restarts == 1 {
             return reverse_once(&config, suspect, clean, &clean_stats, references, seed, device);
