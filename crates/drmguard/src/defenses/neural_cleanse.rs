@@ -15,13 +15,13 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::references::{ReferenceConfig, References, contrast_of, reference_seed};
+use super::references::{ReferenceConfig, References, contrast_of, frozen_on, reference_seed};
 use super::trigger::{FreeTarget, MaskTrigger};
 use super::unlearn::{NC_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Mitigator, Repair, Suspect, progress_bar, values};
 use crate::error::{Error, Result};
 use crate::metrics::{mean_error_to, share_within};
-use crate::models::{Regressor, init_seeded};
+use crate::models::{Model, Regressor, init_seeded};
 use crate::report::reversed::{map_figure, reversal_figure};
 
 /// Neural Cleanse settings: the original's optimiser and cost schedule; steps, success and
@@ -72,10 +72,34 @@ pub struct NeuralCleanseConfig {
     // read and hash as they did.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub references: usize,
+    /// NC: weight of the neutrality term, which asks the stamped images to keep the references'
+    /// outputs where the clean images put them (mean absolute change, in degrees). A trigger is
+    /// neutral to a model that never learned it; a natural feature of the task (a gaze model's
+    /// eyes) moves every model of the task, so the search must look elsewhere. Needs
+    /// `--nc-references`. 0: the original objective.
+    #[arg(id = "nc_neutral_weight", long = "nc-neutral-weight", default_value_t = 0.0)]
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub neutral_weight: f64,
+    /// NC: searches from independent random starts; the smallest successful mask is kept.
+    #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub restarts: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for NeuralCleanseConfig {
@@ -93,6 +117,8 @@ impl Default for NeuralCleanseConfig {
             success: 0.9,
             threshold: 0.025,
             references: 0,
+            neutral_weight: 0.0,
+            restarts: 1,
         }
     }
 }
@@ -118,6 +144,15 @@ impl NeuralCleanseConfig {
                 format!("{} / {} / {}", self.tolerance_deg, self.success, self.threshold),
             ));
         }
+        if !(self.neutral_weight >= 0.0 && self.neutral_weight.is_finite()) {
+            return Err(Error::invalid("Neural Cleanse neutrality weight", format!("{} (must be ≥ 0)", self.neutral_weight)));
+        }
+        if self.neutral_weight > 0.0 && self.references == 0 {
+            return Err(Error::invalid("Neural Cleanse neutrality weight", format!("{} without reference models (set --nc-references)", self.neutral_weight)));
+        }
+        if !(1..=16).contains(&self.restarts) {
+            return Err(Error::invalid("Neural Cleanse restarts", format!("{} (must be within 1..=16)", self.restarts)));
+        }
         Ok(())
     }
 }
@@ -132,6 +167,10 @@ pub struct NcEpoch {
     pub mask_share: f64,
     /// Mean task error of the stamped outputs to y_t (degrees).
     pub error_deg: f64,
+    /// Mean absolute change the stamp makes to the references' outputs (degrees; 0 without the
+    /// neutrality term).
+    #[serde(default)]
+    pub reference_shift_deg: f64,
 }
 
 /// The reversed trigger and target.
@@ -149,6 +188,29 @@ pub struct NcReversal {
     pub history: Vec<NcEpoch>,
     pub steps: usize,
     pub seconds_per_step: f64,
+    /// Each restart's score: its best successful mask share, 1 when it never succeeded.
+    pub restart_shares: Vec<f64>,
+}
+
+/// The seed of restart `k`: restart 0 keeps the scan's seed.
+fn restart_seed(seed: u64, k: u64) -> u64 {
+    seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// The neutrality term of one batch: the mean absolute change that the stamp makes to the
+/// references' outputs, averaged over the references (in label units; only the stamped images
+/// carry a gradient).
+fn reference_shift(references: &[Model], x: Tensor<4>, stamped: Tensor<4>) -> Tensor<1> {
+    let n = references.len().max(1) as f64;
+    let mut total: Option<Tensor<1>> = None;
+    for model in references {
+        let shift = (model.forward(stamped.clone()) - model.forward(x.clone()).detach()).abs().mean();
+        total = Some(match total {
+            Some(t) => t + shift,
+            None => shift,
+        });
+    }
+    total.map_or_else(|| Tensor::<1>::zeros([1], &x.device()), |t| t / n)
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +224,7 @@ impl NeuralCleanse {
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<NcReversal> {
         self.check(suspect, clean)?;
         let mean = clean.mean_output(&suspect.model, self.config.batch_size)?;
-        self.optimise(suspect, clean, &mean, seed, device)
+        self.search(suspect, clean, &mean, seed, device)
     }
 
     /// [`Self::reverse`] with y_t starting at `initial_target` (radians).
@@ -171,7 +233,32 @@ impl NeuralCleanse {
         if initial_target.len() != suspect.spec.outputs {
             return Err(Error::Data(format!("a target of {} values for a model with {} outputs", initial_target.len(), suspect.spec.outputs)));
         }
-        self.optimise(suspect, clean, initial_target, seed, device)
+        self.search(suspect, clean, initial_target, seed, device)
+    }
+
+    /// Every restart's optimisation; the best is a successful one with the smallest mask (the
+    /// smallest mask when none succeeded). Restart 0 runs from `seed` itself.
+    fn search(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
+        let c = &self.config;
+        let references = if c.neutral_weight > 0.0 {
+            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
+            Some(frozen_on(&references, &device.clone().autodiff()))
+        } else {
+            None
+        };
+        let mut best: Option<NcReversal> = None;
+        let mut restart_shares = Vec::with_capacity(c.restarts);
+        for restart in 0..c.restarts as u64 {
+            let found = self.optimise(suspect, clean, initial_target, restart_seed(seed, restart), references.as_deref(), device)?;
+            restart_shares.push(if found.succeeded { found.mask_share } else { 1.0 });
+            let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
+            if best.as_ref().is_none_or(|b| rank(&found) < rank(b)) {
+                best = Some(found);
+            }
+        }
+        let mut best = best.ok_or_else(|| Error::Numerical("Neural Cleanse ran no restart".into()))?;
+        best.restart_shares = restart_shares;
+        Ok(best)
     }
 
     fn check(&self, suspect: &Suspect, clean: &CleanSet) -> Result<()> {
@@ -179,8 +266,9 @@ impl NeuralCleanse {
         clean.check_for(suspect, self.config.batch_size)
     }
 
-    /// The optimisation itself, on checked settings and data.
-    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
+    /// The optimisation itself, on checked settings and data; `references` (frozen, on the
+    /// autodiff device) add the neutrality term.
+    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
         let task = suspect.task;
         let ad = device.clone().autodiff();
@@ -202,10 +290,12 @@ impl NeuralCleanse {
         let started = Instant::now();
         let mut step = 0;
         while step < c.steps {
-            let (mut hits, mut seen, mut error_sum) = (0.0f64, 0usize, 0.0f64);
+            let (mut hits, mut seen, mut error_sum, mut neutral_sum) = (0.0f64, 0usize, 0.0f64, 0.0f64);
             for _ in 0..c.epoch_steps.min(c.steps - step) {
                 let (x, _) = clean.batch(batches.next_batch(), &ad);
-                let y = model.forward(trigger.stamp(x));
+                let stamped = trigger.stamp(x.clone());
+                let y = model.forward(stamped.clone());
+                let batch = y.dims()[0] as f64;
                 let y_values = values(y.clone().detach())?;
                 let t_values = target.values()?;
                 hits += share_within(task, &y_values, &t_values, c.tolerance_deg) * y.dims()[0] as f64;
@@ -214,7 +304,12 @@ impl NeuralCleanse {
                 // Mean absolute error in degrees (landmarks: % of the side): the scale of a
                 // classifier's cross-entropy, so that NC's cost constants keep their meaning.
                 let fit = (y - target.row()).abs().mean() * task.units_per_label();
-                let loss = fit + trigger.mask_share() * (cost * (side * side) as f64 / 3.0);
+                let mut loss = fit + trigger.mask_share() * (cost * (side * side) as f64 / 3.0);
+                if let Some(references) = references {
+                    let shift = reference_shift(references, x, stamped) * task.units_per_label();
+                    neutral_sum += shift.clone().into_scalar::<f32>() as f64 * batch;
+                    loss = loss + shift * c.neutral_weight;
+                }
                 let value = loss.clone().into_scalar::<f32>();
                 if !value.is_finite() {
                     return Err(Error::Numerical(format!("Neural Cleanse's loss became {value} at step {step}")));
@@ -229,7 +324,8 @@ impl NeuralCleanse {
             }
             let success = hits / seen.max(1) as f64;
             let share = trigger.mask_share().into_scalar::<f32>() as f64;
-            history.push(NcEpoch { epoch: history.len(), cost, success, mask_share: share, error_deg: error_sum / seen.max(1) as f64 });
+            let (error_deg, reference_shift_deg) = (error_sum / seen.max(1) as f64, neutral_sum / seen.max(1) as f64);
+            history.push(NcEpoch { epoch: history.len(), cost, success, mask_share: share, error_deg, reference_shift_deg });
             bar.set_message(format!("success {success:.2}, mask {share:.4}, cost {cost:.1e}"));
             if success >= c.success && share < best_share {
                 best_share = share;
@@ -289,7 +385,7 @@ impl NeuralCleanse {
         let stamped = crate::train::predict_transformed(&suspect.model, clean.data(), c.batch_size, &stamp)?;
         let clean_set_success = share_within(task, &stamped, &target, c.tolerance_deg);
         tracing::info!(mask_share, succeeded, clean_set_success, "neural cleanse done");
-        Ok(NcReversal { trigger, target, mask_share, succeeded, clean_set_success, history, steps: step, seconds_per_step })
+        Ok(NcReversal { trigger, target, mask_share, succeeded, clean_set_success, history, steps: step, seconds_per_step, restart_shares: Vec::new() })
     }
 }
 
@@ -310,6 +406,7 @@ impl Detector for NeuralCleanse {
             "clean_set_success": r.clean_set_success,
             "steps": r.steps,
             "seconds_per_step": r.seconds_per_step,
+            "restart_scores": r.restart_shares,
             "history": r.history,
         });
         // Without a successful trigger there is nothing small to report: as in the original

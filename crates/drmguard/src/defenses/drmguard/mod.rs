@@ -1,0 +1,132 @@
+//! DRMGuard (method.md §4–§6, §12): train a generator G on the clean set so that the frozen
+//! model's outputs on G(x) collapse (λ1 · output variance), the penultimate features' angles to
+//! the head's weight rows concentrate (λ2 · r_f), and G(x) stays close to x (L1, re-weighted by the
+//! momentum attention map, MTR). If a small change suffices, I(f) = mean |G(x) − x| < ε, the model
+//! is flagged. Mitigation ([`super::unlearn`]) fine-tunes the model on reversed images paired with
+//! their true labels.
+//!
+//! Every open point of the method is a switch: the generator ([`GeneratorKind`]), r_f raw or
+//! RAV-normalised ([`FeatureReg`]), and where the MTR weights enter ([`Mtr`]).
+
+mod config;
+mod records;
+mod repair;
+mod report;
+mod reverse;
+mod stats;
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+
+pub use config::*;
+pub use records::*;
+pub use repair::DrmGuardRepair;
+use reverse::{measure, reverse_once};
+use stats::{SetStats, angle_and_output_stats};
+
+use super::references::{ReferenceConfig, References, reference_seed};
+use super::{CleanSet, Detection, Detector, Finding, Suspect};
+use crate::error::{Error, Result};
+
+/// The DRMGuard defense with a resolved config.
+#[derive(Debug, Clone)]
+pub struct DrmGuard {
+    pub config: DrmGuardConfig,
+}
+
+impl DrmGuard {
+    pub fn new(config: DrmGuardConfig) -> Self {
+        DrmGuard { config }
+    }
+
+    /// Reverse-engineers a trigger and decides; the reversal is kept for mitigation.
+    pub fn detect_with_reversal(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(Detection, Reversal)> {
+        let started = Instant::now();
+        let reversal = self.reverse(suspect, clean, seed, device)?;
+        let s = &reversal.summary;
+        let mut details = serde_json::to_value(s).map_err(|e| Error::Numerical(e.to_string()))?;
+        if let Some(fields) = details.as_object_mut() {
+            let deg: Vec<f64> = s.estimated_target.iter().map(|&v| suspect.task.to_unit(v)).collect();
+            fields.insert("estimated_target_deg".into(), serde_json::json!(deg));
+            fields.insert("target_spread_deg".into(), serde_json::json!(s.output_std_deg));
+            fields.insert("clean_output_spread_deg".into(), serde_json::json!(s.clean_output_std_deg));
+        }
+        let c = &reversal.config;
+        let mut detection = Detection::decide("drmguard", s.score, c.epsilon, true, started.elapsed().as_secs_f64(), details);
+        // Both conditions at once, each measured against its own threshold: the model is flagged
+        // iff the worse of I(f) / ε and collapse ratio / κ (or ρ) is below 1. The margin is in units of
+        // I(f) (it is I(f) − ε whenever the collapse holds with room to spare).
+        let worse = c.closeness(s);
+        detection.backdoored = worse < 1.0;
+        detection.margin = (worse - 1.0) * c.epsilon;
+        detection.suspicion = -worse;
+        let mut signals = vec![("score", s.score), ("error_ratio", s.error_ratio), ("spread_ratio", s.spread_ratio), ("rav", s.rav), ("closeness", worse)];
+        signals.extend([("feature_dispersion_ratio", s.feature_dispersion_ratio), ("feature_shift", s.feature_shift)]);
+        if let Some(contrast) = s.contrast {
+            let references = s.reference_spread_ratios.iter().sum::<f64>() / s.reference_spread_ratios.len().max(1) as f64;
+            signals.extend([("contrast", contrast), ("reference_spread_ratio", references)]);
+        }
+        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Ok((detection, reversal))
+    }
+
+    /// What an edit of the clean images does to the suspect, measured as a reversal is: I(f),
+    /// the collapse ratios, RAV, the features' dispersion and, with references, their collapse
+    /// and the contrast. The bench applies it to a backdoored model's true trigger, to tell a
+    /// search that missed the trigger from an objective that cannot see it; a scan never does.
+    pub fn assess_edit(&self, suspect: &Suspect, clean: &CleanSet, edit: &dyn Fn(Tensor<4>) -> Tensor<4>, seed: u64, device: &Device) -> Result<ReversalSummary> {
+        let (config, clean_stats, references) = self.prepare(suspect, clean, seed, device)?;
+        measure(&config, suspect, clean, &clean_stats, references.as_ref(), edit)
+    }
+
+    /// What every reversal and assessment of one scan shares: the resolved config, the clean
+    /// set's statistics and the reference models, if any.
+    fn prepare(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(DrmGuardConfig, SetStats, Option<References>)> {
+        let config = self.config.resolved(suspect.task)?;
+        clean.check_for(suspect, config.batch_size)?;
+        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
+        let references = match config.references {
+            0 => None,
+            n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),
+        };
+        Ok((config, clean_stats, references))
+    }
+
+    /// Trains G on the clean set against the frozen suspect (method.md §12): `restarts`
+    /// generators (seeds `seed`, `seed + 1`, …) and keeps the one closest to a
+    /// backdoor verdict.
+    pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Reversal> {
+        // The clean set's statistics and the references are the same for every start.
+        let (config, clean_stats, references) = self.prepare(suspect, clean, seed, device)?;
+        let references = references.as_ref();
+        if config.restarts == 1 {
+            return reverse_once(&config, suspect, clean, &clean_stats, references, seed, device);
+        }
+        let mut best: Option<Reversal> = None;
+        let mut records = Vec::new();
+        for k in 0..config.restarts as u64 {
+            let r = reverse_once(&config, suspect, clean, &clean_stats, references, seed.wrapping_add(k), device)?;
+            let c = config.closeness(&r.summary);
+            tracing::info!(start = k + 1, of = config.restarts, score = r.summary.score, error_ratio = r.summary.error_ratio, spread_ratio = r.summary.spread_ratio, "drmguard start done");
+            records.push(RestartRecord { seed: r.seed, score: r.summary.score, spread_ratio: r.summary.spread_ratio, error_ratio: r.summary.error_ratio, closeness: c });
+            if best.as_ref().is_none_or(|b| c < config.closeness(&b.summary)) {
+                best = Some(r);
+            }
+        }
+        let mut best = best.expect("at least one start");
+        best.summary.restarts = records;
+        Ok(best)
+    }
+}
+
+impl Detector for DrmGuard {
+    fn name(&self) -> &'static str {
+        "drmguard"
+    }
+
+    fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
+        let (detection, reversal) = self.detect_with_reversal(suspect, clean, seed, device)?;
+        Self::finding(detection, &reversal, suspect, clean, device)
+    }
+}
