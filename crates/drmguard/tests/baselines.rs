@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec};
 use drmguard::defenses::fine_pruning::prune_head;
+use drmguard::defenses::trigger::MaskTrigger;
 use drmguard::defenses::{
     Abs, AbsConfig, Anp, AnpConfig, CleanSet, Detector, FeatureRe, FeatureReConfig, FinePruning, FinePruningConfig, FineTuningConfig,
     MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, Suspect,
@@ -51,6 +52,59 @@ fn neural_cleanse_shrinks_a_successful_mask_under_its_cost_schedule() {
     assert_eq!(mask.len(), 32 * 32);
     assert!(mask.iter().all(|m| (0.0..=1.0).contains(m)));
     assert!((mask.iter().sum::<f32>() / 1024.0 - r.mask_share as f32).abs() < 1e-4, "the score is the mask's mean");
+}
+
+#[test]
+fn neural_cleanse_keeps_the_best_of_its_restarts() {
+    let (suspect, clean) = suspect();
+    let nc = NeuralCleanse { config: NeuralCleanseConfig { steps: 200, restarts: 2, ..NeuralCleanseConfig::default() } };
+    let r = nc.reverse_from(suspect, clean, &TARGET, 0, &Device::flex()).unwrap();
+    assert_eq!(r.restart_shares.len(), 2, "one score per restart");
+    assert!(r.restart_shares[0] != r.restart_shares[1], "the restarts start from different masks: {:?}", r.restart_shares);
+    let kept = if r.succeeded { r.mask_share } else { 1.0 };
+    let best = r.restart_shares.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!((kept - best).abs() < 1e-6 || !r.succeeded, "the kept trigger is the best restart's: {kept} against {:?}", r.restart_shares);
+    // Restart 0 is the single search from the same seed.
+    let single = NeuralCleanse { config: NeuralCleanseConfig { steps: 200, ..NeuralCleanseConfig::default() } }.reverse_from(suspect, clean, &TARGET, 0, &Device::flex()).unwrap();
+    assert_eq!(single.restart_shares.len(), 1);
+    assert!((single.restart_shares[0] - r.restart_shares[0]).abs() < 1e-9, "{:?} against {:?}", single.restart_shares, r.restart_shares);
+}
+
+#[test]
+fn neural_cleanse_refuses_neutrality_without_references_and_restarts_out_of_range() {
+    let config = |f: fn(&mut NeuralCleanseConfig)| {
+        let mut c = NeuralCleanseConfig::default();
+        f(&mut c);
+        c.validate()
+    };
+    let err = config(|c| c.neutral_weight = 1.0).unwrap_err().to_string();
+    assert!(err.contains("--nc-references"), "{err}");
+    assert!(config(|c| (c.neutral_weight, c.references) = (1.0, 2)).is_ok());
+    assert!(config(|c| c.restarts = 0).is_err());
+    assert!(config(|c| c.smoothness = -1.0).is_err());
+    assert!(config(|c| c.neutral_weight = f64::NAN).is_err());
+}
+
+#[test]
+fn a_mask_of_scattered_pixels_varies_more_than_a_patch_of_the_same_share() {
+    let device = Device::flex();
+    // Raw values far from 0 squash to masks of (almost exactly) 0 and 1.
+    let trigger = |on: &dyn Fn(usize, usize) -> bool| {
+        let raw: Vec<f32> = (0..16 * 16).map(|i| if on(i / 16, i % 16) { 20.0 } else { -20.0 }).collect();
+        let mut t = MaskTrigger::random(16, &device);
+        t.mask_raw = burn::module::Param::from_tensor(Tensor::<1>::from_floats(raw.as_slice(), &device).reshape([1, 1, 16, 16]));
+        t
+    };
+    let patch = trigger(&|r, c| r < 4 && c < 4);
+    let scattered = trigger(&|r, c| r % 4 == 1 && c % 4 == 1);
+    let share = |t: &MaskTrigger| t.mask_share().into_scalar::<f32>();
+    let variation = |t: &MaskTrigger| t.mask_variation().into_scalar::<f32>();
+    assert!((share(&patch) - share(&scattered)).abs() < 1e-4, "both cover 16 of 256 pixels");
+    // A 4 × 4 corner patch has 8 edges; 16 isolated pixels have 4 each.
+    assert!((variation(&patch) - 8.0 / 256.0).abs() < 1e-4, "{}", variation(&patch));
+    assert!((variation(&scattered) - 64.0 / 256.0).abs() < 1e-4, "{}", variation(&scattered));
+    let blend = trigger(&|_, _| true);
+    assert!(variation(&blend) < 1e-5, "a uniform mask does not vary: {}", variation(&blend));
 }
 
 #[test]

@@ -58,6 +58,18 @@ impl MaskTrigger {
         self.mask().mean()
     }
 
+    /// The mask's total variation over the image area: the mean absolute difference between
+    /// neighbouring mask values, across and down, summed. About 4 × the share for isolated
+    /// pixels, 4 / k × the share for one k × k square: small for a patch or a uniform blend,
+    /// large for scattered pixels.
+    pub fn mask_variation(&self) -> Tensor<1> {
+        let m = self.mask();
+        let [_, _, h, w] = m.dims();
+        let across = (m.clone().slice([0..1, 0..1, 0..h, 1..w]) - m.clone().slice([0..1, 0..1, 0..h, 0..w - 1])).abs().sum();
+        let down = (m.clone().slice([0..1, 0..1, 1..h, 0..w]) - m.slice([0..1, 0..1, 0..h - 1, 0..w])).abs().sum();
+        (across + down) / (h * w) as f64
+    }
+
     /// The mask as row-major values, `S·S`.
     pub fn mask_values(&self) -> Result<Vec<f32>> {
         values(self.mask())
