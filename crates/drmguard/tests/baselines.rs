@@ -11,7 +11,7 @@ use drmguard::defenses::fine_pruning::prune_head;
 use drmguard::defenses::trigger::MaskTrigger;
 use drmguard::defenses::{
     Abs, AbsConfig, Anp, AnpConfig, CleanSet, Detector, FeatureRe, FeatureReConfig, FinePruning, FinePruningConfig, FineTuningConfig,
-    MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, Suspect,
+    MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, Suspect,
 };
 use drmguard::models::Regressor;
 use drmguard::task::Task;
@@ -105,6 +105,23 @@ fn a_mask_of_scattered_pixels_varies_more_than_a_patch_of_the_same_share() {
     assert!((variation(&scattered) - 64.0 / 256.0).abs() < 1e-4, "{}", variation(&scattered));
     let blend = trigger(&|_, _| true);
     assert!(variation(&blend) < 1e-5, "a uniform mask does not vary: {}", variation(&blend));
+}
+
+#[test]
+fn neuron_noise_collapses_the_outputs_more_the_larger_its_bound() {
+    let (suspect, clean) = suspect();
+    let device = Device::flex();
+    let ratio = |eps: f64| {
+        let noise = NeuronNoise { config: NeuronNoiseConfig { eps, steps: 20, batch_size: 32, ..NeuronNoiseConfig::default() } };
+        noise.collapse(&suspect.model, clean, 3, &device).unwrap().spread_ratio
+    };
+    let (tiny, large) = (ratio(0.01), ratio(0.5));
+    assert!(tiny > 0.85 && tiny < 1.15, "noise of 1% leaves the outputs' spread about as it was: {tiny}");
+    assert!(large < 0.8 * tiny, "noise of 50% collapses them: {large} against {tiny}");
+    let finding = NeuronNoise { config: NeuronNoiseConfig { steps: 5, batch_size: 32, ..NeuronNoiseConfig::default() } }.detect(suspect, clean, 0, &device).unwrap();
+    assert_eq!(finding.detection.signals["score"], finding.detection.signals["spread_ratio"]);
+    assert_eq!(finding.detection.backdoored, finding.detection.score < 0.3);
+    assert!(NeuronNoiseConfig { eps: 0.0, ..NeuronNoiseConfig::default() }.validate().is_err());
 }
 
 #[test]

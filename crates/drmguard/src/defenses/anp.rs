@@ -95,7 +95,7 @@ struct Perturbation {
 }
 
 /// The model's outputs with every BatchNorm perturbed: γ·(m + δ), β·(1 + ξ), on running statistics.
-fn perturbed_forward(model: &Model, x: Tensor<4>, masks: &[Tensor<1>], noise: Option<(&[Tensor<1>], &[Tensor<1>])>) -> Tensor<2> {
+pub(crate) fn perturbed_forward(model: &Model, x: Tensor<4>, masks: &[Tensor<1>], noise: Option<(&[Tensor<1>], &[Tensor<1>])>) -> Tensor<2> {
     let mut layer = 0;
     let mut hook = |bn: &BatchNorm, h: Tensor<4>| {
         let k = layer;

@@ -14,6 +14,7 @@ pub mod fine_pruning;
 pub mod fine_tuning;
 pub mod generator;
 pub mod neural_cleanse;
+pub mod neuron_noise;
 pub mod references;
 pub mod trigger;
 pub mod unlearn;
@@ -37,6 +38,7 @@ pub use feature_re::{FeatureRe, FeatureReConfig};
 pub use fine_pruning::{FinePruning, FinePruningConfig};
 pub use fine_tuning::{FineTuning, FineTuningConfig};
 pub use neural_cleanse::{NcUnlearning, NeuralCleanse, NeuralCleanseConfig};
+pub use neuron_noise::{NeuronNoise, NeuronNoiseConfig};
 pub use unlearn::UnlearnConfig;
 
 /// A model under suspicion, as a defense sees it.
@@ -322,6 +324,9 @@ pub enum DetectorKind {
     Featurere,
     /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
     Abs,
+    /// Neuron noise: bounded adversarial noise on the BatchNorm channels that collapses the
+    /// outputs on clean images; score = the spread ratio it reaches.
+    Noise,
 }
 
 /// Mitigators, for `drmguard mitigate --defense`.
@@ -353,6 +358,9 @@ pub struct DetectorConfigs {
     pub featurere: FeatureReConfig,
     #[command(flatten)]
     pub abs: AbsConfig,
+    #[command(flatten)]
+    #[serde(default)]
+    pub noise: NeuronNoiseConfig,
 }
 
 impl DetectorConfigs {
@@ -362,6 +370,7 @@ impl DetectorConfigs {
             DetectorKind::Nc => Box::new(NeuralCleanse { config: self.nc.clone() }),
             DetectorKind::Featurere => Box::new(FeatureRe { config: self.featurere.clone() }),
             DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
+            DetectorKind::Noise => Box::new(NeuronNoise { config: self.noise.clone() }),
         }
     }
 
@@ -372,6 +381,7 @@ impl DetectorConfigs {
             DetectorKind::Nc => serde_json::json!(self.nc),
             DetectorKind::Featurere => serde_json::json!(self.featurere),
             DetectorKind::Abs => serde_json::json!(self.abs),
+            DetectorKind::Noise => serde_json::json!(self.noise),
         }
     }
 }

@@ -86,7 +86,10 @@ pub struct NeuralCleanseConfig {
     #[arg(id = "nc_smoothness", long = "nc-smoothness", default_value_t = 0.0)]
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub smoothness: f64,
-    /// NC: searches from independent random starts; the smallest successful mask is kept.
+    /// NC: searches from independent random starts; the smallest successful mask is kept. The
+    /// first starts y_t at the mean output; each further one at the clean label farthest from
+    /// the starts before it, so that a target far from the mean is searched for too (the
+    /// original's loop over labels).
     #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub restarts: usize,
@@ -202,6 +205,28 @@ pub struct NcReversal {
     pub restart_shares: Vec<f64>,
 }
 
+/// `count` starting targets: `first`, then greedily the label (rows of `labels`, `first.len()`
+/// values each) farthest from every start chosen so far.
+fn spread_targets(first: &[f32], labels: &[f32], count: usize) -> Vec<Vec<f32>> {
+    let d = first.len().max(1);
+    let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+    let mut starts = vec![first.to_vec()];
+    let mut nearest: Vec<f32> = labels.chunks(d).map(|row| distance(row, first)).collect();
+    while starts.len() < count {
+        let Some((far, _)) = nearest.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) else { break };
+        let row = labels[far * d..(far + 1) * d].to_vec();
+        for (n, other) in nearest.iter_mut().zip(labels.chunks(d)) {
+            *n = n.min(distance(other, &row));
+        }
+        starts.push(row);
+    }
+    // Fewer labels than starts: the remaining restarts start from the mean again, on new seeds.
+    while starts.len() < count {
+        starts.push(first.to_vec());
+    }
+    starts
+}
+
 /// The seed of restart `k`: restart 0 keeps the scan's seed.
 fn restart_seed(seed: u64, k: u64) -> u64 {
     seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -256,10 +281,11 @@ impl NeuralCleanse {
         } else {
             None
         };
+        let starts = spread_targets(initial_target, &clean.data().labels, c.restarts);
         let mut best: Option<NcReversal> = None;
         let mut restart_shares = Vec::with_capacity(c.restarts);
-        for restart in 0..c.restarts as u64 {
-            let found = self.optimise(suspect, clean, initial_target, restart_seed(seed, restart), references.as_deref(), device)?;
+        for (restart, start) in starts.iter().enumerate() {
+            let found = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references.as_deref(), device)?;
             restart_shares.push(if found.succeeded { found.mask_share } else { 1.0 });
             let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
             if best.as_ref().is_none_or(|b| rank(&found) < rank(b)) {
