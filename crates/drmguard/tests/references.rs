@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor};
 use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
-use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect};
 use drmguard::models::Regressor;
 use drmguard::task::Task;
 use drmguard::train::{Profile, TrainConfig, TrainJob};
@@ -113,4 +113,29 @@ fn drmguard_with_references_reports_their_collapse_and_the_contrast() {
     let plain = DrmGuardConfig { steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, ..Default::default() };
     let plain = DrmGuard::new(plain).detect(&suspect, &clean, 0, &device).unwrap();
     assert!(!plain.detection.signals.contains_key("contrast"));
+}
+
+#[test]
+fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
+    private_cache();
+    let device = Device::flex();
+    let (suspect, clean) = suspect(80);
+    let config = AgnosticConfig { steps: 20, references: 1, ..Default::default() };
+    let finding = Agnostic { config: config.clone() }.detect(&suspect, &clean, 0, &device).unwrap();
+    let d = &finding.detection;
+    assert_eq!(d.defense, "agnostic");
+    for signal in ["mask_share", "spread_ratio", "reference_spread_ratio", "contrast"] {
+        assert!(d.signals.get(signal).is_some_and(|v| v.is_finite()), "{signal}: {:?}", d.signals);
+    }
+    let history = d.details["history"].as_array().unwrap();
+    assert!(!history.is_empty());
+    assert!(
+        history.iter().all(|h| h["reference_shift_deg"].as_f64().is_some_and(|v| v > 0.0 && v.is_finite())),
+        "every epoch measures the stamp's shift of the references: {history:?}"
+    );
+    assert_eq!(finding.config["neutral_weight"], 1.0, "the report gives the detector's own settings");
+    let again = Agnostic { config }.detect(&suspect, &clean, 0, &device).unwrap();
+    assert_eq!(again.detection.signals, d.signals, "the same seed gives the same scan");
+    let err = AgnosticConfig { references: 0, ..Default::default() }.validate().unwrap_err().to_string();
+    assert!(err.contains("reference"), "{err}");
 }

@@ -7,6 +7,7 @@
 //! This module does not depend on [`crate::attacks`].
 
 pub mod abs;
+pub mod agnostic;
 pub mod anp;
 pub mod drmguard;
 pub mod feature_re;
@@ -32,6 +33,7 @@ use crate::model_file::ModelCard;
 use crate::models::{Model, ModelSpec, Regressor};
 use crate::task::Task;
 pub use abs::{Abs, AbsConfig};
+pub use agnostic::{Agnostic, AgnosticConfig};
 pub use anp::{Anp, AnpConfig};
 pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair};
 pub use feature_re::{FeatureRe, FeatureReConfig};
@@ -120,6 +122,15 @@ impl CleanSet {
         let seed = seed ^ DEFENDER_SEED_STREAM;
         let data = crate::data::synthesize(*task, n, suspect.image_size(), seed)?;
         Self::checked(data, format!("{n} fresh built-in {task} images (seed {seed})"))
+    }
+
+    /// A sample of the built-in `task` drawn from `seed`, shared by every suspect of the task
+    /// that takes `image_size` images (a test bed scanning many models with one clean set, so
+    /// that their reference models are trained once). `seed` must differ from every training
+    /// seed's data stream.
+    pub fn shared_builtin(task: crate::task::Task, n: usize, image_size: u32, seed: u64) -> Result<Self> {
+        let data = crate::data::synthesize(task, n, image_size, seed)?;
+        Self::checked(data, format!("{n} built-in {task} images shared by the test bed (seed {seed})"))
     }
 
     fn checked(data: Dataset, origin: String) -> Result<Self> {
@@ -327,6 +338,9 @@ pub enum DetectorKind {
     /// Neuron noise: bounded adversarial noise on the BatchNorm channels that collapses the
     /// outputs on clean images; score = the spread ratio it reaches.
     Noise,
+    /// Input-agnostic reversal: one mask and pattern that collapse the suspect but not the
+    /// defender's reference models, kept smooth; score = the mask's share of the image.
+    Agnostic,
 }
 
 /// Mitigators, for `drmguard mitigate --defense`.
@@ -361,6 +375,9 @@ pub struct DetectorConfigs {
     #[command(flatten)]
     #[serde(default)]
     pub noise: NeuronNoiseConfig,
+    #[command(flatten)]
+    #[serde(default)]
+    pub agnostic: AgnosticConfig,
 }
 
 impl DetectorConfigs {
@@ -371,6 +388,7 @@ impl DetectorConfigs {
             DetectorKind::Featurere => Box::new(FeatureRe { config: self.featurere.clone() }),
             DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
             DetectorKind::Noise => Box::new(NeuronNoise { config: self.noise.clone() }),
+            DetectorKind::Agnostic => Box::new(Agnostic { config: self.agnostic.clone() }),
         }
     }
 
@@ -382,6 +400,7 @@ impl DetectorConfigs {
             DetectorKind::Featurere => serde_json::json!(self.featurere),
             DetectorKind::Abs => serde_json::json!(self.abs),
             DetectorKind::Noise => serde_json::json!(self.noise),
+            DetectorKind::Agnostic => serde_json::json!(self.agnostic),
         }
     }
 }

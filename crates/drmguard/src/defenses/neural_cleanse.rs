@@ -434,6 +434,14 @@ impl Detector for NeuralCleanse {
     }
 
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
+        self.finding("nc", suspect, clean, seed, device)
+    }
+}
+
+impl NeuralCleanse {
+    /// The search and its report, under the detector name `name` (the input-agnostic
+    /// reversal of [`super::agnostic`] runs the same search with its own settings).
+    pub(crate) fn finding(&self, name: &str, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
         let started = Instant::now();
         let r = self.reverse(suspect, clean, seed, device)?;
         let c = &self.config;
@@ -464,7 +472,7 @@ impl Detector for NeuralCleanse {
                 format!("{own:.3} / {} (contrast {contrast:.3}: far below 1, the trigger collapses the suspect alone)", theirs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")),
             ));
         }
-        let mut detection = Detection::decide("nc", score, c.threshold, true, started.elapsed().as_secs_f64(), details);
+        let mut detection = Detection::decide(name, score, c.threshold, true, started.elapsed().as_secs_f64(), details);
         detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
 
         let shown: Vec<usize> = (0..clean.len().min(8)).collect();

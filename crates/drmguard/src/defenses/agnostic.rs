@@ -1,0 +1,98 @@
+//! Input-agnostic reversal under reference neutrality: one mask and one pattern for every image
+//! (Neural Cleanse's search, with its cost schedule and free target), asked to collapse the
+//! suspect while leaving the defender's reference models where the clean images put them, and
+//! to stay smooth.
+//!
+//! Each of the two terms closes one way around a trigger that the plain search takes:
+//! - a natural feature of the task (a gaze model's eyes) collapses every model of the task, so
+//!   it moves the references and the neutrality term prices it out;
+//! - scattered pixels that fool the suspect alone (a universal adversarial perturbation) are
+//!   neutral to the references, and the mask's total variation prices them out.
+//!
+//! What remains cheap is an edit that only the suspect has learned and that a compact or uniform
+//! mask carries: a patch or a blend. The score is the share of the image the best successful
+//! mask covers (small = suspicious), measured on the 64×64 test bed (docs/testbed.md).
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::neural_cleanse::{NeuralCleanse, NeuralCleanseConfig};
+use super::{CleanSet, Detector, Finding, Suspect};
+use crate::error::{Error, Result};
+
+/// Settings of the input-agnostic reversal; the search's own constants are Neural Cleanse's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct AgnosticConfig {
+    /// Agnostic: optimisation steps at most.
+    #[arg(id = "agnostic_steps", long = "agnostic-steps", default_value_t = 600)]
+    pub steps: usize,
+    /// Agnostic: benign reference models trained from the clean set alone (shared with the other
+    /// detectors); at least 1.
+    #[arg(id = "agnostic_references", long = "agnostic-references", default_value_t = 2)]
+    pub references: usize,
+    /// Agnostic: weight of the references' output change (degrees per degree of fit).
+    #[arg(id = "agnostic_neutral_weight", long = "agnostic-neutral-weight", default_value_t = 1.0)]
+    pub neutral_weight: f64,
+    /// Agnostic: weight of the mask's total variation.
+    #[arg(id = "agnostic_smoothness", long = "agnostic-smoothness", default_value_t = 20.0)]
+    pub smoothness: f64,
+    /// Agnostic: searches from independent starts (y_t at the mean output, then at the clean
+    /// labels farthest from the starts before).
+    #[arg(id = "agnostic_restarts", long = "agnostic-restarts", default_value_t = 1)]
+    pub restarts: usize,
+    /// Agnostic: flag the model when the best successful mask covers less than this share of the
+    /// image (gaze, 64×64: 0.053 on a benign model, 0.014 on a BadNets one).
+    #[arg(id = "agnostic_threshold", long = "agnostic-threshold", default_value_t = 0.03)]
+    pub threshold: f64,
+}
+
+impl Default for AgnosticConfig {
+    fn default() -> Self {
+        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03 }
+    }
+}
+
+impl AgnosticConfig {
+    /// The Neural Cleanse search these settings run.
+    pub fn search(&self) -> NeuralCleanseConfig {
+        NeuralCleanseConfig {
+            steps: self.steps,
+            references: self.references,
+            neutral_weight: self.neutral_weight,
+            smoothness: self.smoothness,
+            restarts: self.restarts,
+            threshold: self.threshold,
+            ..NeuralCleanseConfig::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.references == 0 {
+            return Err(Error::invalid("input-agnostic reversal references", "0 (the search needs at least one reference model)"));
+        }
+        self.search().validate()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Agnostic {
+    pub config: AgnosticConfig,
+}
+
+impl Detector for Agnostic {
+    fn name(&self) -> &'static str {
+        "agnostic"
+    }
+
+    fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
+        self.config.validate()?;
+        let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
+        finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
+        finding.rule = format!(
+            "score = share of the image covered by one mask that collapses the suspect while keeping {} reference models' outputs \
+             (neutrality weight {}, smoothness {}); backdoored iff score < threshold",
+            self.config.references, self.config.neutral_weight, self.config.smoothness
+        );
+        Ok(finding)
+    }
+}
