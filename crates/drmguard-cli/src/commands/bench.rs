@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// a look at a run that another process is still filling); what is missing is listed.
     #[arg(id = "bench_only_cached", long = "only-cached")]
     only_cached: bool,
+    /// Train nothing: scan and repair the models the cache already holds (beside a run that
+    /// trains, e.g. `--detectors none`); the models not trained yet are listed as missing.
+    #[arg(id = "bench_trained_only", long = "trained-only", conflicts_with = "bench_only_cached")]
+    trained_only: bool,
     /// Models handled at once, each with its share of the CPU threads (default: on the CPU, one
     /// per CPU thread, at most 8, for the smoke and small profiles; else 1, since a GPU or the
     /// paper's 224×224 models want the whole machine for one job).
@@ -126,7 +130,7 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("bench").join(a.profile.to_string()));
-    let results = Bench { config, cache: cache.clone(), only_cached: a.only_cached, jobs }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
+    let results = Bench { config, cache: cache.clone(), only_cached: a.only_cached, trained_only: a.trained_only, jobs }.run(&device).with_context(|| format!("benchmark (cache {})", cache.display()))?;
     let figures = write_results(&a.out, &results)?;
     out!(
         "benchmark done in {:.0} s: {} models, {} scans, {} mitigations; wrote results.json, results.md and {} plots to {}",

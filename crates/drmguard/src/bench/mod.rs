@@ -9,6 +9,7 @@
 pub mod plots;
 pub mod report;
 pub mod scoring;
+pub mod verdict;
 pub mod zoo;
 
 use std::path::{Path, PathBuf};
@@ -539,6 +540,9 @@ pub struct BenchResults {
     /// The search diagnostic: DRMGuard's measures of each backdoored model's true trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<TriggerDiagnostic>,
+    /// The combined verdict of several detectors' signals, per task ([`verdict`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<verdict::TaskVerdict>,
 }
 
 /// What DRMGuard's measures read on a backdoored model's true trigger, applied to the clean set
@@ -577,6 +581,9 @@ pub struct Bench {
     /// Train, scan and repair nothing: write the tables from what the cache holds, e.g. while
     /// another process is still filling it. What is missing is listed in the results.
     pub only_cached: bool,
+    /// Train nothing, but scan and repair the models the cache holds (beside another process
+    /// that trains the grid). The models not trained yet are listed as missing.
+    pub trained_only: bool,
     /// Models handled at once (at least 1), each with its share of the CPU threads. Every model,
     /// scan and repair has its own seed and cache entry, so the order in which they finish does
     /// not matter.
@@ -651,6 +658,7 @@ impl Bench {
         let detection_summary = summarise_detections(c, &models, &detections);
         let signal_summary = summarise_signals(c, &models, &detections);
         let mitigation_summary = summarise_mitigations(c, &models, &mitigations);
+        let verdicts = verdict::combine(c, &models, &detections);
         Ok(BenchResults {
             config: c.clone(),
             drmguard_version: env!("CARGO_PKG_VERSION").into(),
@@ -670,6 +678,7 @@ impl Bench {
             elapsed_s: started.elapsed().as_secs_f64(),
             missing,
             diagnostics,
+            verdicts,
         })
     }
 
@@ -769,7 +778,7 @@ impl Bench {
     }
 
     /// Model `index` of its class, trained unless cached (`None`: not cached in an
-    /// `only_cached` run).
+    /// `only_cached` or `trained_only` run).
     fn train(&self, task: Task, attack: Option<&str>, seed: u64, index: usize, device: &Device) -> Result<Option<Trained>> {
         let c = &self.config;
         let config = c.profile.train_config(task, seed);
@@ -783,7 +792,7 @@ impl Bench {
         let job = TrainJob::builtin(config, backdoor);
         let class = attack.unwrap_or("benign");
         let (dir, name) = (self.cache.join("models"), format!("bench-{task}-{class}"));
-        let found = if self.only_cached { job.find_cached(&dir, &name, device) } else { Some(job.run_cached(&dir, &name, device)?) };
+        let found = if self.only_cached || self.trained_only { job.find_cached(&dir, &name, device) } else { Some(job.run_cached(&dir, &name, device)?) };
         let Some((model, card, path)) = found else {
             return Ok(None);
         };

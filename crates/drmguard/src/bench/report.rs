@@ -134,6 +134,7 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         }
         md.push('\n');
         md.push_str(&signal_table(r, task));
+        md.push_str(&verdict_table(r, task));
         md.push_str(&diagnostic_table(r, task));
         let unit = task.unit_name();
         md.push_str(&format!(
@@ -206,6 +207,47 @@ fn signal_table(r: &BenchResults, task: Task) -> String {
             auc(s.test_auc, s.test_models),
             auc(s.calibration_auc, s.calibration_models)
         ));
+    }
+    md
+}
+
+/// The combined verdict on a task: the benign statistics it standardises with, and per attack
+/// its counts and ROC-AUC on each half, with the threshold fitted with and without the attack.
+fn verdict_table(r: &BenchResults, task: Task) -> String {
+    let Some(v) = r.verdicts.iter().find(|v| v.task == task) else {
+        return String::new();
+    };
+    let mut md = format!(
+        "\n### Combined verdict (each signal's log standardised against the {} benign calibration models; score = the most suspicious; flagged above a threshold fitted on the calibration half)\n\n",
+        v.calibrations.first().map_or(0, |k| k.benign_models)
+    );
+    for k in &v.calibrations {
+        md.push_str(&format!("- {}.{}: benign log mean {:.3}, standard deviation {:.3}\n", k.detector, k.signal, k.mean_log, k.std_log));
+    }
+    md.push_str(
+        "\n| attack | threshold | test: TP/FP/FN/TN | accuracy | ROC-AUC | calibration: TP/FP/FN/TN | ROC-AUC | without the attack: threshold | test TP/FP/FN/TN |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let counts = |c: &super::scoring::Confusion| format!("{}/{}/{}/{}", c.tp, c.fp, c.fn_, c.tn);
+    let auc = |a: Option<f64>| a.map_or("–".to_string(), |a| format!("{a:.2}"));
+    for s in &v.summaries {
+        md.push_str(&format!(
+            "| {} | {:.2} | {} | {:.2} | {} | {} | {} | {:.2} | {} |\n",
+            s.attack,
+            s.threshold,
+            counts(&s.test),
+            s.test.accuracy(),
+            auc(s.test_auc),
+            counts(&s.calibration),
+            auc(s.calibration_auc),
+            s.held_out_threshold,
+            counts(&s.held_out_test)
+        ));
+    }
+    md.push_str("\n| model | half | score | standardised signals |\n|---|---|---|---|\n");
+    for m in &v.models {
+        let z: Vec<String> = m.z.iter().map(|(k, z)| format!("{k} {z:+.2}")).collect();
+        md.push_str(&format!("| {} | {:?} | {:+.2} | {} |\n", m.model, m.half, m.score, z.join(", ")));
     }
     md
 }

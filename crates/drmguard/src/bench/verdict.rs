@@ -1,0 +1,196 @@
+//! The combined verdict of several detectors' signals, as the test bed measures it.
+//!
+//! Each signal is standardised against the benign models of the calibration half: its logarithm,
+//! minus the benign models' mean, over their standard deviation, signed so that positive is
+//! suspicious. The combined score is the largest of them (an OR of one-sided tests: a model is as
+//! suspicious as its most anomalous signal), and the model is flagged when it exceeds a threshold
+//! fitted on the calibration half. The standardisation sees benign models only, so no attack
+//! is learned from; the threshold is fitted once with every attack and once without each attack
+//! in turn (leave-one-attack-out), and both are reported on the test half.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::scoring::{Confusion, roc_auc};
+use super::{BenchConfig, DetectionRecord, Half, ModelRecord};
+use crate::defenses::DetectorKind;
+use crate::task::Task;
+
+/// The signals the verdict combines, each suspicious when low: the input-agnostic reversal's
+/// mask share and the spread ratio under neuron noise.
+pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_share"), (DetectorKind::Noise, "spread_ratio")];
+
+/// The smallest standard deviation (of a signal's logarithm) a standardisation divides by: with
+/// four benign models the sample's own may be near zero by chance.
+const MIN_LOG_STD: f64 = 0.1;
+
+/// One signal's benign statistics on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalCalibration {
+    pub detector: DetectorKind,
+    pub signal: String,
+    pub mean_log: f64,
+    pub std_log: f64,
+    pub benign_models: usize,
+}
+
+/// A model's standardised signals and combined score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVerdict {
+    pub model: String,
+    pub half: Half,
+    pub backdoored: bool,
+    pub attack: Option<String>,
+    /// `detector.signal` → standardised value (positive = suspicious).
+    pub z: BTreeMap<String, f64>,
+    pub score: f64,
+}
+
+/// The verdict on one task and attack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictSummary {
+    pub task: Task,
+    pub attack: String,
+    /// Threshold fitted on the calibration half, every attack included.
+    pub threshold: f64,
+    pub test: Confusion,
+    pub test_auc: Option<f64>,
+    pub calibration: Confusion,
+    pub calibration_auc: Option<f64>,
+    /// Threshold fitted on the calibration half without this attack's models, and the test
+    /// half's counts at it.
+    pub held_out_threshold: f64,
+    pub held_out_test: Confusion,
+}
+
+/// Everything the verdict reports for one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskVerdict {
+    pub task: Task,
+    pub calibrations: Vec<SignalCalibration>,
+    pub models: Vec<ModelVerdict>,
+    pub summaries: Vec<VerdictSummary>,
+}
+
+/// The combined verdict of every task whose models carry all of [`VERDICT_SIGNALS`]; none
+/// where a detector was not run or the calibration half has fewer than two benign models.
+pub fn combine(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<TaskVerdict> {
+    if !VERDICT_SIGNALS.iter().all(|(d, _)| c.detectors.contains(d)) {
+        return Vec::new();
+    }
+    let value = |model: &str, detector: DetectorKind, signal: &str| {
+        detections.iter().find(|d| d.model == model && d.detector == detector).and_then(|d| d.signals.get(signal).copied()).filter(|v| *v > 0.0 && v.is_finite())
+    };
+    let mut out = Vec::new();
+    for &task in &c.tasks {
+        // Usable models with every signal.
+        let counted: Vec<(&ModelRecord, Vec<f64>)> = models
+            .iter()
+            .filter(|m| m.task == task && m.standing.counts())
+            .filter(|m| m.attack.as_ref().is_none_or(|a| c.attacks.contains(a)))
+            .filter_map(|m| VERDICT_SIGNALS.iter().map(|&(d, s)| value(&m.id, d, s).map(f64::ln)).collect::<Option<Vec<_>>>().map(|v| (m, v)))
+            .collect();
+        let benign: Vec<&Vec<f64>> = counted.iter().filter(|(m, _)| m.attack.is_none() && m.half == Half::Calibration).map(|(_, v)| v).collect();
+        if benign.len() < 2 {
+            continue;
+        }
+        let calibrations: Vec<SignalCalibration> = VERDICT_SIGNALS
+            .iter()
+            .enumerate()
+            .map(|(i, &(detector, signal))| {
+                let logs: Vec<f64> = benign.iter().map(|v| v[i]).collect();
+                let mean = logs.iter().sum::<f64>() / logs.len() as f64;
+                let var = logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (logs.len() - 1) as f64;
+                SignalCalibration { detector, signal: signal.to_string(), mean_log: mean, std_log: var.sqrt().max(MIN_LOG_STD), benign_models: logs.len() }
+            })
+            .collect();
+        let verdicts: Vec<ModelVerdict> = counted
+            .iter()
+            .map(|(m, logs)| {
+                let z: BTreeMap<String, f64> =
+                    calibrations.iter().zip(logs).map(|(k, x)| (format!("{}.{}", k.detector, k.signal), (k.mean_log - x) / k.std_log)).collect();
+                let score = z.values().cloned().fold(f64::NEG_INFINITY, f64::max);
+                ModelVerdict { model: m.id.clone(), half: m.half, backdoored: m.attack.is_some(), attack: m.attack.clone(), z, score }
+            })
+            .collect();
+        let threshold = fit_threshold(verdicts.iter().filter(|v| v.half == Half::Calibration));
+        let mut summaries = Vec::new();
+        for attack in &c.attacks {
+            let of = |half: Half| -> Vec<&ModelVerdict> {
+                verdicts.iter().filter(|v| v.half == half && (v.attack.is_none() || v.attack.as_ref() == Some(attack))).collect()
+            };
+            let (test, calibration) = (of(Half::Test), of(Half::Calibration));
+            if !test.iter().chain(&calibration).any(|v| v.backdoored) {
+                continue;
+            }
+            let held_out_threshold = fit_threshold(verdicts.iter().filter(|v| v.half == Half::Calibration && v.attack.as_ref() != Some(attack)));
+            summaries.push(VerdictSummary {
+                task,
+                attack: attack.clone(),
+                threshold,
+                test: confusion(&test, threshold),
+                test_auc: auc(&test),
+                calibration: confusion(&calibration, threshold),
+                calibration_auc: auc(&calibration),
+                held_out_threshold,
+                held_out_test: confusion(&test, held_out_threshold),
+            });
+        }
+        out.push(TaskVerdict { task, calibrations, models: verdicts, summaries });
+    }
+    out
+}
+
+fn confusion(models: &[&ModelVerdict], threshold: f64) -> Confusion {
+    Confusion::count(models.iter().map(|v| (v.backdoored, v.score > threshold)))
+}
+
+fn auc(models: &[&ModelVerdict]) -> Option<f64> {
+    let scores = |backdoored: bool| models.iter().filter(|v| v.backdoored == backdoored).map(|v| v.score).collect::<Vec<_>>();
+    roc_auc(&scores(true), &scores(false))
+}
+
+/// The threshold with the best accuracy on `models`: a midpoint between consecutive scores, the
+/// larger one on ties (fewer false alarms). Without backdoored models, just above every benign
+/// score.
+fn fit_threshold<'a>(models: impl Iterator<Item = &'a ModelVerdict>) -> f64 {
+    let models: Vec<&ModelVerdict> = models.collect();
+    let mut scores: Vec<f64> = models.iter().map(|v| v.score).collect();
+    scores.sort_by(f64::total_cmp);
+    scores.dedup();
+    let Some(&top) = scores.last() else { return 0.0 };
+    let mut candidates: Vec<f64> = scores.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    candidates.push(top + 0.5);
+    candidates.insert(0, scores[0] - 0.5);
+    let accuracy = |t: f64| models.iter().filter(|v| v.backdoored == (v.score > t)).count();
+    let mut best = (0usize, f64::NEG_INFINITY);
+    for t in candidates {
+        let a = accuracy(t);
+        if a >= best.0 {
+            best = (a, t);
+        }
+    }
+    best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(score: f64, backdoored: bool) -> ModelVerdict {
+        ModelVerdict { model: String::new(), half: Half::Calibration, backdoored, attack: backdoored.then(|| "badnets".into()), z: BTreeMap::new(), score }
+    }
+
+    #[test]
+    fn the_threshold_separates_where_it_can_and_prefers_fewer_false_alarms() {
+        let models = [verdict(0.0, false), verdict(1.0, false), verdict(4.0, true), verdict(5.0, true)];
+        assert_eq!(fit_threshold(models.iter()), 2.5);
+        // Overlapping: one error either way; the larger threshold wins the tie.
+        let models = [verdict(0.0, false), verdict(3.0, false), verdict(2.0, true), verdict(5.0, true)];
+        assert_eq!(fit_threshold(models.iter()), 4.0);
+        // Benign models only: above them all.
+        let models = [verdict(0.0, false), verdict(1.0, false)];
+        assert!(fit_threshold(models.iter()) > 1.0);
+    }
+}
