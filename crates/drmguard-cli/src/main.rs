@@ -44,8 +44,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Write a poisoned copy of a dataset in the user format, for evaluating other tools.
     Poison(commands::poison::PoisonArgs),
-    /// Decide whether a model is backdoored (DRMGuard, or a baseline: nc, featurere, abs), with a
-    /// JSON and Markdown report.
+    /// Decide whether a model is backdoored (DRMGuard; a baseline: nc, featurere, abs; or one
+    /// more signal: noise, agnostic), with a JSON and Markdown report.
     Scan(commands::scan::ScanArgs),
     /// Remove a backdoor: DRMGuard's unlearning (reverse-engineer the trigger, then fine-tune on
     /// reversed images with true labels), or a baseline: ft, fp, anp, nc.

@@ -364,18 +364,18 @@ pub enum MitigatorKind {
 /// registry from name to detector.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct DetectorConfigs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
     pub drmguard: DrmGuardConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
     pub nc: NeuralCleanseConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "FeatureRE (--defense featurere)")]
     pub featurere: FeatureReConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "ABS (--defense abs)")]
     pub abs: AbsConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Neuron noise (--defense noise)")]
     #[serde(default)]
     pub noise: NeuronNoiseConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Input-agnostic reversal (--defense agnostic)")]
     #[serde(default)]
     pub agnostic: AgnosticConfig,
 }
@@ -409,17 +409,17 @@ impl DetectorConfigs {
 /// registry from name to mitigator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct MitigatorConfigs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
     pub drmguard: DrmGuardConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Unlearning (--defense drmguard, nc)")]
     pub unlearn: UnlearnConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Fine-tuning (--defense ft, fp)")]
     pub ft: FineTuningConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Fine-pruning (--defense fp)")]
     pub fp: FinePruningConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "ANP (--defense anp)")]
     pub anp: AnpConfig,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
     pub nc: NeuralCleanseConfig,
 }
 
