@@ -182,6 +182,81 @@ mod tests {
         ModelVerdict { model: String::new(), half: Half::Calibration, backdoored, attack: backdoored.then(|| "badnets".into()), z: BTreeMap::new(), score }
     }
 
+    fn record(id: &str, attack: Option<&str>, half: Half, standing: super::super::Standing) -> ModelRecord {
+        ModelRecord {
+            id: id.into(),
+            task: Task::Gaze,
+            attack: attack.map(str::to_string),
+            seed: 0,
+            half,
+            standing,
+            target: None,
+            path: Default::default(),
+            train_s: 0.0,
+            errors: super::super::Errors { clean_deg: 3.0, mean_predictor_deg: 22.0, ae_deg: None, dae_deg: None },
+        }
+    }
+
+    fn scans(model: &str, mask_share: f64, spread_ratio: f64) -> [DetectionRecord; 2] {
+        let scan = |detector, signal: &str, v: f64| DetectionRecord {
+            model: model.into(),
+            detector,
+            backdoored: false,
+            score: v,
+            suspicion: -v,
+            threshold: 0.0,
+            elapsed_s: 0.0,
+            signals: [(signal.to_string(), v)].into(),
+        };
+        [scan(DetectorKind::Agnostic, "mask_share", mask_share), scan(DetectorKind::Noise, "spread_ratio", spread_ratio)]
+    }
+
+    #[test]
+    fn the_verdict_standardises_against_benign_calibration_models_and_keeps_unusable_ones_out() {
+        use super::super::{BenchConfig, BenchProfile, Standing};
+        let mut c = BenchConfig::new(BenchProfile::Small);
+        c.tasks = vec![Task::Gaze];
+        c.attacks = vec!["badnets".into()];
+        let (cal, test) = (Half::Calibration, Half::Test);
+        let models = [
+            record("b0", None, cal, Standing::Usable),
+            record("b2", None, cal, Standing::Usable),
+            record("b1", None, test, Standing::Usable),
+            record("p0", Some("badnets"), cal, Standing::Usable),
+            record("p1", Some("badnets"), test, Standing::Usable),
+            record("p3", Some("badnets"), test, Standing::DidNotTake),
+        ];
+        let detections: Vec<DetectionRecord> = [
+            scans("b0", 0.05, 0.35),
+            scans("b2", 0.07, 0.36),
+            scans("b1", 0.06, 0.34),
+            scans("p0", 0.015, 0.30),
+            scans("p1", 0.012, 0.34),
+            scans("p3", 0.001, 0.01),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let v = combine(&c, &models, &detections);
+        assert_eq!(v.len(), 1);
+        let v = &v[0];
+        assert_eq!(v.calibrations[0].benign_models, 2, "only the calibration half's benign models standardise");
+        let mean = (0.05f64.ln() + 0.07f64.ln()) / 2.0;
+        assert!((v.calibrations[0].mean_log - mean).abs() < 1e-12);
+        assert!(v.models.iter().all(|m| m.model != "p3"), "a backdoor that did not take is not counted");
+        let score = |id: &str| v.models.iter().find(|m| m.model == id).unwrap().score;
+        assert!(score("p1") > score("b1") && score("p0") > score("b0"), "small masks are suspicious");
+        let s = &v.summaries[0];
+        assert_eq!((s.test.tp, s.test.fp, s.test.fn_, s.test.tn), (1, 0, 0, 1));
+        assert_eq!(s.test_auc, Some(1.0));
+        // Without the attack the calibration half has benign models only: the threshold sits
+        // above them.
+        assert!(s.held_out_threshold > score("b0").max(score("b2")));
+        // A run without one of the signals' detectors gives no verdict.
+        c.detectors.retain(|d| *d != DetectorKind::Noise);
+        assert!(combine(&c, &models, &detections).is_empty());
+    }
+
     #[test]
     fn the_threshold_separates_where_it_can_and_prefers_fewer_false_alarms() {
         let models = [verdict(0.0, false), verdict(1.0, false), verdict(4.0, true), verdict(5.0, true)];
