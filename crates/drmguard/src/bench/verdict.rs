@@ -73,8 +73,10 @@ pub struct TaskVerdict {
     pub summaries: Vec<VerdictSummary>,
 }
 
-/// The combined verdict of every task whose models carry all of [`VERDICT_SIGNALS`]; none
-/// where a detector was not run or the calibration half has fewer than two benign models.
+/// The combined verdict of every task whose detectors include all of [`VERDICT_SIGNALS`]
+/// (none where one was not run). A model is scored on the signals it has (neuron noise needs
+/// BatchNorm layers, which an ONNX export folds away); a signal is standardised only where the
+/// calibration half has at least two benign models with it.
 pub fn combine(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<TaskVerdict> {
     if !VERDICT_SIGNALS.iter().all(|(d, _)| c.detectors.contains(d)) {
         return Vec::new();
@@ -84,36 +86,43 @@ pub fn combine(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionR
     };
     let mut out = Vec::new();
     for &task in &c.tasks {
-        // Usable models with every signal.
-        let counted: Vec<(&ModelRecord, Vec<f64>)> = models
+        // Usable models, with the log of each signal they have.
+        let counted: Vec<(&ModelRecord, Vec<Option<f64>>)> = models
             .iter()
             .filter(|m| m.task == task && m.standing.counts())
             .filter(|m| m.attack.as_ref().is_none_or(|a| c.attacks.contains(a)))
-            .filter_map(|m| VERDICT_SIGNALS.iter().map(|&(d, s)| value(&m.id, d, s).map(f64::ln)).collect::<Option<Vec<_>>>().map(|v| (m, v)))
+            .map(|m| (m, VERDICT_SIGNALS.iter().map(|&(d, s)| value(&m.id, d, s).map(f64::ln)).collect()))
             .collect();
-        let benign: Vec<&Vec<f64>> = counted.iter().filter(|(m, _)| m.attack.is_none() && m.half == Half::Calibration).map(|(_, v)| v).collect();
-        if benign.len() < 2 {
-            continue;
-        }
-        let calibrations: Vec<SignalCalibration> = VERDICT_SIGNALS
+        let calibrations: Vec<Option<SignalCalibration>> = VERDICT_SIGNALS
             .iter()
             .enumerate()
             .map(|(i, &(detector, signal))| {
-                let logs: Vec<f64> = benign.iter().map(|v| v[i]).collect();
+                let logs: Vec<f64> = counted.iter().filter(|(m, _)| m.attack.is_none() && m.half == Half::Calibration).filter_map(|(_, v)| v[i]).collect();
+                if logs.len() < 2 {
+                    return None;
+                }
                 let mean = logs.iter().sum::<f64>() / logs.len() as f64;
                 let var = logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (logs.len() - 1) as f64;
-                SignalCalibration { detector, signal: signal.to_string(), mean_log: mean, std_log: var.sqrt().max(MIN_LOG_STD), benign_models: logs.len() }
+                Some(SignalCalibration { detector, signal: signal.to_string(), mean_log: mean, std_log: var.sqrt().max(MIN_LOG_STD), benign_models: logs.len() })
             })
             .collect();
+        if calibrations.iter().all(Option::is_none) {
+            continue;
+        }
         let verdicts: Vec<ModelVerdict> = counted
             .iter()
-            .map(|(m, logs)| {
-                let z: BTreeMap<String, f64> =
-                    calibrations.iter().zip(logs).map(|(k, x)| (format!("{}.{}", k.detector, k.signal), (k.mean_log - x) / k.std_log)).collect();
-                let score = z.values().cloned().fold(f64::NEG_INFINITY, f64::max);
-                ModelVerdict { model: m.id.clone(), half: m.half, backdoored: m.attack.is_some(), attack: m.attack.clone(), z, score }
+            .filter_map(|(m, logs)| {
+                let z: BTreeMap<String, f64> = calibrations
+                    .iter()
+                    .zip(logs)
+                    .filter_map(|(k, x)| Some((k.as_ref()?, (*x)?)))
+                    .map(|(k, x)| (format!("{}.{}", k.detector, k.signal), (k.mean_log - x) / k.std_log))
+                    .collect();
+                let score = z.values().cloned().reduce(f64::max)?;
+                Some(ModelVerdict { model: m.id.clone(), half: m.half, backdoored: m.attack.is_some(), attack: m.attack.clone(), z, score })
             })
             .collect();
+        let calibrations: Vec<SignalCalibration> = calibrations.into_iter().flatten().collect();
         let threshold = fit_threshold(verdicts.iter().filter(|v| v.half == Half::Calibration));
         let mut summaries = Vec::new();
         for attack in &c.attacks {
@@ -225,6 +234,7 @@ mod tests {
             record("p0", Some("badnets"), cal, Standing::Usable),
             record("p1", Some("badnets"), test, Standing::Usable),
             record("p3", Some("badnets"), test, Standing::DidNotTake),
+            record("b3", None, test, Standing::Usable),
         ];
         let detections: Vec<DetectionRecord> = [
             scans("b0", 0.05, 0.35),
@@ -236,6 +246,8 @@ mod tests {
         ]
         .into_iter()
         .flatten()
+        // b3 has no BatchNorm to perturb: its neuron-noise scan is missing.
+        .chain([scans("b3", 0.08, 0.0)[0].clone()])
         .collect();
         let v = combine(&c, &models, &detections);
         assert_eq!(v.len(), 1);
@@ -246,8 +258,10 @@ mod tests {
         assert!(v.models.iter().all(|m| m.model != "p3"), "a backdoor that did not take is not counted");
         let score = |id: &str| v.models.iter().find(|m| m.model == id).unwrap().score;
         assert!(score("p1") > score("b1") && score("p0") > score("b0"), "small masks are suspicious");
+        let b3 = v.models.iter().find(|m| m.model == "b3").unwrap();
+        assert_eq!(b3.z.len(), 1, "a model is scored on the signals it has: {:?}", b3.z);
         let s = &v.summaries[0];
-        assert_eq!((s.test.tp, s.test.fp, s.test.fn_, s.test.tn), (1, 0, 0, 1));
+        assert_eq!((s.test.tp, s.test.fp, s.test.fn_, s.test.tn), (1, 0, 0, 2));
         assert_eq!(s.test_auc, Some(1.0));
         // Without the attack the calibration half has benign models only: the threshold sits
         // above them.
