@@ -12,13 +12,20 @@
 //! What remains cheap is an edit that only the suspect has learned and that a compact or uniform
 //! mask carries: a patch or a blend. The score is the share of the image the best successful
 //! mask covers (small = suspicious), measured on the 64×64 test bed (docs/testbed.md).
+//!
+//! With two references or more, the same search also scores each reference, against the others
+//! (once per task and clean set, cached): what a benign model of this task, image size and clean
+//! set costs. `log_ratio` is the log of their mask share over the suspect's (positive = the
+//! suspect needs less than benign models do).
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::neural_cleanse::{NeuralCleanse, NeuralCleanseConfig};
+use super::references::{ReferenceConfig, References, reference_seed};
 use super::{CleanSet, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
+use crate::io::{read_json, short_hash, write_json};
 
 /// Settings of the input-agnostic reversal; the search's own constants are Neural Cleanse's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -44,11 +51,15 @@ pub struct AgnosticConfig {
     /// image (gaze, 64×64: 0.053 on a benign model, 0.014 on a BadNets one).
     #[arg(id = "agnostic_threshold", long = "agnostic-threshold", default_value_t = 0.03)]
     pub threshold: f64,
+    /// Agnostic: also score each reference model, against the others (needs two references or
+    /// more; once per task and clean set), and report the suspect's mask against theirs.
+    #[arg(id = "agnostic_calibrate", long = "agnostic-calibrate", default_value_t = true, action = clap::ArgAction::Set)]
+    pub calibrate: bool,
 }
 
 impl Default for AgnosticConfig {
     fn default() -> Self {
-        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03 }
+        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03, calibrate: true }
     }
 }
 
@@ -79,6 +90,42 @@ pub struct Agnostic {
     pub config: AgnosticConfig,
 }
 
+/// A reference model's score under the search, as cached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReferenceScore {
+    mask_share: f64,
+    succeeded: bool,
+}
+
+impl Agnostic {
+    /// Each reference's score: its best successful mask share (1 when none succeeded), with the
+    /// neutrality term against the other references. Cached beside the references.
+    pub fn reference_scores(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Vec<f64>> {
+        let c = &self.config;
+        let reference_config = ReferenceConfig::new(c.references);
+        let references = References::get(suspect, clean, &reference_config, reference_seed(seed), device)?;
+        let key = References::cache_key(suspect, clean, &reference_config);
+        let nc = NeuralCleanse { config: c.search() };
+        let mut scores = Vec::with_capacity(references.models.len());
+        for (k, model) in references.models.iter().enumerate() {
+            let path = References::cache_dir().join(format!("{}-{key}-agnostic-{}.json", suspect.task, short_hash(&(&nc.config, seed, k))));
+            let score = match read_json::<ReferenceScore>(&path) {
+                Ok(score) => score,
+                Err(_) => {
+                    let others: Vec<_> = references.models.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, m)| m.clone()).collect();
+                    tracing::info!(reference = k, "scoring a reference model with the input-agnostic reversal");
+                    let r = nc.reverse_against(&suspect.with_model(model.clone()), clean, &others, seed, device)?;
+                    let score = ReferenceScore { mask_share: r.mask_share, succeeded: r.succeeded };
+                    write_json(&path, &score)?;
+                    score
+                }
+            };
+            scores.push(if score.succeeded { score.mask_share } else { 1.0 });
+        }
+        Ok(scores)
+    }
+}
+
 impl Detector for Agnostic {
     fn name(&self) -> &'static str {
         "agnostic"
@@ -87,6 +134,25 @@ impl Detector for Agnostic {
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
         self.config.validate()?;
         let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
+        if self.config.calibrate && self.config.references >= 2 {
+            let theirs = self.reference_scores(suspect, clean, seed, device)?;
+            let geometric = (theirs.iter().map(|v| v.max(1e-9).ln()).sum::<f64>() / theirs.len() as f64).exp();
+            let own = finding.detection.score.max(1e-9);
+            let log_ratio = geometric.ln() - own.ln();
+            let signals = &mut finding.detection.signals;
+            signals.insert("reference_mask_share".into(), geometric);
+            signals.insert("log_ratio".into(), log_ratio);
+            finding.rows.push((
+                format!("the same search on each of the {} references, against the others", theirs.len()),
+                format!(
+                    "mask shares {} (geometric mean {geometric:.4}); log of theirs over the suspect's: {log_ratio:+.2} (positive: the suspect needs a smaller mask than benign models)",
+                    theirs.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+            if let Some(fields) = finding.detection.details.as_object_mut() {
+                fields.insert("reference_mask_shares".into(), serde_json::json!(theirs));
+            }
+        }
         finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
         finding.rule = format!(
             "score = share of the image covered by one mask that collapses the suspect while keeping {} reference models' outputs \

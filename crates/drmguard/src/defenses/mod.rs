@@ -86,6 +86,12 @@ impl Suspect {
     pub fn image_size(&self) -> u32 {
         self.spec.input_size
     }
+
+    /// The same task, input size and outputs with another model in place of this one: a
+    /// reference model scored as the suspect is, for calibration.
+    pub fn with_model(&self, model: Model) -> Suspect {
+        Suspect { model, ..self.clone() }
+    }
 }
 
 /// Stream mixed into the training data's seed to draw the defender's built-in sample.

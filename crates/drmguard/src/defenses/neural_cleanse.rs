@@ -259,7 +259,19 @@ impl NeuralCleanse {
     pub fn reverse(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<NcReversal> {
         self.check(suspect, clean)?;
         let mean = clean.mean_output(&suspect.model, self.config.batch_size)?;
-        self.search(suspect, clean, &mean, seed, device)
+        let neutral = self.neutral_models(suspect, clean, seed, device)?;
+        self.search(suspect, clean, &mean, seed, neutral.as_deref(), device)
+    }
+
+    /// [`Self::reverse`] with the neutrality term taken against `neutral` (models on `device`)
+    /// instead of the references trained for `suspect`: how the input-agnostic reversal scores
+    /// a reference model itself, against the other references.
+    pub fn reverse_against(&self, suspect: &Suspect, clean: &CleanSet, neutral: &[Model], seed: u64, device: &Device) -> Result<NcReversal> {
+        self.check(suspect, clean)?;
+        let mean = clean.mean_output(&suspect.model, self.config.batch_size)?;
+        let ad = device.clone().autodiff();
+        let neutral: Vec<Model> = neutral.iter().map(|m| m.clone().fork(&ad).freeze()).collect();
+        self.search(suspect, clean, &mean, seed, Some(&neutral), device)
     }
 
     /// [`Self::reverse`] with y_t starting at `initial_target` (radians).
@@ -268,24 +280,30 @@ impl NeuralCleanse {
         if initial_target.len() != suspect.spec.outputs {
             return Err(Error::Data(format!("a target of {} values for a model with {} outputs", initial_target.len(), suspect.spec.outputs)));
         }
-        self.search(suspect, clean, initial_target, seed, device)
+        let neutral = self.neutral_models(suspect, clean, seed, device)?;
+        self.search(suspect, clean, initial_target, seed, neutral.as_deref(), device)
+    }
+
+    /// The reference models of the neutrality term, frozen on the autodiff device; none when the
+    /// term is off.
+    fn neutral_models(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Option<Vec<Model>>> {
+        if self.config.neutral_weight == 0.0 {
+            return Ok(None);
+        }
+        let references = References::get(suspect, clean, &ReferenceConfig::new(self.config.references), reference_seed(seed), device)?;
+        Ok(Some(frozen_on(&references, &device.clone().autodiff())))
     }
 
     /// Every restart's optimisation; the best is a successful one with the smallest mask (the
-    /// smallest mask when none succeeded). Restart 0 runs from `seed` itself.
-    fn search(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, device: &Device) -> Result<NcReversal> {
+    /// smallest mask when none succeeded). Restart 0 runs from `seed` itself. `references`
+    /// (frozen, on the autodiff device) add the neutrality term.
+    fn search(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
-        let references = if c.neutral_weight > 0.0 {
-            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
-            Some(frozen_on(&references, &device.clone().autodiff()))
-        } else {
-            None
-        };
         let starts = spread_targets(initial_target, &clean.data().labels, c.restarts);
         let mut best: Option<NcReversal> = None;
         let mut restart_shares = Vec::with_capacity(c.restarts);
         for (restart, start) in starts.iter().enumerate() {
-            let found = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references.as_deref(), device)?;
+            let found = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references, device)?;
             restart_shares.push(if found.succeeded { found.mask_share } else { 1.0 });
             let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
             if best.as_ref().is_none_or(|b| rank(&found) < rank(b)) {

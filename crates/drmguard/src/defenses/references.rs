@@ -115,6 +115,17 @@ fn is_heldout(i: usize) -> bool {
 }
 
 impl References {
+    /// What the references of `suspect`'s task on `clean` are cached under (with their seed):
+    /// the settings, the task, the image size and the clean set's content.
+    pub fn cache_key(suspect: &Suspect, clean: &CleanSet, config: &ReferenceConfig) -> String {
+        short_hash(&(config, suspect.task, suspect.image_size(), clean.data().content_hash()))
+    }
+
+    /// The folder of every cached reference model, and of what is measured on them once.
+    pub fn cache_dir() -> std::path::PathBuf {
+        cache_root().join("references")
+    }
+
     /// The references of `suspect`'s task trained on `clean`, from the cache when it holds them.
     pub fn get(suspect: &Suspect, clean: &CleanSet, config: &ReferenceConfig, seed: u64, device: &Device) -> Result<References> {
         config.validate()?;
@@ -139,8 +150,8 @@ impl References {
             min_learning_rate: config.lr * 0.01,
             ..TrainConfig::new(suspect.task, Profile::Small, seed)
         };
-        let key = short_hash(&(config, suspect.task, suspect.image_size(), data.content_hash()));
-        let dir = cache_root().join("references");
+        let key = Self::cache_key(suspect, clean, config);
+        let dir = Self::cache_dir();
         let (mut models, mut records) = (Vec::new(), Vec::new());
         for k in 0..config.count as u64 {
             let seed = seed.wrapping_add(k);
