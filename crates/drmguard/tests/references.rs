@@ -136,6 +136,17 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     assert_eq!(finding.config["neutral_weight"], 1.0, "the report gives the detector's own settings");
     let again = Agnostic { config }.detect(&suspect, &clean, 0, &device).unwrap();
     assert_eq!(again.detection.signals, d.signals, "the same seed gives the same scan");
+    assert!(!d.signals.contains_key("log_ratio"), "one reference: nothing to calibrate against");
+    // With two references, each is scored against the other, and the verdict reads the
+    // suspect's mask against theirs.
+    let calibrated = Agnostic { config: AgnosticConfig { steps: 20, references: 2, ..Default::default() } }.detect(&suspect, &clean, 0, &device).unwrap();
+    let d = &calibrated.detection;
+    let (log_ratio, theirs) = (d.signals["log_ratio"], d.signals["reference_mask_share"]);
+    assert!((log_ratio - (theirs.ln() - d.signals["mask_share"].max(1e-9).ln())).abs() < 1e-9, "{:?}", d.signals);
+    assert_eq!((d.score, d.threshold), (log_ratio, 2f64.ln()));
+    assert_eq!(d.backdoored, log_ratio >= 2f64.ln());
+    assert_eq!(d.details["reference_mask_shares"].as_array().map(Vec::len), Some(2));
+    assert!(AgnosticConfig { ratio: 1.0, ..Default::default() }.validate().is_err());
     let err = AgnosticConfig { references: 0, ..Default::default() }.validate().unwrap_err().to_string();
     assert!(err.contains("reference"), "{err}");
 }

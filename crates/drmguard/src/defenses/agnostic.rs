@@ -52,14 +52,20 @@ pub struct AgnosticConfig {
     #[arg(id = "agnostic_threshold", long = "agnostic-threshold", default_value_t = 0.03)]
     pub threshold: f64,
     /// Agnostic: also score each reference model, against the others (needs two references or
-    /// more; once per task and clean set), and report the suspect's mask against theirs.
+    /// more; once per task and clean set), and decide on the suspect's mask against theirs
+    /// (`--agnostic-ratio`) instead of on its share alone (`--agnostic-threshold`).
     #[arg(id = "agnostic_calibrate", long = "agnostic-calibrate", default_value_t = true, action = clap::ArgAction::Set)]
     pub calibrate: bool,
+    /// Agnostic, calibrated: flag the model when the references' masks are at least this many
+    /// times the suspect's (geometric mean; a benign gaze model measured 0.9×, BadNets and
+    /// Blended ones 4–7×, docs/testbed.md).
+    #[arg(id = "agnostic_ratio", long = "agnostic-ratio", default_value_t = 2.0)]
+    pub ratio: f64,
 }
 
 impl Default for AgnosticConfig {
     fn default() -> Self {
-        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03, calibrate: true }
+        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03, calibrate: true, ratio: 2.0 }
     }
 }
 
@@ -77,7 +83,15 @@ impl AgnosticConfig {
         }
     }
 
+    /// Whether the verdict reads the suspect's mask against the references' own.
+    pub fn calibrated(&self) -> bool {
+        self.calibrate && self.references >= 2
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if !(self.ratio > 1.0 && self.ratio.is_finite()) {
+            return Err(Error::invalid("input-agnostic reversal ratio", format!("{} (must be > 1)", self.ratio)));
+        }
         if self.references == 0 {
             return Err(Error::invalid("input-agnostic reversal references", "0 (the search needs at least one reference model)"));
         }
@@ -134,7 +148,7 @@ impl Detector for Agnostic {
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
         self.config.validate()?;
         let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
-        if self.config.calibrate && self.config.references >= 2 {
+        if self.config.calibrated() {
             let theirs = self.reference_scores(suspect, clean, seed, device)?;
             let geometric = (theirs.iter().map(|v| v.max(1e-9).ln()).sum::<f64>() / theirs.len() as f64).exp();
             let own = finding.detection.score.max(1e-9);
@@ -149,16 +163,26 @@ impl Detector for Agnostic {
                     theirs.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ")
                 ),
             ));
-            if let Some(fields) = finding.detection.details.as_object_mut() {
+            let d = &mut finding.detection;
+            if let Some(fields) = d.details.as_object_mut() {
                 fields.insert("reference_mask_shares".into(), serde_json::json!(theirs));
             }
+            // The verdict moves to the calibrated score: the log of the references' mask over
+            // the suspect's, against the log of the ratio.
+            let decided = super::Detection::decide("agnostic", log_ratio, self.config.ratio.ln(), false, d.elapsed_s, serde_json::Value::Null);
+            (d.score, d.threshold, d.margin, d.suspicion, d.backdoored) = (decided.score, decided.threshold, decided.margin, decided.suspicion, decided.backdoored);
         }
         finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
-        finding.rule = format!(
-            "score = share of the image covered by one mask that collapses the suspect while keeping {} reference models' outputs \
-             (neutrality weight {}, smoothness {}); backdoored iff score < threshold",
-            self.config.references, self.config.neutral_weight, self.config.smoothness
+        let c = &self.config;
+        let search = format!(
+            "one mask that collapses the suspect while keeping {} reference models' outputs (neutrality weight {}, smoothness {})",
+            c.references, c.neutral_weight, c.smoothness
         );
+        finding.rule = if c.calibrated() {
+            format!("score = ln(the references' mask share / the suspect's), each the share of the image covered by {search}; backdoored iff score ≥ ln {}", c.ratio)
+        } else {
+            format!("score = share of the image covered by {search}; backdoored iff score < threshold")
+        };
         Ok(finding)
     }
 }
