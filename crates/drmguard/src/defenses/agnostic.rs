@@ -156,6 +156,7 @@ impl Detector for Agnostic {
             let signals = &mut finding.detection.signals;
             signals.insert("reference_mask_share".into(), geometric);
             signals.insert("log_ratio".into(), log_ratio);
+            signals.insert("score".into(), log_ratio);
             finding.rows.push((
                 format!("the same search on each of the {} references, against the others", theirs.len()),
                 format!(
