@@ -194,9 +194,6 @@ impl BenchProfile {
             c.drmguard.references = 2;
             c.drmguard.contrast_weight = 0.0;
             c.nc.references = 2;
-            // At 0.3 the noise collapses benign and backdoored gaze models alike (spread ratio
-            // 0.03–0.04); at 0.1 the backdoored ones go lower (docs/testbed.md).
-            c.noise.eps = 0.1;
             c.noise.references = 2;
         }
         if self == BenchProfile::Smoke {
