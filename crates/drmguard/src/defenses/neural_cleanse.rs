@@ -220,7 +220,7 @@ fn spread_targets(first: &[f32], labels: &[f32], count: usize) -> Vec<Vec<f32>> 
         }
         starts.push(row);
     }
-    // Fewer labels than starts: the remaining restarts start from the mean again, on new seeds.
+    // No labels to spread over: the remaining restarts start from `first` again, on new seeds.
     while starts.len() < count {
         starts.push(first.to_vec());
     }
