@@ -147,6 +147,7 @@ impl Detector for Agnostic {
 
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
         self.config.validate()?;
+        let started = std::time::Instant::now();
         let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
         if self.config.calibrated() {
             let theirs = self.reference_scores(suspect, clean, seed, device)?;
@@ -170,6 +171,9 @@ impl Detector for Agnostic {
             }
             // The verdict moves to the calibrated score: the log of the references' mask over
             // the suspect's, against the log of the ratio.
+            // Its time includes the references' own scores, computed by the first scan of a task
+            // and clean set and read from the cache afterwards.
+            d.elapsed_s = started.elapsed().as_secs_f64();
             let decided = super::Detection::decide("agnostic", log_ratio, self.config.ratio.ln(), false, d.elapsed_s, serde_json::Value::Null);
             (d.score, d.threshold, d.margin, d.suspicion, d.backdoored) = (decided.score, decided.threshold, decided.margin, decided.suspicion, decided.backdoored);
         }
