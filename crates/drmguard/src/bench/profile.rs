@@ -185,7 +185,6 @@ impl BenchProfile {
             c.featurere.batch_size = 32;
             c.abs.top_neurons = 5;
             c.abs.steps = 60;
-            c.agnostic.steps = 300;
         }
         if self == BenchProfile::Small {
             // Two reference models per clean set measure every reversal's contrast, for the
