@@ -124,7 +124,7 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     let finding = Agnostic { config: config.clone() }.detect(&suspect, &clean, 0, &device).unwrap();
     let d = &finding.detection;
     assert_eq!(d.defense, "agnostic");
-    for signal in ["mask_share", "spread_ratio", "reference_spread_ratio", "contrast"] {
+    for signal in ["mask_share", "mask_score", "spread_ratio", "reference_spread_ratio", "contrast"] {
         assert!(d.signals.get(signal).is_some_and(|v| v.is_finite()), "{signal}: {:?}", d.signals);
     }
     let history = d.details["history"].as_array().unwrap();
@@ -142,7 +142,7 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     let calibrated = Agnostic { config: AgnosticConfig { steps: 20, references: 2, ..Default::default() } }.detect(&suspect, &clean, 0, &device).unwrap();
     let d = &calibrated.detection;
     let (log_ratio, theirs) = (d.signals["log_ratio"], d.signals["reference_mask_share"]);
-    assert!((log_ratio - (theirs.ln() - d.signals["mask_share"].max(1e-9).ln())).abs() < 1e-9, "{:?}", d.signals);
+    assert!((log_ratio - (theirs.ln() - d.signals["mask_score"].max(1e-9).ln())).abs() < 1e-9, "{:?}", d.signals);
     assert_eq!((d.score, d.threshold, d.signals["score"]), (log_ratio, 2f64.ln(), log_ratio));
     assert_eq!(d.backdoored, log_ratio >= 2f64.ln());
     assert_eq!(d.details["reference_mask_shares"].as_array().map(Vec::len), Some(2));

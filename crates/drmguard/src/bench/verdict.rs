@@ -18,8 +18,8 @@ use crate::defenses::DetectorKind;
 use crate::task::Task;
 
 /// The signals the verdict combines, each suspicious when low: the input-agnostic reversal's
-/// mask share and the spread ratio under neuron noise.
-pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_share"), (DetectorKind::Noise, "spread_ratio")];
+/// successful mask share (1 when no mask succeeded) and the spread ratio under neuron noise.
+pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Noise, "spread_ratio")];
 
 /// The smallest standard deviation (of a signal's logarithm) a standardisation divides by: with
 /// four benign models the sample's own may be near zero by chance.
@@ -206,7 +206,7 @@ mod tests {
         }
     }
 
-    fn scans(model: &str, mask_share: f64, spread_ratio: f64) -> [DetectionRecord; 2] {
+    fn scans(model: &str, mask_score: f64, spread_ratio: f64) -> [DetectionRecord; 2] {
         let scan = |detector, signal: &str, v: f64| DetectionRecord {
             model: model.into(),
             detector,
@@ -217,7 +217,7 @@ mod tests {
             elapsed_s: 0.0,
             signals: [(signal.to_string(), v)].into(),
         };
-        [scan(DetectorKind::Agnostic, "mask_share", mask_share), scan(DetectorKind::Noise, "spread_ratio", spread_ratio)]
+        [scan(DetectorKind::Agnostic, "mask_score", mask_score), scan(DetectorKind::Noise, "spread_ratio", spread_ratio)]
     }
 
     #[test]

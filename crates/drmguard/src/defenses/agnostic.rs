@@ -149,10 +149,14 @@ impl Detector for Agnostic {
         self.config.validate()?;
         let started = std::time::Instant::now();
         let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
+        // The search's own score, before any calibration: the successful mask's share, 1 when
+        // no mask succeeded.
+        let mask_score = finding.detection.score;
+        finding.detection.signals.insert("mask_score".into(), mask_score);
         if self.config.calibrated() {
             let theirs = self.reference_scores(suspect, clean, seed, device)?;
             let geometric = (theirs.iter().map(|v| v.max(1e-9).ln()).sum::<f64>() / theirs.len() as f64).exp();
-            let own = finding.detection.score.max(1e-9);
+            let own = mask_score.max(1e-9);
             let log_ratio = geometric.ln() - own.ln();
             let signals = &mut finding.detection.signals;
             signals.insert("reference_mask_share".into(), geometric);
