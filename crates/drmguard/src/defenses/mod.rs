@@ -227,6 +227,11 @@ impl Detection {
         };
         Detection { defense: defense.into(), backdoored, score, threshold, margin, suspicion, elapsed_s, details, signals: Default::default() }
     }
+
+    /// Sets the named scalar signals behind the verdict.
+    pub fn set_signals<'a>(&mut self, signals: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    }
 }
 
 /// Endless shuffled mini-batches of indices into a set of `n`: reshuffled (from a seeded

@@ -491,7 +491,7 @@ impl NeuralCleanse {
             ));
         }
         let mut detection = Detection::decide(name, score, c.threshold, true, started.elapsed().as_secs_f64(), details);
-        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        detection.set_signals(signals);
 
         let shown: Vec<usize> = (0..clean.len().min(8)).collect();
         let (x, _) = clean.batch(&shown, device);

@@ -187,7 +187,7 @@ impl Detector for NeuronNoise {
             "reference_spread_ratios": theirs,
         });
         let mut detection = Detection::decide("noise", own.spread_ratio, c.threshold, true, started.elapsed().as_secs_f64(), details);
-        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        detection.set_signals(signals);
         Ok(Finding {
             detection,
             config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,

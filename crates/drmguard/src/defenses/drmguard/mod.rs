@@ -67,7 +67,7 @@ impl DrmGuard {
             let references = s.reference_spread_ratios.iter().sum::<f64>() / s.reference_spread_ratios.len().max(1) as f64;
             signals.extend([("contrast", contrast), ("reference_spread_ratio", references)]);
         }
-        detection.signals = signals.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        detection.set_signals(signals);
         Ok((detection, reversal))
     }
 
