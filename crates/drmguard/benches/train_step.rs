@@ -1,9 +1,13 @@
 //! Training-step time of ResNet-18 (batch 32, 64×64, L1 loss, Adam) on the default CPU backend,
 //! at torchvision's width 64 and at the CPU profile's width 16.
 //!
-//! Run: `cargo bench -p drmguard --bench train_step` (set DRMGUARD_BENCH_STEPS to change the
-//! number of timed steps, default 10).
+//! Run: `cargo bench -p drmguard --bench train_step`. Environment:
+//! - DRMGUARD_BENCH_STEPS: timed steps per width (default 10, after two warm-up steps);
+//! - DRMGUARD_TORCH: a Python interpreter with PyTorch. Each width is then also run by the PyTorch
+//!   reference `benches/reference/train_step.py` (same sizes, same machine, as many threads), and
+//!   the ratio drmguard / PyTorch is printed beside it.
 
+use std::process::Command;
 use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams};
@@ -16,6 +20,7 @@ fn main() {
     let device = Device::flex().autodiff();
     println!("ResNet-18 training step, batch {batch}, {size}×{size}, flex CPU backend, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
     for width in [64, 16] {
+        let reference = reference_ms(width, batch, size, steps);
         let spec = ModelSpec {
             architecture: Architecture::Resnet18 { width },
             input_size: size as u32,
@@ -44,6 +49,27 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let mean = times.iter().sum::<f64>() / times.len() as f64;
-        println!("width {width:>2}: median {median:7.1} ms/step, mean {mean:7.1} ms/step over {steps} steps (min {:.1}, max {:.1})", times[0], times[times.len() - 1]);
+        let torch = reference.map_or(String::new(), |t| format!(", PyTorch median {t:7.1} ms/step, ratio {:.2}", median / t));
+        println!("width {width:>2}: median {median:7.1} ms/step, mean {mean:7.1} ms/step over {steps} steps (min {:.1}, max {:.1}){torch}", times[0], times[times.len() - 1]);
     }
+}
+
+/// The PyTorch reference's median ms per step at the same sizes, when DRMGUARD_TORCH names a Python
+/// with torch. Run before drmguard's own case, so the two never share the cores.
+fn reference_ms(width: usize, batch: usize, size: usize, steps: usize) -> Option<f64> {
+    let python = std::env::var("DRMGUARD_TORCH").ok()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/train_step.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let output = Command::new(&python)
+        .arg(script)
+        .args(["--width", &width.to_string(), "--size", &size.to_string(), "--batch-size", &batch.to_string()])
+        .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => panic!("the PyTorch reference failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("cannot run DRMGUARD_TORCH={python}: {e}"),
+    };
+    let json: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).expect("the reference prints one JSON line");
+    json["ms_per_step"].as_f64()
 }

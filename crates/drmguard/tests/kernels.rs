@@ -247,3 +247,24 @@ fn inference_batch_norm_uses_the_given_statistics() {
         .collect();
     assert_close("output", &read(y), &want);
 }
+
+#[test]
+fn convolution_results_do_not_depend_on_the_thread_count() {
+    // The output and both gradients of a training-sized convolution, computed in pools of 1, 2
+    // and 5 threads: the batch is split by shape alone, so every bit must agree.
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+            let device = Device::flex().autodiff();
+            let conv = Conv { batch: 13, c_in: 6, c_out: 8, size: [8, 8], ..PLAIN };
+            let x = tensor(&values(13 * 6 * 64, 21), [13, 6, 8, 8], &device).require_grad();
+            let w = tensor(&values(8 * 6 * 9, 22), [8, 6, 3, 3], &device).require_grad();
+            let y = conv2d(x.clone(), w.clone(), None, conv.options());
+            let r = tensor(&values(13 * 8 * 64, 23), [13, 8, 8, 8], &device);
+            let grads = (y.clone() * r).sum().backward();
+            [read(y), read(x.grad(&grads).unwrap()), read(w.grad(&grads).unwrap())]
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(5));
+}

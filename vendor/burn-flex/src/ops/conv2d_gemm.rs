@@ -1,17 +1,21 @@
-//! 2-D convolution and its gradients as one matrix product per image, on the NCHW layout.
+//! 2-D convolution and its gradients as matrix products over blocks of images, on the NCHW layout.
 //!
-//! With `cols_n` the im2col expansion of image n (one row per input channel and kernel tap, one
-//! column per output pixel) and `[g]` a group's rows:
-//! - forward: `Y_n[g] = W[g] · cols_n[g]` (+ bias), written straight into the output;
-//! - weight gradient: `dW[g] += dY_n[g] · cols_n[g]ᵀ`, each thread summing its images into its own
-//!   partial gradient, the partials added at the end;
-//! - input gradient: `dcols_n[g] = W[g]ᵀ · dY_n[g]`, then col2im into `dX_n`.
+//! With `cols` the im2col expansion of a block of images side by side (one row per input channel
+//! and kernel tap, one column per output pixel of each image) and `[g]` a group's rows:
+//! - forward: `Y[g] = W[g] · cols[g]` (+ bias);
+//! - weight gradient: `dW[g] += dY[g] · cols[g]ᵀ`, summed over a fixed split of the blocks into
+//!   partial gradients, the partials then added in order;
+//! - input gradient: `dcols[g] = W[g]ᵀ · dY[g]`, then col2im.
 //!
-//! Images run in parallel, each thread reusing one column buffer; gemm gets the threads itself only
-//! when there are fewer images than threads. burn's generic backward (a transposed convolution for
-//! the input gradient, a convolution with batch and channels swapped for the weight gradient) and
-//! flex's tiled NHWC forward run mostly on one thread at the sizes of a small CNN and copy their
-//! operands several times.
+//! A block is one image where an image has enough output pixels to make a good product, and
+//! several where it does not (the deep layers of a CNN, 2×2 to 8×8 pixels). Blocks run in parallel,
+//! each thread reusing its buffers; gemm takes the threads itself only when there are fewer blocks
+//! than threads. The split depends on the shapes alone, not on the thread count, so results are
+//! the same bit for bit on any number of threads.
+//!
+//! burn's generic backward (a transposed convolution for the input gradient, a convolution with
+//! batch and channels swapped for the weight gradient) and flex's tiled NHWC forward run mostly on
+//! one thread at the sizes of a small CNN, and copy their operands several times.
 //!
 //! Groups, stride, dilation and asymmetric padding are all handled: padding only shifts where a
 //! kernel tap reads (its end side is implied by the output size). f32 and f64 run natively, f16
@@ -270,14 +274,14 @@ fn col2im<T: Real>(cols: &[T], ld: usize, image: &mut [T], g: &Geometry) {
 /// arithmetic, so images whose outputs are smaller are stacked side by side into one product.
 const MIN_COLUMNS: usize = 512;
 
-/// Images per product: enough for [`MIN_COLUMNS`] columns, but never so many that there are
-/// fewer products than threads (the im2col of a product runs on one thread).
+/// The least number of parts a batch is split into, whatever the thread count: the parts run in
+/// parallel, and a fixed split keeps every result bit for bit the same on 1, 2 or 16 threads.
+const PARTS: usize = 4;
+
+/// Images per product: enough for [`MIN_COLUMNS`] columns, but at most a [`PARTS`]-th of the batch
+/// (a product's im2col runs on one thread).
 fn block_images(g: &Geometry) -> usize {
-    #[cfg(feature = "rayon")]
-    let threads = rayon::current_num_threads().max(1);
-    #[cfg(not(feature = "rayon"))]
-    let threads = 1;
-    MIN_COLUMNS.div_ceil(g.spatial_out().max(1)).min(g.batch.div_ceil(threads)).max(1)
+    MIN_COLUMNS.div_ceil(g.spatial_out().max(1)).min(g.batch.div_ceil(PARTS)).max(1)
 }
 
 /// gemm's threads for one product: its own only where the blocks alone cannot fill the pool.
@@ -290,13 +294,9 @@ fn inner_parallelism(blocks: usize) -> gemm::Parallelism {
     gemm::Parallelism::None
 }
 
-/// Splits `0..n` into at most as many contiguous ranges as there are threads.
-fn thread_ranges(n: usize) -> Vec<core::ops::Range<usize>> {
-    #[cfg(feature = "rayon")]
-    let threads = rayon::current_num_threads().max(1);
-    #[cfg(not(feature = "rayon"))]
-    let threads = 1;
-    let parts = threads.min(n).max(1);
+/// Splits `0..n` into at most [`PARTS`] contiguous ranges, the same on any thread count.
+fn fixed_ranges(n: usize) -> Vec<core::ops::Range<usize>> {
+    let parts = PARTS.min(n).max(1);
     (0..parts).map(|p| p * n / parts..(p + 1) * n / parts).collect()
 }
 
@@ -467,7 +467,7 @@ fn weight_grad<T: Real>(x: &[T], output_grad: &[T], g: &Geometry) -> Vec<T> {
         }
         dw
     };
-    let ranges = thread_ranges(blocks);
+    let ranges = fixed_ranges(blocks);
     #[cfg(feature = "rayon")]
     let partials: Vec<Vec<T>> = {
         use rayon::prelude::*;
