@@ -9,10 +9,11 @@
 //!   those features;
 //! - DRMGUARD_TORCH: a Python interpreter with PyTorch. Each case is then also run by the PyTorch
 //!   reference `benches/reference/drmguard_step.py` (same sizes, same machine, as many threads)
-//!   and the ratio drmguard / PyTorch is printed beside it (DRMGUARD_REFERENCE: the script's path
+//!   and the ratio drmguard / PyTorch is printed beside it (DRMGUARD_REFERENCE_DIR: the scripts' folder
 //!   where the bench runs outside this checkout).
 
-use std::process::Command;
+#[path = "reference/run.rs"]
+mod reference;
 
 use drmguard::data::DataSource;
 use drmguard::defenses::drmguard::{DrmGuardConfig, Mtr};
@@ -21,6 +22,7 @@ use drmguard::defenses::{CleanSet, DrmGuard, Suspect};
 use drmguard::device::DeviceKind;
 use drmguard::models::{Architecture, ModelSpec, Normalization};
 use drmguard::task::Task;
+use reference::reference_ms;
 
 fn main() {
     let steps: usize = std::env::var("DRMGUARD_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -52,7 +54,7 @@ fn main() {
             normalization: Normalization::imagenet(),
             outputs: 2,
         };
-        let reference = reference_ms(width, &config, size, steps, kind);
+        let reference = torch_ms(width, &config, size, steps, kind);
         let model = spec.init(&device, 0).expect("a valid spec");
         let suspect = Suspect::from_parts(model, Task::Gaze, spec, source.clone(), 10_000);
         let clean = CleanSet::fresh_builtin(&suspect, 100).expect("built-in data");
@@ -69,27 +71,18 @@ fn main() {
 
 /// The PyTorch reference's ms per step for the same case, when DRMGUARD_TORCH names a Python with
 /// torch. Run before drmguard's own case, so the two never share the cores.
-fn reference_ms(width: usize, config: &DrmGuardConfig, size: u32, steps: usize, kind: DeviceKind) -> Option<f64> {
-    let python = std::env::var("DRMGUARD_TORCH").ok()?;
-    // DRMGUARD_REFERENCE points at the script where the bench runs outside this checkout.
-    let script = std::env::var("DRMGUARD_REFERENCE").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/drmguard_step.py").into());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let output = Command::new(&python)
-        .arg(&script)
-        .args(["--width", &width.to_string(), "--generator", &config.generator.to_string()])
-        .args(["--generator-width", &config.generator_width.to_string()])
-        .args(["--mtr", if config.mtr == Mtr::Off { "off" } else { "loss" }])
-        .args(["--size", &size.to_string(), "--batch-size", &config.batch_size.to_string(), "--clean", "100"])
-        .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
+fn torch_ms(width: usize, config: &DrmGuardConfig, size: u32, steps: usize, kind: DeviceKind) -> Option<f64> {
+    let args = [
+        ("--width", width.to_string()),
+        ("--generator", config.generator.to_string()),
+        ("--generator-width", config.generator_width.to_string()),
+        ("--mtr", if config.mtr == Mtr::Off { "off" } else { "loss" }.into()),
+        ("--size", size.to_string()),
+        ("--batch-size", config.batch_size.to_string()),
+        ("--clean", "100".into()),
+        ("--steps", steps.to_string()),
         // On a GPU, drmguard's cuda or wgpu backend is compared with PyTorch's CUDA.
-        .args(["--device", if kind == DeviceKind::Cpu { "cpu" } else { "cuda" }])
-        .output();
-    let output = match output {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => panic!("the PyTorch reference failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
-        Err(e) => panic!("cannot run DRMGUARD_TORCH={python}: {e}"),
-    };
-    let line = String::from_utf8_lossy(&output.stdout);
-    let json: serde_json::Value = serde_json::from_str(line.trim()).expect("the reference prints one JSON line");
-    json["ms_per_step"].as_f64()
+        ("--device", if kind == DeviceKind::Cpu { "cpu" } else { "cuda" }.into()),
+    ];
+    reference_ms("drmguard_step.py", &args.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect::<Vec<_>>())
 }

@@ -7,12 +7,15 @@
 //!   reference `benches/reference/train_step.py` (same sizes, same machine, as many threads), and
 //!   the ratio drmguard / PyTorch is printed beside it.
 
-use std::process::Command;
 use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use drmguard::models::{Architecture, ModelSpec, Normalization, Regressor};
+use reference::reference_ms;
+
+#[path = "reference/run.rs"]
+mod reference;
 
 fn main() {
     let steps: usize = std::env::var("DRMGUARD_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
@@ -20,7 +23,7 @@ fn main() {
     let device = Device::flex().autodiff();
     println!("ResNet-18 training step, batch {batch}, {size}×{size}, flex CPU backend, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
     for width in [64, 16] {
-        let reference = reference_ms(width, batch, size, steps);
+        let reference = torch_ms(width, batch, size, steps);
         let spec = ModelSpec {
             architecture: Architecture::Resnet18 { width },
             input_size: size as u32,
@@ -56,20 +59,7 @@ fn main() {
 
 /// The PyTorch reference's median ms per step at the same sizes, when DRMGUARD_TORCH names a Python
 /// with torch. Run before drmguard's own case, so the two never share the cores.
-fn reference_ms(width: usize, batch: usize, size: usize, steps: usize) -> Option<f64> {
-    let python = std::env::var("DRMGUARD_TORCH").ok()?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/train_step.py");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let output = Command::new(&python)
-        .arg(script)
-        .args(["--width", &width.to_string(), "--size", &size.to_string(), "--batch-size", &batch.to_string()])
-        .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
-        .output();
-    let output = match output {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => panic!("the PyTorch reference failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
-        Err(e) => panic!("cannot run DRMGUARD_TORCH={python}: {e}"),
-    };
-    let json: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).expect("the reference prints one JSON line");
-    json["ms_per_step"].as_f64()
+fn torch_ms(width: usize, batch: usize, size: usize, steps: usize) -> Option<f64> {
+    let args = [("--width", width), ("--size", size), ("--batch-size", batch), ("--steps", steps)];
+    reference_ms("train_step.py", &args.into_iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect::<Vec<_>>())
 }
