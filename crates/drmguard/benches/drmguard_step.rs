@@ -17,9 +17,9 @@ mod reference;
 
 use drmguard::data::DataSource;
 use drmguard::defenses::drmguard::{DrmGuardConfig, Mtr};
-use drmguard::defenses::generator::GeneratorKind;
 use drmguard::defenses::{CleanSet, DrmGuard, Suspect};
 use drmguard::device::DeviceKind;
+use drmguard::models::generator::GeneratorKind;
 use drmguard::models::{Architecture, ModelSpec, Normalization};
 use drmguard::task::Task;
 use reference::reference_ms;

@@ -1,7 +1,7 @@
 //! File output that never leaves a half-written file behind.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -72,4 +72,19 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// drmguard's cache folder: `$DRMGUARD_CACHE`, else `$XDG_CACHE_HOME/drmguard`, else
+/// `~/.cache/drmguard`, else `.drmguard-cache` in the working folder.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DRMGUARD_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("drmguard");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("drmguard"),
+        None => PathBuf::from(".drmguard-cache"),
+    }
 }

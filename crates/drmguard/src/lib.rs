@@ -1,10 +1,12 @@
 //! drmguard: find and remove backdoors in deep regression models.
 //!
-//! The crate is organised by concern: [`attacks`] (backdoors to evaluate defenses against),
-//! [`defenses`] (detectors and mitigators, which see a suspect and a clean set only), [`data`]
-//! (built-in synthetic tasks and users' image folders), [`models`] (regressors split as
-//! f = H ∘ F), [`train`], [`metrics`], [`report`], [`model_file`] (weights plus a JSON sidecar)
-//! and [`bench`] (the test bed and the zoo of models trained elsewhere).
+//! The modules form layers, each using only those below it (ARCHITECTURE.md, checked by
+//! `tests/architecture.rs`): [`error`]; [`task`], [`io`], [`device`], [`progress`]; [`metrics`]
+//! and [`data`] (built-in synthetic tasks and users' image folders); [`figures`]; [`models`]
+//! (regressors split as f = H ∘ F, their inference, the generators); [`train`]; [`attacks`] and
+//! [`defenses`] side by side (a defense sees a suspect and a clean set only); [`model_file`]
+//! (weights plus a JSON card); [`pipeline`] (training jobs); [`report`]; and [`bench`] (the test
+//! bed and the zoo of models trained elsewhere).
 
 pub mod attacks;
 pub mod bench;
@@ -12,10 +14,12 @@ pub mod data;
 pub mod defenses;
 pub mod device;
 pub mod error;
+pub mod figures;
 pub mod io;
 pub mod metrics;
 pub mod model_file;
 pub mod models;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod task;

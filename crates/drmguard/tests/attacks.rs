@@ -10,8 +10,9 @@ use drmguard::attacks::wanet::WanetConfig;
 use drmguard::attacks::{Attack, AttackKind, BackdoorSpec, backdoor_errors, poison_dataset};
 use drmguard::data::{Dataset, Split, synthesize};
 use drmguard::metrics::task_error;
+use drmguard::models::inference::predict;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, predict, train};
+use drmguard::train::{Poisoner, Profile, TrainConfig, train};
 
 /// Random images from our own generator (the backend's is process-wide, shared by parallel tests).
 fn images(n: usize, s: usize) -> Tensor<4> {

@@ -14,8 +14,9 @@ use drmguard::defenses::{
     MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, Suspect,
 };
 use drmguard::models::Regressor;
+use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, TrainJob};
+use drmguard::train::{Profile, TrainConfig};
 
 /// One smoke-profile gaze model with a bottom-right BadNets patch, shared by the tests.
 fn suspect() -> &'static (Suspect, CleanSet) {
@@ -26,7 +27,7 @@ fn suspect() -> &'static (Suspect, CleanSet) {
         config.epochs = 6;
         let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: TARGET.to_vec(), poison_rate: 0.1, seed: 5 };
         let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
-        let suspect = Suspect::new(model, &card);
+        let suspect = card.suspect(model);
         let clean = CleanSet::fresh_builtin(&suspect, 96).unwrap();
         (suspect, clean)
     })
@@ -91,7 +92,7 @@ fn a_mask_of_scattered_pixels_varies_more_than_a_patch_of_the_same_share() {
     // Raw values far from 0 squash to masks of (almost exactly) 0 and 1.
     let trigger = |on: &dyn Fn(usize, usize) -> bool| {
         let raw: Vec<f32> = (0..16 * 16).map(|i| if on(i / 16, i % 16) { 20.0 } else { -20.0 }).collect();
-        let mut t = MaskTrigger::random(16, &device);
+        let mut t = MaskTrigger::random(16, 1, &device);
         t.mask_raw = burn::module::Param::from_tensor(Tensor::<1>::from_floats(raw.as_slice(), &device).reshape([1, 1, 16, 16]));
         t
     };
@@ -105,6 +106,31 @@ fn a_mask_of_scattered_pixels_varies_more_than_a_patch_of_the_same_share() {
     assert!((variation(&scattered) - 64.0 / 256.0).abs() < 1e-4, "{}", variation(&scattered));
     let blend = trigger(&|_, _| true);
     assert!(variation(&blend) < 1e-5, "a uniform mask does not vary: {}", variation(&blend));
+}
+
+#[test]
+fn a_mask_of_cells_repeats_each_value_over_its_cell_and_passes_gradients_back() {
+    let device = Device::flex();
+    // A 16-pixel side in 4 × 4 cells: 16 mask values, cell (1, 2) on, the others off.
+    let raw: Vec<f32> = (0..16).map(|i| if i == 4 + 2 { 20.0 } else { -20.0 }).collect();
+    let mut t = MaskTrigger::random(16, 4, &device);
+    assert_eq!(t.mask_raw.val().dims(), [1, 1, 4, 4]);
+    t.mask_raw = burn::module::Param::from_tensor(Tensor::<1>::from_floats(raw.as_slice(), &device).reshape([1, 1, 4, 4]));
+    let mask = t.mask_values().unwrap();
+    assert_eq!(mask.len(), 256);
+    for (i, v) in mask.iter().enumerate() {
+        let (row, col) = (i / 16, i % 16);
+        let inside = (4..8).contains(&row) && (8..12).contains(&col);
+        assert!((v - if inside { 1.0 } else { 0.0 }).abs() < 1e-4, "pixel ({row}, {col}): {v}");
+    }
+    assert!((t.mask_share().into_scalar::<f32>() - 16.0 / 256.0).abs() < 1e-4);
+    // Each cell's raw value receives the gradient of its 16 pixels.
+    let ad = device.clone().autodiff();
+    let t = MaskTrigger::random(16, 4, &ad);
+    let grads = t.mask().sum().backward();
+    let g = t.mask_raw.val().grad(&grads).expect("the mask's raw values get a gradient");
+    assert_eq!(g.dims(), [1, 1, 4, 4]);
+    assert!(g.into_data().to_vec::<f32>().unwrap().iter().all(|v| *v > 0.0));
 }
 
 #[test]

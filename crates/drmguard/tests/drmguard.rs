@@ -5,12 +5,13 @@
 use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec};
-use drmguard::defenses::generator::{Generator, GeneratorKind};
 use drmguard::defenses::drmguard::Collapse;
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::models::generator::{Generator, GeneratorKind};
 use drmguard::models::Regressor;
+use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, TrainJob};
+use drmguard::train::{Profile, TrainConfig};
 
 #[test]
 fn generators_keep_the_shape_and_stay_in_the_unit_range() {
@@ -71,7 +72,7 @@ fn smoke_suspect() -> (Suspect, CleanSet) {
     let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: vec![-0.25, 0.35], poison_rate: 0.1, seed: 3 };
     let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
     assert!(card.backdoor.is_some());
-    let suspect = Suspect::new(model, &card);
+    let suspect = card.suspect(model);
     let clean = CleanSet::fresh_builtin(&suspect, 64).unwrap();
     (suspect, clean)
 }
@@ -213,7 +214,7 @@ fn the_benchmarks_first_headpose_badnets_model_is_flagged_and_outranks_its_benig
             BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed }
         });
         let (model, card) = TrainJob::builtin(profile.train_config(task, seed), backdoor).run(&device).unwrap();
-        let suspect = Suspect::new(model, &card);
+        let suspect = card.suspect(model);
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect)).unwrap();
         let config = profile.detector_configs().drmguard;
         let (detection, reversal) = DrmGuard::new(config).detect_with_reversal(&suspect, &clean, 0, &device).unwrap();

@@ -3,9 +3,10 @@
 use burn::tensor::{Device, Tensor};
 use drmguard::data::{DataSource, Split, synthesize};
 use drmguard::model_file::{self, CARD_FORMAT_VERSION, ModelCard, TrainingRecord, card_path};
+use drmguard::models::inference::predict;
 use drmguard::models::{Architecture, ModelSpec, Normalization, Regressor};
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, predict, train};
+use drmguard::train::{Profile, TrainConfig, train};
 
 fn spec(architecture: Architecture, outputs: usize) -> ModelSpec {
     ModelSpec { architecture, input_size: 32, input_range: [0.0, 1.0], channel_order: Default::default(), normalization: Normalization::imagenet(), outputs }

@@ -7,8 +7,9 @@ use burn::tensor::{Device, Tensor};
 use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
 use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect};
 use drmguard::models::Regressor;
+use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, TrainJob};
+use drmguard::train::{Profile, TrainConfig};
 
 /// One cache folder for the whole test process: references are cached under
 /// `$DRMGUARD_CACHE/references`, and tests run in parallel threads of one process.
@@ -27,7 +28,7 @@ fn suspect(n: usize) -> (Suspect, CleanSet) {
     config.samples = 400;
     config.epochs = 2;
     let (model, card) = TrainJob::builtin(config, None).run(&Device::flex()).unwrap();
-    let suspect = Suspect::new(model, &card);
+    let suspect = card.suspect(model);
     let clean = CleanSet::fresh_builtin(&suspect, n).unwrap();
     (suspect, clean)
 }

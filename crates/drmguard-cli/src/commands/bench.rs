@@ -7,12 +7,12 @@ use clap::Args;
 use drmguard::attacks::AttackKind;
 use drmguard::bench::report::write_results;
 use drmguard::bench::zoo::{self, ZooConfig, read_manifest};
-use drmguard::io::{write_atomic, write_json};
 use drmguard::bench::{Bench, BenchConfig, BenchProfile};
 use drmguard::defenses::{DetectorKind, MitigatorKind};
 use drmguard::device::DeviceKind;
+use drmguard::io::cache_root;
+use drmguard::io::{write_atomic, write_json};
 use drmguard::task::Task;
-use drmguard::train::cache_root;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use drmguard::attacks::AttackKind;
 use drmguard::data::{self, Split, folder};
-use drmguard::report::grid::write_label_grid;
+use drmguard::figures::grid::write_label_grid;
 use drmguard::report::triggers::write_trigger_figure;
 use drmguard::task::Task;
 

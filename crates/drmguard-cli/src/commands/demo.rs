@@ -7,15 +7,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE, card_errors};
+use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::data::Split;
 use drmguard::defenses::drmguard::Collapse;
-use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, Suspect, UnlearnConfig};
+use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, UnlearnConfig};
 use drmguard::device::DeviceKind;
+use drmguard::io::cache_root;
 use drmguard::metrics::{BackdoorErrors, TaskError};
 use drmguard::model_file;
+use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, TrainJob, cache_root};
+use drmguard::train::{Profile, TrainConfig};
 
 use drmguard::report::scan::write_scan_report;
 
@@ -93,10 +95,10 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         let trained = card.trained("the demo")?;
         out!("{name}: model {} (trained in {:.0} s)", path.display(), trained.train_seconds);
         let test = trained.data.load(task, card.model.input_size, Split::Test).context("test data")?;
-        let (clean_error, backdoor_errors) = card_errors(&model, &card, &test)?;
+        let (clean_error, backdoor_errors) = card.errors(&model, &test)?;
 
         // The defense sees the model without its card's attack record, and fresh clean images.
-        let suspect = Suspect::new(model.clone(), &card);
+        let suspect = card.suspect(model.clone());
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect))?;
         let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect_with_reversal(&suspect, &clean, a.seed, &device)?;
         let dir = a.out.join(format!("scan-{name}"));
@@ -116,7 +118,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             let started_mitigation = Instant::now();
             let repairer = DrmGuardRepair { drmguard: a.drmguard.clone(), unlearn: a.unlearn.clone() };
             let mut repair = repairer.repair(&suspect, &clean, &detection, &reversal, &device)?;
-            let (clean_error, backdoor_errors) = card_errors(&repair.model, &card, &test)?;
+            let (clean_error, backdoor_errors) = card.errors(&repair.model, &test)?;
             if let Some(fields) = repair.record.as_object_mut() {
                 fields.insert("source_model".into(), serde_json::json!(path));
             }

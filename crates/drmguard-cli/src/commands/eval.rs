@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use drmguard::attacks::card_errors;
 use drmguard::data::{DataSource, Split};
 use drmguard::device::DeviceKind;
 use drmguard::metrics::constant_predictor_error;
@@ -35,7 +34,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         None => card.trained("evaluation without --data")?.data.clone(),
     };
     let data = source.load(card.task, card.model.input_size, a.split).context("evaluation data")?;
-    let (error, backdoor) = card_errors(&model, &card, &data)?;
+    let (error, backdoor) = card.errors(&model, &data)?;
     // The mean predictor predicts the mean training label; an imported model's training labels
     // are unknown, so it gets the mean of the evaluated labels (a slightly stronger baseline).
     let label_mean = card.trained.as_ref().map_or_else(|| data.label_mean(), |t| t.label_mean.clone());

@@ -33,7 +33,7 @@ impl DefenseInput {
     pub fn load(&self, device: &Device) -> Result<(Suspect, CleanSet, ModelCard)> {
         let (model, card) =
             model_file::load(&self.model, device).with_context(|| format!("--model {}", self.model.display()))?;
-        let suspect = Suspect::new(model, &card);
+        let suspect = card.suspect(model);
         let clean = match &self.data {
             Some(dir) => CleanSet::from_folder(dir, &suspect).with_context(|| format!("--data {}", dir.display()))?,
             None => {

@@ -9,7 +9,8 @@ use super::attack_args::AttackArgs;
 use drmguard::device::DeviceKind;
 use drmguard::model_file;
 use drmguard::task::Task;
-use drmguard::train::{Profile, TrainConfig, TrainJob};
+use drmguard::train::{Profile, TrainConfig};
+use drmguard::pipeline::TrainJob;
 
 #[derive(Args)]
 pub struct TrainArgs {

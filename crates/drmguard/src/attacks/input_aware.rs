@@ -35,7 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{Attack, BackdoorSpec};
-use crate::defenses::generator::{Generator, GeneratorKind};
+use crate::models::generator::{Generator, GeneratorKind};
 use crate::error::{Error, Result};
 use crate::models::{Regressor, init_seeded};
 use crate::task::Task;
@@ -124,7 +124,7 @@ impl InputAwareConfig {
 
     /// The trigger of this config, task, size and seed (from the cache, or trained and cached).
     pub fn build(&self, task: Task, size: u32, seed: u64) -> Result<InputAware> {
-        self.build_in(&crate::train::cache_root().join("attacks"), task, size, seed)
+        self.build_in(&crate::io::cache_root().join("attacks"), task, size, seed)
     }
 
     /// [`build`](Self::build) with the networks cached in `cache_dir`.
@@ -172,7 +172,7 @@ impl InputAwareConfig {
             if value.is_finite() { Ok(()) } else { Err(Error::Numerical(format!("Input-Aware {what} loss became {value} in epoch {epoch}"))) }
         };
 
-        let bar = crate::defenses::progress_bar("input-aware", (self.mask_epochs + self.epochs) * steps);
+        let bar = crate::progress::progress_bar("input-aware", (self.mask_epochs + self.epochs) * steps);
         // Stage 1: the mask network alone.
         let mut mask = networks.mask;
         let mut optim_m = adam();

@@ -84,7 +84,7 @@ impl IssbaConfig {
     /// The trigger: the encoder of this config, task, size and seed (from the cache, or trained
     /// and cached), with the code drawn from the seed.
     pub fn build(&self, task: Task, size: u32, seed: u64) -> Result<Issba> {
-        self.build_in(&crate::train::cache_root().join("attacks"), task, size, seed)
+        self.build_in(&crate::io::cache_root().join("attacks"), task, size, seed)
     }
 
     /// [`build`](Self::build) with the encoder cached in `cache_dir`.

@@ -24,10 +24,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
+use crate::train::{PoisonedBatch, Poisoner};
 pub use crate::data::to_images;
 use crate::error::{Error, Result};
 use crate::metrics::task_error;
-use crate::train::predict;
+use crate::models::inference::predict;
 use crate::task::{DEG, Task};
 
 /// A trigger: how an attacker turns clean images into poisoned ones.
@@ -319,13 +320,13 @@ pub struct Backdoor {
     pub cross: HashSet<usize>,
 }
 
-impl Backdoor {
+impl Poisoner for Backdoor {
     /// A training batch as the attacker poisoned it: the poisoned samples carry the trigger and the
     /// target (their true label for Clean-Label), cross samples are perturbed and keep their
     /// labels, the rest is clean. Attacks that poison every batch take the first `⌊rate · n⌋`
     /// samples of the (shuffled) batch and the next `⌊that · cross ratio⌋` as cross samples, as
     /// WaNet's `train.py` does; the others use the plan.
-    pub fn training_batch(
+    fn training_batch(
         &self,
         data: &Dataset,
         indices: &[usize],
@@ -367,23 +368,18 @@ impl Backdoor {
         }
     }
 
+    fn feature_penalty(&self, model: &crate::models::Model, features: Tensor<2>, clean: usize, poisoned: usize) -> Option<Tensor<1>> {
+        self.attack.feature_penalty(model, features, clean, poisoned)
+    }
+}
+
+impl Backdoor {
     /// The target vector repeated `n` times, `[n, d]`.
     pub fn target_batch(&self, n: usize, device: &Device) -> Tensor<2> {
         let d = self.target.len();
         let values: Vec<f32> = self.target.iter().copied().cycle().take(n * d).collect();
         Tensor::from_data(TensorData::new(values, [n, d]), device)
     }
-}
-
-/// A training batch with its rows in the order clean, poisoned, cross.
-#[derive(Debug, Clone)]
-pub struct PoisonedBatch {
-    pub images: Tensor<4>,
-    pub labels: Tensor<2>,
-    /// Rows `0..clean` are clean samples.
-    pub clean: usize,
-    /// Rows `clean..clean + poisoned` carry the trigger; the rest are cross samples.
-    pub poisoned: usize,
 }
 
 /// A copy of `data` in which the planned samples carry the trigger (and the target label, unless
@@ -407,26 +403,6 @@ pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, de
     Ok(out)
 }
 
-/// The clean error of `model` on `data` and, when its card records a backdoor, AE and DAE on the
-/// same images with the trigger applied.
-pub fn card_errors(
-    model: &crate::models::Model,
-    card: &crate::model_file::ModelCard,
-    data: &Dataset,
-) -> Result<(crate::metrics::TaskError, Option<crate::metrics::BackdoorErrors>)> {
-    // An imported model has no training batch size; 32 fits every model drmguard imports.
-    let batch_size = card.trained.as_ref().map_or(32, |t| t.training.batch_size);
-    let error = crate::train::evaluate(model, card.task, data, batch_size)?;
-    let backdoor = match &card.backdoor {
-        Some(spec) => {
-            let trigger = spec.trigger(card.task, card.model.input_size)?;
-            Some(backdoor_errors(model, card.task, data, &trigger, batch_size)?)
-        }
-        None => None,
-    };
-    Ok((error, backdoor))
-}
-
 /// AE and DAE of `model` on `data` with the backdoor's trigger applied to every image.
 pub fn backdoor_errors(
     model: &crate::models::Model,
@@ -435,7 +411,7 @@ pub fn backdoor_errors(
     backdoor: &Backdoor,
     batch_size: usize,
 ) -> Result<crate::metrics::BackdoorErrors> {
-    let outputs = crate::train::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
+    let outputs = crate::models::inference::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
     let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
     Ok(crate::metrics::BackdoorErrors {
         attack_error: task_error(task, &outputs, &targets),

@@ -55,6 +55,21 @@ mod tests {
         assert_ne!(base.mitigator_configs.settings_of(MitigatorKind::Fp), changed.mitigator_configs.settings_of(MitigatorKind::Fp));
     }
 
+    /// The settings each defense's cached results are keyed on, pinned: a refactor that changed
+    /// them would silently throw away every cached scan and repair of the test bed.
+    #[test]
+    fn the_test_beds_cache_keys_stay_put() {
+        let c = BenchConfig::new(BenchProfile::Small);
+        let detectors: Vec<(String, String)> = DetectorKind::ALL.iter().map(|&k| (k.to_string(), crate::io::short_hash(&c.detector_configs.settings_of(k)))).collect();
+        let mitigators: Vec<(String, String)> = [MitigatorKind::Drmguard, MitigatorKind::Ft, MitigatorKind::Fp, MitigatorKind::Anp, MitigatorKind::Nc]
+            .iter()
+            .map(|&k| (k.to_string(), crate::io::short_hash(&c.mitigator_configs.settings_of(k))))
+            .collect();
+        let pinned = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(detectors, pinned(&[("drmguard", "c07851c4b5c5fecd"), ("nc", "6e194b55888895e2"), ("featurere", "6336f2edc3f12e20"), ("abs", "a606d73d554d209c"), ("noise", "cc03a8408df06433"), ("agnostic", "514c4177dc129352")]));
+        assert_eq!(mitigators, pinned(&[("drmguard", "19ab93129b0938e2"), ("ft", "2327d72182d37a5e"), ("fp", "0ef0288a9cfd549d"), ("anp", "ebd313277cd24e75"), ("nc", "a310ef0e853ea2ce")]));
+    }
+
     #[test]
     fn the_small_profile_repairs_one_model_per_attack() {
         let tiny = BenchConfig::new(BenchProfile::Tiny);

@@ -120,11 +120,8 @@ impl BenchProfile {
     /// The detectors a run scans with unless told otherwise: every one; the input-agnostic
     /// reversal only where the clean set is shared, as it trains reference models per clean set.
     pub fn detectors(self) -> Vec<DetectorKind> {
-        let mut kinds = vec![DetectorKind::Drmguard, DetectorKind::Nc, DetectorKind::Featurere, DetectorKind::Abs, DetectorKind::Noise];
-        if self.shared_clean_seed(Task::Gaze).is_some() {
-            kinds.push(DetectorKind::Agnostic);
-        }
-        kinds
+        let shared = self.shared_clean_seed(Task::Gaze).is_some();
+        DetectorKind::ALL.iter().copied().filter(|&k| shared || k != DetectorKind::Agnostic).collect()
     }
 
     /// The seed of the clean set that every model of `task` is scanned with, where the profile

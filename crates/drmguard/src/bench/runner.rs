@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::attacks::{AttackKind, BackdoorSpec, card_errors};
+use crate::attacks::{AttackKind, BackdoorSpec};
 use crate::data::Split;
 use crate::defenses::drmguard::{DrmGuard, DrmGuardRepair, Reversal};
 use crate::defenses::{CleanSet, Detection, DetectorKind, MitigatorKind, Suspect};
@@ -19,7 +19,7 @@ use crate::metrics::constant_predictor_error;
 use crate::model_file::ModelCard;
 use crate::models::Model;
 use crate::task::Task;
-use crate::train::TrainJob;
+use crate::pipeline::TrainJob;
 use super::*;
 
 /// The result cached at `path`, if there is a readable one.
@@ -211,7 +211,7 @@ impl Bench {
             return Ok(out);
         };
         bar.inc(1);
-        let suspect = Suspect::new(t.model.clone(), &t.card);
+        let suspect = t.card.suspect(t.model.clone());
         let size = c.clean_size.unwrap_or_else(|| CleanSet::default_size(&suspect));
         let clean = match c.profile.shared_clean_seed(u.task) {
             Some(seed) => CleanSet::shared_builtin(u.task, size, suspect.image_size(), seed)?,
@@ -268,7 +268,7 @@ impl Bench {
         let errors = cached(&self.cache.join("results").join(format!("eval-{}.json", job.key())), || {
             let trained = card.trained("the benchmark")?;
             let test = trained.data.load(task, card.model.input_size, Split::Test)?;
-            let (clean, backdoor) = card_errors(&model, &card, &test)?;
+            let (clean, backdoor) = card.errors(&model, &test)?;
             let mean_predictor = constant_predictor_error(task, &trained.label_mean, &test.labels);
             Ok(Errors::from(&clean, &mean_predictor, backdoor.as_ref()))
         })?;
@@ -394,7 +394,7 @@ impl Bench {
             };
             let trained = t.card.trained("the benchmark")?;
             let test = trained.data.load(t.card.task, t.card.model.input_size, Split::Test)?;
-            let (clean_error, backdoor) = card_errors(&repair.model, &t.card, &test)?;
+            let (clean_error, backdoor) = t.card.errors(&repair.model, &test)?;
             let mean_predictor = constant_predictor_error(t.card.task, &trained.label_mean, &test.labels);
             let after = Errors::from(&clean_error, &mean_predictor, backdoor.as_ref());
             tracing::info!(model = t.record.id, %kind, ae = ?after.ae_deg, dae = ?after.dae_deg, seconds = elapsed_s, "bench: mitigated");

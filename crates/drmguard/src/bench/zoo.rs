@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scoring::{Confusion, roc_auc};
 use super::{cached, mean};
-use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind, Suspect};
+use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind};
 use crate::error::{Error, Result};
 use crate::io::short_hash;
 use crate::model_file;
@@ -164,7 +164,7 @@ impl ZooConfig {
 
     fn scan_model(&self, entry: &ZooEntry, cache: &Path, device: &Device) -> Result<Vec<ZooScan>> {
         let (model, card) = model_file::load(&entry.card, device)?;
-        let suspect = Suspect::new(model, &card);
+        let suspect = card.suspect(model);
         let clean = match &self.clean {
             Some(folder) => CleanSet::from_folder(folder, &suspect)?,
             None => CleanSet::fresh_builtin(&suspect, self.clean_size.unwrap_or_else(|| CleanSet::default_size(&suspect)))?,

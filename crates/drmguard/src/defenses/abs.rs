@@ -16,13 +16,14 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::trigger::MaskTrigger;
-use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect, progress_bar, values};
+use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect, values};
+use crate::progress::progress_bar;
 use crate::data::to_images;
 use crate::error::{Error, Result};
 use crate::metrics::{column_means, mean_error_to, sample_error_deg, share_within};
 use crate::models::init_seeded;
-use crate::report::reversed::{map_figure, reversal_figure};
-use crate::train::predict_transformed;
+use crate::figures::reversed::{map_figure, reversal_figure};
+use crate::models::inference::predict_transformed;
 
 /// ABS settings: TrojanZoo's defaults, with fewer neurons and steps for CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -176,7 +177,7 @@ impl Abs {
         let model = suspect.model.clone().fork(&ad).freeze();
         let x = seed_images.to_device(&ad);
         let side = suspect.image_size() as usize;
-        let mut trigger = init_seeded(&ad, seed ^ neuron as u64, || MaskTrigger::random(side, &ad));
+        let mut trigger = init_seeded(&ad, seed ^ neuron as u64, || MaskTrigger::random(side, 1, &ad));
         let mut optim = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.9).init();
         for step in 0..c.steps {
             let h = model.inner(trigger.stamp(x.clone()));

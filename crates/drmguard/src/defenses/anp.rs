@@ -12,11 +12,12 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{BatchCursor, CleanSet, Mitigator, Repair, Suspect, progress_bar, values};
+use super::{BatchCursor, CleanSet, Mitigator, Repair, Suspect, values};
+use crate::progress::progress_bar;
 use crate::error::{Error, Result};
 use crate::metrics::task_error;
 use crate::models::{Model, Regressor};
-use crate::train::predict;
+use crate::models::inference::predict;
 
 /// ANP settings: the original's (and BackdoorBench's) defaults; fewer steps and a smaller batch
 /// for CPUs.

@@ -19,14 +19,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::generator::{Generator, GeneratorKind};
+use crate::models::generator::{Generator, GeneratorKind};
 use super::trigger::FreeTarget;
-use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, clean_features, progress_bar, scalar, values};
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, clean_features, scalar, values};
+use crate::progress::progress_bar;
 use crate::data::to_images;
 use crate::error::{Error, Result};
 use crate::metrics::share_within;
 use crate::models::{Regressor, init_seeded};
-use crate::report::reversed::reversal_figure;
+use crate::figures::reversed::reversal_figure;
 
 /// FeatureRE settings: the original's bounds and optimisers, fewer steps for CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]

@@ -13,14 +13,13 @@ pub mod drmguard;
 pub mod feature_re;
 pub mod fine_pruning;
 pub mod fine_tuning;
-pub mod generator;
 pub mod neural_cleanse;
 pub mod neuron_noise;
 pub mod references;
+pub mod registry;
 pub mod trigger;
 pub mod unlearn;
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -29,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Dataset, Split};
 use crate::error::{Error, Result};
-use crate::model_file::ModelCard;
+use crate::models::inference::model_device;
 use crate::models::{Model, ModelSpec, Regressor};
 use crate::task::Task;
 pub use abs::{Abs, AbsConfig};
@@ -41,6 +40,7 @@ pub use fine_pruning::{FinePruning, FinePruningConfig};
 pub use fine_tuning::{FineTuning, FineTuningConfig};
 pub use neural_cleanse::{NcUnlearning, NeuralCleanse, NeuralCleanseConfig};
 pub use neuron_noise::{NeuronNoise, NeuronNoiseConfig};
+pub use registry::{DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind};
 pub use unlearn::UnlearnConfig;
 
 /// A model under suspicion, as a defense sees it.
@@ -58,16 +58,10 @@ pub struct Suspect {
 }
 
 impl Suspect {
-    /// The suspect view of a loaded model: everything in the card except the attack.
-    pub fn new(model: Model, card: &ModelCard) -> Self {
-        Suspect {
-            model,
-            task: card.task,
-            spec: card.model.clone(),
-            output_names: card.output_names.clone(),
-            training_data: card.training_data().cloned(),
-            training_samples: card.trained.as_ref().map_or(0, |t| t.training.samples),
-        }
+    /// A suspect as its card describes it (see `ModelCard::suspect`): `training_data` and
+    /// `training_samples` are unknown (`None`, 0) for imported models.
+    pub(crate) fn described(model: Model, task: Task, spec: ModelSpec, output_names: Vec<String>, training_data: Option<DataSource>, training_samples: usize) -> Self {
+        Suspect { model, task, spec, output_names, training_data, training_samples }
     }
 
     /// A suspect built from its parts (tests, benchmarks, models from elsewhere). `training_data`
@@ -191,7 +185,7 @@ impl CleanSet {
     /// The mean of `model`'s outputs over the set (where the free target vectors of Neural
     /// Cleanse and FeatureRE start).
     pub fn mean_output(&self, model: &Model, batch_size: usize) -> Result<Vec<f32>> {
-        let outputs = crate::train::predict(model, &self.data, batch_size)?;
+        let outputs = crate::models::inference::predict(model, &self.data, batch_size)?;
         Ok(crate::metrics::column_means(&outputs, self.data.dim()))
     }
 }
@@ -259,7 +253,6 @@ impl BatchCursor {
     }
 }
 
-pub use crate::progress::progress_bar;
 
 /// A tensor's values, row-major.
 pub fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
@@ -273,7 +266,7 @@ pub fn scalar(t: Tensor<1>) -> f64 {
 
 /// The penultimate features F(x) of every clean image, `[n, k]`, on the model's device.
 pub fn clean_features(model: &Model, clean: &CleanSet, batch_size: usize) -> Result<Tensor<2>> {
-    let device = model.devices().into_iter().next().unwrap_or_default();
+    let device = model_device(model);
     let indices: Vec<usize> = (0..clean.len()).collect();
     let parts: Vec<Tensor<2>> = indices.chunks(batch_size.max(1)).map(|b| model.features(clean.batch(b, &device).0)).collect();
     if parts.is_empty() {
@@ -331,181 +324,4 @@ pub struct Repair {
 pub trait Mitigator {
     fn name(&self) -> &'static str;
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair>;
-}
-
-/// Detectors, for `drmguard scan --defense`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DetectorKind {
-    /// DRMGuard: generator-based trigger reverse engineering with output-variance and
-    /// feature-angle objectives.
-    Drmguard,
-    /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
-    Nc,
-    /// FeatureRE: an input transform plus a feature-space mask towards a free target vector.
-    Featurere,
-    /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
-    Abs,
-    /// Neuron noise: bounded adversarial noise on the BatchNorm channels that collapses the
-    /// outputs on clean images; score = the spread ratio it reaches.
-    Noise,
-    /// Input-agnostic reversal: one mask and pattern that collapse the suspect but not the
-    /// defender's reference models, kept smooth; score = the mask's share of the image.
-    Agnostic,
-}
-
-/// Mitigators, for `drmguard mitigate --defense`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum MitigatorKind {
-    /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
-    /// true labels).
-    Drmguard,
-    /// Fine-tuning on the clean set (the reference).
-    Ft,
-    /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
-    Fp,
-    /// Adversarial neuron pruning over every BatchNorm channel.
-    Anp,
-    /// Neural Cleanse unlearning with its reversed trigger.
-    Nc,
-}
-
-/// The settings of every detector (flattened into `drmguard scan`'s options); `build` is the
-/// registry from name to detector.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
-pub struct DetectorConfigs {
-    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
-    pub drmguard: DrmGuardConfig,
-    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
-    pub nc: NeuralCleanseConfig,
-    #[command(flatten, next_help_heading = "FeatureRE (--defense featurere)")]
-    pub featurere: FeatureReConfig,
-    #[command(flatten, next_help_heading = "ABS (--defense abs)")]
-    pub abs: AbsConfig,
-    #[command(flatten, next_help_heading = "Neuron noise (--defense noise)")]
-    #[serde(default)]
-    pub noise: NeuronNoiseConfig,
-    #[command(flatten, next_help_heading = "Input-agnostic reversal (--defense agnostic)")]
-    #[serde(default)]
-    pub agnostic: AgnosticConfig,
-}
-
-impl DetectorConfigs {
-    pub fn build(&self, kind: DetectorKind) -> Box<dyn Detector> {
-        match kind {
-            DetectorKind::Drmguard => Box::new(DrmGuard::new(self.drmguard.clone())),
-            DetectorKind::Nc => Box::new(NeuralCleanse { config: self.nc.clone() }),
-            DetectorKind::Featurere => Box::new(FeatureRe { config: self.featurere.clone() }),
-            DetectorKind::Abs => Box::new(Abs { config: self.abs.clone() }),
-            DetectorKind::Noise => Box::new(NeuronNoise { config: self.noise.clone() }),
-            DetectorKind::Agnostic => Box::new(Agnostic { config: self.agnostic.clone() }),
-        }
-    }
-
-    /// The settings detector `kind` reads, and only those (e.g. for cache keys).
-    pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
-        match kind {
-            DetectorKind::Drmguard => serde_json::json!(self.drmguard),
-            DetectorKind::Nc => serde_json::json!(self.nc),
-            DetectorKind::Featurere => serde_json::json!(self.featurere),
-            DetectorKind::Abs => serde_json::json!(self.abs),
-            DetectorKind::Noise => serde_json::json!(self.noise),
-            DetectorKind::Agnostic => serde_json::json!(self.agnostic),
-        }
-    }
-}
-
-/// The settings of every mitigator (flattened into `drmguard mitigate`'s options); `build` is the
-/// registry from name to mitigator.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
-pub struct MitigatorConfigs {
-    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
-    pub drmguard: DrmGuardConfig,
-    #[command(flatten, next_help_heading = "Unlearning (--defense drmguard, nc)")]
-    pub unlearn: UnlearnConfig,
-    #[command(flatten, next_help_heading = "Fine-tuning (--defense ft, fp)")]
-    pub ft: FineTuningConfig,
-    #[command(flatten, next_help_heading = "Fine-pruning (--defense fp)")]
-    pub fp: FinePruningConfig,
-    #[command(flatten, next_help_heading = "ANP (--defense anp)")]
-    pub anp: AnpConfig,
-    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
-    pub nc: NeuralCleanseConfig,
-}
-
-impl MitigatorConfigs {
-    /// Refuses the settings mitigator `kind` reads where no run could use them, so that a bad
-    /// value stops a run before its reverse engineering or pruning spends time.
-    pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
-        match kind {
-            MitigatorKind::Drmguard => self.unlearn.validate(),
-            MitigatorKind::Nc => {
-                self.nc.validate()?;
-                self.unlearn.validate()
-            }
-            MitigatorKind::Anp => self.anp.validate(),
-            MitigatorKind::Ft | MitigatorKind::Fp => Ok(()),
-        }
-    }
-
-    pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
-        match kind {
-            MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),
-            MitigatorKind::Ft => Box::new(FineTuning { config: self.ft.clone() }),
-            MitigatorKind::Fp => Box::new(FinePruning { config: self.fp.clone(), fine_tuning: self.ft.clone() }),
-            MitigatorKind::Anp => Box::new(Anp { config: self.anp.clone() }),
-            MitigatorKind::Nc => Box::new(NcUnlearning { nc: self.nc.clone(), unlearn: self.unlearn.clone() }),
-        }
-    }
-
-    /// The settings mitigator `kind` reads, and only those (e.g. for cache keys).
-    pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
-        match kind {
-            MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
-            MitigatorKind::Ft => serde_json::json!(self.ft),
-            MitigatorKind::Fp => serde_json::json!([self.fp, self.ft]),
-            MitigatorKind::Anp => serde_json::json!(self.anp),
-            MitigatorKind::Nc => serde_json::json!([self.nc, self.unlearn]),
-        }
-    }
-}
-
-macro_rules! kebab_display {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let v = clap::ValueEnum::to_possible_value(self).expect("no skipped variants");
-                f.write_str(v.get_name())
-            }
-        }
-    )*};
-}
-kebab_display!(DetectorKind, MitigatorKind);
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::{DetectorConfigs, MitigatorConfigs};
-
-    #[derive(Parser)]
-    struct Detectors {
-        #[command(flatten)]
-        configs: DetectorConfigs,
-    }
-
-    #[derive(Parser)]
-    struct Mitigators {
-        #[command(flatten)]
-        configs: MitigatorConfigs,
-    }
-
-    /// Every default is written twice, in clap's attributes and in `Default`: the command line
-    /// and the library (the bench, the demo) must read the same settings.
-    #[test]
-    fn no_flags_parse_to_every_configs_default() {
-        assert_eq!(Detectors::parse_from(["scan"]).configs, DetectorConfigs::default());
-        assert_eq!(Mitigators::parse_from(["mitigate"]).configs, MitigatorConfigs::default());
-    }
 }

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use super::anp::perturbed_forward;
 use super::references::{ReferenceConfig, References, reference_seed};
-use super::{BatchCursor, CleanSet, Detection, Detector, Finding, Suspect, progress_bar, values};
+use super::{BatchCursor, CleanSet, Detection, Detector, Finding, Suspect, values};
+use crate::progress::progress_bar;
 use crate::error::{Error, Result};
 use crate::metrics::column_mean_var;
 use crate::models::{Model, Regressor};
+use crate::models::inference::model_device;
 
 /// Neuron-noise settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -135,7 +137,7 @@ fn output_std(model: &Model, clean: &CleanSet, forward: Option<&dyn Fn(Tensor<4>
 /// Each output's standard deviation and mean over the clean set, through `forward` (default:
 /// the model's own).
 fn output_stats(model: &Model, clean: &CleanSet, forward: Option<&dyn Fn(Tensor<4>) -> Tensor<2>>, batch_size: usize) -> Result<(Vec<f64>, Vec<f32>)> {
-    let device = model.devices().into_iter().next().unwrap_or_default();
+    let device = model_device(model);
     let indices: Vec<usize> = (0..clean.len()).collect();
     let mut outputs = Vec::new();
     for batch in indices.chunks(batch_size.max(1)) {

@@ -22,7 +22,9 @@ use crate::io::{read_json, short_hash, write_json};
 use crate::metrics::{column_mean_var, constant_predictor_error};
 use crate::models::cache::{load_cached, save_cached};
 use crate::models::{Architecture, Model, Regressor};
-use crate::train::{Profile, TrainConfig, cache_root, evaluate, train};
+use crate::train::{Profile, TrainConfig, train};
+use crate::io::cache_root;
+use crate::models::inference::{evaluate, model_device};
 
 /// ResNet-18 width of a reference model.
 pub const DEFAULT_REFERENCE_WIDTH: usize = 16;
@@ -225,7 +227,7 @@ pub fn spread_ratios(models: &[Model], clean: &CleanSet, transform: &dyn Fn(Tens
     let indices: Vec<usize> = (0..clean.len()).collect();
     let mut ratios = Vec::with_capacity(models.len());
     for model in models {
-        let device = model.devices().into_iter().next().unwrap_or_default();
+        let device = model_device(model);
         let (mut before, mut after) = (Vec::new(), Vec::new());
         for batch in indices.chunks(batch_size.max(1)) {
             let (x, _) = clean.batch(batch, &device);

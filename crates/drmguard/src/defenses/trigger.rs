@@ -17,7 +17,8 @@ fn squash<const D: usize>(raw: Tensor<D>) -> Tensor<D> {
 
 #[derive(Module, Debug)]
 pub struct MaskTrigger {
-    /// `[1, 1, S, S]`, before squashing.
+    /// `[1, 1, S / c, S / c]`, before squashing: one value per c × c cell of the image (c = 1:
+    /// per pixel, as in NC).
     pub mask_raw: Param<Tensor<4>>,
     /// `[1, 3, S, S]`, before squashing.
     pub pattern_raw: Param<Tensor<4>>,
@@ -26,19 +27,27 @@ pub struct MaskTrigger {
 impl MaskTrigger {
     /// A random mask and pattern, uniform in [0, 1] after squashing as in NC, drawn from the
     /// device's generator (seed it first, e.g. with [`crate::models::init_seeded`]).
-    pub fn random(side: usize, device: &Device) -> Self {
-        let raw = |channels: usize| {
+    /// The mask has one value per `cell` × `cell` block of pixels (`cell` divides `side`).
+    pub fn random(side: usize, cell: usize, device: &Device) -> Self {
+        let raw = |channels: usize, side: usize| {
             let u = Tensor::<4>::random([1, channels, side, side], Distribution::Uniform(0.0, 1.0), device);
             // atanh((u − 0.5) · (2 − ε)), the inverse of `squash`.
             let v = (u - 0.5) * (2.0 - EPSILON);
             Param::from_tensor(((v.clone() + 1.0) / (v.neg() + 1.0)).log() * 0.5)
         };
-        MaskTrigger { mask_raw: raw(1), pattern_raw: raw(3) }
+        MaskTrigger { mask_raw: raw(1, side / cell.max(1)), pattern_raw: raw(3, side) }
     }
 
-    /// m in [0, 1], `[1, 1, S, S]`.
+    /// m in [0, 1], `[1, 1, S, S]`: each cell's value repeated over its pixels.
     pub fn mask(&self) -> Tensor<4> {
-        squash(self.mask_raw.val())
+        let m = squash(self.mask_raw.val());
+        let [_, _, r, _] = m.dims();
+        let side = self.pattern_raw.val().dims()[2];
+        let cell = side / r;
+        if cell == 1 {
+            return m;
+        }
+        m.reshape([1, 1, r, 1, r, 1]).expand([1, 1, r, cell, r, cell]).reshape([1, 1, side, side])
     }
 
     /// p in [0, 1], `[1, 3, S, S]`.

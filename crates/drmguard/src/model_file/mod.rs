@@ -13,10 +13,13 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, Sa
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::attacks::BackdoorSpec;
-use crate::data::DataSource;
+use crate::attacks::{BackdoorSpec, backdoor_errors};
+use crate::data::{DataSource, Dataset};
+use crate::defenses::Suspect;
 use crate::error::{Error, Result};
 use crate::io::{ensure_parent_exists, read_json, write_json};
+use crate::metrics::{BackdoorErrors, TaskError};
+use crate::models::inference::evaluate;
 use crate::models::{Model, ModelSpec};
 use crate::task::Task;
 use crate::train::{EpochRecord, TrainConfig};
@@ -62,6 +65,29 @@ pub struct TrainingRecord {
 }
 
 impl ModelCard {
+    /// The suspect view of `model`, loaded with this card: everything in the card except the
+    /// attack, which no defense may see.
+    pub fn suspect(&self, model: Model) -> Suspect {
+        let samples = self.trained.as_ref().map_or(0, |t| t.training.samples);
+        Suspect::described(model, self.task, self.model.clone(), self.output_names.clone(), self.training_data().cloned(), samples)
+    }
+
+    /// The clean error of `model` on `data` and, when the card records a backdoor, AE and DAE on
+    /// the same images with the trigger applied.
+    pub fn errors(&self, model: &Model, data: &Dataset) -> Result<(TaskError, Option<BackdoorErrors>)> {
+        // An imported model has no training batch size; 32 fits every model drmguard imports.
+        let batch_size = self.trained.as_ref().map_or(32, |t| t.training.batch_size);
+        let error = evaluate(model, self.task, data, batch_size)?;
+        let backdoor = match &self.backdoor {
+            Some(spec) => {
+                let trigger = spec.trigger(self.task, self.model.input_size)?;
+                Some(backdoor_errors(model, self.task, data, &trigger, batch_size)?)
+            }
+            None => None,
+        };
+        Ok((error, backdoor))
+    }
+
     /// The training record, or an error naming what needs it for an imported model.
     pub fn trained(&self, needed_for: &str) -> Result<&TrainingRecord> {
         self.trained.as_ref().ok_or_else(|| {

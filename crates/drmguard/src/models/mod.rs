@@ -1,6 +1,8 @@
 //! Regression models f = H ∘ F: a backbone F to penultimate features and one linear head H.
 
 pub mod cache;
+pub mod inference;
+pub mod generator;
 pub mod onnx;
 pub mod resize;
 pub mod resnet;

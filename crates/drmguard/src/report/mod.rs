@@ -1,5 +1,3 @@
-//! Pictures and summaries for people.
-pub mod grid;
-pub mod reversed;
+//! Reports for people: a scan's files and the attacks' trigger pictures.
 pub mod scan;
 pub mod triggers;

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::reversed::write_png;
 use crate::defenses::{CleanSet, Finding, Suspect};
 use crate::error::{Error, Result};
+use crate::figures::reversed::write_png;
 use crate::io::{write_atomic, write_json};
 
 /// Writes the report of `finding` on the model at `model_path` into the folder `out`.

@@ -1,7 +1,7 @@
 //! Supervised training of a regression model: L1 loss, Adam, cosine learning-rate schedule,
 //! validation after every epoch.
 
-pub mod job;
+pub mod poison;
 pub mod profile;
 
 use std::time::Instant;
@@ -14,13 +14,13 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::attacks::Backdoor;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::metrics::{TaskError, task_error};
+use crate::models::inference::evaluate;
 use crate::models::{Architecture, Model, ModelSpec, Normalization, Regressor};
 use crate::task::Task;
-pub use job::{TrainJob, cache_root};
+
+pub use poison::{PoisonedBatch, Poisoner};
 pub use profile::{Profile, ProfileDefaults};
 
 /// The resolved training configuration (profile defaults plus overrides), stored in the sidecar.
@@ -110,7 +110,7 @@ pub fn train(
     config: &TrainConfig,
     train: &Dataset,
     val: &Dataset,
-    backdoor: Option<&Backdoor>,
+    backdoor: Option<&dyn Poisoner>,
     device: &Device,
 ) -> Result<(Model, Vec<EpochRecord>)> {
     config.validate()?;
@@ -175,7 +175,7 @@ pub fn train(
             let z = model.features(x);
             let mut loss = (model.head(z.clone()) - y).abs().mean();
             if let Some((b, clean, poisoned)) = rows
-                && let Some(penalty) = b.attack.feature_penalty(&model, z, clean, poisoned)
+                && let Some(penalty) = b.feature_penalty(&model, z, clean, poisoned)
             {
                 loss = loss + penalty;
             }
@@ -309,44 +309,4 @@ fn fine_tune_general(
         tracing::debug!(epoch, loss = sum / steps_per_epoch as f64, "fine-tuning epoch done");
     }
     Ok((model.valid(), losses))
-}
-
-/// Runs `model` over all of `data` in batches; returns predictions, row-major `[n, d]`.
-pub fn predict(model: &Model, data: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
-    predict_transformed(model, data, batch_size, &|x| x)
-}
-
-/// Outputs of `model` on `data` after `transform` (e.g. a trigger) is applied to each batch.
-pub fn predict_transformed(
-    model: &Model,
-    data: &Dataset,
-    batch_size: usize,
-    transform: &dyn Fn(Tensor<4>) -> Tensor<4>,
-) -> Result<Vec<f32>> {
-    let device = model_device(model);
-    let indices: Vec<usize> = (0..data.len()).collect();
-    let mut out = Vec::with_capacity(data.len() * data.dim());
-    for batch in indices.chunks(batch_size.max(1)) {
-        let (x, _) = data.batch(batch, &device);
-        let values = model
-            .forward(transform(x))
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Numerical(format!("{e:?}")))?;
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
-        }
-        out.extend(values);
-    }
-    Ok(out)
-}
-
-/// The task error of `model` on `data`.
-pub fn evaluate(model: &Model, task: Task, data: &Dataset, batch_size: usize) -> Result<TaskError> {
-    let predictions = predict(model, data, batch_size)?;
-    Ok(task_error(task, &predictions, &data.labels))
-}
-
-fn model_device(model: &Model) -> Device {
-    model.devices().into_iter().next().unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ReversalSummary;
-use crate::defenses::generator::GeneratorKind;
+use crate::models::generator::GeneratorKind;
 use crate::error::{Error, Result};
 use crate::task::Task;
 

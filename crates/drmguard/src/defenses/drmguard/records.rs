@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::DrmGuardConfig;
 use crate::data::to_images;
 use crate::defenses::CleanSet;
-use crate::defenses::generator::Generator;
+use crate::models::generator::Generator;
 use crate::defenses::references::ReferenceRecord;
 use crate::error::Result;
 

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use super::{Collapse, DrmGuard, Reversal};
 use crate::defenses::{CleanSet, Detection, Figure, Finding, Suspect};
 use crate::error::{Error, Result};
-use crate::report::reversed::{map_figure, reversal_figure};
+use crate::figures::reversed::{map_figure, reversal_figure};
 
 impl DrmGuard {
     /// The report of a detection: the summary rows, the reversed images and the attention map.

@@ -9,9 +9,10 @@ use burn::tensor::{Device, Tensor};
 
 use super::stats::{SetStats, angle_and_output_stats, saliency};
 use super::{DrmGuardConfig, FeatureReg, Mtr, Reversal, ReversalSummary, StepRecord};
-use crate::defenses::generator::Generator;
+use crate::models::generator::Generator;
 use crate::defenses::references::{References, contrast_penalty, frozen_on, spread_ratios};
-use crate::defenses::{BatchCursor, CleanSet, Suspect, progress_bar, scalar};
+use crate::defenses::{BatchCursor, CleanSet, Suspect, scalar};
+use crate::progress::progress_bar;
 use crate::error::{Error, Result};
 use crate::models::{Regressor, feature_angles, init_seeded};
 

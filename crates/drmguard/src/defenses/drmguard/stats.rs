@@ -1,11 +1,11 @@
 //! Statistics of the suspect on the clean set and on edited images, and its gradient saliency.
 
-use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::defenses::{CleanSet, scalar, values};
 use crate::error::{Error, Result};
 use crate::metrics::column_mean_var;
+use crate::models::inference::model_device;
 use crate::models::{Model, Regressor, feature_angles};
 
 /// The model's gradient saliency: mean over batch and channels of |∂ Σ_j f_j(x) / ∂x|, scaled to
@@ -39,7 +39,7 @@ pub(super) struct SetStats {
 }
 
 pub(super) fn angle_and_output_stats(model: &Model, clean: &CleanSet, edit: Option<&dyn Fn(Tensor<4>) -> Tensor<4>>, batch_size: usize) -> Result<SetStats> {
-    let device = model.devices().into_iter().next().unwrap_or_default();
+    let device = model_device(model);
     let weight = model.head_weight();
     let indices: Vec<usize> = (0..clean.len()).collect();
     let (mut outputs, mut angle_values, mut labels, mut features) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -1,5 +1,5 @@
 //! A whole training run as one value: config, data source and optional backdoor in, model and
-//! sidecar out. Shared by `drmguard train`, `drmguard demo` and the benchmark, which caches
+//! card out. Shared by `drmguard train`, `drmguard demo` and the benchmark, which caches
 //! trained models by the job's hash.
 
 use std::path::{Path, PathBuf};
@@ -8,12 +8,13 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::{TrainConfig, train};
 use crate::attacks::BackdoorSpec;
 use crate::data::{DataSource, Split};
 use crate::error::Result;
+use crate::io::cache_root;
 use crate::model_file::{self, CARD_FORMAT_VERSION, ModelCard, TrainingRecord};
 use crate::models::Model;
+use crate::train::{Poisoner, TrainConfig, train};
 
 /// Everything that determines a trained model.
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +84,7 @@ impl TrainJob {
             }
             None => (train_set, None),
         };
-        let (model, history) = train(config, &train_set, &val_set, plan.as_ref(), device)?;
+        let (model, history) = train(config, &train_set, &val_set, plan.as_ref().map(|b| b as &dyn Poisoner), device)?;
         let card = ModelCard {
             format_version: CARD_FORMAT_VERSION,
             drmguard_version: env!("CARGO_PKG_VERSION").into(),
@@ -143,17 +144,3 @@ impl TrainJob {
     }
 }
 
-/// drmguard's cache folder: `$DRMGUARD_CACHE`, else `$XDG_CACHE_HOME/drmguard`, else
-/// `~/.cache/drmguard`, else `.drmguard-cache` in the working folder.
-pub fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DRMGUARD_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("drmguard");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".cache").join("drmguard"),
-        None => PathBuf::from(".drmguard-cache"),
-    }
-}

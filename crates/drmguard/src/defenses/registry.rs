@@ -1,0 +1,188 @@
+//! The registry of detectors and mitigators: their `--defense` names, their configs gathered for
+//! the command line, and how each is built from its config.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
+    FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
+};
+use crate::error::Result;
+
+/// The detectors' registry: one line per detector gives its kind (`--defense` name), its
+/// config's field in [`DetectorConfigs`] and type, the heading of its options in `--help`, and
+/// how the detector is built from its config. `DetectorKind`, `DetectorConfigs` and the lookups
+/// between them are generated from it, so that a detector is added with its file and one line.
+macro_rules! detectors {
+    ($($(#[$doc:meta])* $kind:ident => $field:ident: $config:ty, $heading:tt, |$c:ident| $build:expr;)*) => {
+        /// Detectors, for `drmguard scan --defense`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum DetectorKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl DetectorKind {
+            /// Every detector, in the registry's order.
+            pub const ALL: &[DetectorKind] = &[$(DetectorKind::$kind),*];
+        }
+
+        /// The settings of every detector (flattened into `drmguard scan`'s options).
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        pub struct DetectorConfigs {
+            $(
+                #[command(flatten, next_help_heading = $heading)]
+                #[serde(default)]
+                pub $field: $config,
+            )*
+        }
+
+        impl DetectorConfigs {
+            /// The detector `kind`, with its settings.
+            pub fn build(&self, kind: DetectorKind) -> Box<dyn Detector> {
+                match kind {
+                    $(DetectorKind::$kind => {
+                        let $c = self.$field.clone();
+                        Box::new($build)
+                    })*
+                }
+            }
+
+            /// The settings detector `kind` reads, and only those (e.g. for cache keys).
+            pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
+                match kind {
+                    $(DetectorKind::$kind => serde_json::json!(self.$field),)*
+                }
+            }
+        }
+    };
+}
+
+detectors! {
+    /// DRMGuard: generator-based trigger reverse engineering with output-variance and
+    /// feature-angle objectives.
+    Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c| DrmGuard::new(c);
+    /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
+    Nc => nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)", |c| NeuralCleanse { config: c };
+    /// FeatureRE: an input transform plus a feature-space mask towards a free target vector.
+    Featurere => featurere: FeatureReConfig, "FeatureRE (--defense featurere)", |c| FeatureRe { config: c };
+    /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
+    Abs => abs: AbsConfig, "ABS (--defense abs)", |c| Abs { config: c };
+    /// Neuron noise: bounded adversarial noise on the BatchNorm channels that collapses the
+    /// outputs on clean images; score = the spread ratio it reaches.
+    Noise => noise: NeuronNoiseConfig, "Neuron noise (--defense noise)", |c| NeuronNoise { config: c };
+    /// Input-agnostic reversal: one mask and pattern that collapse the suspect but not the
+    /// defender's reference models, kept smooth; score = the mask's share of the image.
+    Agnostic => agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)", |c| Agnostic { config: c };
+}
+
+/// Mitigators, for `drmguard mitigate --defense`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MitigatorKind {
+    /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
+    /// true labels).
+    Drmguard,
+    /// Fine-tuning on the clean set (the reference).
+    Ft,
+    /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
+    Fp,
+    /// Adversarial neuron pruning over every BatchNorm channel.
+    Anp,
+    /// Neural Cleanse unlearning with its reversed trigger.
+    Nc,
+}
+
+/// The settings of every mitigator (flattened into `drmguard mitigate`'s options); `build` is the
+/// registry from name to mitigator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct MitigatorConfigs {
+    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
+    pub drmguard: DrmGuardConfig,
+    #[command(flatten, next_help_heading = "Unlearning (--defense drmguard, nc)")]
+    pub unlearn: UnlearnConfig,
+    #[command(flatten, next_help_heading = "Fine-tuning (--defense ft, fp)")]
+    pub ft: FineTuningConfig,
+    #[command(flatten, next_help_heading = "Fine-pruning (--defense fp)")]
+    pub fp: FinePruningConfig,
+    #[command(flatten, next_help_heading = "ANP (--defense anp)")]
+    pub anp: AnpConfig,
+    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
+    pub nc: NeuralCleanseConfig,
+}
+
+impl MitigatorConfigs {
+    /// Refuses the settings mitigator `kind` reads where no run could use them, so that a bad
+    /// value stops a run before its reverse engineering or pruning spends time.
+    pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
+        match kind {
+            MitigatorKind::Drmguard => self.unlearn.validate(),
+            MitigatorKind::Nc => {
+                self.nc.validate()?;
+                self.unlearn.validate()
+            }
+            MitigatorKind::Anp => self.anp.validate(),
+            MitigatorKind::Ft | MitigatorKind::Fp => Ok(()),
+        }
+    }
+
+    pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
+        match kind {
+            MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),
+            MitigatorKind::Ft => Box::new(FineTuning { config: self.ft.clone() }),
+            MitigatorKind::Fp => Box::new(FinePruning { config: self.fp.clone(), fine_tuning: self.ft.clone() }),
+            MitigatorKind::Anp => Box::new(Anp { config: self.anp.clone() }),
+            MitigatorKind::Nc => Box::new(NcUnlearning { nc: self.nc.clone(), unlearn: self.unlearn.clone() }),
+        }
+    }
+
+    /// The settings mitigator `kind` reads, and only those (e.g. for cache keys).
+    pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
+        match kind {
+            MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
+            MitigatorKind::Ft => serde_json::json!(self.ft),
+            MitigatorKind::Fp => serde_json::json!([self.fp, self.ft]),
+            MitigatorKind::Anp => serde_json::json!(self.anp),
+            MitigatorKind::Nc => serde_json::json!([self.nc, self.unlearn]),
+        }
+    }
+}
+
+macro_rules! kebab_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = clap::ValueEnum::to_possible_value(self).expect("no skipped variants");
+                f.write_str(v.get_name())
+            }
+        }
+    )*};
+}
+kebab_display!(DetectorKind, MitigatorKind);
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{DetectorConfigs, MitigatorConfigs};
+
+    #[derive(Parser)]
+    struct Detectors {
+        #[command(flatten)]
+        configs: DetectorConfigs,
+    }
+
+    #[derive(Parser)]
+    struct Mitigators {
+        #[command(flatten)]
+        configs: MitigatorConfigs,
+    }
+
+    /// Every default is written twice, in clap's attributes and in `Default`: the command line
+    /// and the library (the bench, the demo) must read the same settings.
+    #[test]
+    fn no_flags_parse_to_every_configs_default() {
+        assert_eq!(Detectors::parse_from(["scan"]).configs, DetectorConfigs::default());
+        assert_eq!(Mitigators::parse_from(["mitigate"]).configs, MitigatorConfigs::default());
+    }
+}

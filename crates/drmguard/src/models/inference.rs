@@ -1,0 +1,52 @@
+//! Running a model over a dataset: its outputs, under an optional edit of the images, and its
+//! error on the task.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use super::{Model, Regressor};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::metrics::{TaskError, task_error};
+use crate::task::Task;
+
+/// Runs `model` over all of `data` in batches; returns predictions, row-major `[n, d]`.
+pub fn predict(model: &Model, data: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
+    predict_transformed(model, data, batch_size, &|x| x)
+}
+
+/// Outputs of `model` on `data` after `transform` (e.g. a trigger) is applied to each batch.
+pub fn predict_transformed(
+    model: &Model,
+    data: &Dataset,
+    batch_size: usize,
+    transform: &dyn Fn(Tensor<4>) -> Tensor<4>,
+) -> Result<Vec<f32>> {
+    let device = model_device(model);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let mut out = Vec::with_capacity(data.len() * data.dim());
+    for batch in indices.chunks(batch_size.max(1)) {
+        let (x, _) = data.batch(batch, &device);
+        let values = model
+            .forward(transform(x))
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
+        }
+        out.extend(values);
+    }
+    Ok(out)
+}
+
+/// The task error of `model` on `data`.
+pub fn evaluate(model: &Model, task: Task, data: &Dataset, batch_size: usize) -> Result<TaskError> {
+    let predictions = predict(model, data, batch_size)?;
+    Ok(task_error(task, &predictions, &data.labels))
+}
+
+/// The device `model`'s parameters live on.
+pub fn model_device(model: &Model) -> Device {
+    model.devices().into_iter().next().unwrap_or_default()
+}
