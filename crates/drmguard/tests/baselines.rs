@@ -130,7 +130,7 @@ fn a_mask_of_cells_repeats_each_value_over_its_cell_and_passes_gradients_back() 
     let grads = t.mask().sum().backward();
     let g = t.mask_raw.val().grad(&grads).expect("the mask's raw values get a gradient");
     assert_eq!(g.dims(), [1, 1, 4, 4]);
-    assert!(g.into_data().to_vec::<f32>().unwrap().iter().all(|v| *v > 0.0));
+    assert!(g.into_data().try_to_vec::<f32>().unwrap().iter().all(|v| *v > 0.0));
 }
 
 #[test]

@@ -144,8 +144,8 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     let d = &calibrated.detection;
     let (log_ratio, theirs) = (d.signals["log_ratio"], d.signals["reference_mask_share"]);
     assert!((log_ratio - (theirs.ln() - d.signals["mask_score"].max(1e-9).ln())).abs() < 1e-9, "{:?}", d.signals);
-    assert_eq!((d.score, d.threshold, d.signals["score"]), (log_ratio, 2f64.ln(), log_ratio));
-    assert_eq!(d.backdoored, log_ratio >= 2f64.ln());
+    assert_eq!((d.score, d.threshold, d.signals["score"]), (log_ratio, 2.7f64.ln(), log_ratio));
+    assert_eq!(d.backdoored, log_ratio >= 2.7f64.ln());
     assert_eq!(d.details["reference_mask_shares"].as_array().map(Vec::len), Some(2));
     assert!(AgnosticConfig { ratio: 1.0, ..Default::default() }.validate().is_err());
     let err = AgnosticConfig { references: 0, ..Default::default() }.validate().unwrap_err().to_string();

@@ -34,6 +34,12 @@ use crate::io::{read_json, short_hash, write_json};
 /// (docs/testbed.md).
 pub const DEFAULT_MASK_CELL: usize = 4;
 
+/// The calibrated verdict's ratio (the references' mask over the suspect's), fitted on the test
+/// bed's calibration half, gaze and head pose together: midway (in log) between its largest
+/// benign log ratio (0.93) and the next one up (1.05, a BadNets model), the threshold that
+/// classifies that half best (14 of 16 models, no benign one flagged).
+pub const DEFAULT_RATIO: f64 = 2.7;
+
 /// Settings of the input-agnostic reversal; the search's own constants are Neural Cleanse's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AgnosticConfig {
@@ -64,13 +70,13 @@ pub struct AgnosticConfig {
     #[arg(id = "agnostic_calibrate", long = "agnostic-calibrate", default_value_t = true, action = clap::ArgAction::Set)]
     pub calibrate: bool,
     /// Agnostic, calibrated: flag the model when the references' masks are at least this many
-    /// times the suspect's (geometric mean). At 300 steps a benign gaze model measured 0.9×,
-    /// BadNets and Blended ones 4–7×; at 600 steps a benign head-pose model measured 2.5×, as
-    /// the references are weaker models than it (docs/testbed.md).
-    #[arg(id = "agnostic_ratio", long = "agnostic-ratio", default_value_t = 2.0)]
+    /// times the suspect's (geometric mean). Fitted on the test bed's calibration half: its
+    /// benign models measured 0.8–2.5× (head pose the most: the references are weaker models
+    /// than the suspects), the backdoored ones up to 15× (docs/testbed.md).
+    #[arg(id = "agnostic_ratio", long = "agnostic-ratio", default_value_t = DEFAULT_RATIO)]
     pub ratio: f64,
-    /// Agnostic: side in pixels of the mask's cells (one mask value per cell × cell block; it
-    /// must divide the image side). Scattered pixels, the shape of a universal adversarial
+    /// Agnostic: side in pixels of the mask's cells (one mask value per cell × cell block; the
+    /// largest divisor of the image side up to this). Scattered pixels, the shape of a universal adversarial
     /// perturbation that fools any well-trained model, cost a whole cell each; a patch or a blend
     /// costs what it did. 1: per pixel.
     #[arg(id = "agnostic_mask_cell", long = "agnostic-mask-cell", default_value_t = DEFAULT_MASK_CELL)]
@@ -89,7 +95,7 @@ fn is_one(n: &usize) -> bool {
 
 impl Default for AgnosticConfig {
     fn default() -> Self {
-        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03, calibrate: true, ratio: 2.0, mask_cell: DEFAULT_MASK_CELL }
+        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: 1, threshold: 0.03, calibrate: true, ratio: DEFAULT_RATIO, mask_cell: DEFAULT_MASK_CELL }
     }
 }
 

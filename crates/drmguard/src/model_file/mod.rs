@@ -6,6 +6,7 @@
 
 pub mod import;
 pub mod inspect;
+pub mod state_dict;
 
 use std::path::{Path, PathBuf};
 

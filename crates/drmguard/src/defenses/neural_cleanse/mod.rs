@@ -95,7 +95,7 @@ pub struct NeuralCleanseConfig {
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub restarts: usize,
     /// NC: side in pixels of the mask's cells: the mask has one value per cell × cell block
-    /// (it must divide the image side). Scattered pixels, the shape of a universal adversarial
+    /// (the largest divisor of the image side up to this). Scattered pixels, the shape of a universal adversarial
     /// perturbation, then cost a whole cell each, while a patch or a blend costs what it did.
     /// 1: per pixel, the original.
     #[arg(id = "nc_mask_cell", long = "nc-mask-cell", default_value_t = 1)]

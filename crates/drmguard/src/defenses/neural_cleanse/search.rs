@@ -172,10 +172,9 @@ impl NeuralCleanse {
         let model = suspect.model.clone().fork(&ad).freeze();
 
         let side = suspect.image_size() as usize;
-        if side % c.mask_cell != 0 {
-            return Err(Error::invalid("Neural Cleanse mask cell", format!("{} pixels does not divide the {side}-pixel image side", c.mask_cell)));
-        }
-        let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, c.mask_cell, &ad));
+        // The largest cell up to the setting that tiles the image (227 pixels: 1).
+        let cell = (1..=c.mask_cell).rev().find(|k| side % k == 0).unwrap_or(1);
+        let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, cell, &ad));
         let mut target = FreeTarget::new(initial_target, &ad);
         let adam = || AdamConfig::new().with_beta_1(0.5).with_beta_2(0.9);
         let (mut optim, mut target_optim) = (adam().init(), adam().init());
