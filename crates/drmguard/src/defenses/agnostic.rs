@@ -28,10 +28,10 @@ use crate::error::{Error, Result};
 use crate::io::{read_json, short_hash, write_json};
 
 /// Side of the mask's cells in pixels: 4 × 4 blocks, so that a 64×64 mask has 16 × 16 values.
-/// On the test bed's head-pose models the per-pixel search ended on scattered pixels over the
-/// eyes, as small on a benign model (0.020–0.025) as on a BadNets one (0.019), whose patch it
-/// missed; with 4-pixel cells it finds the patch (0.008) and the benign models need 0.044–0.049
-/// (docs/testbed.md).
+/// On the test bed's head-pose models the per-pixel search ended on scattered pixels along the
+/// eye line, as small on a benign model (0.020–0.025) as on a BadNets one (0.019), whose patch it
+/// missed; in 4-pixel cells the benign models need 0.035–0.054, and the search found that patch
+/// (0.008) from one start but not from another (docs/testbed.md).
 pub const DEFAULT_MASK_CELL: usize = 4;
 
 /// The calibrated verdict's ratio (the references' mask over the suspect's), fitted on the test
@@ -76,9 +76,9 @@ pub struct AgnosticConfig {
     #[arg(id = "agnostic_ratio", long = "agnostic-ratio", default_value_t = DEFAULT_RATIO)]
     pub ratio: f64,
     /// Agnostic: side in pixels of the mask's cells (one mask value per cell × cell block; the
-    /// largest divisor of the image side up to this). Scattered pixels, the shape of a universal adversarial
-    /// perturbation that fools any well-trained model, cost a whole cell each; a patch or a blend
-    /// costs what it did. 1: per pixel.
+    /// largest divisor of the image side up to this). Scattered pixels, the shape of a
+    /// universal adversarial perturbation that fools any well-trained model, cost a whole cell
+    /// each; a patch or a blend costs what it did. 1: per pixel.
     #[arg(id = "agnostic_mask_cell", long = "agnostic-mask-cell", default_value_t = DEFAULT_MASK_CELL)]
     // Configs written before the option read as per-pixel searches, which they were.
     #[serde(default = "one", skip_serializing_if = "is_one")]
