@@ -88,3 +88,24 @@ pub fn cache_root() -> PathBuf {
         None => PathBuf::from(".drmguard-cache"),
     }
 }
+
+/// Defaults and skips for config fields added after configs were first written: a field left out
+/// at its old value keeps the serialised config, and so every cache key, as it was; a missing
+/// field reads back as that value.
+pub mod serde_compat {
+    pub fn one() -> usize {
+        1
+    }
+
+    pub fn is_one(n: &usize) -> bool {
+        *n == 1
+    }
+
+    pub fn is_zero(n: &usize) -> bool {
+        *n == 0
+    }
+
+    pub fn is_zero_f64(v: &f64) -> bool {
+        *v == 0.0
+    }
+}

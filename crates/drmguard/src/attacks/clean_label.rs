@@ -50,7 +50,7 @@ pub struct CleanLabelConfig {
     /// the plain benign model. Three epochs took the attack error from 13.3° to 6.1° on head pose
     /// and from 15.7° to 11.8° on gaze (docs/attacks.md).
     #[arg(id = "clean_label_robust_epochs", long = "clean-label-robust-epochs", default_value_t = 3)]
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
     pub robust_epochs: usize,
     /// Clean-Label: L∞ bound of the robust surrogate's adversarial training [default: half the
     /// PGD epsilon].
@@ -82,13 +82,6 @@ impl PgdAim {
     fn is_away(&self) -> bool {
         *self == PgdAim::Away
     }
-}
-
-// Fields added after models were first cached stay out of the serialised config at the value
-// those models were trained with (0 robust epochs, which a missing field also reads as), so that
-// their cache keys and sidecars keep their meaning.
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 impl Default for CleanLabelConfig {

@@ -81,16 +81,8 @@ pub struct AgnosticConfig {
     /// each; a patch or a blend costs what it did. 1: per pixel.
     #[arg(id = "agnostic_mask_cell", long = "agnostic-mask-cell", default_value_t = DEFAULT_MASK_CELL)]
     // Configs written before the option read as per-pixel searches, which they were.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub mask_cell: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-fn is_one(n: &usize) -> bool {
-    *n == 1
 }
 
 impl Default for AgnosticConfig {

@@ -67,14 +67,8 @@ impl Suspect {
     /// A suspect built from its parts (tests, benchmarks, models from elsewhere). `training_data`
     /// and `training_samples` describe where the model was trained, for the default clean set.
     pub fn from_parts(model: Model, task: Task, spec: ModelSpec, training_data: DataSource, training_samples: usize) -> Self {
-        Suspect {
-            model,
-            task,
-            output_names: task.output_names().iter().map(|s| s.to_string()).collect(),
-            spec,
-            training_data: Some(training_data),
-            training_samples,
-        }
+        let output_names = task.output_names().iter().map(|s| s.to_string()).collect();
+        Self::described(model, task, spec, output_names, Some(training_data), training_samples)
     }
 
     pub fn image_size(&self) -> u32 {

@@ -127,7 +127,7 @@ pub struct DrmGuardConfig {
     #[arg(long, default_value_t = 1)]
     // Left out at 1, so that configs (and the benchmark's cache keys) from before the option
     // read and hash as they did.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub restarts: usize,
     /// Benign reference models the defender trains from its clean set alone (ResNet-18 width
     /// 16, 40 epochs on four fifths of it, cached per task and clean set); 0: none. With
@@ -135,7 +135,7 @@ pub struct DrmGuardConfig {
     /// report gives the contrast: the suspect's spread ratio over the references'. An edit that
     /// collapses every model of the task is the task's own feature, not a trigger.
     #[arg(long, default_value_t = 0)]
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
     pub references: usize,
     /// μ: weight of the references' collapse penalty, mean over references of
     /// max(0, τ − their spread ratio on the batch), in G's objective.
@@ -169,10 +169,6 @@ fn is_default_contrast_floor(v: &f64) -> bool {
     *v == DEFAULT_CONTRAST_FLOOR
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
 /// How a collapse of the outputs on G(x) is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -195,14 +191,6 @@ impl std::fmt::Display for Collapse {
 // Configs written before `collapse` existed decided on the spread ratio.
 fn spread_collapse() -> Collapse {
     Collapse::Spread
-}
-
-fn one() -> usize {
-    1
-}
-
-fn is_one(n: &usize) -> bool {
-    *n == 1
 }
 
 /// What the generator outputs (method.md §4.3 and docs/drmguard.md).

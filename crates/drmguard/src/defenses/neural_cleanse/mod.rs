@@ -8,7 +8,6 @@
 //! Mitigation (`--defense nc`) unlearns the reversed trigger: fine-tuning on the clean set plus
 //! stamped copies of a share of it, with their true labels (BackdoorBench's recipe).
 
-
 mod repair;
 mod search;
 
@@ -71,7 +70,7 @@ pub struct NeuralCleanseConfig {
     #[arg(id = "nc_references", long = "nc-references", default_value_t = 0)]
     // Left out at 0, so that configs (and the benchmark's cache keys) from before the option
     // read and hash as they did.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
     pub references: usize,
     /// NC: weight of the neutrality term, which asks the stamped images to keep the references'
     /// outputs where the clean images put them (mean absolute change, in degrees). A trigger is
@@ -79,44 +78,28 @@ pub struct NeuralCleanseConfig {
     /// eyes) moves every model of the task, so the search must look elsewhere. Needs
     /// `--nc-references`. 0: the original objective.
     #[arg(id = "nc_neutral_weight", long = "nc-neutral-weight", default_value_t = 0.0)]
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero_f64")]
     pub neutral_weight: f64,
     /// NC: weight of the mask's total variation (degrees per unit of variation over the image
     /// area): scattered pixels, the shape of an adversarial perturbation, cost about eight times
     /// what one compact patch of the same share costs. 0: the original objective.
     #[arg(id = "nc_smoothness", long = "nc-smoothness", default_value_t = 0.0)]
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero_f64")]
     pub smoothness: f64,
     /// NC: searches from independent random starts; the smallest successful mask is kept. The
     /// first starts y_t at the mean output; each further one at the clean label farthest from
     /// the starts before it, so that a target far from the mean is searched for too (the
     /// original's loop over labels).
     #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub restarts: usize,
     /// NC: side in pixels of the mask's cells: the mask has one value per cell × cell block
     /// (the largest divisor of the image side up to this). Scattered pixels, the shape of a universal adversarial
     /// perturbation, then cost a whole cell each, while a patch or a blend costs what it did.
     /// 1: per pixel, the original.
     #[arg(id = "nc_mask_cell", long = "nc-mask-cell", default_value_t = 1)]
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub mask_cell: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-fn is_zero_f64(v: &f64) -> bool {
-    *v == 0.0
-}
-
-fn one() -> usize {
-    1
-}
-
-fn is_one(n: &usize) -> bool {
-    *n == 1
 }
 
 impl Default for NeuralCleanseConfig {
