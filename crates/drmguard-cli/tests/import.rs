@@ -18,7 +18,8 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../drmguard/tests/fixtures/torch").join(name)
 }
 
-const FAST: [&str; 4] = ["--steps", "3", "--batch-size", "8"];
+/// DRMGuard's generator test (the `scan` default is the input-agnostic reversal), made fast.
+const FAST: [&str; 6] = ["--defense", "drmguard", "--steps", "3", "--batch-size", "8"];
 
 #[test]
 fn inspect_explains_bare_weights_and_prints_a_card_to_fill_in() {

@@ -24,7 +24,8 @@ fn smoke_model(dir: &Path) -> PathBuf {
     model
 }
 
-const FAST: [&str; 6] = ["--steps", "3", "--batch-size", "8", "--clean-size", "16"];
+/// DRMGuard's generator test (the `scan` default is the input-agnostic reversal), made fast.
+const FAST: [&str; 8] = ["--defense", "drmguard", "--steps", "3", "--batch-size", "8", "--clean-size", "16"];
 
 #[test]
 fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
@@ -63,14 +64,14 @@ fn bad_models_and_clean_sets_are_refused() {
     let o = out.to_str().unwrap();
 
     // A clean set smaller than one batch.
-    let err = fails(&["scan", "--model", m, "--out", o, "--clean-size", "10"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--clean-size", "10"]);
     assert!(err.contains("fewer than one batch of 32"), "{err}");
 
     // A user folder whose labels do not fit the task.
     let data = tmp.path().join("data");
     let s = drmguard(&["data", "synth", "--task", "headpose", "--n", "60", "--image-size", "32", "--out", data.to_str().unwrap()]);
     assert!(s.status.success());
-    let err = fails(&["scan", "--model", m, "--out", o, "--data", data.to_str().unwrap()]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--data", data.to_str().unwrap()]);
     assert!(err.contains("labels.csv") && err.contains("pitch"), "{err}");
 
     // The sidecar disagrees with the weights.
@@ -116,9 +117,9 @@ fn bad_defense_options_are_refused() {
     let o = o.to_str().unwrap();
     let err = fails(&["scan", "--model", m, "--out", o, "--defense", "magic"]);
     assert!(err.contains("magic"), "{err}");
-    let err = fails(&["scan", "--model", m, "--out", o, "--epsilon=-1"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--epsilon=-1"]);
     assert!(err.contains("ε"), "{err}");
-    let err = fails(&["scan", "--model", m, "--out", o, "--steps", "0"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--steps", "0"]);
     assert!(err.contains("steps"), "{err}");
     // Refused before the reverse engineering runs, not after it.
     let repaired = tmp.path().join("fixed.safetensors");
@@ -179,4 +180,27 @@ fn every_detector_writes_the_common_report_and_every_mitigator_a_model() {
         let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
         assert!(o.status.success(), "{defense}: the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
     }
+}
+
+#[test]
+fn the_demo_scans_a_benign_and_a_backdoored_model_and_repairs_the_backdoored_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
+        .env("DRMGUARD_CACHE", tmp.path().join("cache"))
+        .args(["demo", "--profile", "smoke", "--agnostic-steps", "10", "--unlearn-epochs", "1", "--out", out.to_str().unwrap()])
+        .output()
+        .expect("the binary runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    for row in ["benign ", "badnets ", "badnets, mitigated"] {
+        assert!(stdout.lines().any(|l| l.starts_with(row)), "no {row:?} row in the table: {stdout}");
+    }
+    for name in ["benign", "badnets"] {
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(format!("scan-{name}/report.json"))).unwrap()).unwrap();
+        assert_eq!(report["defense"], "agnostic", "{name}");
+    }
+    let repaired = out.join("badnets-mitigated.safetensors");
+    let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
 }

@@ -24,6 +24,17 @@ pub fn ensure_parent_exists(path: &Path) -> Result<&Path> {
     Ok(parent)
 }
 
+/// The lock of the cache entry at `path` within this process. Concurrent jobs that need the same
+/// entry (the benchmark's jobs, scanning models against one task's reference models) take it
+/// before looking the entry up, so that the first computes it and the others then read it.
+pub fn cache_entry_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder, then renames it, so that
 /// readers see either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -107,5 +118,22 @@ pub mod serde_compat {
 
     pub fn is_zero_f64(v: &f64) -> bool {
         *v == 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_lock_per_cache_entry() {
+        let (a, b) = (Path::new("/cache/a.json"), Path::new("/cache/b.json"));
+        assert!(std::sync::Arc::ptr_eq(&cache_entry_lock(a), &cache_entry_lock(a)));
+        assert!(!std::sync::Arc::ptr_eq(&cache_entry_lock(a), &cache_entry_lock(b)));
+        // Held, the entry's lock keeps a second taker out; another entry's stays free.
+        let held = cache_entry_lock(a);
+        let _guard = held.lock().unwrap();
+        assert!(cache_entry_lock(a).try_lock().is_err());
+        assert!(cache_entry_lock(b).try_lock().is_ok());
     }
 }

@@ -115,6 +115,7 @@ fn a_mask_of_cells_repeats_each_value_over_its_cell_and_passes_gradients_back() 
     let raw: Vec<f32> = (0..16).map(|i| if i == 4 + 2 { 20.0 } else { -20.0 }).collect();
     let mut t = MaskTrigger::random(16, 4, &device);
     assert_eq!(t.mask_raw.val().dims(), [1, 1, 4, 4]);
+    assert_eq!((t.cell(), MaskTrigger::random(16, 1, &device).cell()), (4, 1));
     t.mask_raw = burn::module::Param::from_tensor(Tensor::<1>::from_floats(raw.as_slice(), &device).reshape([1, 1, 4, 4]));
     let mask = t.mask_values().unwrap();
     assert_eq!(mask.len(), 256);

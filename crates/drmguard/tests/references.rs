@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor};
 use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
-use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect};
+use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect, UnlearnConfig, repair_finding};
 use drmguard::models::Regressor;
 use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;
@@ -147,6 +147,15 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     assert_eq!((d.score, d.threshold, d.signals["score"]), (log_ratio, 2.7f64.ln(), log_ratio));
     assert_eq!(d.backdoored, log_ratio >= 2.7f64.ln());
     assert_eq!(d.details["reference_mask_shares"].as_array().map(Vec::len), Some(2));
+    assert_eq!(d.details["restart_scores"].as_array().map(Vec::len), Some(3), "three starts by default: {}", d.details);
+    let (cell, side) = (d.details["mask_cell"].as_u64().unwrap() as u32, suspect.image_size());
+    assert!((1..=4).contains(&cell) && side % cell == 0, "the cell used, a divisor of the side {side}: {cell}");
+    // The repair unlearns the trigger this scan reversed, with Neural Cleanse's share of stamped
+    // images, and names the scan it came from.
+    let unlearn = UnlearnConfig { epochs: 1, batch_size: 16, ..Default::default() };
+    let repair = repair_finding(&calibrated, &suspect, &clean, &unlearn, &device).unwrap();
+    assert_eq!((repair.record["defense"].as_str(), repair.record["unlearn_config"]["reversed_ratio"].as_f64()), (Some("agnostic"), Some(0.2)));
+    assert_eq!(repair.record["detection"]["score"], log_ratio);
     assert!(AgnosticConfig { ratio: 1.0, ..Default::default() }.validate().is_err());
     let err = AgnosticConfig { references: 0, ..Default::default() }.validate().unwrap_err().to_string();
     assert!(err.contains("reference"), "{err}");

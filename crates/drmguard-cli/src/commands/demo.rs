@@ -1,6 +1,7 @@
 //! `drmguard demo`: the whole story on built-in gaze data. Train (or reuse from the cache) one
-//! benign and one backdoored model, scan both with DRMGuard, repair the backdoored one, and print
-//! what each step measured.
+//! benign and one backdoored model, scan both with the input-agnostic reversal against reference
+//! models trained from the clean set, repair the backdoored one by unlearning the trigger its
+//! scan reversed, and print what each step measured.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,8 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::data::Split;
-use drmguard::defenses::drmguard::Collapse;
-use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, DrmGuardRepair, UnlearnConfig};
+use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, UnlearnConfig, repair_finding};
 use drmguard::device::DeviceKind;
 use drmguard::io::cache_root;
 use drmguard::metrics::{BackdoorErrors, TaskError};
@@ -21,11 +21,11 @@ use drmguard::train::{Profile, TrainConfig};
 
 use drmguard::report::scan::write_scan_report;
 
-
 #[derive(Args)]
 pub struct DemoArgs {
-    /// smoke (about a minute, tiny models) or small (the CPU profile: ≈ 10 min per model to
-    /// train, cached afterwards, plus a few minutes per scan).
+    /// smoke (a few minutes, tiny models that learn little: a check of the pipeline) or small
+    /// (64×64 models that learn their task: a few minutes per model to train, cached
+    /// afterwards, plus a few minutes per scan).
     #[arg(long, default_value = "small")]
     profile: Profile,
     /// The attack of the backdoored model, with its defaults: badnets, blended, wanet,
@@ -42,7 +42,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "drmguard-demo")]
     out: PathBuf,
     #[command(flatten)]
-    drmguard: DrmGuardConfig,
+    agnostic: AgnosticConfig,
     #[command(flatten)]
     unlearn: UnlearnConfig,
 }
@@ -79,6 +79,8 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
     let attack = AttackKind::by_name(&a.attack).context("--attack")?;
     let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("models"));
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    a.agnostic.validate().context("the scan's settings")?;
+    a.unlearn.validate().context("the repair's settings")?;
     let config = TrainConfig::new(task, a.profile, a.seed);
     let backdoor = BackdoorSpec { attack, target: BackdoorSpec::default_target(task, a.seed), poison_rate: DEFAULT_POISON_RATE, seed: a.seed };
     let jobs = [
@@ -86,7 +88,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         (a.attack.as_str(), TrainJob::builtin(config, Some(backdoor))),
     ];
 
-    let mut rows = Vec::new();
+    let (mut rows, mut rule) = (Vec::new(), None);
     for (name, job) in &jobs {
         // Named like `train`'s Clean-Label surrogate (TASK-benign-KEY), so the benign model is shared.
         let (model, card, path) = job
@@ -97,14 +99,15 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         let test = trained.data.load(task, card.model.input_size, Split::Test).context("test data")?;
         let (clean_error, backdoor_errors) = card.errors(&model, &test)?;
 
-        // The defense sees the model without its card's attack record, and fresh clean images.
+        // The defense sees the model without its card's attack record, and fresh clean images
+        // (the same for both models, which share a seed: the references are trained once).
         let suspect = card.suspect(model.clone());
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect))?;
-        let (detection, reversal) = DrmGuard::new(a.drmguard.clone()).detect_with_reversal(&suspect, &clean, a.seed, &device)?;
+        let finding = Agnostic { config: a.agnostic.clone() }.detect(&suspect, &clean, a.seed, &device).context("the scan")?;
         let dir = a.out.join(format!("scan-{name}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let finding = DrmGuard::finding(detection.clone(), &reversal, &suspect, &clean, &device)?;
         write_scan_report(&dir, &path, &suspect, &clean, &finding)?;
+        let detection = &finding.detection;
         rows.push(Row {
             name: name.to_string(),
             verdict: if detection.backdoored { "BACKDOORED".into() } else { "clean".into() },
@@ -112,12 +115,11 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             seconds: detection.elapsed_s,
             ..Row::errors(&clean_error, backdoor_errors.as_ref())
         });
-        out!("{name}: I(f) = {:.4} (ε = {}), {:.0} s; report in {}", detection.score, detection.threshold, detection.elapsed_s, dir.display());
+        out!("{name}: score {:+.2} (threshold {:+.2}), {:.0} s; report in {}", detection.score, detection.threshold, detection.elapsed_s, dir.display());
 
         if card.backdoor.is_some() {
             let started_mitigation = Instant::now();
-            let repairer = DrmGuardRepair { drmguard: a.drmguard.clone(), unlearn: a.unlearn.clone() };
-            let mut repair = repairer.repair(&suspect, &clean, &detection, &reversal, &device)?;
+            let mut repair = repair_finding(&finding, &suspect, &clean, &a.unlearn, &device).context("the repair")?;
             let (clean_error, backdoor_errors) = card.errors(&repair.model, &test)?;
             if let Some(fields) = repair.record.as_object_mut() {
                 fields.insert("source_model".into(), serde_json::json!(path));
@@ -135,17 +137,18 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
             });
             out!("{name}: mitigated in {:.0} s; wrote {}", started_mitigation.elapsed().as_secs_f64(), out.display());
         }
+        rule.get_or_insert(finding.rule);
     }
 
     let opt = |v: Option<f64>, digits: usize, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.digits$}{unit}"));
     out!("");
-    out!("{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>7}", "model", "verdict", "I(f)", "clean error", "AE", "DAE", "time");
+    out!("{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>7}", "model", "verdict", "score", "clean error", "AE", "DAE", "time");
     for r in &rows {
         out!(
             "{:<22} {:>11} {:>8} {:>12} {:>9} {:>9} {:>6.0}s",
             r.name,
             r.verdict,
-            opt(r.score, 4, ""),
+            opt(r.score, 2, ""),
             format!("{:.2}°", r.clean_deg),
             opt(r.ae_deg, 2, "°"),
             opt(r.dae_deg, 2, "°"),
@@ -153,11 +156,8 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         );
     }
     out!("");
-    let threshold = a.drmguard.resolved(Task::Gaze)?.collapse_threshold();
-    out!("I(f) = mean |G(x) − x| of DRMGuard's reversed images; backdoored iff I(f) < ε = {} and the outputs on G(x)", a.drmguard.epsilon);
-    match a.drmguard.collapse {
-        Collapse::Error => out!("spread less than κ = {threshold} times the model's own error on the clean images."),
-        Collapse::Spread => out!("spread less than ρ = {threshold} times as much as on the clean images."),
+    if let Some(rule) = rule {
+        out!("{rule}.");
     }
     out!("AE: error of triggered test images to the attacker's target (low = the backdoor works);");
     out!("DAE: their error to the true labels (low = the backdoor is gone).");

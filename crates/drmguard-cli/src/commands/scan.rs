@@ -49,8 +49,10 @@ impl DefenseInput {
 pub struct ScanArgs {
     #[command(flatten)]
     input: DefenseInput,
-    /// Detector to run.
-    #[arg(long, value_enum, default_value_t = DetectorKind::Drmguard)]
+    /// Detector to run. The default, the input-agnostic reversal against reference models
+    /// trained from the clean set, is the one that separates the test bed's benign and
+    /// backdoored models (docs/testbed.md); `drmguard` is the paper's generator test.
+    #[arg(long, value_enum, default_value_t = DetectorKind::Agnostic)]
     defense: DetectorKind,
     #[command(flatten)]
     configs: DetectorConfigs,

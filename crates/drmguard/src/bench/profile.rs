@@ -59,8 +59,9 @@ impl BenchProfile {
         let mut attack = AttackKind::by_name(name)?;
         let mut poison_rate = DEFAULT_POISON_RATE;
         match (self, &mut attack) {
-            (BenchProfile::Small, AttackKind::Wanet(c)) if task == Task::HeadPose => {
-                // k 4, s 0.5 leave head pose's AE far above 3°; a stronger warp on more samples takes.
+            (BenchProfile::Small, AttackKind::Wanet(c)) => {
+                // k 4, s 0.5 leave head pose's AE far above 3°, and gaze's too at some seeds (27.8°
+                // at seed 3000); a finer, stronger warp on more samples takes on head pose.
                 c.k = 8;
                 c.s = 2.0;
                 poison_rate = 0.2;
@@ -84,10 +85,8 @@ impl BenchProfile {
             (BenchProfile::Small, AttackKind::Adaptive(c)) => {
                 // At 10% the in-batch variance term mostly removes its own backdoor.
                 poison_rate = 0.2;
-                if task == Task::HeadPose {
-                    c.wanet.k = 8;
-                    c.wanet.s = 2.0;
-                }
+                c.wanet.k = 8;
+                c.wanet.s = 2.0;
             }
             (BenchProfile::Tiny, AttackKind::InputAware(c)) => {
                 // 5 + 5 epochs instead of 10 + 10: its networks made Input-Aware 400 s a model

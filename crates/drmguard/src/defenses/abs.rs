@@ -271,6 +271,7 @@ impl Detector for Abs {
             rule: "score = REASR, the share of clean images the best reversed trigger collapses onto one output; backdoored iff score ≥ threshold".into(),
             rows,
             figures,
+            trigger: Some(std::sync::Arc::new(trigger.clone())),
         })
     }
 }

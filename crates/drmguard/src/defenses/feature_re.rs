@@ -315,6 +315,7 @@ impl Detector for FeatureRe {
             rule: "score = best mixed value (−success + relative bound violations); backdoored iff score < threshold".into(),
             rows,
             figures,
+            trigger: None,
         })
     }
 }

@@ -41,7 +41,8 @@ pub use fine_tuning::{FineTuning, FineTuningConfig};
 pub use neural_cleanse::{NcUnlearning, NeuralCleanse, NeuralCleanseConfig};
 pub use neuron_noise::{NeuronNoise, NeuronNoiseConfig};
 pub use registry::{DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind};
-pub use unlearn::UnlearnConfig;
+pub use trigger::ReversedTrigger;
+pub use unlearn::{UnlearnConfig, repair_finding};
 
 /// A model under suspicion, as a defense sees it.
 #[derive(Debug, Clone)]
@@ -291,6 +292,9 @@ pub struct Finding {
     /// Rows (name, value) of the Markdown report's table.
     pub rows: Vec<(String, String)>,
     pub figures: Vec<Figure>,
+    /// The trigger the detector reversed, on the defense's device, where it reverses one that
+    /// unlearning can use.
+    pub trigger: Option<std::sync::Arc<dyn ReversedTrigger>>,
 }
 
 impl Finding {
@@ -319,3 +323,4 @@ pub trait Mitigator {
     fn name(&self) -> &'static str;
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair>;
 }
+

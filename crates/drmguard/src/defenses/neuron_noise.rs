@@ -197,6 +197,7 @@ impl Detector for NeuronNoise {
             rule: "score = spread ratio of the outputs under the worst bounded BatchNorm noise; backdoored iff score < threshold".into(),
             rows,
             figures: Vec::new(),
+            trigger: None,
         })
     }
 }

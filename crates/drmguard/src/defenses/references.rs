@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CleanSet, Suspect, values};
 use crate::error::{Error, Result};
-use crate::io::{read_json, short_hash, write_json};
+use crate::io::{cache_entry_lock, read_json, short_hash, write_json};
 use crate::metrics::{column_mean_var, constant_predictor_error};
 use crate::models::cache::{load_cached, save_cached};
 use crate::models::{Architecture, Model, Regressor};
@@ -159,6 +159,8 @@ impl References {
             let seed = seed.wrapping_add(k);
             let path = dir.join(format!("{}-{key}-{seed}.safetensors", suspect.task));
             let record_path = path.with_extension("json");
+            let entry = cache_entry_lock(&path);
+            let _computing = entry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let spec = TrainConfig { seed, ..train_config.clone() }.model_spec();
             let cached = match read_json::<ReferenceRecord>(&record_path) {
                 Ok(record) if path.is_file() => {

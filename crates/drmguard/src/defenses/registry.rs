@@ -76,75 +76,102 @@ detectors! {
     Agnostic => agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)", |c| Agnostic { config: c };
 }
 
-/// Mitigators, for `drmguard mitigate --defense`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum MitigatorKind {
-    /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
-    /// true labels).
-    Drmguard,
-    /// Fine-tuning on the clean set (the reference).
-    Ft,
-    /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
-    Fp,
-    /// Adversarial neuron pruning over every BatchNorm channel.
-    Anp,
-    /// Neural Cleanse unlearning with its reversed trigger.
-    Nc,
-}
+/// The mitigators' registry. The settings come first, one line each with its heading in
+/// `--help` (several mitigators share one: unlearning, fine-tuning); then one line per
+/// mitigator gives its kind (`--defense` name), the settings it reads, what it checks before
+/// spending time, and how it is built. `MitigatorKind`, `MitigatorConfigs` and the lookups
+/// between them are generated from it.
+macro_rules! mitigators {
+    (
+        settings { $($field:ident: $config:ty, $heading:tt;)* }
+        kinds { $($(#[$doc:meta])* $kind:ident reads [$($reads:ident),+], checks |$v:ident| $validate:expr, builds |$c:ident| $build:expr;)* }
+    ) => {
+        /// Mitigators, for `drmguard mitigate --defense`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum MitigatorKind {
+            $($(#[$doc])* $kind,)*
+        }
 
-/// The settings of every mitigator (flattened into `drmguard mitigate`'s options); `build` is the
-/// registry from name to mitigator.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
-pub struct MitigatorConfigs {
-    #[command(flatten, next_help_heading = "DRMGuard (--defense drmguard)")]
-    pub drmguard: DrmGuardConfig,
-    #[command(flatten, next_help_heading = "Unlearning (--defense drmguard, nc)")]
-    pub unlearn: UnlearnConfig,
-    #[command(flatten, next_help_heading = "Fine-tuning (--defense ft, fp)")]
-    pub ft: FineTuningConfig,
-    #[command(flatten, next_help_heading = "Fine-pruning (--defense fp)")]
-    pub fp: FinePruningConfig,
-    #[command(flatten, next_help_heading = "ANP (--defense anp)")]
-    pub anp: AnpConfig,
-    #[command(flatten, next_help_heading = "Neural Cleanse (--defense nc)")]
-    pub nc: NeuralCleanseConfig,
-}
+        impl MitigatorKind {
+            /// Every mitigator, in the registry's order.
+            pub const ALL: &[MitigatorKind] = &[$(MitigatorKind::$kind),*];
+        }
 
-impl MitigatorConfigs {
-    /// Refuses the settings mitigator `kind` reads where no run could use them, so that a bad
-    /// value stops a run before its reverse engineering or pruning spends time.
-    pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
-        match kind {
-            MitigatorKind::Drmguard => self.unlearn.validate(),
-            MitigatorKind::Nc => {
-                self.nc.validate()?;
-                self.unlearn.validate()
+        /// The settings of every mitigator (flattened into `drmguard mitigate`'s options).
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        pub struct MitigatorConfigs {
+            $(
+                #[command(flatten, next_help_heading = $heading)]
+                #[serde(default)]
+                pub $field: $config,
+            )*
+        }
+
+        impl MitigatorConfigs {
+            /// Refuses the settings mitigator `kind` reads where no run could use them, so that a
+            /// bad value stops a run before its reverse engineering or pruning spends time.
+            pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
+                match kind {
+                    $(MitigatorKind::$kind => {
+                        let $v = self;
+                        $validate
+                    })*
+                }
             }
-            MitigatorKind::Anp => self.anp.validate(),
-            MitigatorKind::Ft | MitigatorKind::Fp => Ok(()),
-        }
-    }
 
-    pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
-        match kind {
-            MitigatorKind::Drmguard => Box::new(DrmGuardRepair { drmguard: self.drmguard.clone(), unlearn: self.unlearn.clone() }),
-            MitigatorKind::Ft => Box::new(FineTuning { config: self.ft.clone() }),
-            MitigatorKind::Fp => Box::new(FinePruning { config: self.fp.clone(), fine_tuning: self.ft.clone() }),
-            MitigatorKind::Anp => Box::new(Anp { config: self.anp.clone() }),
-            MitigatorKind::Nc => Box::new(NcUnlearning { nc: self.nc.clone(), unlearn: self.unlearn.clone() }),
-        }
-    }
+            /// The mitigator `kind`, with its settings.
+            pub fn build(&self, kind: MitigatorKind) -> Box<dyn Mitigator> {
+                match kind {
+                    $(MitigatorKind::$kind => {
+                        let $c = self;
+                        Box::new($build)
+                    })*
+                }
+            }
 
-    /// The settings mitigator `kind` reads, and only those (e.g. for cache keys).
-    pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
-        match kind {
-            MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
-            MitigatorKind::Ft => serde_json::json!(self.ft),
-            MitigatorKind::Fp => serde_json::json!([self.fp, self.ft]),
-            MitigatorKind::Anp => serde_json::json!(self.anp),
-            MitigatorKind::Nc => serde_json::json!([self.nc, self.unlearn]),
+            /// The settings mitigator `kind` reads, and only those (e.g. for cache keys): the
+            /// one config, or the list of them in the registry's order.
+            pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
+                match kind {
+                    $(MitigatorKind::$kind => {
+                        let mut read = vec![$(serde_json::json!(self.$reads)),+];
+                        if read.len() == 1 { read.remove(0) } else { serde_json::Value::Array(read) }
+                    })*
+                }
+            }
         }
+    };
+}
+
+mitigators! {
+    settings {
+        drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)";
+        unlearn: UnlearnConfig, "Unlearning (--defense drmguard, nc, agnostic)";
+        ft: FineTuningConfig, "Fine-tuning (--defense ft, fp)";
+        fp: FinePruningConfig, "Fine-pruning (--defense fp)";
+        anp: AnpConfig, "ANP (--defense anp)";
+        nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)";
+        agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)";
+    }
+    kinds {
+        /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
+        /// true labels).
+        Drmguard reads [drmguard, unlearn], checks |c| c.unlearn.validate(),
+            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), unlearn: c.unlearn.clone() };
+        /// Fine-tuning on the clean set (the reference).
+        Ft reads [ft], checks |_c| Ok(()), builds |c| FineTuning { config: c.ft.clone() };
+        /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
+        Fp reads [fp, ft], checks |_c| Ok(()), builds |c| FinePruning { config: c.fp.clone(), fine_tuning: c.ft.clone() };
+        /// Adversarial neuron pruning over every BatchNorm channel.
+        Anp reads [anp], checks |c| c.anp.validate(), builds |c| Anp { config: c.anp.clone() };
+        /// Neural Cleanse unlearning with its reversed trigger.
+        Nc reads [nc, unlearn], checks |c| c.nc.validate().and_then(|()| c.unlearn.validate()),
+            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), unlearn: c.unlearn.clone() };
+        /// Unlearning the input-agnostic reversal's trigger: the search of `scan --defense
+        /// agnostic` (against the reference models), then Neural Cleanse's unlearning.
+        Agnostic reads [agnostic, unlearn], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()),
+            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), unlearn: c.unlearn.clone() };
     }
 }
 

@@ -1,12 +1,37 @@
-//! A mask-and-pattern trigger, x' = (1 − m) ⊙ x + m ⊙ p, with m (one channel) and p (RGB) kept in
-//! [0, 1] by NC's `tanh(·) / (2 − ε) + 0.5` parameterisation; and a free target vector. Shared by
-//! the defenses that reverse-engineer patch triggers (Neural Cleanse, ABS).
+//! Reversed triggers: what every trigger a defense reverse-engineers can do ([`ReversedTrigger`]),
+//! and the mask-and-pattern one, x' = (1 − m) ⊙ x + m ⊙ p, with m (one channel) and p (RGB) kept
+//! in [0, 1] by NC's `tanh(·) / (2 − ε) + 0.5` parameterisation; and a free target vector. The
+//! mask and pattern are shared by the defenses that reverse-engineer patch triggers (Neural
+//! Cleanse, ABS, the input-agnostic reversal).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
+use super::unlearn::NC_UNLEARN_RATIO;
 use super::values;
 use crate::error::Result;
+
+/// A reversed trigger: the edit a detector found that turns clean images into trigger-carrying
+/// ones (DRMGuard's generator, a mask and pattern). A scan's [`super::Finding`] carries it, so that
+/// a repair unlearns what the scan found instead of searching again.
+pub trait ReversedTrigger: std::fmt::Debug {
+    /// The edited images, for clean images `[n, 3, S, S]` on the defense's (non-autodiff) device.
+    fn apply(&self, x: Tensor<4>) -> Tensor<4>;
+
+    /// The share of the clean set that unlearning adds again, edited, unless the user chose one:
+    /// the recipe of the defense that reverses this kind of trigger.
+    fn unlearn_ratio(&self) -> f64;
+}
+
+impl ReversedTrigger for MaskTrigger {
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        self.stamp(x)
+    }
+
+    fn unlearn_ratio(&self) -> f64 {
+        NC_UNLEARN_RATIO
+    }
+}
 
 /// ε of NC's parameterisation: keeps tanh's argument finite at the ends of [0, 1].
 const EPSILON: f32 = 1e-7;
@@ -36,6 +61,11 @@ impl MaskTrigger {
             Param::from_tensor(((v.clone() + 1.0) / (v.neg() + 1.0)).log() * 0.5)
         };
         MaskTrigger { mask_raw: raw(1, side / cell.max(1)), pattern_raw: raw(3, side) }
+    }
+
+    /// Side in pixels of the mask's cells (1: per pixel).
+    pub fn cell(&self) -> usize {
+        self.pattern_raw.val().dims()[2] / self.mask_raw.val().dims()[2]
     }
 
     /// m in [0, 1], `[1, 1, S, S]`: each cell's value repeated over its pixels.

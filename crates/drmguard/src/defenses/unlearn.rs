@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{CleanSet, Suspect};
+use super::{CleanSet, Finding, Repair, Suspect};
 use crate::data::{Dataset, to_images};
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -104,6 +104,28 @@ pub fn unlearn(
     }
     let (model, epoch_losses) = fine_tune(&suspect.model, &set, &config.fine_tune_config(seed), device)?;
     Ok((model, UnlearnSummary { clean_images: clean.len(), reversed_images: picked.len(), epoch_losses }))
+}
+
+/// Repairs the suspect by unlearning the trigger a scan reversed (`finding.trigger`), without
+/// searching again: the repair of a scan that has just flagged the model. The record names the
+/// scan's detector, score and settings.
+pub fn repair_finding(finding: &Finding, suspect: &Suspect, clean: &CleanSet, config: &UnlearnConfig, device: &Device) -> Result<Repair> {
+    let d = &finding.detection;
+    let trigger = finding
+        .trigger
+        .as_ref()
+        .ok_or_else(|| Error::invalid("repair", format!("the {} scan reverses no trigger that unlearning could use", d.defense)))?;
+    let config = config.with_default_ratio(trigger.unlearn_ratio());
+    let (model, summary) = unlearn(suspect, clean, &|x| trigger.apply(x), &config, finding.seed, device)?;
+    let record = serde_json::json!({
+        "defense": d.defense,
+        "detection": { "backdoored": d.backdoored, "score": d.score, "threshold": d.threshold, "signals": d.signals },
+        "detector_config": finding.config,
+        "unlearn_config": config,
+        "unlearn": summary,
+        "seed": finding.seed,
+    });
+    Ok(Repair { model, record })
 }
 
 #[cfg(test)]

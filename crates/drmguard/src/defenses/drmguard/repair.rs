@@ -1,11 +1,12 @@
 //! DRMGuard's mitigation: unlearning the reversed trigger.
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use super::{DrmGuard, DrmGuardConfig, Reversal};
 use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
-use crate::defenses::{CleanSet, Detection, Mitigator, Repair, Suspect};
+use crate::defenses::{CleanSet, Detection, Mitigator, Repair, ReversedTrigger, Suspect};
+use crate::models::generator::Generator;
 use crate::error::Result;
 
 /// DRMGuard's mitigation: reverse-engineer a trigger, then unlearn it (method.md §6).
@@ -48,5 +49,15 @@ impl Mitigator for DrmGuardRepair {
         let (detection, reversal) = DrmGuard::new(self.drmguard.clone()).detect_with_reversal(suspect, clean, seed, device)?;
         tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");
         self.repair(suspect, clean, &detection, &reversal, device)
+    }
+}
+
+impl ReversedTrigger for Generator {
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward(x)
+    }
+
+    fn unlearn_ratio(&self) -> f64 {
+        DRMGUARD_UNLEARN_RATIO
     }
 }

@@ -1,5 +1,6 @@
 //! A detection as a report: the summary rows, the reversed images and the attention map.
 
+use burn::module::Module;
 use burn::tensor::Device;
 
 use super::{Collapse, DrmGuard, Reversal};
@@ -97,6 +98,7 @@ impl DrmGuard {
             ),
             rows,
             figures,
+            trigger: Some(std::sync::Arc::new(reversal.generator.clone().to_device(device))),
         })
     }
 }

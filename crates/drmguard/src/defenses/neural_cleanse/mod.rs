@@ -93,6 +93,12 @@ pub struct NeuralCleanseConfig {
     #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
     #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub restarts: usize,
+    /// NC: where the restarts after the first start y_t: `spread`, at the clean label farthest
+    /// from the starts before it; `mean`, at the mean output again, from a fresh random mask,
+    /// pattern and batch order.
+    #[arg(id = "nc_restart_targets", long = "nc-restart-targets", value_enum, default_value_t = RestartTargets::Spread)]
+    #[serde(default, skip_serializing_if = "RestartTargets::is_spread")]
+    pub restart_targets: RestartTargets,
     /// NC: side in pixels of the mask's cells: the mask has one value per cell × cell block
     /// (the largest divisor of the image side up to this). Scattered pixels, the shape of a universal adversarial
     /// perturbation, then cost a whole cell each, while a patch or a blend costs what it did.
@@ -120,6 +126,7 @@ impl Default for NeuralCleanseConfig {
             neutral_weight: 0.0,
             smoothness: 0.0,
             restarts: 1,
+            restart_targets: RestartTargets::Spread,
             mask_cell: 1,
         }
     }
@@ -165,6 +172,30 @@ impl NeuralCleanseConfig {
     }
 }
 
+/// Where the search's restarts after the first start the free target y_t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartTargets {
+    /// At the clean label farthest from every start before it: the original's loop over labels,
+    /// for a target far from the mean output.
+    #[default]
+    Spread,
+    /// At the mean output, like the first: restarts differ only in their random mask, pattern
+    /// and batch order. Where the search lands depends on those more than on y_t's start
+    /// (docs/testbed.md: a BadNets patch found from some seeds, never from a far label).
+    Mean,
+}
+
+impl RestartTargets {
+    fn is_spread(&self) -> bool {
+        *self == RestartTargets::Spread
+    }
+
+    pub(crate) fn mean() -> Self {
+        RestartTargets::Mean
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NeuralCleanse {
     pub config: NeuralCleanseConfig,
@@ -189,6 +220,8 @@ impl NeuralCleanse {
         let c = &self.config;
         let details = serde_json::json!({
             "mask_share": r.mask_share,
+            // The cell the search used: the setting, or the largest divisor of the image side below it.
+            "mask_cell": r.trigger.cell(),
             "estimated_target": r.target,
             "estimated_target_deg": r.target.iter().map(|&v| suspect.task.to_unit(v)).collect::<Vec<_>>(),
             "succeeded": r.succeeded,
@@ -249,6 +282,7 @@ impl NeuralCleanse {
             rule: "score = share of the image the reversed mask covers; backdoored iff score < threshold".into(),
             rows,
             figures,
+            trigger: Some(std::sync::Arc::new(r.trigger.to_device(device))),
         })
     }
 }

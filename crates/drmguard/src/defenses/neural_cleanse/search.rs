@@ -8,7 +8,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::NeuralCleanse;
+use super::{NeuralCleanse, RestartTargets};
 use crate::defenses::references::{ReferenceConfig, References, frozen_on, reference_seed};
 use crate::defenses::trigger::{FreeTarget, MaskTrigger};
 use crate::defenses::{BatchCursor, CleanSet, Suspect, values};
@@ -142,7 +142,10 @@ impl NeuralCleanse {
     /// (frozen, on the autodiff device) add the neutrality term.
     fn search(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
-        let starts = spread_targets(initial_target, &clean.data().labels, c.restarts);
+        let starts = match c.restart_targets {
+            RestartTargets::Spread => spread_targets(initial_target, &clean.data().labels, c.restarts),
+            RestartTargets::Mean => vec![initial_target.to_vec(); c.restarts],
+        };
         let mut best: Option<NcReversal> = None;
         let mut restart_shares = Vec::with_capacity(c.restarts);
         for (restart, start) in starts.iter().enumerate() {
@@ -288,5 +291,29 @@ impl NeuralCleanse {
         let clean_set_success = share_within(task, &stamped, &target, c.tolerance_deg);
         tracing::info!(mask_share, succeeded, clean_set_success, "neural cleanse done");
         Ok(NcReversal { trigger, target, mask_share, succeeded, clean_set_success, history, steps: step, seconds_per_step, restart_shares: Vec::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_targets_start_at_the_first_then_at_the_farthest_labels() {
+        // Two outputs per label: (0, 0), (1, 0), (5, 5), (0.5, 0.5).
+        let labels = [0.0, 0.0, 1.0, 0.0, 5.0, 5.0, 0.5, 0.5];
+        let starts = spread_targets(&[0.0, 0.0], &labels, 3);
+        assert_eq!(starts, vec![vec![0.0, 0.0], vec![5.0, 5.0], vec![1.0, 0.0]]);
+        // Without labels, the further starts repeat the first.
+        assert_eq!(spread_targets(&[0.2, 0.1], &[], 2), vec![vec![0.2, 0.1]; 2]);
+    }
+
+    #[test]
+    fn restarts_run_on_distinct_seeds() {
+        let seeds: Vec<u64> = (0..4).map(|k| restart_seed(7, k)).collect();
+        assert_eq!(seeds[0], 7);
+        for (i, a) in seeds.iter().enumerate() {
+            assert!(seeds[i + 1..].iter().all(|b| b != a));
+        }
     }
 }
