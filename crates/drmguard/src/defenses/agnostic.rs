@@ -64,8 +64,9 @@ pub struct AgnosticConfig {
     /// Agnostic: searches from independent starts; the smallest successful mask is kept.
     #[arg(id = "agnostic_restarts", long = "agnostic-restarts", default_value_t = DEFAULT_RESTARTS)]
     pub restarts: usize,
-    /// Agnostic: where the restarts after the first start y_t (`mean`: at the mean output, from
-    /// fresh random masks; `spread`: at the clean labels farthest from the starts before).
+    /// Agnostic: where each start after the first puts y_t (`mean`: at the mean output, with a
+    /// fresh random mask and pattern; `spread`: at the clean label farthest from the starts
+    /// before).
     #[arg(id = "agnostic_restart_targets", long = "agnostic-restart-targets", value_enum, default_value_t = RestartTargets::Mean)]
     // Configs written before the option ran one start, where the two agree.
     #[serde(default = "RestartTargets::mean")]

@@ -87,14 +87,12 @@ pub struct NeuralCleanseConfig {
     #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero_f64")]
     pub smoothness: f64,
     /// NC: searches from independent random starts; the smallest successful mask is kept. The
-    /// first starts y_t at the mean output; each further one at the clean label farthest from
-    /// the starts before it, so that a target far from the mean is searched for too (the
-    /// original's loop over labels).
+    /// first starts y_t at the mean output, the others where `--nc-restart-targets` says.
     #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
     #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub restarts: usize,
-    /// NC: where the restarts after the first start y_t: `spread`, at the clean label farthest
-    /// from the starts before it; `mean`, at the mean output again, from a fresh random mask,
+    /// NC: where each start after the first puts y_t: `spread`, at the clean label farthest
+    /// from the starts before it; `mean`, at the mean output again, with a fresh random mask,
     /// pattern and batch order.
     #[arg(id = "nc_restart_targets", long = "nc-restart-targets", value_enum, default_value_t = RestartTargets::Spread)]
     #[serde(default, skip_serializing_if = "RestartTargets::is_spread")]
@@ -172,7 +170,7 @@ impl NeuralCleanseConfig {
     }
 }
 
-/// Where the search's restarts after the first start the free target y_t.
+/// Where each of the search's starts after the first puts the free target y_t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartTargets {
