@@ -1,7 +1,7 @@
 //! drmguard: find and remove backdoors in deep regression models.
 //!
 //! The modules form layers, each using only those below it (ARCHITECTURE.md, checked by
-//! `tests/architecture.rs`): [`error`]; [`task`], [`io`], [`device`], [`progress`]; [`metrics`]
+//! `tests/architecture.rs`): [`error`]; [`task`], [`io`], [`device`], [`progress`], [`parallel`]; [`metrics`]
 //! and [`data`] (built-in synthetic tasks and users' image folders); [`figures`]; [`models`]
 //! (regressors split as f = H ∘ F, their inference, the generators); [`train`]; [`attacks`] and
 //! [`defenses`] side by side (a defense sees a suspect and a clean set only); [`model_file`]
@@ -19,6 +19,7 @@ pub mod io;
 pub mod metrics;
 pub mod model_file;
 pub mod models;
+pub mod parallel;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("io", 1),
     ("device", 1),
     ("progress", 1),
+    ("parallel", 1),
     ("metrics", 2),
     ("data", 2),
     ("figures", 3),

@@ -1,8 +1,6 @@
 //! The runner: each model of the grid trained (or read from the cache), scanned and repaired, jobs at a time.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -18,6 +16,7 @@ use crate::io::{read_json, short_hash, write_json};
 use crate::metrics::constant_predictor_error;
 use crate::model_file::ModelCard;
 use crate::models::Model;
+use crate::parallel::map_in_pools;
 use crate::task::Task;
 use crate::pipeline::TrainJob;
 use super::*;
@@ -166,36 +165,7 @@ impl Bench {
     /// two cores behave like two one-thread processes: the small profile's convolutions are too
     /// small to keep two threads busy, so one job at a time would leave much of the machine idle.
     fn run_units(&self, units: &[Unit], bar: &ProgressBar, device: &Device) -> Result<Vec<UnitOutcome>> {
-        let jobs = self.jobs.min(units.len()).max(1);
-        if jobs == 1 {
-            return units.iter().map(|u| self.run_unit(u, bar, device)).collect();
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pools = (0..jobs)
-            .map(|_| rayon::ThreadPoolBuilder::new().num_threads((cores / jobs).max(1)).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Threads(e.to_string()))?;
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let slots: Vec<Mutex<Option<Result<UnitOutcome>>>> = units.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for pool in &pools {
-                let (next, failed, slots) = (&next, &failed, &slots);
-                scope.spawn(move || {
-                    while !failed.load(Ordering::SeqCst) {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(unit) = units.get(i) else { break };
-                        let outcome = pool.install(|| self.run_unit(unit, bar, device));
-                        if outcome.is_err() {
-                            failed.store(true, Ordering::SeqCst);
-                        }
-                        *slots[i].lock().expect("no job panics holding a slot") = Some(outcome);
-                    }
-                });
-            }
-        });
-        // The first error in the units' order; units never started after it are simply absent.
-        slots.into_iter().filter_map(|slot| slot.into_inner().expect("no job panics holding a slot")).collect()
+        map_in_pools(units.len(), self.jobs, |i| self.run_unit(&units[i], bar, device))
     }
 
     /// One model: trained (or read from the cache), then scanned by every detector and, if it is

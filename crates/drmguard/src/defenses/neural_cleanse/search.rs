@@ -15,6 +15,7 @@ use crate::defenses::{BatchCursor, CleanSet, Suspect, values};
 use crate::error::{Error, Result};
 use crate::metrics::{mean_error_to, share_within};
 use crate::models::{Model, Regressor, init_seeded};
+use crate::parallel::{map_in_pools, workers_for};
 use crate::progress::progress_bar;
 
 /// One epoch of the optimisation.
@@ -146,10 +147,13 @@ impl NeuralCleanse {
             RestartTargets::Spread => spread_targets(initial_target, &clean.data().labels, c.restarts),
             RestartTargets::Mean => vec![initial_target.to_vec(); c.restarts],
         };
+        // The starts are independent: side by side where the pool has two threads or more.
+        let found = map_in_pools(starts.len(), workers_for(starts.len()), |restart| {
+            self.optimise(suspect, clean, &starts[restart], restart_seed(seed, restart as u64), references, device)
+        })?;
         let mut best: Option<NcReversal> = None;
         let mut restart_shares = Vec::with_capacity(c.restarts);
-        for (restart, start) in starts.iter().enumerate() {
-            let found = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references, device)?;
+        for found in found {
             restart_shares.push(if found.succeeded { found.mask_share } else { 1.0 });
             let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
             if best.as_ref().is_none_or(|b| rank(&found) < rank(b)) {
