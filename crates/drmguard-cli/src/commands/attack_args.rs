@@ -2,14 +2,7 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
-use drmguard::attacks::adaptive::AdaptiveConfig;
-use drmguard::attacks::badnets::BadNetsConfig;
-use drmguard::attacks::blended::BlendedConfig;
-use drmguard::attacks::clean_label::CleanLabelConfig;
-use drmguard::attacks::input_aware::InputAwareConfig;
-use drmguard::attacks::issba::IssbaConfig;
-use drmguard::attacks::wanet::WanetConfig;
-use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
+use drmguard::attacks::{AttackConfigs, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::task::Task;
 
 #[derive(Args)]
@@ -28,19 +21,7 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = DEFAULT_POISON_RATE, allow_negative_numbers = true)]
     pub poison_rate: f64,
     #[command(flatten)]
-    pub badnets: BadNetsConfig,
-    #[command(flatten)]
-    pub blended: BlendedConfig,
-    #[command(flatten)]
-    pub wanet: WanetConfig,
-    #[command(flatten)]
-    pub clean_label: CleanLabelConfig,
-    #[command(flatten)]
-    pub input_aware: InputAwareConfig,
-    #[command(flatten)]
-    pub issba: IssbaConfig,
-    #[command(flatten)]
-    pub adaptive: AdaptiveConfig,
+    pub configs: AttackConfigs,
 }
 
 impl AttackArgs {
@@ -52,16 +33,7 @@ impl AttackArgs {
             }
             return Ok(None);
         };
-        let attack = match name.as_str() {
-            "badnets" => AttackKind::Badnets(self.badnets.clone()),
-            "blended" => AttackKind::Blended(self.blended.clone()),
-            "wanet" => AttackKind::Wanet(self.wanet.clone()),
-            "ia" => AttackKind::InputAware(self.input_aware.clone()),
-            "clean-label" => AttackKind::CleanLabel(self.clean_label.clone()),
-            "issba" => AttackKind::Issba(self.issba.clone()),
-            "adaptive" => AttackKind::Adaptive(AdaptiveConfig { wanet: self.wanet.clone(), ..self.adaptive.clone() }),
-            other => bail!("--attack: unknown attack '{other}' (expected one of: {})", AttackKind::NAMES.join(", ")),
-        };
+        let attack = self.configs.kind(name).map_err(|e| anyhow::anyhow!("--attack: {e}"))?;
         let spec = BackdoorSpec {
             attack,
             target: self.target.clone().unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),

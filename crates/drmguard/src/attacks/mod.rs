@@ -4,7 +4,8 @@
 //! attacker's target vector, the poisoned share of the training set and, for attacks that have
 //! them, the "cross" (noise) samples that keep their true labels. Poisoned training images are
 //! relabelled to the target. Each attack lives in its own file with its config and documented
-//! defaults; adding one is a new file plus one line in [`AttackKind`].
+//! defaults; adding one is a new file plus one line in the registry (`attacks!` in
+//! `registry.rs`), which generates [`AttackKind`] and [`AttackConfigs`].
 
 pub mod adaptive;
 pub mod badnets;
@@ -12,8 +13,11 @@ pub mod blended;
 pub mod clean_label;
 pub mod input_aware;
 pub mod issba;
+mod registry;
 pub mod stamp;
 pub mod wanet;
+
+pub use registry::{AttackConfigs, AttackKind};
 
 use std::collections::HashSet;
 
@@ -71,94 +75,6 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
         _poisoned: usize,
     ) -> Option<Tensor<1>> {
         None
-    }
-}
-
-/// The attacks drmguard implements, each with its own configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "kebab-case")]
-pub enum AttackKind {
-    Badnets(badnets::BadNetsConfig),
-    Blended(blended::BlendedConfig),
-    Wanet(wanet::WanetConfig),
-    CleanLabel(clean_label::CleanLabelConfig),
-    Adaptive(adaptive::AdaptiveConfig),
-    Issba(issba::IssbaConfig),
-    #[serde(rename = "ia")]
-    InputAware(input_aware::InputAwareConfig),
-}
-
-impl AttackKind {
-    pub const NAMES: &'static [&'static str] = &["badnets", "blended", "wanet", "ia", "clean-label", "issba", "adaptive"];
-
-    /// Every attack with its default configuration.
-    pub fn defaults() -> Vec<AttackKind> {
-        vec![
-            AttackKind::Badnets(Default::default()),
-            AttackKind::Blended(Default::default()),
-            AttackKind::Wanet(Default::default()),
-            AttackKind::InputAware(Default::default()),
-            AttackKind::CleanLabel(Default::default()),
-            AttackKind::Issba(Default::default()),
-            AttackKind::Adaptive(Default::default()),
-        ]
-    }
-
-    /// The attack called `name` with its default configuration.
-    pub fn by_name(name: &str) -> Result<AttackKind> {
-        Self::defaults().into_iter().find(|a| a.name() == name).ok_or_else(|| Self::unknown(name))
-    }
-
-    /// Where `name` stands in [`AttackKind::NAMES`]: a number that stays with the attack
-    /// whichever attacks a run picks.
-    pub fn position(name: &str) -> Result<usize> {
-        Self::NAMES.iter().position(|n| *n == name).ok_or_else(|| Self::unknown(name))
-    }
-
-    fn unknown(name: &str) -> Error {
-        Error::UnknownName { what: "attack", name: name.into(), expected: Self::NAMES.join(", ") }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            AttackKind::Badnets(_) => "badnets",
-            AttackKind::Blended(_) => "blended",
-            AttackKind::Wanet(_) => "wanet",
-            AttackKind::CleanLabel(_) => "clean-label",
-            AttackKind::Adaptive(_) => "adaptive",
-            AttackKind::Issba(_) => "issba",
-            AttackKind::InputAware(_) => "ia",
-        }
-    }
-
-    /// The trigger for `image_size`×`image_size` images of `task`; random parts are drawn from
-    /// `seed` (ISSBA trains its encoder on the task's built-in images, or reuses it from the cache).
-    pub fn build(&self, task: Task, image_size: u32, seed: u64) -> Result<Box<dyn Attack>> {
-        Ok(match self {
-            AttackKind::Badnets(c) => Box::new(c.build(image_size)?),
-            AttackKind::Blended(c) => Box::new(c.build(image_size, seed)?),
-            AttackKind::Wanet(c) => Box::new(c.build(image_size, seed)?),
-            AttackKind::CleanLabel(c) => Box::new(c.build(image_size)?),
-            AttackKind::Adaptive(c) => Box::new(c.build(image_size, seed)?),
-            AttackKind::Issba(c) => Box::new(c.build(task, image_size, seed)?),
-            AttackKind::InputAware(c) => Box::new(c.build(task, image_size, seed)?),
-        })
-    }
-
-    /// Checks the settings that need no data, so that bad options fail before any training.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            AttackKind::CleanLabel(c) => c.validate(),
-            AttackKind::Issba(c) => c.validate(),
-            AttackKind::Adaptive(c) => c.validate(),
-            AttackKind::InputAware(c) => c.validate(),
-            AttackKind::Badnets(_) | AttackKind::Blended(_) | AttackKind::Wanet(_) => Ok(()),
-        }
-    }
-
-    /// Whether poisoning the training set needs a benign surrogate model (Clean-Label's PGD).
-    pub fn needs_surrogate(&self) -> bool {
-        matches!(self, AttackKind::CleanLabel(_))
     }
 }
 

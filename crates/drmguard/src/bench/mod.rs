@@ -25,7 +25,9 @@ use summaries::*;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attacks::AttackKind;
     use crate::defenses::{DetectorKind, MitigatorKind};
+    use crate::task::Task;
 
     #[test]
     fn a_run_that_repairs_nothing_summarises_no_repairs() {
@@ -68,6 +70,27 @@ mod tests {
         let pinned = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         assert_eq!(detectors, pinned(&[("drmguard", "c07851c4b5c5fecd"), ("nc", "6e194b55888895e2"), ("featurere", "6336f2edc3f12e20"), ("abs", "a606d73d554d209c"), ("noise", "cc03a8408df06433"), ("agnostic", "87ca5257372e3256")]));
         assert_eq!(mitigators, pinned(&[("drmguard", "19ab93129b0938e2"), ("ft", "2327d72182d37a5e"), ("fp", "0ef0288a9cfd549d"), ("anp", "ebd313277cd24e75"), ("nc", "a310ef0e853ea2ce")]));
+    }
+
+    #[test]
+    fn the_test_beds_models_keep_their_cache_keys() {
+        // Model 0 of each class, as the runner builds its training job: retraining the test bed
+        // takes hours, so an attack's serialised form must not move.
+        let c = BenchConfig::new(BenchProfile::Small);
+        let key = |task: Task, attack: Option<&str>| {
+            let class = attack.map_or(0, |a| 1 + AttackKind::position(a).unwrap()) as u64;
+            let seed = c.seed + 1000 * class;
+            let backdoor = attack.map(|name| {
+                let (attack, poison_rate) = c.profile.attack(name, task).unwrap();
+                crate::attacks::BackdoorSpec { attack, target: crate::attacks::BackdoorSpec::default_target(task, seed), poison_rate, seed }
+            });
+            crate::pipeline::TrainJob::builtin(c.profile.train_config(task, seed), backdoor).key()
+        };
+        let keys: Vec<String> = [(Task::Gaze, None), (Task::Gaze, Some("badnets")), (Task::HeadPose, Some("blended")), (Task::Gaze, Some("wanet"))]
+            .into_iter()
+            .map(|(task, attack)| key(task, attack))
+            .collect();
+        assert_eq!(keys, ["03d7df9d90005bac", "7d2ada0b3f429441", "754b9e3fa52f45de", "b9f94d077cc5401e"]);
     }
 
     #[test]
