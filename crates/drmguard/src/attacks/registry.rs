@@ -166,6 +166,18 @@ mod tests {
         assert_eq!(json["name"], "clean-label");
     }
 
+    /// Defaults are written in clap's attributes and in `Default`: both must give one attack.
+    #[test]
+    fn no_flags_parse_to_every_attacks_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Options {
+            #[command(flatten)]
+            configs: AttackConfigs,
+        }
+        assert_eq!(Options::parse_from(["train"]).configs, AttackConfigs::default());
+    }
+
     #[test]
     fn the_adaptive_attack_reads_the_wanet_options() {
         let mut options = AttackConfigs::default();
