@@ -323,4 +323,3 @@ pub trait Mitigator {
     fn name(&self) -> &'static str;
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair>;
 }
-
