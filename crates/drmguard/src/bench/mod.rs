@@ -25,7 +25,6 @@ use summaries::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attacks::AttackKind;
     use crate::defenses::{DetectorKind, MitigatorKind};
     use crate::task::Task;
 
@@ -77,15 +76,7 @@ mod tests {
         // Model 0 of each class, as the runner builds its training job: retraining the test bed
         // takes hours, so an attack's serialised form must not move.
         let c = BenchConfig::new(BenchProfile::Small);
-        let key = |task: Task, attack: Option<&str>| {
-            let class = attack.map_or(0, |a| 1 + AttackKind::position(a).unwrap()) as u64;
-            let seed = c.seed + 1000 * class;
-            let backdoor = attack.map(|name| {
-                let (attack, poison_rate) = c.profile.attack(name, task).unwrap();
-                crate::attacks::BackdoorSpec { attack, target: crate::attacks::BackdoorSpec::default_target(task, seed), poison_rate, seed }
-            });
-            crate::pipeline::TrainJob::builtin(c.profile.train_config(task, seed), backdoor).key()
-        };
+        let key = |task: Task, attack: Option<&str>| c.train_job(task, attack, c.model_seed(attack, 0).unwrap()).unwrap().key();
         let keys: Vec<String> = [(Task::Gaze, None), (Task::Gaze, Some("badnets")), (Task::HeadPose, Some("blended")), (Task::Gaze, Some("wanet"))]
             .into_iter()
             .map(|(task, attack)| key(task, attack))

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::attacks::{AttackKind, DEFAULT_POISON_RATE};
+use crate::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use crate::defenses::{DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind};
 use crate::error::{Error, Result};
+use crate::pipeline::TrainJob;
 use crate::task::Task;
 use crate::train::{Profile, TrainConfig};
 
@@ -269,6 +270,29 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
+    /// The seed of model `index` of a class (`None`: benign): `seed + 1000·c + index`, where c
+    /// is the attack's place in [`AttackKind::NAMES`] plus one, so that every model has its
+    /// own data, initialisation, trigger and target whichever attacks a run picks.
+    pub fn model_seed(&self, attack: Option<&str>, index: usize) -> Result<u64> {
+        let class = match attack {
+            Some(name) => 1 + AttackKind::position(name)?,
+            None => 0,
+        };
+        Ok(self.seed + 1000 * class as u64 + index as u64)
+    }
+
+    /// The training job of the model of `task` and class `attack` (`None`: benign) with `seed`.
+    pub fn train_job(&self, task: Task, attack: Option<&str>, seed: u64) -> Result<TrainJob> {
+        let backdoor = match attack {
+            Some(name) => {
+                let (attack, poison_rate) = self.profile.attack(name, task)?;
+                Some(BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed })
+            }
+            None => None,
+        };
+        Ok(TrainJob::builtin(self.profile.train_config(task, seed), backdoor))
+    }
+
     /// Every task, attack, detector and mitigator, with the profile's sizes.
     pub fn new(profile: BenchProfile) -> Self {
         BenchConfig {

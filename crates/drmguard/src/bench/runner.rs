@@ -7,7 +7,6 @@ use burn::tensor::Device;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::attacks::{AttackKind, BackdoorSpec};
 use crate::data::Split;
 use crate::defenses::drmguard::{DrmGuard, DrmGuardRepair, Reversal};
 use crate::defenses::{CleanSet, Detection, DetectorKind, MitigatorKind, Suspect};
@@ -18,7 +17,6 @@ use crate::model_file::ModelCard;
 use crate::models::Model;
 use crate::parallel::map_in_pools;
 use crate::task::Task;
-use crate::pipeline::TrainJob;
 use super::*;
 
 /// The result cached at `path`, if there is a readable one.
@@ -99,12 +97,9 @@ impl Bench {
         for index in 0..c.models_per_class.max(c.benign_per_class) {
             for &task in &c.tasks {
                 for attack in &classes {
-                    let (class, count) = match attack {
-                        Some(name) => (1 + AttackKind::position(name)?, c.models_per_class),
-                        None => (0, c.benign_per_class),
-                    };
+                    let count = if attack.is_some() { c.models_per_class } else { c.benign_per_class };
                     if index < count {
-                        units.push(Unit { task, attack: *attack, index, seed: c.seed + 1000 * class as u64 + index as u64 });
+                        units.push(Unit { task, attack: *attack, index, seed: c.model_seed(*attack, index)? });
                     }
                 }
             }
@@ -218,15 +213,7 @@ impl Bench {
     /// `only_cached` or `trained_only` run).
     fn train(&self, task: Task, attack: Option<&str>, seed: u64, index: usize, device: &Device) -> Result<Option<Trained>> {
         let c = &self.config;
-        let config = c.profile.train_config(task, seed);
-        let backdoor = match attack {
-            Some(name) => {
-                let (attack, poison_rate) = c.profile.attack(name, task)?;
-                Some(BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed })
-            }
-            None => None,
-        };
-        let job = TrainJob::builtin(config, backdoor);
+        let job = c.train_job(task, attack, seed)?;
         let class = attack.unwrap_or("benign");
         let (dir, name) = (self.cache.join("models"), format!("bench-{task}-{class}"));
         let found = if self.only_cached || self.trained_only { job.find_cached(&dir, &name, device) } else { Some(job.run_cached(&dir, &name, device)?) };
