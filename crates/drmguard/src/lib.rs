@@ -23,6 +23,7 @@ pub mod parallel;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod settings;
 pub mod task;
 pub mod train;
 

@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// models trained by drmguard on built-in data can be scanned (each gets a fresh sample).
     #[arg(id = "bench_data", long = "data", requires = "zoo")]
     data: Option<PathBuf>,
+    /// One detector setting changed from the profile's, as DETECTOR.FIELD=VALUE with the field
+    /// named as in config.json (e.g. `agnostic.restart_targets=exclude`); repeatable. Scans are
+    /// cached by their settings, so a changed setting rescans.
+    #[arg(long = "set", value_name = "DETECTOR.FIELD=VALUE")]
+    set: Vec<String>,
     /// Output folder for results.json, results.md, config.json and the plots (created if missing).
     #[arg(long, default_value = "drmguard-bench")]
     out: PathBuf,
@@ -123,6 +128,9 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     config.benign_per_class = a.benign_per_class.unwrap_or(config.benign_per_class);
     config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
     config.seed = a.seed;
+    for assignment in &a.set {
+        config.detector_configs.set(assignment).context("--set")?;
+    }
     config.validate()?;
     let jobs = a.jobs.unwrap_or_else(|| default_jobs(a.profile, device_kind));
     if jobs == 0 {
@@ -150,7 +158,10 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
 /// `bench --zoo`: every detector on every model of a manifest.
 fn run_zoo(a: &BenchArgs, manifest: &std::path::Path, device: &drmguard::burn::tensor::Device) -> Result<()> {
     let entries = read_manifest(manifest).with_context(|| format!("--zoo {}", manifest.display()))?;
-    let defaults = BenchConfig::new(a.profile);
+    let mut defaults = BenchConfig::new(a.profile);
+    for assignment in &a.set {
+        defaults.detector_configs.set(assignment).context("--set")?;
+    }
     let config = ZooConfig {
         manifest: manifest.to_path_buf(),
         detectors: list(&a.detectors, defaults.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?,

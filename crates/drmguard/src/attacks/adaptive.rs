@@ -31,7 +31,7 @@ pub struct AdaptiveConfig {
 
 impl Default for AdaptiveConfig {
     fn default() -> Self {
-        AdaptiveConfig { wanet: WanetConfig::default(), lambda: 0.02 }
+        crate::settings::defaults()
     }
 }
 

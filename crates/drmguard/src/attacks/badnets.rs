@@ -23,7 +23,7 @@ pub struct BadNetsConfig {
 
 impl Default for BadNetsConfig {
     fn default() -> Self {
-        BadNetsConfig { patch_fraction: 0.125, corner: "bottom-right".into() }
+        crate::settings::defaults()
     }
 }
 

@@ -20,7 +20,7 @@ pub struct BlendedConfig {
 
 impl Default for BlendedConfig {
     fn default() -> Self {
-        BlendedConfig { alpha: 0.2 }
+        crate::settings::defaults()
     }
 }
 

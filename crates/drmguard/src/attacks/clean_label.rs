@@ -86,15 +86,7 @@ impl PgdAim {
 
 impl Default for CleanLabelConfig {
     fn default() -> Self {
-        CleanLabelConfig {
-            radius_deg: 10.0,
-            pgd_epsilon: 16.0 / 255.0,
-            pgd_steps: 10,
-            patch_fraction: 0.125,
-            robust_epochs: 3,
-            robust_epsilon: None,
-            aim: PgdAim::Away,
-        }
+        crate::settings::defaults()
     }
 }
 

@@ -74,17 +74,7 @@ pub struct InputAwareConfig {
 
 impl Default for InputAwareConfig {
     fn default() -> Self {
-        InputAwareConfig {
-            width: 8,
-            mask_epochs: 10,
-            epochs: 10,
-            images: 2048,
-            lambda_div: 1.0,
-            lambda_norm: 100.0,
-            mask_density: 0.032,
-            cross_ratio: 1.0,
-            lr: 1e-2,
-        }
+        crate::settings::defaults()
     }
 }
 

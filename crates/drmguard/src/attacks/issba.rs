@@ -53,7 +53,7 @@ pub struct IssbaConfig {
 
 impl Default for IssbaConfig {
     fn default() -> Self {
-        IssbaConfig { bits: 16, amplitude: 0.04, beta: 1.0, steps: 400, images: 1024 }
+        crate::settings::defaults()
     }
 }
 

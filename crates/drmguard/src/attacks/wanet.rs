@@ -43,7 +43,7 @@ pub struct WanetConfig {
 
 impl Default for WanetConfig {
     fn default() -> Self {
-        WanetConfig { k: 4, s: 0.5, cross_ratio: 0.0, grid_rescale: 1.0 }
+        crate::settings::defaults()
     }
 }
 

@@ -63,18 +63,7 @@ pub struct AbsConfig {
 
 impl Default for AbsConfig {
     fn default() -> Self {
-        AbsConfig {
-            seed_images: 50,
-            samples: 5,
-            samp_k: 8.0,
-            top_neurons: 10,
-            max_trigger: 0.016,
-            steps: 200,
-            lr: 0.1,
-            remask_weight: 500.0,
-            tolerance_deg: 5.0,
-            threshold: 0.9,
-        }
+        crate::settings::defaults()
     }
 }
 

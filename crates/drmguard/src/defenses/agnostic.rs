@@ -98,7 +98,7 @@ pub struct AgnosticConfig {
 
 impl Default for AgnosticConfig {
     fn default() -> Self {
-        AgnosticConfig { steps: 600, references: 2, neutral_weight: 1.0, smoothness: 20.0, restarts: DEFAULT_RESTARTS, restart_targets: RestartTargets::Mean, threshold: 0.03, calibrate: true, ratio: DEFAULT_RATIO, mask_cell: DEFAULT_MASK_CELL }
+        crate::settings::defaults()
     }
 }
 

@@ -54,17 +54,7 @@ pub struct AnpConfig {
 
 impl Default for AnpConfig {
     fn default() -> Self {
-        AnpConfig {
-            eps: 0.4,
-            noise_steps: 1,
-            alpha: 0.2,
-            lr: 0.2,
-            steps: 300,
-            batch_size: 64,
-            pruning_max: 0.9,
-            pruning_step: 0.05,
-            max_error_rise: 0.1,
-        }
+        crate::settings::defaults()
     }
 }
 

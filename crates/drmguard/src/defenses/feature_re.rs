@@ -79,22 +79,7 @@ pub struct FeatureReConfig {
 
 impl Default for FeatureReConfig {
     fn default() -> Self {
-        FeatureReConfig {
-            warmup_steps: 100,
-            steps: 400,
-            epoch_steps: 10,
-            batch_size: 50,
-            width: 16,
-            lr: 1e-3,
-            mask_lr: 0.1,
-            target_lr: 0.01,
-            p_loss_bound: 0.01,
-            std_bound: 1.0,
-            mask_size: 0.03,
-            success: 0.9,
-            tolerance_deg: 5.0,
-            threshold: -0.75,
-        }
+        crate::settings::defaults()
     }
 }
 

@@ -34,7 +34,7 @@ pub struct FinePruningConfig {
 
 impl Default for FinePruningConfig {
     fn default() -> Self {
-        FinePruningConfig { step: 0.01, max_error_rise: 0.1 }
+        crate::settings::defaults()
     }
 }
 

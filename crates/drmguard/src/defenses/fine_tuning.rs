@@ -26,7 +26,7 @@ pub struct FineTuningConfig {
 
 impl Default for FineTuningConfig {
     fn default() -> Self {
-        FineTuningConfig { epochs: 20, learning_rate: 1e-4, batch_size: 50 }
+        crate::settings::defaults()
     }
 }
 

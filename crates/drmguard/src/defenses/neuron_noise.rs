@@ -50,7 +50,7 @@ pub struct NeuronNoiseConfig {
 
 impl Default for NeuronNoiseConfig {
     fn default() -> Self {
-        NeuronNoiseConfig { eps: 0.1, steps: 60, batch_size: 64, threshold: 0.3, references: 0 }
+        crate::settings::defaults()
     }
 }
 

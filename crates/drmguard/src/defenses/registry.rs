@@ -7,7 +7,7 @@ use super::{
     Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
     FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The detectors' registry: one line per detector gives its kind (`--defense` name), its
 /// config's field in [`DetectorConfigs`] and type, the heading of its options in `--help`, and
@@ -175,6 +175,41 @@ mitigators! {
     }
 }
 
+impl DetectorConfigs {
+    /// Applies `DETECTOR.FIELD=VALUE` (e.g. `agnostic.restart_targets=exclude`): the field as
+    /// `config.json` names it (hyphens read as underscores), the value as JSON (a number, a
+    /// boolean) or else as a string. The bench's way to run a profile with one setting changed;
+    /// the result is checked by each detector's own validation when it runs.
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let bad = |why: String| Error::invalid("detector setting", format!("'{assignment}': {why}"));
+        let (path, value) = assignment.split_once('=').ok_or_else(|| bad("expected DETECTOR.FIELD=VALUE".into()))?;
+        let (detector, field) = path.trim().split_once('.').ok_or_else(|| bad("expected DETECTOR.FIELD=VALUE".into()))?;
+        let (detector, field) = (detector.replace('-', "_"), field.replace('-', "_"));
+        let mut all = serde_json::to_value(&*self).map_err(|e| Error::Numerical(e.to_string()))?;
+        let names: Vec<String> = all.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let config = all.get_mut(&detector).and_then(|c| c.as_object_mut()).ok_or_else(|| bad(format!("no detector '{detector}' (one of: {})", names.join(", "))))?;
+        if !config.contains_key(&field) && !Self::knows(&all, &detector, &field) {
+            let config = &all[&detector];
+            let fields: Vec<&str> = config.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+            return Err(bad(format!("'{detector}' has no setting '{field}' (its settings include: {})", fields.join(", "))));
+        }
+        let value = value.trim();
+        let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        all[&detector][&field] = parsed;
+        *self = serde_json::from_value(all).map_err(|e| bad(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether the config of `detector` has the setting `field`, which its JSON `all` leaves out
+    /// at its default: a value of no setting's type (an object) fails to parse there, where an
+    /// unknown field is ignored.
+    fn knows(all: &serde_json::Value, detector: &str, field: &str) -> bool {
+        let mut probe = all.clone();
+        probe[detector][field] = serde_json::json!({ "": [] });
+        serde_json::from_value::<DetectorConfigs>(probe).is_err()
+    }
+}
+
 macro_rules! kebab_display {
     ($($t:ty),*) => {$(
         impl std::fmt::Display for $t {
@@ -205,8 +240,28 @@ mod tests {
         configs: MitigatorConfigs,
     }
 
-    /// Every default is written twice, in clap's attributes and in `Default`: the command line
-    /// and the library (the bench, the demo) must read the same settings.
+    #[test]
+    fn settings_change_one_field_by_name_and_refuse_unknown_ones() {
+        use crate::defenses::neural_cleanse::RestartTargets;
+        let mut c = DetectorConfigs::default();
+        c.set("agnostic.restart-targets=exclude").unwrap();
+        c.set("agnostic.steps=50").unwrap();
+        // A field left out of the JSON at its default (NC's smoothness 0).
+        c.set("nc.smoothness=2.5").unwrap();
+        assert_eq!(c.agnostic.restart_targets, RestartTargets::Exclude);
+        assert_eq!(c.agnostic.steps, 50);
+        assert_eq!(c.nc.smoothness, 2.5);
+        assert_eq!(c.drmguard, DetectorConfigs::default().drmguard);
+        for bad in ["agnostic.steps", "steps=3", "nothing.steps=3", "agnostic.no_such_field=1", "agnostic.steps=many"] {
+            let before = c.clone();
+            assert!(c.set(bad).is_err(), "{bad}");
+            assert_eq!(c, before, "{bad} changed the settings");
+        }
+    }
+
+    /// The command line and the library (the bench, the demo) read the same settings: `Default`
+    /// comes from the `#[arg]` attributes (`settings::defaults`), also under the nesting that
+    /// `scan` and `mitigate` flatten the configs into.
     #[test]
     fn no_flags_parse_to_every_configs_default() {
         assert_eq!(Detectors::parse_from(["scan"]).configs, DetectorConfigs::default());

@@ -68,9 +68,14 @@ impl MaskTrigger {
         self.pattern_raw.val().dims()[2] / self.mask_raw.val().dims()[2]
     }
 
+    /// m in [0, 1] per cell, `[1, 1, S / c, S / c]`.
+    pub fn cell_mask(&self) -> Tensor<4> {
+        squash(self.mask_raw.val())
+    }
+
     /// m in [0, 1], `[1, 1, S, S]`: each cell's value repeated over its pixels.
     pub fn mask(&self) -> Tensor<4> {
-        let m = squash(self.mask_raw.val());
+        let m = self.cell_mask();
         let [_, _, r, _] = m.dims();
         let side = self.pattern_raw.val().dims()[2];
         let cell = side / r;

@@ -34,7 +34,7 @@ pub struct UnlearnConfig {
 
 impl Default for UnlearnConfig {
     fn default() -> Self {
-        UnlearnConfig { reversed_ratio: None, epochs: 20, learning_rate: 1e-4, batch_size: 50 }
+        crate::settings::defaults()
     }
 }
 

@@ -205,32 +205,7 @@ pub enum GeneratorOutput {
 
 impl Default for DrmGuardConfig {
     fn default() -> Self {
-        DrmGuardConfig {
-            generator: GeneratorKind::Unet,
-            output: GeneratorOutput::Residual,
-            residual_scale: 1.0,
-            warmup_steps: 0,
-            generator_width: 8,
-            generator_coordinates: None,
-            lambda1: None,
-            lambda2: None,
-            feature_reg: FeatureReg::Raw,
-            mtr: Mtr::Gradient,
-            mtr_beta: 0.9,
-            mtr_gamma: 100.0,
-            steps: 200,
-            extra_steps: 400,
-            batch_size: 32,
-            lr: None,
-            epsilon: 0.03,
-            collapse: Collapse::Error,
-            max_error_ratio: None,
-            max_spread_ratio: None,
-            restarts: 1,
-            references: 0,
-            contrast_weight: DEFAULT_CONTRAST_WEIGHT,
-            contrast_floor: DEFAULT_CONTRAST_FLOOR,
-        }
+        crate::settings::defaults()
     }
 }
 

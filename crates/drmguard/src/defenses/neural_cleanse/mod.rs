@@ -93,7 +93,8 @@ pub struct NeuralCleanseConfig {
     pub restarts: usize,
     /// NC: where each start after the first puts y_t: `spread`, at the clean label farthest
     /// from the starts before it; `mean`, at the mean output again, with a fresh random mask,
-    /// pattern and batch order.
+    /// pattern and batch order; `exclude`, as `mean` with the cells of the earlier starts' masks
+    /// closed to it.
     #[arg(id = "nc_restart_targets", long = "nc-restart-targets", value_enum, default_value_t = RestartTargets::Spread)]
     #[serde(default, skip_serializing_if = "RestartTargets::is_spread")]
     pub restart_targets: RestartTargets,
@@ -108,25 +109,7 @@ pub struct NeuralCleanseConfig {
 
 impl Default for NeuralCleanseConfig {
     fn default() -> Self {
-        NeuralCleanseConfig {
-            steps: 600,
-            epoch_steps: 10,
-            batch_size: 32,
-            lr: 0.1,
-            target_lr: 0.01,
-            init_cost: 1e-3,
-            patience: 5,
-            cost_multiplier: 2.0,
-            tolerance_deg: 5.0,
-            success: 0.9,
-            threshold: 0.025,
-            references: 0,
-            neutral_weight: 0.0,
-            smoothness: 0.0,
-            restarts: 1,
-            restart_targets: RestartTargets::Spread,
-            mask_cell: 1,
-        }
+        crate::settings::defaults()
     }
 }
 
@@ -182,6 +165,11 @@ pub enum RestartTargets {
     /// and batch order. Where the search lands depends on those more than on y_t's start
     /// (docs/testbed.md: a BadNets patch found from some seeds, never from a far label).
     Mean,
+    /// At the mean output, with the cells that every earlier start's successful mask covers
+    /// closed to it: a start that settled on an edit every model of the task reads (a gaze
+    /// model's eyes) sends the next one elsewhere, where a trigger would be. The starts then run
+    /// one after the other.
+    Exclude,
 }
 
 impl RestartTargets {

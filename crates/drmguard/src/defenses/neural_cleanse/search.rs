@@ -75,6 +75,27 @@ fn spread_targets(first: &[f32], labels: &[f32], count: usize) -> Vec<Vec<f32>> 
     starts
 }
 
+/// A cell counts as covered by a mask, and is closed to the later starts of an `exclude` search,
+/// from this share of the mask's largest value: the body of a compact edit, not its faint halo.
+const COVERED_FROM: f32 = 0.25;
+
+/// Weight of the mask on closed cells (degrees per unit of the mean mask value over them): far
+/// above what a fit gains there, so that a start pays more for a closed cell than for any open
+/// one.
+const CLOSED_WEIGHT: f64 = 100.0;
+
+/// `closed` (one flag per mask cell, 1 = closed) with the cells that `mask` covers added.
+fn close_covered(closed: Option<Vec<f32>>, mask: &[f32]) -> Vec<f32> {
+    let peak = mask.iter().copied().fold(0.0f32, f32::max);
+    let mut closed = closed.unwrap_or_else(|| vec![0.0; mask.len()]);
+    for (c, &m) in closed.iter_mut().zip(mask) {
+        if peak > 0.0 && m >= COVERED_FROM * peak {
+            *c = 1.0;
+        }
+    }
+    closed
+}
+
 /// The seed of restart `k`: restart 0 keeps the scan's seed.
 fn restart_seed(seed: u64, k: u64) -> u64 {
     seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -145,12 +166,26 @@ impl NeuralCleanse {
         let c = &self.config;
         let starts = match c.restart_targets {
             RestartTargets::Spread => spread_targets(initial_target, &clean.data().labels, c.restarts),
-            RestartTargets::Mean => vec![initial_target.to_vec(); c.restarts],
+            RestartTargets::Mean | RestartTargets::Exclude => vec![initial_target.to_vec(); c.restarts],
         };
-        // The starts are independent: side by side where the pool has two threads or more.
-        let found = map_in_pools(starts.len(), workers_for(starts.len()), |restart| {
-            self.optimise(suspect, clean, &starts[restart], restart_seed(seed, restart as u64), references, device)
-        })?;
+        let found = if c.restart_targets == RestartTargets::Exclude {
+            // Each start depends on the masks before it: one after the other.
+            let mut found = Vec::with_capacity(starts.len());
+            let mut closed: Option<Vec<f32>> = None;
+            for (restart, start) in starts.iter().enumerate() {
+                let r = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references, closed.as_deref(), device)?;
+                if r.succeeded {
+                    closed = Some(close_covered(closed, &values(r.trigger.cell_mask())?));
+                }
+                found.push(r);
+            }
+            found
+        } else {
+            // The starts are independent: side by side where the pool has two threads or more.
+            map_in_pools(starts.len(), workers_for(starts.len()), |restart| {
+                self.optimise(suspect, clean, &starts[restart], restart_seed(seed, restart as u64), references, None, device)
+            })?
+        };
         let mut best: Option<NcReversal> = None;
         let mut restart_shares = Vec::with_capacity(c.restarts);
         for found in found {
@@ -171,8 +206,10 @@ impl NeuralCleanse {
     }
 
     /// The optimisation itself, on checked settings and data; `references` (frozen, on the
-    /// autodiff device) add the neutrality term.
-    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, device: &Device) -> Result<NcReversal> {
+    /// autodiff device) add the neutrality term, and `closed` (one flag per mask cell) the cost
+    /// of the cells an earlier start covered.
+    #[allow(clippy::too_many_arguments)]
+    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, closed: Option<&[f32]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
         let task = suspect.task;
         let ad = device.clone().autodiff();
@@ -183,6 +220,11 @@ impl NeuralCleanse {
         let cell = (1..=c.mask_cell).rev().find(|k| side % k == 0).unwrap_or(1);
         let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, cell, &ad));
         let mut target = FreeTarget::new(initial_target, &ad);
+        let closed = closed.filter(|flags| flags.iter().any(|&f| f > 0.0)).map(|flags| {
+            let cells = side / cell;
+            let count = flags.iter().filter(|&&f| f > 0.0).count() as f64;
+            (Tensor::<1>::from_floats(flags, &ad).reshape([1, 1, cells, cells]), count)
+        });
         let adam = || AdamConfig::new().with_beta_1(0.5).with_beta_2(0.9);
         let (mut optim, mut target_optim) = (adam().init(), adam().init());
         let mut batches = BatchCursor::new(clean.len(), c.batch_size, seed ^ 0x6e63_5f62_6174_6368);
@@ -213,6 +255,9 @@ impl NeuralCleanse {
                 let mut loss = fit + trigger.mask_share() * (cost * (side * side) as f64 / 3.0);
                 if c.smoothness > 0.0 {
                     loss = loss + trigger.mask_variation() * c.smoothness;
+                }
+                if let Some((flags, count)) = &closed {
+                    loss = loss + (trigger.cell_mask() * flags.clone()).sum() * (CLOSED_WEIGHT / count);
                 }
                 if let Some(references) = references {
                     let shift = reference_shift(references, x, stamped) * task.units_per_label();
@@ -310,6 +355,15 @@ mod tests {
         assert_eq!(starts, vec![vec![0.0, 0.0], vec![5.0, 5.0], vec![1.0, 0.0]]);
         // Without labels, the further starts repeat the first.
         assert_eq!(spread_targets(&[0.2, 0.1], &[], 2), vec![vec![0.2, 0.1]; 2]);
+    }
+
+    #[test]
+    fn covered_cells_close_from_a_quarter_of_the_peak_and_accumulate() {
+        let closed = close_covered(None, &[0.0, 0.1, 0.3, 1.0]);
+        assert_eq!(closed, vec![0.0, 0.0, 1.0, 1.0]);
+        // A later mask adds its own cells; an empty one closes nothing.
+        assert_eq!(close_covered(Some(closed.clone()), &[0.5, 0.0, 0.0, 0.0]), vec![1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(close_covered(Some(closed.clone()), &[0.0; 4]), closed);
     }
 
     #[test]
