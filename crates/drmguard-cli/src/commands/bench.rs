@@ -183,11 +183,14 @@ fn run_zoo(a: &BenchArgs, manifest: &std::path::Path, device: &drmguard::burn::t
         "zoo scan done in {:.0} s: {} scans of {} models; wrote results.json and results.md to {}",
         results.elapsed_s,
         results.scans.len(),
-        entries.len() - results.failures.len(),
+        results.scans.iter().map(|s| &s.model).collect::<std::collections::BTreeSet<_>>().len(),
         a.out.display()
     );
     for f in &results.failures {
-        out!("not scanned: {}: {}", f.model, f.error);
+        match f.detector {
+            Some(detector) => out!("not scanned by {detector}: {}: {}", f.model, f.error),
+            None => out!("not scanned: {}: {}", f.model, f.error),
+        }
     }
     Ok(())
 }

@@ -115,6 +115,10 @@ pub struct ZooScan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ZooFailure {
     pub model: String,
+    /// The detector that failed on the model; none when the model itself could not be loaded
+    /// (every detector is then missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<DetectorKind>,
     pub error: String,
 }
 
@@ -151,10 +155,20 @@ impl ZooConfig {
         let (mut scans, mut failures) = (Vec::new(), Vec::new());
         for entry in entries {
             match self.scan_model(entry, cache, device) {
-                Ok(found) => scans.extend(found),
+                Ok(found) => {
+                    for (kind, scan) in found {
+                        match scan {
+                            Ok(scan) => scans.push(scan),
+                            Err(e) => {
+                                tracing::warn!(model = entry.model, %kind, "zoo: cannot scan ({e})");
+                                failures.push(ZooFailure { model: entry.model.clone(), detector: Some(kind), error: e.to_string() });
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(model = entry.model, "zoo: cannot scan ({e})");
-                    failures.push(ZooFailure { model: entry.model.clone(), error: e.to_string() });
+                    failures.push(ZooFailure { model: entry.model.clone(), detector: None, error: e.to_string() });
                 }
             }
         }
@@ -162,7 +176,11 @@ impl ZooConfig {
         Ok(ZooResults { config: self.clone(), drmguard_version: env!("CARGO_PKG_VERSION").into(), scans, failures, summary, elapsed_s: started.elapsed().as_secs_f64() })
     }
 
-    fn scan_model(&self, entry: &ZooEntry, cache: &Path, device: &Device) -> Result<Vec<ZooScan>> {
+    /// The model's scan by each detector; the outer error is the model's own (it does not load,
+    /// no clean set fits it), the inner ones each detector's (e.g. neuron noise on a model
+    /// without BatchNorm layers), which leave the other detectors' scans standing.
+    #[allow(clippy::type_complexity)]
+    fn scan_model(&self, entry: &ZooEntry, cache: &Path, device: &Device) -> Result<Vec<(DetectorKind, Result<ZooScan>)>> {
         let (model, card) = model_file::load(&entry.card, device)?;
         let suspect = card.suspect(model);
         let clean = match &self.clean {
@@ -188,9 +206,9 @@ impl ZooConfig {
                     elapsed_s: d.elapsed_s,
                     signals: d.signals,
                 })
-            })?;
+            });
             // The manifest, not the cache, says what the model is.
-            out.push(ZooScan { model: entry.model.clone(), backdoored: entry.backdoored, attack: entry.attack.clone(), ..scan });
+            out.push((kind, scan.map(|scan| ZooScan { model: entry.model.clone(), backdoored: entry.backdoored, attack: entry.attack.clone(), ..scan })));
         }
         Ok(out)
     }
@@ -239,7 +257,7 @@ fn summarise(detectors: &[DetectorKind], scans: &[ZooScan]) -> Vec<ZooSummary> {
 /// `results.md` of a zoo run.
 pub fn markdown(r: &ZooResults) -> String {
     let mut md = format!(
-        "# drmguard zoo scan\n\nManifest `{}`: {} scans of {} models, {} could not be scanned; drmguard {}; {:.0} s this run (cached scans are free).\n",
+        "# drmguard zoo scan\n\nManifest `{}`: {} scans of {} models, {} scans failed; drmguard {}; {:.0} s this run (cached scans are free).\n",
         r.config.manifest.display(),
         r.scans.len(),
         r.scans.iter().map(|s| &s.model).collect::<std::collections::BTreeSet<_>>().len(),
@@ -279,9 +297,10 @@ pub fn markdown(r: &ZooResults) -> String {
         ));
     }
     if !r.failures.is_empty() {
-        md.push_str("\n## Not scanned\n\n| model | error |\n|---|---|\n");
+        md.push_str("\n## Not scanned\n\n| model | detector | error |\n|---|---|---|\n");
         for f in &r.failures {
-            md.push_str(&format!("| {} | {} |\n", f.model, f.error.replace('|', "\\|")));
+            let detector = f.detector.map_or("every one".to_string(), |d| d.to_string());
+            md.push_str(&format!("| {} | {detector} | {} |\n", f.model, f.error.replace('|', "\\|")));
         }
     }
     md
