@@ -59,6 +59,10 @@ pub fn load(dir: &Path, image_size: u32, expected_outputs: Option<&[&str]>) -> R
         if name.is_empty() {
             return Err(csv_err(line, "empty file name".into()));
         }
+        // A hostile labels.csv must not make drmguard read files outside its folder.
+        if !Path::new(&name).components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+            return Err(csv_err(line, format!("'{name}' is not a path inside the folder")));
+        }
         if !seen.insert(name.clone()) {
             return Err(csv_err(line, format!("'{name}' is listed twice")));
         }
