@@ -66,7 +66,8 @@ pub struct AgnosticConfig {
     pub restarts: usize,
     /// Agnostic: where each start after the first puts y_t (`mean`: at the mean output, with a
     /// fresh random mask and pattern; `spread`: at the clean label farthest from the starts
-    /// before).
+    /// before; `exclude`: as `mean`, with the cells the earlier starts' masks covered closed to
+    /// it, which on the test bed's head-pose models did not widen the margin, docs/testbed.md).
     #[arg(id = "agnostic_restart_targets", long = "agnostic-restart-targets", value_enum, default_value_t = RestartTargets::Mean)]
     // Configs written before the option ran one start, where the two agree.
     #[serde(default = "RestartTargets::mean")]
