@@ -22,10 +22,11 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::neural_cleanse::{NeuralCleanse, NeuralCleanseConfig, RestartTargets};
-use super::references::{ReferenceConfig, References, reference_seed};
+use super::references::{ReferenceConfig, References, heldout_part, reference_seed};
 use super::{CleanSet, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
 use crate::io::{cache_entry_lock, read_json, short_hash, write_json};
+use crate::models::inference::evaluate;
 
 /// Side of the mask's cells in pixels: 4 × 4 blocks, so that a 64×64 mask has 16 × 16 values.
 /// On the test bed's head-pose models the per-pixel search ended on scattered pixels along the
@@ -39,11 +40,25 @@ pub const DEFAULT_MASK_CELL: usize = 4;
 /// bed's BadNets models and settled over the eyes on the others (docs/testbed.md).
 pub const DEFAULT_RESTARTS: usize = 3;
 
-/// The calibrated verdict's ratio (the references' mask over the suspect's), fitted on the test
-/// bed's calibration half, gaze and head pose together: midway (in log) between its largest
-/// benign log ratio (0.93) and the next one up (1.05, a BadNets model), the threshold that
-/// classifies that half best (14 of 16 models, no benign one flagged).
-pub const DEFAULT_RATIO: f64 = 2.7;
+/// The calibrated verdict's ratio: the model is flagged when its mask is at least this many
+/// times smaller than a benign model of its quality would need (ln 1.5 ≈ 0.41). Fitted on the
+/// test bed's calibration half (docs/testbed.md): its largest quality-adjusted benign log ratio
+/// (+0.10) plus three times the benign models' residual standard deviation about the quality
+/// line (0.10).
+pub const DEFAULT_RATIO: f64 = 1.5;
+
+/// How much larger the references' masks come out per unit of ln(their error / the suspect's)
+/// beyond [`DEFAULT_QUALITY_KNEE`]: a weaker model needs a larger edit to collapse. The
+/// least-squares slope of the calibration half's benign log ratios against that log, gaze and head
+/// pose together (residual standard deviation 0.10); a zoo of PyTorch-trained models, scanned
+/// through ONNX with their own clean sets and references, fell on the same line.
+pub const DEFAULT_QUALITY_SLOPE: f64 = 1.25;
+
+/// The references' error over the suspect's below which their masks are taken as a benign
+/// model's of the suspect's quality: where the calibration half's line crosses zero (ln 3 ≈ 1.10;
+/// gaze references trained from 400 images reach about 3 × the suspects' error, head-pose ones
+/// 4–6 ×).
+pub const DEFAULT_QUALITY_KNEE: f64 = 3.0;
 
 /// Settings of the input-agnostic reversal; the search's own constants are Neural Cleanse's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -81,12 +96,25 @@ pub struct AgnosticConfig {
     /// (`--agnostic-ratio`) instead of on its share alone (`--agnostic-threshold`).
     #[arg(id = "agnostic_calibrate", long = "agnostic-calibrate", default_value_t = true, action = clap::ArgAction::Set)]
     pub calibrate: bool,
-    /// Agnostic, calibrated: flag the model when the references' masks are at least this many
-    /// times the suspect's (geometric mean). Fitted on the test bed's calibration half: its
-    /// benign models measured 0.8–2.5× (head pose the most: the references are weaker models
-    /// than the suspects), the backdoored ones up to 15× (docs/testbed.md).
+    /// Agnostic, calibrated: flag the model when its mask is at least this many times smaller
+    /// than the references' (geometric mean), once their masks are scaled to the suspect's
+    /// quality (`--agnostic-quality-slope`). Fitted on the test bed's calibration half
+    /// (docs/testbed.md).
     #[arg(id = "agnostic_ratio", long = "agnostic-ratio", default_value_t = DEFAULT_RATIO)]
     pub ratio: f64,
+    /// Agnostic, calibrated: how much the references' masks shrink, in log, per unit of ln(their
+    /// held-out error / the suspect's) beyond `--agnostic-quality-knee`, before they are compared
+    /// with the suspect's: references weaker than the suspect need larger masks. 0: compare the
+    /// masks as they are.
+    #[arg(id = "agnostic_quality_slope", long = "agnostic-quality-slope", default_value_t = DEFAULT_QUALITY_SLOPE)]
+    // Configs written before the option compared the masks as they were.
+    #[serde(default)]
+    pub quality_slope: f64,
+    /// Agnostic, calibrated: the references' error over the suspect's up to which no quality
+    /// correction applies.
+    #[arg(id = "agnostic_quality_knee", long = "agnostic-quality-knee", default_value_t = DEFAULT_QUALITY_KNEE)]
+    #[serde(default = "default_quality_knee")]
+    pub quality_knee: f64,
     /// Agnostic: side in pixels of the mask's cells (one mask value per cell × cell block; the
     /// largest divisor of the image side up to this). Scattered pixels, the shape of a
     /// universal adversarial perturbation that fools any well-trained model, cost a whole cell
@@ -128,11 +156,28 @@ impl AgnosticConfig {
         if !(self.ratio > 1.0 && self.ratio.is_finite()) {
             return Err(Error::invalid("input-agnostic reversal ratio", format!("{} (must be > 1)", self.ratio)));
         }
+        if !(self.quality_slope >= 0.0 && self.quality_slope.is_finite() && self.quality_knee >= 1.0 && self.quality_knee.is_finite()) {
+            return Err(Error::invalid(
+                "input-agnostic reversal quality slope / knee",
+                format!("{} / {} (slope ≥ 0, knee ≥ 1)", self.quality_slope, self.quality_knee),
+            ));
+        }
         if self.references == 0 {
             return Err(Error::invalid("input-agnostic reversal references", "0 (the search needs at least one reference model)"));
         }
         self.search().validate()
     }
+}
+
+fn default_quality_knee() -> f64 {
+    DEFAULT_QUALITY_KNEE
+}
+
+/// The log of the references' mask over the suspect's, less what the references' weaker
+/// quality alone accounts for: `slope · max(0, ln(reference error / suspect error) − ln knee)`.
+pub fn quality_adjusted(log_ratio: f64, reference_error: f64, suspect_error: f64, slope: f64, knee: f64) -> f64 {
+    let quality = (reference_error.max(1e-9) / suspect_error.max(1e-9)).ln();
+    log_ratio - slope * (quality - knee.ln()).max(0.0)
 }
 
 #[derive(Debug, Clone)]
@@ -196,16 +241,30 @@ impl Detector for Agnostic {
             let geometric = (theirs.iter().map(|v| v.max(1e-9).ln()).sum::<f64>() / theirs.len() as f64).exp();
             let own = mask_score.max(1e-9);
             let log_ratio = geometric.ln() - own.ln();
+            // Both errors on the held-out fifth of the clean set, where the references are measured.
+            let c = &self.config;
+            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
+            let reference_error = references.heldout_error_deg();
+            let batch = c.search().batch_size;
+            let suspect_error = evaluate(&suspect.model, suspect.task, &heldout_part(clean.data()), batch)?.mean_deg;
+            let score = quality_adjusted(log_ratio, reference_error, suspect_error, c.quality_slope, c.quality_knee);
             let signals = &mut finding.detection.signals;
             signals.insert("reference_mask_share".into(), geometric);
             signals.insert("log_ratio".into(), log_ratio);
-            signals.insert("score".into(), log_ratio);
+            signals.insert("reference_error_deg".into(), reference_error);
+            signals.insert("suspect_error_deg".into(), suspect_error);
+            signals.insert("quality_log_ratio".into(), (reference_error.max(1e-9) / suspect_error.max(1e-9)).ln());
+            signals.insert("score".into(), score);
             finding.rows.push((
                 format!("the same search on each of the {} references, against the others", theirs.len()),
                 format!(
                     "mask shares {} (geometric mean {geometric:.4}); log of theirs over the suspect's: {log_ratio:+.2} (positive: the suspect needs a smaller mask than benign models)",
                     theirs.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ")
                 ),
+            ));
+            finding.rows.push((
+                "held-out error of the references / of the suspect".into(),
+                format!("{reference_error:.2} / {suspect_error:.2} (the references' masks are scaled to the suspect's quality: score {score:+.2})"),
             ));
             let d = &mut finding.detection;
             if let Some(fields) = d.details.as_object_mut() {
@@ -216,7 +275,7 @@ impl Detector for Agnostic {
             // Its time includes the references' own scores, computed by the first scan of a task
             // and clean set and read from the cache afterwards.
             d.elapsed_s = started.elapsed().as_secs_f64();
-            let decided = super::Detection::decide("agnostic", log_ratio, self.config.ratio.ln(), false, d.elapsed_s, serde_json::Value::Null);
+            let decided = super::Detection::decide("agnostic", score, self.config.ratio.ln(), false, d.elapsed_s, serde_json::Value::Null);
             (d.score, d.threshold, d.margin, d.suspicion, d.backdoored) = (decided.score, decided.threshold, decided.margin, decided.suspicion, decided.backdoored);
         }
         finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
@@ -226,10 +285,30 @@ impl Detector for Agnostic {
             c.references, c.neutral_weight, c.smoothness
         );
         finding.rule = if c.calibrated() {
-            format!("score = ln(the references' mask share / the suspect's), each the share of the image covered by {search}; backdoored iff score ≥ ln {}", c.ratio)
+            format!(
+                "score = ln(the references' mask share / the suspect's) − {} · max(0, ln(the references' held-out error / the suspect's) − ln {}), each mask the share of the image covered by {search}; backdoored iff score ≥ ln {}",
+                c.quality_slope, c.quality_knee, c.ratio
+            )
         } else {
             format!("score = share of the image covered by {search}; backdoored iff score < threshold")
         };
         Ok(finding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quality_correction_starts_at_the_knee_and_grows_with_the_slope() {
+        // References up to 3 × the suspect's error: no correction.
+        assert_eq!(quality_adjusted(0.7, 9.0, 3.0, 1.25, 3.0), 0.7);
+        assert_eq!(quality_adjusted(0.7, 6.0, 3.0, 1.25, 3.0), 0.7);
+        // 6 × the suspect's error: 1.25 · ln 2 less.
+        let adjusted = quality_adjusted(0.7, 18.0, 3.0, 1.25, 3.0);
+        assert!((adjusted - (0.7 - 1.25 * 2f64.ln())).abs() < 1e-12);
+        // Slope 0: the plain log ratio.
+        assert_eq!(quality_adjusted(0.7, 18.0, 3.0, 0.0, 3.0), 0.7);
     }
 }

@@ -17,6 +17,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{CleanSet, Suspect, values};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::{cache_entry_lock, read_json, short_hash, write_json};
 use crate::metrics::{column_mean_var, constant_predictor_error};
@@ -116,7 +117,20 @@ fn is_heldout(i: usize) -> bool {
     i % 5 == 4
 }
 
+/// The held-out fifth of a clean set, on which the references are measured: where a suspect is
+/// measured to compare with them.
+pub fn heldout_part(data: &Dataset) -> Dataset {
+    let heldout: Vec<usize> = (0..data.len()).filter(|&i| is_heldout(i)).collect();
+    data.subset(&heldout)
+}
+
 impl References {
+    /// The geometric mean of the references' errors on the held-out fifth of the clean set.
+    pub fn heldout_error_deg(&self) -> f64 {
+        let logs: Vec<f64> = self.records.iter().map(|r| r.heldout_error_deg.max(1e-9).ln()).collect();
+        (logs.iter().sum::<f64>() / logs.len().max(1) as f64).exp()
+    }
+
     /// What the references of `suspect`'s task on `clean` are cached under (with their seed):
     /// the settings, the task, the image size and the clean set's content.
     pub fn cache_key(suspect: &Suspect, clean: &CleanSet, config: &ReferenceConfig) -> String {
