@@ -16,7 +16,10 @@
 //! With two references or more, the same search also scores each reference, against the others
 //! (once per task and clean set, cached): what a benign model of this task, image size and clean
 //! set costs. `log_ratio` is the log of their mask share over the suspect's (positive = the
-//! suspect needs less than benign models do).
+//! suspect needs less than benign models do). References trained from a few hundred clean images
+//! are weaker than the suspect and need larger masks for that alone; the score subtracts what
+//! their quality explains ([`quality_adjusted`]), so that one threshold holds whatever the
+//! references learned.
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
