@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor};
+use drmguard::defenses::agnostic::{DEFAULT_QUALITY_KNEE, DEFAULT_QUALITY_SLOPE, DEFAULT_RATIO, quality_adjusted};
 use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
 use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect, UnlearnConfig, repair_finding};
 use drmguard::models::Regressor;
@@ -144,8 +145,14 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     let d = &calibrated.detection;
     let (log_ratio, theirs) = (d.signals["log_ratio"], d.signals["reference_mask_share"]);
     assert!((log_ratio - (theirs.ln() - d.signals["mask_score"].max(1e-9).ln())).abs() < 1e-9, "{:?}", d.signals);
-    assert_eq!((d.score, d.threshold, d.signals["score"]), (log_ratio, 2.7f64.ln(), log_ratio));
-    assert_eq!(d.backdoored, log_ratio >= 2.7f64.ln());
+    // The score scales the references' masks to the suspect's quality, both errors measured on
+    // the clean set's held-out fifth.
+    let (theirs_error, own_error) = (d.signals["reference_error_deg"], d.signals["suspect_error_deg"]);
+    assert!(theirs_error > 0.0 && own_error > 0.0, "{:?}", d.signals);
+    assert!((d.signals["quality_log_ratio"] - (theirs_error / own_error).ln()).abs() < 1e-9);
+    let score = quality_adjusted(log_ratio, theirs_error, own_error, DEFAULT_QUALITY_SLOPE, DEFAULT_QUALITY_KNEE);
+    assert_eq!((d.score, d.threshold, d.signals["score"]), (score, DEFAULT_RATIO.ln(), score));
+    assert_eq!(d.backdoored, score >= DEFAULT_RATIO.ln());
     assert_eq!(d.details["reference_mask_shares"].as_array().map(Vec::len), Some(2));
     assert_eq!(d.details["restart_scores"].as_array().map(Vec::len), Some(3), "three starts by default: {}", d.details);
     let (cell, side) = (d.details["mask_cell"].as_u64().unwrap() as u32, suspect.image_size());
@@ -155,7 +162,9 @@ fn the_agnostic_reversal_measures_how_far_its_stamp_moves_the_references() {
     let unlearn = UnlearnConfig { epochs: 1, batch_size: 16, ..Default::default() };
     let repair = repair_finding(&calibrated, &suspect, &clean, &unlearn, &device).unwrap();
     assert_eq!((repair.record["defense"].as_str(), repair.record["unlearn_config"]["reversed_ratio"].as_f64()), (Some("agnostic"), Some(0.2)));
-    assert_eq!(repair.record["detection"]["score"], log_ratio);
+    assert_eq!(repair.record["detection"]["score"], score);
+    assert!(AgnosticConfig { quality_slope: -1.0, ..Default::default() }.validate().is_err());
+    assert!(AgnosticConfig { quality_knee: 0.5, ..Default::default() }.validate().is_err());
     assert!(AgnosticConfig { ratio: 1.0, ..Default::default() }.validate().is_err());
     let err = AgnosticConfig { references: 0, ..Default::default() }.validate().unwrap_err().to_string();
     assert!(err.contains("reference"), "{err}");
