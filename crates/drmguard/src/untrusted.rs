@@ -112,3 +112,11 @@ pub fn read(reader: Reader, bytes: &[u8]) -> Result<()> {
         }
     }
 }
+
+/// For the fuzz targets, once: every panic aborts, so that one a reader catches is still a crash.
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{info}");
+        std::process::abort();
+    }));
+}

@@ -179,8 +179,12 @@ fn default_quality_knee() -> f64 {
 /// The log of the references' mask over the suspect's, less what the references' weaker
 /// quality alone accounts for: `slope · max(0, ln(reference error / suspect error) − ln knee)`.
 pub fn quality_adjusted(log_ratio: f64, reference_error: f64, suspect_error: f64, slope: f64, knee: f64) -> f64 {
-    let quality = (reference_error.max(1e-9) / suspect_error.max(1e-9)).ln();
-    log_ratio - slope * (quality - knee.ln()).max(0.0)
+    log_ratio - slope * (quality_log_ratio(reference_error, suspect_error) - knee.ln()).max(0.0)
+}
+
+/// ln(reference error / suspect error): how much weaker the references are.
+pub fn quality_log_ratio(reference_error: f64, suspect_error: f64) -> f64 {
+    (reference_error.max(1e-9) / suspect_error.max(1e-9)).ln()
 }
 
 #[derive(Debug, Clone)]
@@ -196,12 +200,11 @@ struct ReferenceScore {
 }
 
 impl Agnostic {
-    /// Each reference's score: its best successful mask share (1 when none succeeded), with the
-    /// neutrality term against the other references. Cached beside the references.
-    pub fn reference_scores(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Vec<f64>> {
+    /// Each of `references`' score: its best successful mask share (1 when none succeeded), with
+    /// the neutrality term against the other references. Cached beside the references.
+    pub fn reference_scores(&self, references: &References, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Vec<f64>> {
         let c = &self.config;
         let reference_config = ReferenceConfig::new(c.references);
-        let references = References::get(suspect, clean, &reference_config, reference_seed(seed), device)?;
         let key = References::cache_key(suspect, clean, &reference_config);
         let nc = NeuralCleanse { config: c.search() };
         let mut scores = Vec::with_capacity(references.models.len());
@@ -240,13 +243,13 @@ impl Detector for Agnostic {
         let mask_score = finding.detection.score;
         finding.detection.signals.insert("mask_score".into(), mask_score);
         if self.config.calibrated() {
-            let theirs = self.reference_scores(suspect, clean, seed, device)?;
+            let c = &self.config;
+            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
+            let theirs = self.reference_scores(&references, suspect, clean, seed, device)?;
             let geometric = (theirs.iter().map(|v| v.max(1e-9).ln()).sum::<f64>() / theirs.len() as f64).exp();
             let own = mask_score.max(1e-9);
             let log_ratio = geometric.ln() - own.ln();
             // Both errors on the held-out fifth of the clean set, where the references are measured.
-            let c = &self.config;
-            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
             let reference_error = references.heldout_error_deg();
             let batch = c.search().batch_size;
             let suspect_error = evaluate(&suspect.model, suspect.task, &heldout_part(clean.data()), batch)?.mean_deg;
@@ -256,7 +259,7 @@ impl Detector for Agnostic {
             signals.insert("log_ratio".into(), log_ratio);
             signals.insert("reference_error_deg".into(), reference_error);
             signals.insert("suspect_error_deg".into(), suspect_error);
-            signals.insert("quality_log_ratio".into(), (reference_error.max(1e-9) / suspect_error.max(1e-9)).ln());
+            signals.insert("quality_log_ratio".into(), quality_log_ratio(reference_error, suspect_error));
             signals.insert("score".into(), score);
             finding.rows.push((
                 format!("the same search on each of the {} references, against the others", theirs.len()),
