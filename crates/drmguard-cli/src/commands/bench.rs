@@ -8,7 +8,7 @@ use drmguard::attacks::AttackKind;
 use drmguard::bench::report::write_results;
 use drmguard::bench::zoo::{self, ZooConfig, read_manifest};
 use drmguard::bench::{Bench, BenchConfig, BenchProfile};
-use drmguard::defenses::{DetectorKind, MitigatorKind};
+use drmguard::defenses::{DetectorConfigs, DetectorKind, MitigatorKind};
 use drmguard::device::DeviceKind;
 use drmguard::io::cache_root;
 use drmguard::io::{write_atomic, write_json};
@@ -104,6 +104,14 @@ fn value_enum<T: clap::ValueEnum>(name: &str) -> Result<T> {
     })
 }
 
+/// `--set DETECTOR.FIELD=VALUE`, in order.
+fn apply_settings(configs: &mut DetectorConfigs, assignments: &[String]) -> Result<()> {
+    for assignment in assignments {
+        configs.set(assignment).with_context(|| format!("--set {assignment}"))?;
+    }
+    Ok(())
+}
+
 fn default_jobs(profile: BenchProfile, device: DeviceKind) -> usize {
     if device != DeviceKind::Cpu || profile == BenchProfile::Paper {
         return 1;
@@ -128,9 +136,7 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     config.benign_per_class = a.benign_per_class.unwrap_or(config.benign_per_class);
     config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
     config.seed = a.seed;
-    for assignment in &a.set {
-        config.detector_configs.set(assignment).context("--set")?;
-    }
+    apply_settings(&mut config.detector_configs, &a.set)?;
     config.validate()?;
     let jobs = a.jobs.unwrap_or_else(|| default_jobs(a.profile, device_kind));
     if jobs == 0 {
@@ -159,9 +165,7 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
 fn run_zoo(a: &BenchArgs, manifest: &std::path::Path, device: &drmguard::burn::tensor::Device) -> Result<()> {
     let entries = read_manifest(manifest).with_context(|| format!("--zoo {}", manifest.display()))?;
     let mut defaults = BenchConfig::new(a.profile);
-    for assignment in &a.set {
-        defaults.detector_configs.set(assignment).context("--set")?;
-    }
+    apply_settings(&mut defaults.detector_configs, &a.set)?;
     let config = ZooConfig {
         manifest: manifest.to_path_buf(),
         detectors: list(&a.detectors, defaults.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?,

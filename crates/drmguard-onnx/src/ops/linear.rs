@@ -5,9 +5,8 @@ use crate::value::{self, Value, broadcast, map_tensor};
 use crate::{Error, Result};
 
 pub(super) fn gemm(n: &onnx_ir::node::gemm::GemmNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     let c = &n.config;
-    let a = x(&mut inputs)?.f2("Gemm A")?;
+    let a = input(&mut inputs, 0, "data")?.f2("Gemm A")?;
     let b = input(&mut inputs, 1, "Gemm B")?.f2("Gemm B")?;
     let a = if c.trans_a != 0 { a.transpose() } else { a };
     let b = if c.trans_b != 0 { b.transpose() } else { b };
@@ -20,8 +19,7 @@ pub(super) fn gemm(n: &onnx_ir::node::gemm::GemmNode, mut inputs: Vec<Option<Val
 }
 
 pub(super) fn linear(n: &onnx_ir::node::linear::LinearNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let data = x(&mut inputs)?.f2("Linear input")?;
+    let data = input(&mut inputs, 0, "data")?.f2("Linear input")?;
     let weight = input(&mut inputs, 1, "Linear weight")?.f2("Linear weight")?;
     let weight = if n.config.transpose_weight { weight.transpose() } else { weight };
     check_matmul(&data.dims(), &weight.dims())?;
@@ -33,8 +31,7 @@ pub(super) fn linear(n: &onnx_ir::node::linear::LinearNode, mut inputs: Vec<Opti
 }
 
 pub(super) fn matmul(_node: &onnx_ir::node::matmul::MatMulNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let a = x(&mut inputs)?;
+    let a = input(&mut inputs, 0, "data")?;
     let b = input(&mut inputs, 1, "second operand")?;
     let rank = a.rank().max(b.rank()).max(2);
     let (a, b) = (a.lift(rank)?, b.lift(rank)?);

@@ -8,15 +8,13 @@ use crate::value::{self, Value, map_tensor};
 use crate::{Error, Result};
 
 pub(super) fn shape(n: &onnx_ir::node::shape::ShapeNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let dims = x(&mut inputs)?.dims();
+    let dims = input(&mut inputs, 0, "data")?.dims();
     let (start, end) = (n.config.start.min(dims.len()), n.config.end.min(dims.len()));
     Ok(Value::Ints(dims[start..end.max(start)].iter().map(|&d| d as i64).collect()))
 }
 
 pub(super) fn gather(_node: &onnx_ir::node::gather::GatherNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let data = x(&mut inputs)?.ints("Gather's data")?;
+    let data = input(&mut inputs, 0, "data")?.ints("Gather's data")?;
     let indices = input(&mut inputs, 1, "indices")?.ints("Gather's indices")?;
     let n = data.len() as i64;
     let picked = indices
@@ -30,9 +28,8 @@ pub(super) fn gather(_node: &onnx_ir::node::gather::GatherNode, mut inputs: Vec<
 }
 
 pub(super) fn unsqueeze(n: &onnx_ir::node::unsqueeze::UnsqueezeNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     use onnx_ir::node::unsqueeze::UnsqueezeConfig;
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let axes = match &n.config {
         UnsqueezeConfig::Static(a) => a.clone(),
         UnsqueezeConfig::Runtime(_) => input(&mut inputs, 1, "axes")?.ints("Unsqueeze's axes")?,
@@ -54,8 +51,7 @@ pub(super) fn unsqueeze(n: &onnx_ir::node::unsqueeze::UnsqueezeNode, mut inputs:
 }
 
 pub(super) fn flatten(n: &onnx_ir::node::flatten::FlattenNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let dims = data.dims();
     let ax = n.config.axis.min(dims.len());
     let outer: usize = dims[..ax].iter().product();
@@ -64,9 +60,8 @@ pub(super) fn flatten(n: &onnx_ir::node::flatten::FlattenNode, mut inputs: Vec<O
 }
 
 pub(super) fn reshape(n: &onnx_ir::node::reshape::ReshapeNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     use onnx_ir::node::reshape::ReshapeInput;
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let shape = match &n.config.shape {
         ReshapeInput::Static(s) => s.clone(),
         ReshapeInput::Runtime(_) => input(&mut inputs, 1, "shape")?.ints("the target shape")?,
@@ -76,8 +71,7 @@ pub(super) fn reshape(n: &onnx_ir::node::reshape::ReshapeNode, mut inputs: Vec<O
 }
 
 pub(super) fn transpose(n: &onnx_ir::node::transpose::TransposeNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let rank = data.rank();
     let perm = n.config.perm.iter().map(|&a| axis(a, rank)).collect::<Result<Vec<_>>>()?;
     if perm.len() != rank {
@@ -121,9 +115,8 @@ pub(super) fn concat(n: &onnx_ir::node::concat::ConcatNode, inputs: Vec<Option<V
 }
 
 pub(super) fn reduce_mean(n: &onnx_ir::node::reduce::ReduceMeanNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     use onnx_ir::node::reduce::ReduceAxes;
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let rank = data.rank();
     let axes: Vec<usize> = match &n.config.axes {
         ReduceAxes::Static(a) if a.is_empty() && n.config.noop_with_empty_axes => vec![],

@@ -10,9 +10,8 @@ use crate::value::{self, Value, broadcast, map_tensor};
 use crate::{Error, Result};
 
 pub(super) fn conv(n: &onnx_ir::node::conv2d::Conv2dNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     let c = &n.config;
-    let data = x(&mut inputs)?.f4("Conv input")?;
+    let data = input(&mut inputs, 0, "data")?.f4("Conv input")?;
     let weight = input(&mut inputs, 1, "weight")?.f4("Conv weight")?;
     let bias = inputs.get_mut(2).and_then(Option::take).map(|b| b.f1("Conv bias")).transpose()?;
     let [_, cin, _, _] = data.dims();
@@ -26,7 +25,6 @@ pub(super) fn conv(n: &onnx_ir::node::conv2d::Conv2dNode, mut inputs: Vec<Option
 }
 
 pub(super) fn batch_norm(n: &onnx_ir::node::batch_norm::BatchNormalizationNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     use onnx_ir::node::batch_norm::BatchNormConfig;
     let eps = match &n.config {
         BatchNormConfig::Static(c) => c.epsilon,
@@ -35,7 +33,7 @@ pub(super) fn batch_norm(n: &onnx_ir::node::batch_norm::BatchNormalizationNode, 
     // onnx-ir 0.22 reads a missing epsilon as 0; ONNX's default is 1e-5 (an explicit 0,
     // which no exporter writes, gets the default too).
     let eps = if eps == 0.0 { 1e-5 } else { eps };
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     let rank = data.rank();
     let [scale, bias, mean, var] = [1, 2, 3, 4].map(|i| input(&mut inputs, i, "BatchNormalization statistics"));
     // Per-channel vectors on axis 1: [c] → [c, 1, …] to broadcast against [n, c, …].
@@ -53,9 +51,8 @@ pub(super) fn batch_norm(n: &onnx_ir::node::batch_norm::BatchNormalizationNode, 
 }
 
 pub(super) fn max_pool(n: &onnx_ir::node::max_pool2d::MaxPool2dNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     let c = &n.config;
-    let data = x(&mut inputs)?.f4("MaxPool input")?;
+    let data = input(&mut inputs, 0, "data")?.f4("MaxPool input")?;
     let options = MaxPoolOptions {
         kernel_size: c.kernel_size,
         stride: c.strides,
@@ -67,9 +64,8 @@ pub(super) fn max_pool(n: &onnx_ir::node::max_pool2d::MaxPool2dNode, mut inputs:
 }
 
 pub(super) fn average_pool(n: &onnx_ir::node::avg_pool2d::AveragePool2dNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     let c = &n.config;
-    let data = x(&mut inputs)?.f4("AveragePool input")?;
+    let data = input(&mut inputs, 0, "data")?.f4("AveragePool input")?;
     let options = AvgPoolOptions {
         kernel_size: c.kernel_size,
         stride: c.strides,
@@ -81,15 +77,13 @@ pub(super) fn average_pool(n: &onnx_ir::node::avg_pool2d::AveragePool2dNode, mut
 }
 
 pub(super) fn global_average_pool(_node: &onnx_ir::node::global_avg_pool::GlobalAveragePoolNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
-    let data = x(&mut inputs)?.f4("GlobalAveragePool input")?;
+    let data = input(&mut inputs, 0, "data")?.f4("GlobalAveragePool input")?;
     Ok(Value::F4(data.mean_dim(3).mean_dim(2)))
 }
 
 pub(super) fn pad(n: &onnx_ir::node::pad::PadNode, mut inputs: Vec<Option<Value>>) -> Result<Value> {
-    let x = |inputs: &mut Vec<Option<Value>>| input(inputs, 0, "data");
     use onnx_ir::node::pad::{ConstantValueInput, PadInput, PadMode as OnnxPad};
-    let data = x(&mut inputs)?;
+    let data = input(&mut inputs, 0, "data")?;
     if let Value::Ints(_) = data {
         return Err(Error::Unsupported("Pad of an integer tensor".into()));
     }
