@@ -126,6 +126,12 @@ pub struct AgnosticConfig {
     // Configs written before the option read as per-pixel searches, which they were.
     #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub mask_cell: usize,
+    /// Agnostic: starts seeded by windows, beside the random ones (`--nc-window-starts`): the
+    /// windows of a 7 × 7 grid where a pattern painted inside the window alone best collapses
+    /// the suspect and keeps the references each start a search of their own. 0: none.
+    #[arg(id = "agnostic_window_starts", long = "agnostic-window-starts", default_value_t = 0)]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
+    pub window_starts: usize,
 }
 
 impl Default for AgnosticConfig {
@@ -146,6 +152,7 @@ impl AgnosticConfig {
             restart_targets: self.restart_targets,
             threshold: self.threshold,
             mask_cell: self.mask_cell,
+            window_starts: self.window_starts,
             ..NeuralCleanseConfig::default()
         }
     }

@@ -36,8 +36,15 @@ impl ReversedTrigger for MaskTrigger {
 /// ε of NC's parameterisation: keeps tanh's argument finite at the ends of [0, 1].
 const EPSILON: f32 = 1e-7;
 
-fn squash<const D: usize>(raw: Tensor<D>) -> Tensor<D> {
+/// NC's map from the optimised values to [0, 1].
+pub(crate) fn squash<const D: usize>(raw: Tensor<D>) -> Tensor<D> {
     raw.tanh() / (2.0 - EPSILON) + 0.5
+}
+
+/// The inverse of [`squash`] on values in (0, 1): atanh((u − 0.5) · (2 − ε)).
+pub(crate) fn inverse_squash<const D: usize>(u: Tensor<D>) -> Tensor<D> {
+    let v = (u - 0.5) * (2.0 - EPSILON);
+    ((v.clone() + 1.0) / (v.neg() + 1.0)).log() * 0.5
 }
 
 #[derive(Module, Debug)]
@@ -56,11 +63,19 @@ impl MaskTrigger {
     pub fn random(side: usize, cell: usize, device: &Device) -> Self {
         let raw = |channels: usize, side: usize| {
             let u = Tensor::<4>::random([1, channels, side, side], Distribution::Uniform(0.0, 1.0), device);
-            // atanh((u − 0.5) · (2 − ε)), the inverse of `squash`.
-            let v = (u - 0.5) * (2.0 - EPSILON);
-            Param::from_tensor(((v.clone() + 1.0) / (v.neg() + 1.0)).log() * 0.5)
+            Param::from_tensor(inverse_squash(u))
         };
         MaskTrigger { mask_raw: raw(1, side / cell.max(1)), pattern_raw: raw(3, side) }
+    }
+
+    /// A mask of `cells` × `cells` values and an RGB pattern of `side` × `side` pixels, both
+    /// given after squashing (row-major, in (0, 1)).
+    pub fn from_values(mask: &[f32], cells: usize, pattern: &[f32], side: usize, device: &Device) -> Self {
+        let raw = |v: &[f32], channels: usize, side: usize| {
+            let inside: Vec<f32> = v.iter().map(|x| x.clamp(1e-4, 1.0 - 1e-4)).collect();
+            Param::from_tensor(inverse_squash(Tensor::<1>::from_floats(inside.as_slice(), device).reshape([1, channels, side, side])))
+        };
+        MaskTrigger { mask_raw: raw(mask, 1, cells), pattern_raw: raw(pattern, 3, side) }
     }
 
     /// Side in pixels of the mask's cells (1: per pixel).

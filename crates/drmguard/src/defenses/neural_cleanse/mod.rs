@@ -10,6 +10,7 @@
 
 mod repair;
 mod search;
+mod windows;
 
 use std::time::Instant;
 
@@ -105,6 +106,13 @@ pub struct NeuralCleanseConfig {
     #[arg(id = "nc_mask_cell", long = "nc-mask-cell", default_value_t = 1)]
     #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub mask_cell: usize,
+    /// NC: starts seeded by windows, beside the random ones. Each window of a 7 × 7 grid (a
+    /// quarter of the image side, every half window) first gets a pattern optimised inside it
+    /// alone for the search's objective; the windows that reach the lowest objective each start
+    /// a search with the mask on the window and the window's pattern and target. 0: none.
+    #[arg(id = "nc_window_starts", long = "nc-window-starts", default_value_t = 0)]
+    #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
+    pub window_starts: usize,
 }
 
 impl Default for NeuralCleanseConfig {
@@ -148,6 +156,9 @@ impl NeuralCleanseConfig {
         }
         if !(1..=16).contains(&self.restarts) {
             return Err(Error::invalid("Neural Cleanse restarts", format!("{} (must be within 1..=16)", self.restarts)));
+        }
+        if self.window_starts > 16 {
+            return Err(Error::invalid("Neural Cleanse window starts", format!("{} (at most 16)", self.window_starts)));
         }
         Ok(())
     }
@@ -215,6 +226,7 @@ impl NeuralCleanse {
             "steps": r.steps,
             "seconds_per_step": r.seconds_per_step,
             "restart_scores": r.restart_shares,
+            "window_starts": r.windows,
             "history": r.history,
         });
         // Without a successful trigger there is nothing small to report: as in the original

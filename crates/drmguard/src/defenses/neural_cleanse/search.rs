@@ -8,6 +8,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::windows::{WindowSeed, WindowStart};
 use super::{NeuralCleanse, RestartTargets};
 use crate::defenses::references::{ReferenceConfig, References, frozen_on, reference_seed};
 use crate::defenses::trigger::{FreeTarget, MaskTrigger};
@@ -51,6 +52,17 @@ pub struct NcReversal {
     pub seconds_per_step: f64,
     /// Each restart's score: its best successful mask share, 1 when it never succeeded.
     pub restart_shares: Vec<f64>,
+    /// Each window start: its window, the window's objective, and the start's score.
+    pub windows: Vec<WindowStart>,
+}
+
+/// Where one start of the search begins.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// A random mask and pattern (NC's start), y_t at the given target.
+    Random(&'a [f32]),
+    /// The mask on a window, with the window's pattern and target.
+    Window(&'a WindowSeed),
 }
 
 /// `count` starting targets: `first`, then greedily the label (rows of `labels`, `first.len()`
@@ -94,6 +106,11 @@ fn close_covered(closed: Option<Vec<f32>>, mask: &[f32]) -> Vec<f32> {
         }
     }
     closed
+}
+
+/// The mask's cell: the largest up to `setting` that tiles a `side`-pixel image (227 pixels: 1).
+fn mask_cell(side: usize, setting: usize) -> usize {
+    (1..=setting).rev().find(|k| side % k == 0).unwrap_or(1)
 }
 
 /// The seed of restart `k`: restart 0 keeps the scan's seed.
@@ -168,12 +185,12 @@ impl NeuralCleanse {
             RestartTargets::Spread => spread_targets(initial_target, &clean.data().labels, c.restarts),
             RestartTargets::Mean | RestartTargets::Exclude => vec![initial_target.to_vec(); c.restarts],
         };
-        let found = if c.restart_targets == RestartTargets::Exclude {
+        let mut found = if c.restart_targets == RestartTargets::Exclude {
             // Each start depends on the masks before it: one after the other.
             let mut found = Vec::with_capacity(starts.len());
             let mut closed: Option<Vec<f32>> = None;
             for (restart, start) in starts.iter().enumerate() {
-                let r = self.optimise(suspect, clean, start, restart_seed(seed, restart as u64), references, closed.as_deref(), device)?;
+                let r = self.optimise(suspect, clean, Start::Random(start), restart_seed(seed, restart as u64), references, closed.as_deref(), device)?;
                 if r.succeeded {
                     closed = Some(close_covered(closed, &values(r.trigger.cell_mask())?));
                 }
@@ -183,20 +200,32 @@ impl NeuralCleanse {
         } else {
             // The starts are independent: side by side where the pool has two threads or more.
             map_in_pools(starts.len(), workers_for(starts.len()), |restart| {
-                self.optimise(suspect, clean, &starts[restart], restart_seed(seed, restart as u64), references, None, device)
+                self.optimise(suspect, clean, Start::Random(&starts[restart]), restart_seed(seed, restart as u64), references, None, device)
             })?
         };
-        let mut best: Option<NcReversal> = None;
-        let mut restart_shares = Vec::with_capacity(c.restarts);
-        for found in found {
-            restart_shares.push(if found.succeeded { found.mask_share } else { 1.0 });
-            let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
-            if best.as_ref().is_none_or(|b| rank(&found) < rank(b)) {
-                best = Some(found);
+        let restart_shares: Vec<f64> = found.iter().map(|r| if r.succeeded { r.mask_share } else { 1.0 }).collect();
+        let mut windows = Vec::new();
+        if c.window_starts > 0 {
+            let ad = device.clone().autodiff();
+            let model = suspect.model.clone().fork(&ad).freeze();
+            let first = restart_seed(seed, c.restarts as u64);
+            let cell = mask_cell(suspect.image_size() as usize, c.mask_cell);
+            let mut seeds = self.probe_windows(&model, references, clean, suspect.task, suspect.image_size() as usize, cell, initial_target, first, &ad)?;
+            seeds.truncate(c.window_starts);
+            let from_windows = map_in_pools(seeds.len(), workers_for(seeds.len()), |k| {
+                self.optimise(suspect, clean, Start::Window(&seeds[k]), restart_seed(first, k as u64 + 1), references, None, device)
+            })?;
+            for (s, r) in seeds.iter().zip(&from_windows) {
+                windows.push(WindowStart { window: s.window, objective: s.objective, mask_share: if r.succeeded { r.mask_share } else { 1.0 } });
             }
+            found.extend(from_windows);
         }
-        let mut best = best.ok_or_else(|| Error::Numerical("Neural Cleanse ran no restart".into()))?;
-        best.restart_shares = restart_shares;
+        let rank = |r: &NcReversal| (!r.succeeded, r.mask_share);
+        let mut best = found
+            .into_iter()
+            .reduce(|best, r| if rank(&r) < rank(&best) { r } else { best })
+            .ok_or_else(|| Error::Numerical("Neural Cleanse ran no restart".into()))?;
+        (best.restart_shares, best.windows) = (restart_shares, windows);
         Ok(best)
     }
 
@@ -209,16 +238,18 @@ impl NeuralCleanse {
     /// autodiff device) add the neutrality term, and `closed` (one flag per mask cell) the cost
     /// of the cells an earlier start covered.
     #[allow(clippy::too_many_arguments)]
-    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, initial_target: &[f32], seed: u64, references: Option<&[Model]>, closed: Option<&[f32]>, device: &Device) -> Result<NcReversal> {
+    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, start: Start<'_>, seed: u64, references: Option<&[Model]>, closed: Option<&[f32]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
         let task = suspect.task;
         let ad = device.clone().autodiff();
         let model = suspect.model.clone().fork(&ad).freeze();
 
         let side = suspect.image_size() as usize;
-        // The largest cell up to the setting that tiles the image (227 pixels: 1).
-        let cell = (1..=c.mask_cell).rev().find(|k| side % k == 0).unwrap_or(1);
-        let mut trigger = init_seeded(&ad, seed, || MaskTrigger::random(side, cell, &ad));
+        let cell = mask_cell(side, c.mask_cell);
+        let (mut trigger, initial_target) = match start {
+            Start::Random(target) => (init_seeded(&ad, seed, || MaskTrigger::random(side, cell, &ad)), target),
+            Start::Window(w) => (w.trigger(side, cell, &ad), w.target.as_slice()),
+        };
         let mut target = FreeTarget::new(initial_target, &ad);
         let closed = closed.filter(|flags| flags.iter().any(|&f| f > 0.0)).map(|flags| {
             let cells = side / cell;
@@ -339,7 +370,7 @@ impl NeuralCleanse {
         let stamped = crate::models::inference::predict_transformed(&suspect.model, clean.data(), c.batch_size, &stamp)?;
         let clean_set_success = share_within(task, &stamped, &target, c.tolerance_deg);
         tracing::info!(mask_share, succeeded, clean_set_success, "neural cleanse done");
-        Ok(NcReversal { trigger, target, mask_share, succeeded, clean_set_success, history, steps: step, seconds_per_step, restart_shares: Vec::new() })
+        Ok(NcReversal { trigger, target, mask_share, succeeded, clean_set_success, history, steps: step, seconds_per_step, restart_shares: Vec::new(), windows: Vec::new() })
     }
 }
 
