@@ -79,7 +79,7 @@ fn a_landmark_model_trains_evaluates_and_scans_in_its_own_units() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success() && out.contains("% of the image side") && !out.contains('°'), "{out}{}", stderr(&o));
     let scan = tmp.path().join("scan");
-    let o = drmguard(&["scan", "--model", model_s, "--data", data_s, "--defense", "drmguard", "--steps", "3", "--batch-size", "16", "--out", scan.to_str().unwrap()]);
+    let o = drmguard(&["scan", "--model", model_s, "--data", data_s, "--defense", "drmguard", "--drmguard-test", "generator", "--steps", "3", "--batch-size", "16", "--out", scan.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(scan.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["task"], "landmarks");

@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// DRMGuard's generator test (the `scan` default is the input-agnostic reversal), made fast.
-const FAST: [&str; 6] = ["--defense", "drmguard", "--steps", "3", "--batch-size", "8"];
+const FAST: [&str; 8] = ["--defense", "drmguard", "--drmguard-test", "generator", "--steps", "3", "--batch-size", "8"];
 
 #[test]
 fn inspect_explains_bare_weights_and_prints_a_card_to_fill_in() {

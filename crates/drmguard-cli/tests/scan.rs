@@ -24,8 +24,8 @@ fn smoke_model(dir: &Path) -> PathBuf {
     model
 }
 
-/// DRMGuard's generator test (the `scan` default is the input-agnostic reversal), made fast.
-const FAST: [&str; 8] = ["--defense", "drmguard", "--steps", "3", "--batch-size", "8", "--clean-size", "16"];
+/// DRMGuard's generator test (the `scan` default is its calibrated verdict), made fast.
+const FAST: [&str; 10] = ["--defense", "drmguard", "--drmguard-test", "generator", "--steps", "3", "--batch-size", "8", "--clean-size", "16"];
 
 #[test]
 fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
@@ -55,6 +55,28 @@ fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
     assert!(o.status.success(), "the repaired model evaluates: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The default scan is DRMGuard's calibrated verdict: the input-agnostic reversal against
+/// reference models trained from the clean set, reported under DRMGuard's name.
+#[test]
+fn the_default_scan_is_drmguards_calibrated_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoke_model(tmp.path());
+    let out = tmp.path().join("scan");
+    let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
+        .env("DRMGUARD_CACHE", tmp.path().join("cache"))
+        .args(["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--clean-size", "40", "--agnostic-steps", "4", "--agnostic-restarts", "1"])
+        .output()
+        .expect("the binary runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["defense"], "drmguard");
+    assert_eq!(report["config"]["test"], "verdict", "{}", report["config"]);
+    for signal in ["log_ratio", "reference_error_deg", "suspect_error_deg", "mask_score"] {
+        assert!(report["signals"][signal].as_f64().is_some_and(f64::is_finite), "no {signal}: {}", report["signals"]);
+    }
+    assert!(out.join("mask.png").is_file());
+}
+
 #[test]
 fn bad_models_and_clean_sets_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -64,14 +86,14 @@ fn bad_models_and_clean_sets_are_refused() {
     let o = out.to_str().unwrap();
 
     // A clean set smaller than one batch.
-    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--clean-size", "10"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--drmguard-test", "generator", "--clean-size", "10"]);
     assert!(err.contains("fewer than one batch of 32"), "{err}");
 
     // A user folder whose labels do not fit the task.
     let data = tmp.path().join("data");
     let s = drmguard(&["data", "synth", "--task", "headpose", "--n", "60", "--image-size", "32", "--out", data.to_str().unwrap()]);
     assert!(s.status.success());
-    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--data", data.to_str().unwrap()]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--drmguard-test", "generator", "--data", data.to_str().unwrap()]);
     assert!(err.contains("labels.csv") && err.contains("pitch"), "{err}");
 
     // The sidecar disagrees with the weights.
@@ -117,9 +139,9 @@ fn bad_defense_options_are_refused() {
     let o = o.to_str().unwrap();
     let err = fails(&["scan", "--model", m, "--out", o, "--defense", "magic"]);
     assert!(err.contains("magic"), "{err}");
-    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--epsilon=-1"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--drmguard-test", "generator", "--epsilon=-1"]);
     assert!(err.contains("ε"), "{err}");
-    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--steps", "0"]);
+    let err = fails(&["scan", "--model", m, "--out", o, "--defense", "drmguard", "--drmguard-test", "generator", "--steps", "0"]);
     assert!(err.contains("steps"), "{err}");
     // Refused before the reverse engineering runs, not after it.
     let repaired = tmp.path().join("fixed.safetensors");

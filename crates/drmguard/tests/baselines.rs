@@ -236,6 +236,7 @@ fn every_mitigator_returns_a_working_model() {
     let (suspect, clean) = suspect();
     let device = Device::flex();
     let mut configs = MitigatorConfigs::default();
+    configs.drmguard.test = DrmGuardTest::Generator;
     configs.drmguard.steps = 3;
     configs.drmguard.batch_size = 16;
     configs.unlearn.epochs = 1;

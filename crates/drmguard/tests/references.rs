@@ -99,7 +99,7 @@ fn drmguard_with_references_reports_their_collapse_and_the_contrast() {
     private_cache();
     let device = Device::flex();
     let (suspect, clean) = suspect(80);
-    let config = DrmGuardConfig { steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, references: 1, ..Default::default() };
+    let config = DrmGuardConfig { test: DrmGuardTest::Generator, steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, references: 1, ..Default::default() };
     let finding = DrmGuard::new(config.clone()).detect(&suspect, &clean, 0, &device).unwrap();
     let d = &finding.detection;
     let contrast = d.signals["contrast"];
@@ -112,7 +112,7 @@ fn drmguard_with_references_reports_their_collapse_and_the_contrast() {
     let again = DrmGuard::new(config).detect(&suspect, &clean, 0, &device).unwrap();
     assert_eq!(again.detection.signals, d.signals);
     // Without references the scan reports no contrast.
-    let plain = DrmGuardConfig { steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, ..Default::default() };
+    let plain = DrmGuardConfig { test: DrmGuardTest::Generator, steps: 6, extra_steps: 0, batch_size: 16, generator_width: 4, ..Default::default() };
     let plain = DrmGuard::new(plain).detect(&suspect, &clean, 0, &device).unwrap();
     assert!(!plain.detection.signals.contains_key("contrast"));
 }

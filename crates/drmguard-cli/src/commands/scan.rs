@@ -49,10 +49,11 @@ impl DefenseInput {
 pub struct ScanArgs {
     #[command(flatten)]
     input: DefenseInput,
-    /// Detector to run. The default, the input-agnostic reversal against reference models
-    /// trained from the clean set, is the one that separates the test bed's benign and
-    /// backdoored models (docs/testbed.md); `drmguard` is the paper's generator test.
-    #[arg(long, value_enum, default_value_t = DetectorKind::Agnostic)]
+    /// Detector to run. The default, DRMGuard's calibrated verdict (the input-agnostic reversal
+    /// against reference models trained from the clean set, `--drmguard-test verdict`), is the
+    /// one that separates the test bed's benign and backdoored models (docs/testbed.md);
+    /// `--drmguard-test generator` runs the paper's generator test instead.
+    #[arg(long, value_enum, default_value_t = DetectorKind::Drmguard)]
     defense: DetectorKind,
     #[command(flatten)]
     configs: DetectorConfigs,

@@ -342,7 +342,8 @@ impl Bench {
                 // The time a user would pay: the (shared) reversal plus the unlearning.
                 let (detection, rev) = self.drmguard_reversal(reversal, suspect, clean, device)?;
                 let unlearning = Instant::now();
-                let repairer = DrmGuardRepair { drmguard: c.mitigator_configs.drmguard.clone(), unlearn: c.mitigator_configs.unlearn.clone() };
+                let m = &c.mitigator_configs;
+                let repairer = DrmGuardRepair { drmguard: m.drmguard.clone(), verdict: m.agnostic.clone(), unlearn: m.unlearn.clone() };
                 let repair = repairer.repair(suspect, clean, detection, rev, device)?;
                 (repair, detection.elapsed_s + unlearning.elapsed().as_secs_f64())
             } else {

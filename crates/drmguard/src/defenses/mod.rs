@@ -34,7 +34,7 @@ use crate::task::Task;
 pub use abs::{Abs, AbsConfig};
 pub use agnostic::{Agnostic, AgnosticConfig};
 pub use anp::{Anp, AnpConfig};
-pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair};
+pub use drmguard::{DrmGuard, DrmGuardConfig, DrmGuardRepair, DrmGuardTest};
 pub use feature_re::{FeatureRe, FeatureReConfig};
 pub use fine_pruning::{FinePruning, FinePruningConfig};
 pub use fine_tuning::{FineTuning, FineTuningConfig};

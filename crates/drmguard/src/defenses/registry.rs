@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
-    FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
+    DrmGuardTest, FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
 };
 use crate::error::{Error, Result};
 
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// how the detector is built from its config. `DetectorKind`, `DetectorConfigs` and the lookups
 /// between them are generated from it, so that a detector is added with its file and one line.
 macro_rules! detectors {
-    ($($(#[$doc:meta])* $kind:ident => $field:ident: $config:ty, $heading:tt, |$c:ident| $build:expr;)*) => {
+    ($($(#[$doc:meta])* $kind:ident => $field:ident: $config:ty, $heading:tt, |$c:ident, $all:pat_param| $build:expr;)*) => {
         /// Detectors, for `drmguard scan --defense`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
         #[serde(rename_all = "kebab-case")]
@@ -42,14 +42,14 @@ macro_rules! detectors {
             pub fn build(&self, kind: DetectorKind) -> Box<dyn Detector> {
                 match kind {
                     $(DetectorKind::$kind => {
-                        let $c = self.$field.clone();
+                        let ($c, $all) = (self.$field.clone(), self);
                         Box::new($build)
                     })*
                 }
             }
 
-            /// The settings detector `kind` reads, and only those (e.g. for cache keys).
-            pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
+            /// The settings of detector `kind`'s own config.
+            fn own_settings(&self, kind: DetectorKind) -> serde_json::Value {
                 match kind {
                     $(DetectorKind::$kind => serde_json::json!(self.$field),)*
                 }
@@ -59,21 +59,22 @@ macro_rules! detectors {
 }
 
 detectors! {
-    /// DRMGuard: generator-based trigger reverse engineering with output-variance and
-    /// feature-angle objectives.
-    Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c| DrmGuard::new(c);
+    /// DRMGuard: by default its calibrated verdict (the input-agnostic reversal against reference
+    /// models, scaled to the suspect's quality); `--drmguard-test generator`, the paper's test
+    /// (a generator that collapses the outputs with a small edit).
+    Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c, all| DrmGuard::with_verdict(c, all.agnostic.clone());
     /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
-    Nc => nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)", |c| NeuralCleanse { config: c };
+    Nc => nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)", |c, _| NeuralCleanse { config: c };
     /// FeatureRE: an input transform plus a feature-space mask towards a free target vector.
-    Featurere => featurere: FeatureReConfig, "FeatureRE (--defense featurere)", |c| FeatureRe { config: c };
+    Featurere => featurere: FeatureReConfig, "FeatureRE (--defense featurere)", |c, _| FeatureRe { config: c };
     /// ABS: stimulate inner neurons, reverse-engineer triggers for the most elevating ones.
-    Abs => abs: AbsConfig, "ABS (--defense abs)", |c| Abs { config: c };
+    Abs => abs: AbsConfig, "ABS (--defense abs)", |c, _| Abs { config: c };
     /// Neuron noise: bounded adversarial noise on the BatchNorm channels that collapses the
     /// outputs on clean images; score = the spread ratio it reaches.
-    Noise => noise: NeuronNoiseConfig, "Neuron noise (--defense noise)", |c| NeuronNoise { config: c };
+    Noise => noise: NeuronNoiseConfig, "Neuron noise (--defense noise)", |c, _| NeuronNoise { config: c };
     /// Input-agnostic reversal: one mask and pattern that collapse the suspect but not the
     /// defender's reference models, kept smooth; score = the mask's share of the image.
-    Agnostic => agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)", |c| Agnostic { config: c };
+    Agnostic => agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)", |c, _| Agnostic { config: c };
 }
 
 /// The mitigators' registry. The settings come first, one line each with its heading in
@@ -130,9 +131,9 @@ macro_rules! mitigators {
                 }
             }
 
-            /// The settings mitigator `kind` reads, and only those (e.g. for cache keys): the
-            /// one config, or the list of them in the registry's order.
-            pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
+            /// The settings of the configs mitigator `kind` names: the one config, or the list
+            /// of them in the registry's order.
+            fn own_settings(&self, kind: MitigatorKind) -> serde_json::Value {
                 match kind {
                     $(MitigatorKind::$kind => {
                         let mut read = vec![$(serde_json::json!(self.$reads)),+];
@@ -155,10 +156,12 @@ mitigators! {
         agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)";
     }
     kinds {
-        /// DRMGuard: reverse-engineer a trigger, then unlearn it (fine-tune on reversed images with
-        /// true labels).
-        Drmguard reads [drmguard, unlearn], checks |c| c.unlearn.validate(),
-            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), unlearn: c.unlearn.clone() };
+        /// DRMGuard: reverse-engineer a trigger (the calibrated verdict's, or with
+        /// `--drmguard-test generator` the generator's), then unlearn it (fine-tune on reversed
+        /// images with their true labels).
+        Drmguard reads [drmguard, unlearn],
+            checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }.and_then(|()| c.unlearn.validate()),
+            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone() };
         /// Fine-tuning on the clean set (the reference).
         Ft reads [ft], checks |_c| Ok(()), builds |c| FineTuning { config: c.ft.clone() };
         /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
@@ -176,6 +179,16 @@ mitigators! {
 }
 
 impl DetectorConfigs {
+    /// The settings detector `kind` reads, and only those (e.g. for cache keys): its own config,
+    /// and for DRMGuard's calibrated verdict the input-agnostic reversal's too.
+    pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
+        let own = self.own_settings(kind);
+        match kind {
+            DetectorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic }),
+            _ => own,
+        }
+    }
+
     /// Applies `DETECTOR.FIELD=VALUE` (e.g. `agnostic.restart_targets=exclude`): the field as
     /// `config.json` names it (hyphens read as underscores), the value as JSON (a number, a
     /// boolean) or else as a string. The bench's way to run a profile with one setting changed;
@@ -207,6 +220,19 @@ impl DetectorConfigs {
         let mut probe = all.clone();
         probe[detector][field] = serde_json::json!({ "": [] });
         serde_json::from_value::<DetectorConfigs>(probe).is_err()
+    }
+}
+
+impl MitigatorConfigs {
+    /// The settings mitigator `kind` reads, and only those (e.g. for cache keys): the configs
+    /// its registry line names, and for DRMGuard's calibrated verdict the input-agnostic
+    /// reversal's too.
+    pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
+        let own = self.own_settings(kind);
+        match kind {
+            MitigatorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic }),
+            _ => own,
+        }
     }
 }
 
@@ -257,6 +283,26 @@ mod tests {
             assert!(c.set(bad).is_err(), "{bad}");
             assert_eq!(c, before, "{bad} changed the settings");
         }
+    }
+
+    #[test]
+    fn drmguards_verdict_reads_and_keys_the_agnostic_settings_and_its_generator_test_does_not() {
+        use crate::defenses::{DetectorKind, DrmGuardTest, MitigatorKind};
+        let mut c = DetectorConfigs::default();
+        assert_eq!(c.drmguard.test, DrmGuardTest::Verdict);
+        assert_eq!(c.build(DetectorKind::Drmguard).name(), "drmguard");
+        let verdict = c.settings_of(DetectorKind::Drmguard);
+        assert_eq!(verdict["agnostic"], serde_json::json!(c.agnostic));
+        c.set("agnostic.ratio=2.0").unwrap();
+        assert_ne!(c.settings_of(DetectorKind::Drmguard), verdict, "a verdict setting rescans");
+        c.set("drmguard.test=generator").unwrap();
+        // The generator test hashes as configs from before the switch did.
+        assert_eq!(c.settings_of(DetectorKind::Drmguard), serde_json::json!(c.drmguard));
+        assert!(c.settings_of(DetectorKind::Drmguard).get("test").is_none());
+        let mut m = MitigatorConfigs::default();
+        assert!(m.settings_of(MitigatorKind::Drmguard).get("agnostic").is_some());
+        m.drmguard.test = DrmGuardTest::Generator;
+        assert_eq!(m.settings_of(MitigatorKind::Drmguard), serde_json::json!([m.drmguard, m.unlearn]));
     }
 
     /// The command line and the library (the bench, the demo) read the same settings: `Default`

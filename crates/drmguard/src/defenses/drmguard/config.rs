@@ -31,9 +31,44 @@ pub enum Mtr {
     Off,
 }
 
+/// What `drmguard scan --defense drmguard` decides by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrmGuardTest {
+    /// The calibrated verdict: the input-agnostic reversal against reference models trained from
+    /// the clean set, read against what the references themselves need and scaled to the
+    /// suspect's quality (the `--agnostic-*` options; [`crate::defenses::agnostic`]). On the
+    /// 64×64 test bed it separates benign from backdoored models where the generator test
+    /// flags every gaze model's eyes or none (docs/testbed.md).
+    Verdict,
+    /// The paper's single test: a generator G that collapses the outputs with a small edit,
+    /// I(f) < ε (the options below).
+    Generator,
+}
+
+impl DrmGuardTest {
+    /// Configs written before the switch ran the generator test.
+    fn generator() -> Self {
+        DrmGuardTest::Generator
+    }
+
+    fn is_generator(&self) -> bool {
+        *self == DrmGuardTest::Generator
+    }
+}
+
 /// DRMGuard's settings. Defaults follow method.md §12; λ1 and λ2 default per task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct DrmGuardConfig {
+    /// What a scan decides by: `verdict`, the calibrated input-agnostic reversal against
+    /// reference models (read with the `--agnostic-*` options), or `generator`, the paper's
+    /// single test (the options below). Mitigation (`mitigate --defense drmguard`) unlearns
+    /// the trigger of the same test.
+    #[arg(long = "drmguard-test", value_enum, default_value_t = DrmGuardTest::Verdict)]
+    // Left out for the generator, so that configs (and the benchmark's cache keys) from
+    // before the switch read and hash as they did.
+    #[serde(default = "DrmGuardTest::generator", skip_serializing_if = "DrmGuardTest::is_generator")]
+    pub test: DrmGuardTest,
     /// Generator architecture.
     #[arg(long, value_enum, default_value_t = GeneratorKind::Unet)]
     pub generator: GeneratorKind,

@@ -25,6 +25,7 @@ pub use repair::DrmGuardRepair;
 use reverse::{measure, reverse_once};
 use stats::{SetStats, angle_and_output_stats};
 
+use super::agnostic::{Agnostic, AgnosticConfig};
 use super::references::{ReferenceConfig, References, reference_seed};
 use super::{CleanSet, Detection, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
@@ -33,11 +34,19 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct DrmGuard {
     pub config: DrmGuardConfig,
+    /// The settings of the calibrated verdict (`DrmGuardTest::Verdict`).
+    pub verdict: AgnosticConfig,
 }
 
 impl DrmGuard {
+    /// DRMGuard with the verdict's default settings.
     pub fn new(config: DrmGuardConfig) -> Self {
-        DrmGuard { config }
+        DrmGuard { config, verdict: AgnosticConfig::default() }
+    }
+
+    /// DRMGuard whose verdict (`DrmGuardTest::Verdict`) reads `verdict`.
+    pub fn with_verdict(config: DrmGuardConfig, verdict: AgnosticConfig) -> Self {
+        DrmGuard { config, verdict }
     }
 
     /// Reverse-engineers a trigger and decides; the reversal is kept for mitigation.
@@ -126,7 +135,18 @@ impl Detector for DrmGuard {
     }
 
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
-        let (detection, reversal) = self.detect_with_reversal(suspect, clean, seed, device)?;
-        Self::finding(detection, &reversal, suspect, clean, device)
+        match self.config.test {
+            DrmGuardTest::Generator => {
+                let (detection, reversal) = self.detect_with_reversal(suspect, clean, seed, device)?;
+                Self::finding(detection, &reversal, suspect, clean, device)
+            }
+            DrmGuardTest::Verdict => {
+                let mut finding = Agnostic { config: self.verdict.clone() }.detect(suspect, clean, seed, device)?;
+                finding.detection.defense = self.name().into();
+                finding.config = serde_json::json!({ "test": self.config.test, "verdict": finding.config });
+                finding.rule = format!("the calibrated verdict of the input-agnostic reversal: {}", finding.rule);
+                Ok(finding)
+            }
+        }
     }
 }

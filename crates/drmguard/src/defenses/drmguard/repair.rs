@@ -3,16 +3,21 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::{DrmGuard, DrmGuardConfig, Reversal};
-use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
-use crate::defenses::{CleanSet, Detection, Mitigator, Repair, ReversedTrigger, Suspect};
+use super::{DrmGuard, DrmGuardConfig, DrmGuardTest, Reversal};
+use crate::defenses::agnostic::AgnosticConfig;
+use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, repair_finding, unlearn};
+use crate::defenses::{CleanSet, Detection, Detector, Mitigator, Repair, ReversedTrigger, Suspect};
 use crate::models::generator::Generator;
 use crate::error::Result;
 
-/// DRMGuard's mitigation: reverse-engineer a trigger, then unlearn it (method.md §6).
+/// DRMGuard's mitigation: reverse-engineer a trigger, then unlearn it (method.md §6). The
+/// trigger is the one the scan decides by (`DrmGuardConfig::test`): the calibrated verdict's
+/// mask and pattern, or the generator's edit.
 #[derive(Debug, Clone)]
 pub struct DrmGuardRepair {
     pub drmguard: DrmGuardConfig,
+    /// The calibrated verdict's settings (read when `drmguard.test` is the verdict).
+    pub verdict: AgnosticConfig,
     pub unlearn: UnlearnConfig,
 }
 
@@ -46,6 +51,11 @@ impl Mitigator for DrmGuardRepair {
     }
 
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
+        if self.drmguard.test == DrmGuardTest::Verdict {
+            let finding = DrmGuard::with_verdict(self.drmguard.clone(), self.verdict.clone()).detect(suspect, clean, seed, device)?;
+            tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
+            return repair_finding(&finding, suspect, clean, &self.unlearn, device);
+        }
         let (detection, reversal) = DrmGuard::new(self.drmguard.clone()).detect_with_reversal(suspect, clean, seed, device)?;
         tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");
         self.repair(suspect, clean, &detection, &reversal, device)
