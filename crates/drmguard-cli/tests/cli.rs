@@ -87,6 +87,30 @@ fn a_landmark_model_trains_evaluates_and_scans_in_its_own_units() {
     assert_eq!(report["estimated_target"].as_array().unwrap().len(), 10);
 }
 
+/// `data fashion` on generated IDX files (the tests never read the Debian package).
+#[test]
+fn fashion_mnist_exports_to_a_folder_with_a_class_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = |dims: &[u32], data: &[u8]| {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        dims.iter().for_each(|d| out.extend(d.to_be_bytes()));
+        out.extend(data);
+        out
+    };
+    let pixels: Vec<u8> = (0..4 * 28 * 28).map(|i| (i % 256) as u8).collect();
+    std::fs::write(tmp.path().join("train-images-idx3-ubyte"), idx(&[4, 28, 28], &pixels)).unwrap();
+    std::fs::write(tmp.path().join("train-labels-idx1-ubyte"), idx(&[4], &[3, 1, 4, 1])).unwrap();
+    let out = tmp.path().join("fashion");
+    let o = drmguard(&["data", "fashion", "--dir", tmp.path().to_str().unwrap(), "--n", "3", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels = std::fs::read_to_string(out.join("labels.csv")).unwrap();
+    assert_eq!(labels, "file,class\ntrain-00000.png,3\ntrain-00001.png,1\ntrain-00002.png,4\n");
+    assert_eq!(image::image_dimensions(out.join("train-00002.png")).unwrap(), (32, 32));
+    // Without the files, the message says how to get them.
+    let err = fails(&["data", "fashion", "--dir", out.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert!(err.contains("dataset-fashion-mnist"), "{err}");
+}
+
 #[test]
 fn unknown_task_and_profile_are_named() {
     let err = fails(&["train", "--task", "pose", "--out", "/tmp/x.safetensors"]);

@@ -30,10 +30,12 @@ pub enum Reader {
     Labels,
     /// One image of a data folder (PNG, JPEG, BMP), as the folder loader decodes it.
     Image,
+    /// An IDX file (Fashion-MNIST's format), gzipped or not.
+    Idx,
 }
 
 impl Reader {
-    pub const ALL: [Reader; 6] = [Reader::Onnx, Reader::StateDict, Reader::Safetensors, Reader::Card, Reader::Labels, Reader::Image];
+    pub const ALL: [Reader; 7] = [Reader::Onnx, Reader::StateDict, Reader::Safetensors, Reader::Card, Reader::Labels, Reader::Image, Reader::Idx];
 
     /// The folder name of the reader's corpus and fuzz target.
     pub fn name(self) -> &'static str {
@@ -44,6 +46,7 @@ impl Reader {
             Reader::Card => "card",
             Reader::Labels => "labels",
             Reader::Image => "image",
+            Reader::Idx => "idx",
         }
     }
 }
@@ -110,6 +113,7 @@ pub fn read(reader: Reader, bytes: &[u8]) -> Result<()> {
             write(dir, crate::data::folder::LABELS_FILE, b"file,yaw,pitch,roll\nx.img,0.1,0.2,0.3\n")?;
             crate::data::folder::load(dir, SIDE, None).map(|_| ())
         }
+        Reader::Idx => crate::data::fashion::parse_idx(bytes, "the input").map(|_| ()),
     }
 }
 

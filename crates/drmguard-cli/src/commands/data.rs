@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use drmguard::attacks::AttackKind;
-use drmguard::data::{self, Split, folder};
+use drmguard::data::{self, Split, fashion, folder};
 use drmguard::figures::grid::write_label_grid;
 use drmguard::report::triggers::write_trigger_figure;
 use drmguard::task::Task;
@@ -12,6 +12,9 @@ use drmguard::task::Task;
 pub enum DataCommand {
     /// Write a built-in synthetic dataset in the user format (DIR/labels.csv plus PNG images).
     Synth(SynthArgs),
+    /// Write Fashion-MNIST, read from the files of Debian's dataset-fashion-mnist package, in the
+    /// user format with a `class` column (0–9).
+    Fashion(FashionArgs),
     /// Draw a grid of samples with their labels (gaze arrows, head axes) into a PNG.
     Show(ShowArgs),
     /// Draw what each attack (default settings) does to one built-in image: clean, poisoned, and
@@ -62,6 +65,26 @@ pub struct SynthArgs {
 }
 
 #[derive(Args)]
+pub struct FashionArgs {
+    /// Folder of the IDX files (gzipped or not), as `apt-get install dataset-fashion-mnist`
+    /// installs them.
+    #[arg(long, default_value = fashion::DEBIAN_DIR)]
+    dir: PathBuf,
+    /// Which part of the dataset to export.
+    #[arg(long, value_enum, default_value_t = fashion::Part::Train)]
+    part: fashion::Part,
+    /// Export the first N images of the part (default: all of them).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Image side in pixels, divisible by 8 (the 28-pixel originals are resized).
+    #[arg(long, default_value_t = 32)]
+    image_size: u32,
+    /// Output folder (created; its parent must exist).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
 pub struct ShowArgs {
     /// A data folder in the user format.
     #[arg(long)]
@@ -98,6 +121,12 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 a.out.display(),
                 ds.len() - val - test
             );
+            Ok(())
+        }
+        DataCommand::Fashion(a) => {
+            let ds = fashion::load(&a.dir, a.part, a.n, a.image_size).with_context(|| format!("--dir {}", a.dir.display()))?;
+            folder::write(&ds, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
+            out!("wrote {} Fashion-MNIST images ({}×{}, classes 0–9: {}) to {}", ds.len(), a.image_size, a.image_size, fashion::CLASSES.join(", "), a.out.display());
             Ok(())
         }
         DataCommand::Triggers(a) => {

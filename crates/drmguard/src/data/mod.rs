@@ -1,6 +1,7 @@
 //! Datasets: the built-in synthetic tasks and users' image folders, both in one format
 //! (`DIR/labels.csv` with `file,<output names…>` plus the images), with deterministic splits.
 
+pub mod fashion;
 pub mod folder;
 pub mod gaze;
 pub mod headpose;
