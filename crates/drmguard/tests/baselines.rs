@@ -10,7 +10,7 @@ use drmguard::attacks::{AttackKind, BackdoorSpec};
 use drmguard::defenses::fine_pruning::prune_head;
 use drmguard::defenses::trigger::MaskTrigger;
 use drmguard::defenses::{
-    Abs, AbsConfig, Anp, AnpConfig, CleanSet, Detector, FeatureRe, FeatureReConfig, FinePruning, FinePruningConfig, FineTuningConfig,
+    Abs, AbsConfig, Anp, AnpConfig, CleanSet, Detector, DrmGuardTest, FeatureRe, FeatureReConfig, FinePruning, FinePruningConfig, FineTuningConfig,
     MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, Suspect,
 };
 use drmguard::models::Regressor;

@@ -50,17 +50,19 @@ fn a_generator_with_coordinates_starts_at_the_identity() {
 fn per_task_defaults_fill_only_what_the_user_left_open() {
     let open = DrmGuardConfig::default();
     let gaze = open.resolved(Task::Gaze).unwrap();
-    assert_eq!((gaze.lr, gaze.generator_coordinates, gaze.max_spread_ratio), (Some(3e-3), Some(false), Some(0.2)));
+    assert_eq!((gaze.lr, gaze.coordinates, gaze.max_spread_ratio), (3e-3, false, 0.2));
     let headpose = open.resolved(Task::HeadPose).unwrap();
-    assert_eq!((headpose.lr, headpose.generator_coordinates, headpose.max_spread_ratio), (Some(1e-3), Some(true), Some(0.1)));
-    assert_eq!((headpose.lambda1, headpose.lambda2), (Some(100.0), Some(100.0)));
+    assert_eq!((headpose.lr, headpose.coordinates, headpose.max_spread_ratio), (1e-3, true, 0.1));
+    assert_eq!((headpose.lambda1, headpose.lambda2), (100.0, 100.0));
+    // Reports write the settings with the per-task values filled in.
+    assert_eq!((headpose.config.lr, headpose.config.lambda1, headpose.config.generator_coordinates), (Some(1e-3), Some(100.0), Some(true)));
     // The verdict reads the error ratio against κ unless told otherwise.
     assert_eq!((open.collapse, gaze.collapse_threshold(), headpose.collapse_threshold()), (Collapse::Error, 0.45, 0.45));
     let spread = DrmGuardConfig { collapse: Collapse::Spread, ..open.clone() }.resolved(Task::Gaze).unwrap();
     assert_eq!(spread.collapse_threshold(), 0.2);
     let chosen = DrmGuardConfig { lr: Some(5e-4), generator_coordinates: Some(false), max_spread_ratio: Some(0.25), ..open.clone() };
     let chosen = chosen.resolved(Task::HeadPose).unwrap();
-    assert_eq!((chosen.lr, chosen.generator_coordinates, chosen.max_spread_ratio), (Some(5e-4), Some(false), Some(0.25)));
+    assert_eq!((chosen.lr, chosen.coordinates, chosen.max_spread_ratio), (5e-4, false, 0.25));
     assert!(DrmGuardConfig { lr: Some(0.0), ..open }.resolved(Task::Gaze).is_err());
 }
 
@@ -108,7 +110,7 @@ fn reverse_engineering_lowers_its_objective_and_reports_the_true_score() {
     assert!((s.error_ratio - expected).abs() < 1e-9, "error ratio {} vs {expected}", s.error_ratio);
     // Flagged iff G moved little and the outputs collapsed (by default: the error ratio below κ).
     assert!((0.0..=1.5).contains(&s.spread_ratio), "spread ratio {}", s.spread_ratio);
-    assert_eq!(reversal.config.collapse_threshold(), reversal.config.max_error_ratio.unwrap());
+    assert_eq!(reversal.config.collapse_threshold(), reversal.config.max_error_ratio);
     assert_eq!(detection.backdoored, detection.score < detection.threshold && s.error_ratio < reversal.config.collapse_threshold());
     assert_eq!(detection.threshold, 0.03);
     let map = reversal.attention.as_ref().expect("MTR is on by default");

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use burn::tensor::{Device, Tensor};
 use drmguard::defenses::agnostic::{DEFAULT_QUALITY_KNEE, DEFAULT_QUALITY_SLOPE, DEFAULT_RATIO, quality_adjusted};
 use drmguard::defenses::references::{ReferenceConfig, References, contrast_penalty};
-use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, Suspect, UnlearnConfig, repair_finding};
+use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, DrmGuardTest, Suspect, UnlearnConfig, repair_finding};
 use drmguard::models::Regressor;
 use drmguard::pipeline::TrainJob;
 use drmguard::task::Task;

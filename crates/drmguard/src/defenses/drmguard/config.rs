@@ -285,25 +285,6 @@ pub fn task_defaults(task: Task) -> TaskDefaults {
 }
 
 impl DrmGuardConfig {
-    /// G's learning rate in a resolved config (gaze's if it was never resolved).
-    pub fn learning_rate(&self) -> f64 {
-        self.lr.unwrap_or(task_defaults(Task::Gaze).lr)
-    }
-
-    /// Whether G sees the pixel coordinates, in a resolved config (off if it was never resolved).
-    pub fn coordinates(&self) -> bool {
-        self.generator_coordinates.unwrap_or(false)
-    }
-
-    /// The collapse threshold of a resolved config: κ or ρ, after `collapse` (without a
-    /// resolved value: 1 for ρ, no check, and infinity for κ, likewise).
-    pub fn collapse_threshold(&self) -> f64 {
-        match self.collapse {
-            Collapse::Error => self.max_error_ratio.unwrap_or(f64::INFINITY),
-            Collapse::Spread => self.max_spread_ratio.unwrap_or(1.0),
-        }
-    }
-
     /// Of a reversal's spread and error ratios, the one that `collapse` reads.
     pub fn collapse_ratio(&self, spread_ratio: f64, error_ratio: f64) -> f64 {
         match self.collapse {
@@ -312,38 +293,29 @@ impl DrmGuardConfig {
         }
     }
 
-    /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and the collapse
-    /// ratio over its threshold (below 1: flagged).
-    pub fn closeness(&self, s: &ReversalSummary) -> f64 {
-        (s.score / self.epsilon).max(self.collapse_ratio(s.spread_ratio, s.error_ratio) / self.collapse_threshold())
-    }
-
-    /// Whether a reversal collapsed the outputs (its collapse ratio is below κ or ρ), whatever
-    /// its I(f).
-    pub fn collapsed(&self, s: &ReversalSummary) -> bool {
-        self.collapse_ratio(s.spread_ratio, s.error_ratio) < self.collapse_threshold()
-    }
-
     /// The residual generator's starting scale, `None` for a full-image generator.
     pub fn residual(&self) -> Option<f32> {
         (self.output == GeneratorOutput::Residual).then_some(self.residual_scale)
     }
 
-    /// The config with the per-task defaults filled in for `task` where left open, checked.
-    pub fn resolved(&self, task: Task) -> Result<DrmGuardConfig> {
+    /// The settings for `task`, checked: the per-task defaults filled in where left open.
+    pub fn resolved(&self, task: Task) -> Result<DrmGuardParams> {
         let d = task_defaults(task);
+        let (lambda1, lambda2) = (self.lambda1.unwrap_or(d.lambda1), self.lambda2.unwrap_or(d.lambda2));
+        let (max_spread_ratio, max_error_ratio) = (self.max_spread_ratio.unwrap_or(d.max_spread_ratio), self.max_error_ratio.unwrap_or(d.max_error_ratio));
+        let (lr, coordinates) = (self.lr.unwrap_or(d.lr), self.generator_coordinates.unwrap_or(d.generator_coordinates));
         let c = DrmGuardConfig {
-            lambda1: Some(self.lambda1.unwrap_or(d.lambda1)),
-            lambda2: Some(self.lambda2.unwrap_or(d.lambda2)),
-            max_spread_ratio: Some(self.max_spread_ratio.unwrap_or(d.max_spread_ratio)),
-            max_error_ratio: Some(self.max_error_ratio.unwrap_or(d.max_error_ratio)),
-            lr: Some(self.lr.unwrap_or(d.lr)),
-            generator_coordinates: Some(self.generator_coordinates.unwrap_or(d.generator_coordinates)),
+            lambda1: Some(lambda1),
+            lambda2: Some(lambda2),
+            max_spread_ratio: Some(max_spread_ratio),
+            max_error_ratio: Some(max_error_ratio),
+            lr: Some(lr),
+            generator_coordinates: Some(coordinates),
             ..self.clone()
         };
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        if !finite_nonneg(c.lambda1.unwrap_or_default()) || !finite_nonneg(c.lambda2.unwrap_or_default()) {
-            return Err(Error::invalid("DRMGuard λ1 / λ2", format!("{:?} / {:?} (must be finite and ≥ 0)", c.lambda1, c.lambda2)));
+        if !finite_nonneg(lambda1) || !finite_nonneg(lambda2) {
+            return Err(Error::invalid("DRMGuard λ1 / λ2", format!("{lambda1} / {lambda2} (must be finite and ≥ 0)")));
         }
         if !(0.0..1.0).contains(&c.mtr_beta) || !finite_nonneg(c.mtr_gamma) {
             return Err(Error::invalid("MTR β / γ", format!("{} / {} (β in [0, 1), γ ≥ 0)", c.mtr_beta, c.mtr_gamma)));
@@ -373,16 +345,64 @@ impl DrmGuardConfig {
         if !(1..=256).contains(&c.generator_width) {
             return Err(Error::invalid("generator width", format!("{} (must be within 1..=256)", c.generator_width)));
         }
-        let lr = c.learning_rate();
         if !(lr > 0.0 && lr.is_finite() && c.epsilon > 0.0 && c.epsilon.is_finite()) {
             return Err(Error::invalid("DRMGuard learning rate / ε", format!("{lr} / {}", c.epsilon)));
         }
-        if !c.max_spread_ratio.is_some_and(|r| r > 0.0 && r.is_finite()) {
-            return Err(Error::invalid("DRMGuard maximum spread ratio", format!("{:?} (must be finite and > 0)", c.max_spread_ratio)));
+        if !(max_spread_ratio > 0.0 && max_spread_ratio.is_finite()) {
+            return Err(Error::invalid("DRMGuard maximum spread ratio", format!("{max_spread_ratio} (must be finite and > 0)")));
         }
-        if !c.max_error_ratio.is_some_and(|r| r > 0.0 && r.is_finite()) {
-            return Err(Error::invalid("DRMGuard maximum error ratio", format!("{:?} (must be finite and > 0)", c.max_error_ratio)));
+        if !(max_error_ratio > 0.0 && max_error_ratio.is_finite()) {
+            return Err(Error::invalid("DRMGuard maximum error ratio", format!("{max_error_ratio} (must be finite and > 0)")));
         }
-        Ok(c)
+        Ok(DrmGuardParams { config: c, lambda1, lambda2, max_spread_ratio, max_error_ratio, lr, coordinates })
+    }
+}
+
+/// DRMGuard's settings for one task, checked, with the per-task values as plain numbers: what
+/// the reverse engineering reads. Only [`DrmGuardConfig::resolved`] makes one. The other
+/// settings are read through `Deref` from `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrmGuardParams {
+    /// The settings with the per-task values filled in: what reports write.
+    pub config: DrmGuardConfig,
+    pub lambda1: f64,
+    pub lambda2: f64,
+    /// ρ.
+    pub max_spread_ratio: f64,
+    /// κ.
+    pub max_error_ratio: f64,
+    /// G's learning rate.
+    pub lr: f64,
+    /// Whether G sees the pixel coordinates.
+    pub coordinates: bool,
+}
+
+impl std::ops::Deref for DrmGuardParams {
+    type Target = DrmGuardConfig;
+
+    fn deref(&self) -> &DrmGuardConfig {
+        &self.config
+    }
+}
+
+impl DrmGuardParams {
+    /// The collapse threshold: κ or ρ, after `collapse`.
+    pub fn collapse_threshold(&self) -> f64 {
+        match self.config.collapse {
+            Collapse::Error => self.max_error_ratio,
+            Collapse::Spread => self.max_spread_ratio,
+        }
+    }
+
+    /// How close a reversal came to a backdoor verdict: the worse of I(f) / ε and the collapse
+    /// ratio over its threshold (below 1: flagged).
+    pub fn closeness(&self, s: &ReversalSummary) -> f64 {
+        (s.score / self.config.epsilon).max(self.collapse_ratio(s.spread_ratio, s.error_ratio) / self.collapse_threshold())
+    }
+
+    /// Whether a reversal collapsed the outputs (its collapse ratio is below κ or ρ), whatever
+    /// its I(f).
+    pub fn collapsed(&self, s: &ReversalSummary) -> bool {
+        self.collapse_ratio(s.spread_ratio, s.error_ratio) < self.collapse_threshold()
     }
 }

@@ -91,7 +91,7 @@ impl DrmGuard {
 
     /// What every reversal and assessment of one scan shares: the resolved config, the clean
     /// set's statistics and the reference models, if any.
-    fn prepare(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(DrmGuardConfig, SetStats, Option<References>)> {
+    fn prepare(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(DrmGuardParams, SetStats, Option<References>)> {
         let config = self.config.resolved(suspect.task)?;
         clean.check_for(suspect, config.batch_size)?;
         let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::DrmGuardConfig;
+use super::DrmGuardParams;
 use crate::data::to_images;
 use crate::defenses::CleanSet;
 use crate::models::generator::Generator;
@@ -101,7 +101,7 @@ pub struct Reversal {
     /// G in inference mode, on the defense's (non-autodiff) device.
     pub generator: Generator,
     pub summary: ReversalSummary,
-    pub config: DrmGuardConfig,
+    pub config: DrmGuardParams,
     /// Seed of G's initial weights and of the batch order.
     pub seed: u64,
     /// The final momentum attention map M (`[S·S]`, row-major, maximum about 1), without MTR `None`.

@@ -36,7 +36,7 @@ impl DrmGuardRepair {
                 "estimated_target": reversal.summary.estimated_target,
                 "rav": reversal.summary.rav,
             },
-            "drmguard_config": reversal.config,
+            "drmguard_config": reversal.config.config,
             "unlearn_config": config,
             "unlearn": summary,
             "seed": reversal.seed,

@@ -44,11 +44,11 @@ impl DrmGuard {
                     "{} generator (width {}{}), r_f {:?}, MTR {:?}, λ1 = {}, λ2 = {}",
                     c.generator,
                     c.generator_width,
-                    if c.coordinates() { ", with coordinates" } else { "" },
+                    if c.coordinates { ", with coordinates" } else { "" },
                     c.feature_reg,
                     c.mtr,
-                    c.lambda1.unwrap_or_default(),
-                    c.lambda2.unwrap_or_default()
+                    c.lambda1,
+                    c.lambda2
                 ),
             ),
             ("estimated target (mean of f(G(x)))".into(), deg(&s.estimated_target)),
@@ -89,7 +89,7 @@ impl DrmGuard {
         }
         Ok(Finding {
             detection,
-            config: serde_json::to_value(c).map_err(|e| Error::Numerical(e.to_string()))?,
+            config: serde_json::to_value(&c.config).map_err(|e| Error::Numerical(e.to_string()))?,
             seed: reversal.seed,
             rule: format!(
                 "I(f) = mean |G(x) − x|; backdoored iff I(f) < ε and G collapsed the outputs ({} ratio < {})",

@@ -8,7 +8,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use super::stats::{SetStats, angle_and_output_stats, saliency};
-use super::{DrmGuardConfig, FeatureReg, Mtr, Reversal, ReversalSummary, StepRecord};
+use super::{DrmGuardParams, FeatureReg, Mtr, Reversal, ReversalSummary, StepRecord};
 use crate::models::generator::Generator;
 use crate::defenses::references::{References, contrast_penalty, frozen_on, spread_ratios};
 use crate::defenses::{BatchCursor, CleanSet, Suspect, scalar};
@@ -25,7 +25,7 @@ pub(super) const MIN_FALL_PER_ROUND: f64 = 0.09;
 /// One generator from `seed`, under a resolved `config`, against the clean set's statistics
 /// (and, with references, against their collapse).
 pub(super) fn reverse_once(
-    config: &DrmGuardConfig,
+    config: &DrmGuardParams,
     suspect: &Suspect,
     clean: &CleanSet,
     clean_stats: &SetStats,
@@ -34,7 +34,7 @@ pub(super) fn reverse_once(
     device: &Device,
 ) -> Result<Reversal> {
     let config = config.clone();
-    let (lambda1, lambda2) = (config.lambda1.unwrap_or_default(), config.lambda2.unwrap_or_default());
+    let (lambda1, lambda2) = (config.lambda1, config.lambda2);
     let ad = device.clone().autodiff();
     // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
     // flow through it to the images.
@@ -48,7 +48,7 @@ pub(super) fn reverse_once(
     .reshape([1, -1]);
 
     let mut generator = init_seeded(&ad, seed, || {
-        if config.coordinates() {
+        if config.coordinates {
             Generator::with_coordinates(config.generator, config.generator_width, config.residual(), &ad)
         } else {
             Generator::new(config.generator, config.generator_width, config.residual(), &ad)
@@ -73,7 +73,7 @@ pub(super) fn reverse_once(
             bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
         }
         let grads = GradientsParams::from_grads(l1.backward(), &generator);
-        generator = optim.step(config.learning_rate(), generator, grads);
+        generator = optim.step(config.lr, generator, grads);
         bar.inc(1);
     }
     let mut step = 0;
@@ -157,7 +157,7 @@ pub(super) fn reverse_once(
                 history.push(record);
             }
             let grads = GradientsParams::from_grads(loss.backward(), &generator);
-            generator = optim.step(config.learning_rate(), generator, grads);
+            generator = optim.step(config.lr, generator, grads);
             bar.inc(1);
             step += 1;
         }
@@ -189,7 +189,7 @@ pub(super) fn reverse_once(
 /// What G does on the whole clean set: I(f), the estimated target and how far the outputs
 /// collapsed. `steps`, `history` and `seconds_per_step` are left for the caller.
 pub(super) fn measure(
-    config: &DrmGuardConfig,
+    config: &DrmGuardParams,
     suspect: &Suspect,
     clean: &CleanSet,
     clean_stats: &SetStats,
