@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 
 use super::stats::{SetStats, angle_and_output_stats, saliency};
@@ -14,13 +14,131 @@ use crate::defenses::references::{References, contrast_penalty, frozen_on, sprea
 use crate::defenses::{BatchCursor, CleanSet, Suspect, scalar};
 use crate::progress::progress_bar;
 use crate::error::{Error, Result};
-use crate::models::{Regressor, feature_angles, init_seeded};
+use crate::models::{Model, Regressor, feature_angles, init_seeded};
 
 /// How much I(f) must fall over a round of extra steps for another round: a found trigger's edit
 /// sheds what the collapse does not need fast (rounds of 10–39% on the backdoored models that
 /// gained a verdict from them), a benign model's collapse gives ground slowly (5–8% a round on
 /// the one 32×32 benign model that collapsed under κ with I(f) above ε; docs/drmguard.md).
 pub(super) const MIN_FALL_PER_ROUND: f64 = 0.09;
+
+/// One generator's optimisation against the frozen suspect: what each step reads, G, its
+/// optimiser and the momentum attention map.
+struct Optimisation<'a> {
+    config: &'a DrmGuardParams,
+    /// The suspect, frozen on the autodiff device: no parameter gradients, BatchNorm on its
+    /// running statistics; gradients still flow through it to the images.
+    model: Model,
+    /// The references of the contrast penalty, frozen likewise (none without the penalty).
+    references: Option<Vec<Model>>,
+    head_weight: Tensor<2>,
+    /// The clean set's angle variance per output, `[1, outputs]` (RAV's denominator).
+    angle_var_clean: Tensor<2>,
+    generator: Generator,
+    optim: ModuleOptimizer,
+    attention: Option<Tensor<2>>,
+}
+
+impl<'a> Optimisation<'a> {
+    fn new(config: &'a DrmGuardParams, suspect: &Suspect, clean_stats: &SetStats, references: Option<&References>, seed: u64, ad: &Device) -> Self {
+        let model = suspect.model.clone().fork(ad).freeze();
+        let references = references.filter(|_| config.contrast_weight > 0.0).map(|r| frozen_on(r, ad));
+        let head_weight = model.head_weight().detach();
+        let angle_var_clean = Tensor::<1>::from_floats(clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(), ad).reshape([1, -1]);
+        let generator = init_seeded(ad, seed, || {
+            if config.coordinates {
+                Generator::with_coordinates(config.generator, config.generator_width, config.residual(), ad)
+            } else {
+                Generator::new(config.generator, config.generator_width, config.residual(), ad)
+            }
+        });
+        Optimisation { config, model, references, head_weight, angle_var_clean, generator, optim: AdamConfig::new().init(), attention: None }
+    }
+
+    fn update(&mut self, loss: Tensor<1>) {
+        let grads = GradientsParams::from_grads(loss.backward(), &self.generator);
+        self.generator = self.optim.step(self.config.lr, self.generator.clone(), grads);
+    }
+
+    /// One step of pure reconstruction (L1 only) on batch `x`; its L1.
+    fn warm_up(&mut self, x: Tensor<4>) -> Tensor<1> {
+        let l1 = (self.generator.forward(x.clone()) - x).abs().mean();
+        self.update(l1.clone());
+        l1
+    }
+
+    /// One step of the full objective on batch `x`: the MTR's attention map moves, G takes
+    /// its step, and the step's terms come back.
+    fn step(&mut self, x: Tensor<4>, step: usize) -> Result<StepRecord> {
+        let c = self.config;
+        let pixel_weight = match c.mtr {
+            Mtr::Off => None,
+            mode => {
+                let saliency = saliency(&self.model, x.clone())?;
+                let m = match self.attention.take() {
+                    None => saliency,
+                    Some(m) => m * c.mtr_beta + saliency * (1.0 - c.mtr_beta),
+                };
+                self.attention = Some(m.clone());
+                let [h, w] = m.dims();
+                let w4 = (m * c.mtr_gamma + 1.0).reshape([1, 1, h, w]);
+                Some((mode, w4))
+            }
+        };
+
+        let reversed = self.generator.forward(x.clone());
+        let into_model = match &pixel_weight {
+            // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
+            Some((Mtr::Gradient, w)) => {
+                let scale = w.clone().recip();
+                reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
+            }
+            _ => reversed.clone(),
+        };
+        let z = self.model.features(into_model);
+        let y = self.model.head(z.clone());
+        let output_variance = y.var_bias(0).mean();
+        let contrast = self.references.as_ref().map(|refs| contrast_penalty(refs, x.clone(), reversed.clone(), c.contrast_floor));
+        let diff = (reversed - x).abs();
+        let l1 = diff.clone().mean();
+        let similarity = match &pixel_weight {
+            Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
+            _ => l1.clone(),
+        };
+        let mut loss = output_variance.clone() * c.lambda1 + similarity.clone();
+        let feature_term = match c.feature_reg {
+            FeatureReg::Off => None,
+            reg => {
+                let var = feature_angles(z, self.head_weight.clone()).var_bias(0);
+                let var = if reg == FeatureReg::Rav { var / self.angle_var_clean.clone() } else { var };
+                Some(var.mean())
+            }
+        };
+        if let Some(term) = &feature_term {
+            loss = loss + term.clone() * c.lambda2;
+        }
+        if let Some(term) = &contrast {
+            loss = loss + term.clone() * c.contrast_weight;
+        }
+        let loss_value = scalar(loss.clone());
+        if !loss_value.is_finite() {
+            return Err(Error::Numerical(format!(
+                "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
+            )));
+        }
+        let record = StepRecord {
+            step,
+            loss: loss_value,
+            output_variance: scalar(output_variance),
+            similarity: scalar(similarity),
+            l1: scalar(l1),
+            feature_term: feature_term.map(scalar).unwrap_or(0.0),
+            contrast: contrast.map(scalar).unwrap_or(0.0),
+        };
+        self.update(loss);
+        Ok(record)
+    }
+}
 
 /// One generator from `seed`, under a resolved `config`, against the clean set's statistics
 /// (and, with references, against their collapse).
@@ -33,30 +151,9 @@ pub(super) fn reverse_once(
     seed: u64,
     device: &Device,
 ) -> Result<Reversal> {
-    let config = config.clone();
-    let (lambda1, lambda2) = (config.lambda1, config.lambda2);
     let ad = device.clone().autodiff();
-    // Frozen: no parameter gradients, BatchNorm on its running statistics; gradients still
-    // flow through it to the images.
-    let model = suspect.model.clone().fork(&ad).freeze();
-    let frozen_references = references.filter(|_| config.contrast_weight > 0.0).map(|r| frozen_on(r, &ad));
-    let weight = model.head_weight().detach();
-    let angle_var_clean = Tensor::<1>::from_floats(
-        clean_stats.angle_var.iter().map(|&v| v.max(1e-12) as f32).collect::<Vec<_>>().as_slice(),
-        &ad,
-    )
-    .reshape([1, -1]);
-
-    let mut generator = init_seeded(&ad, seed, || {
-        if config.coordinates {
-            Generator::with_coordinates(config.generator, config.generator_width, config.residual(), &ad)
-        } else {
-            Generator::new(config.generator, config.generator_width, config.residual(), &ad)
-        }
-    });
-    let mut optim = AdamConfig::new().init();
+    let mut run = Optimisation::new(config, suspect, clean_stats, references, seed, &ad);
     let mut batches = BatchCursor::new(clean.len(), config.batch_size, seed ^ 0x6d72_6775_6172_6421);
-    let mut attention: Option<Tensor<2>> = None;
     let mut history = Vec::new();
     let log_every = (config.steps / 40).max(1);
     let bar = progress_bar("drmguard", config.warmup_steps + config.steps);
@@ -68,12 +165,10 @@ pub(super) fn reverse_once(
     let started = Instant::now();
     for step in 0..config.warmup_steps {
         let (x, _) = clean.batch(batches.next_batch(), &ad);
-        let l1 = (generator.forward(x.clone()) - x).abs().mean();
+        let l1 = run.warm_up(x);
         if step % log_every == 0 {
-            bar.set_message(format!("warm-up L1 {:.4}", scalar(l1.clone())));
+            bar.set_message(format!("warm-up L1 {:.4}", scalar(l1)));
         }
-        let grads = GradientsParams::from_grads(l1.backward(), &generator);
-        generator = optim.step(config.lr, generator, grads);
         bar.inc(1);
     }
     let mut step = 0;
@@ -81,72 +176,8 @@ pub(super) fn reverse_once(
     let mut summary = loop {
         while step < planned {
             let (x, _) = clean.batch(batches.next_batch(), &ad);
-
-            let pixel_weight = match config.mtr {
-                Mtr::Off => None,
-                mode => {
-                    let saliency = saliency(&model, x.clone())?;
-                    let m = match attention.take() {
-                        None => saliency,
-                        Some(m) => m * config.mtr_beta + saliency * (1.0 - config.mtr_beta),
-                    };
-                    attention = Some(m.clone());
-                    let [h, w] = m.dims();
-                    let w4 = (m * config.mtr_gamma + 1.0).reshape([1, 1, h, w]);
-                    Some((mode, w4))
-                }
-            };
-
-            let reversed = generator.forward(x.clone());
-            let into_model = match &pixel_weight {
-                // Same values, but the gradient reaching G is scaled by 1 / (1 + γ·M).
-                Some((Mtr::Gradient, w)) => {
-                    let scale = w.clone().recip();
-                    reversed.clone() * scale.clone() + reversed.clone().detach() * (scale.neg() + 1.0)
-                }
-                _ => reversed.clone(),
-            };
-            let z = model.features(into_model);
-            let y = model.head(z.clone());
-            let output_variance = y.var_bias(0).mean();
-            let contrast = frozen_references.as_ref().map(|refs| contrast_penalty(refs, x.clone(), reversed.clone(), config.contrast_floor));
-            let diff = (reversed - x).abs();
-            let l1 = diff.clone().mean();
-            let similarity = match &pixel_weight {
-                Some((Mtr::Loss, w)) => (diff * w.clone()).mean(),
-                _ => l1.clone(),
-            };
-            let mut loss = output_variance.clone() * lambda1 + similarity.clone();
-            let feature_term = match config.feature_reg {
-                FeatureReg::Off => None,
-                reg => {
-                    let var = feature_angles(z, weight.clone()).var_bias(0);
-                    let var = if reg == FeatureReg::Rav { var / angle_var_clean.clone() } else { var };
-                    Some(var.mean())
-                }
-            };
-            if let Some(term) = &feature_term {
-                loss = loss + term.clone() * lambda2;
-            }
-            if let Some(term) = &contrast {
-                loss = loss + term.clone() * config.contrast_weight;
-            }
-            let loss_value = scalar(loss.clone());
-            if !loss_value.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
-                )));
-            }
+            let record = run.step(x, step)?;
             if step % log_every == 0 || step + 1 == planned {
-                let record = StepRecord {
-                    step,
-                    loss: loss_value,
-                    output_variance: scalar(output_variance),
-                    similarity: scalar(similarity),
-                    l1: scalar(l1),
-                    feature_term: feature_term.map(scalar).unwrap_or(0.0),
-                    contrast: contrast.map(scalar).unwrap_or(0.0),
-                };
                 // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
                 if step % (log_every * 4) == 0 {
                     tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
@@ -156,13 +187,11 @@ pub(super) fn reverse_once(
                 bar.set_message(format!("L1 {:.4}, out var {:.2e}", record.l1, record.output_variance));
                 history.push(record);
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &generator);
-            generator = optim.step(config.lr, generator, grads);
             bar.inc(1);
             step += 1;
         }
-        let inference = generator.clone().valid();
-        let now = measure(&config, suspect, clean, clean_stats, references, &|x| inference.forward(x))?;
+        let inference = run.generator.clone().valid();
+        let now = measure(config, suspect, clean, clean_stats, references, &|x| inference.forward(x))?;
         let falling = last_score.is_none_or(|before| now.score < (1.0 - MIN_FALL_PER_ROUND) * before);
         if planned < limit && config.collapsed(&now) && now.score >= config.epsilon && falling {
             let more = round.min(limit - planned);
@@ -177,13 +206,12 @@ pub(super) fn reverse_once(
     bar.finish_and_clear();
     let seconds_per_step = started.elapsed().as_secs_f64() / (config.warmup_steps + step) as f64;
 
-    let generator = generator.valid();
     summary.steps = step;
     summary.history = history;
     summary.seconds_per_step = seconds_per_step;
     tracing::info!(score = summary.score, rav = summary.rav, steps = step, seconds_per_step, "drmguard reverse engineering done");
-    let attention = attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
-    Ok(Reversal { generator, summary, config, seed, attention })
+    let attention = run.attention.map(|m| m.reshape([-1]).into_data().try_to_vec::<f32>()).transpose().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+    Ok(Reversal { generator: run.generator.valid(), summary, config: config.clone(), seed, attention })
 }
 
 /// What G does on the whole clean set: I(f), the estimated target and how far the outputs
