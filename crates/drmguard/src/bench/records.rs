@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::defenses::{DetectorKind, MitigatorKind};
+use crate::defenses::agnostic::Verdict;
+use crate::defenses::{DetectorConfigs, DetectorKind, MitigatorKind};
 use crate::metrics::{BackdoorErrors, TaskError};
 use crate::task::Task;
 use super::scoring::Confusion;
@@ -139,6 +140,30 @@ pub struct DetectionRecord {
     /// The detector's scalar signals (see [`Detection::signals`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub signals: std::collections::BTreeMap<String, f64>,
+}
+
+impl DetectionRecord {
+    /// The record decided under `configs`' current verdict settings: a scan of the input-agnostic
+    /// reversal is cached under its search settings alone ([`DetectorConfigs::settings_of`]),
+    /// and its score and decision follow from its signals. Other detectors' records are kept.
+    pub fn redecided(mut self, configs: &DetectorConfigs) -> Self {
+        if let Some(v) = redecide(configs, self.detector, &mut self.signals) {
+            (self.score, self.suspicion, self.threshold, self.backdoored) = (v.score, v.score, v.threshold, v.backdoored);
+        }
+        self
+    }
+}
+
+/// The input-agnostic reversal's verdict on a cached scan's `signals` under `configs` (its
+/// `score` signal updated); `None` for other detectors and for scans without the calibrated
+/// signals.
+pub(crate) fn redecide(configs: &DetectorConfigs, detector: DetectorKind, signals: &mut std::collections::BTreeMap<String, f64>) -> Option<Verdict> {
+    if detector != DetectorKind::Agnostic {
+        return None;
+    }
+    let verdict = configs.agnostic.decide(signals)?;
+    signals.insert("score".into(), verdict.score);
+    Some(verdict)
 }
 
 /// One mitigator's repair of one backdoored model.

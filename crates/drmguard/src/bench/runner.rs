@@ -305,7 +305,7 @@ impl Bench {
     ) -> Result<Option<DetectionRecord>> {
         let c = &self.config;
         let key = short_hash(&(&t.record.path, kind, c.detector_configs.settings_of(kind), c.seed, clean.describe()));
-        self.step(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
+        let record = self.step(&self.cache.join("results").join(format!("scan-{}-{kind}-{key}.json", t.record.id)), || {
             let d = match kind {
                 DetectorKind::Drmguard => self.drmguard_reversal(reversal, suspect, clean, device)?.0.clone(),
                 _ => c.detector_configs.build(kind).detect(suspect, clean, c.seed, device)?.detection,
@@ -321,7 +321,8 @@ impl Bench {
                 elapsed_s: d.elapsed_s,
                 signals: d.signals,
             })
-        })
+        })?;
+        Ok(record.map(|r| r.redecided(&c.detector_configs)))
     }
 
     fn mitigate(

@@ -17,6 +17,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::scoring::{Confusion, roc_auc};
+use super::records::redecide;
 use super::{cached, mean};
 use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind};
 use crate::error::{Error, Result};
@@ -207,8 +208,15 @@ impl ZooConfig {
                     signals: d.signals,
                 })
             });
-            // The manifest, not the cache, says what the model is.
-            out.push((kind, scan.map(|scan| ZooScan { model: entry.model.clone(), backdoored: entry.backdoored, attack: entry.attack.clone(), ..scan })));
+            // The manifest, not the cache, says what the model is; the current verdict settings
+            // decide (the cache key leaves them out).
+            let scan = scan.map(|mut scan| {
+                if let Some(v) = redecide(&self.detector_configs, kind, &mut scan.signals) {
+                    (scan.score, scan.suspicion, scan.threshold, scan.flagged) = (v.score, v.score, v.threshold, v.backdoored);
+                }
+                ZooScan { model: entry.model.clone(), backdoored: entry.backdoored, attack: entry.attack.clone(), ..scan }
+            });
+            out.push((kind, scan));
         }
         Ok(out)
     }

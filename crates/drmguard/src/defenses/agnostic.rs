@@ -190,6 +190,41 @@ fn default_quality_knee() -> f64 {
     DEFAULT_QUALITY_KNEE
 }
 
+/// The verdict's settings (ratio, quality slope and knee) as they stand in cache keys, whatever
+/// their values: they turn a scan's measured signals into its score and decision
+/// ([`AgnosticConfig::decide`]), so a scan cached under other verdict settings is re-decided
+/// rather than run again. Fixed at the values the test bed's cached scans were keyed under.
+const KEYED_VERDICT: (f64, f64, f64) = (1.5, 1.25, 3.0);
+
+/// A calibrated verdict on a scan's signals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// ln(the references' mask / the suspect's), less what their weaker quality explains.
+    pub score: f64,
+    /// ln of the ratio: flagged from here.
+    pub threshold: f64,
+    pub backdoored: bool,
+}
+
+impl AgnosticConfig {
+    /// These settings with the verdict's own fixed ([`KEYED_VERDICT`]): what a scan's cache key
+    /// reads.
+    pub fn keyed(&self) -> AgnosticConfig {
+        let (ratio, quality_slope, quality_knee) = KEYED_VERDICT;
+        AgnosticConfig { ratio, quality_slope, quality_knee, ..self.clone() }
+    }
+
+    /// The calibrated verdict on a scan's measured signals (`log_ratio`, `reference_error_deg`,
+    /// `suspect_error_deg`), under these settings; `None` when one is missing (an uncalibrated
+    /// scan, or one from before the quality correction).
+    pub fn decide(&self, signals: &std::collections::BTreeMap<String, f64>) -> Option<Verdict> {
+        let (log_ratio, reference_error, suspect_error) = (signals.get("log_ratio")?, signals.get("reference_error_deg")?, signals.get("suspect_error_deg")?);
+        let score = quality_adjusted(*log_ratio, *reference_error, *suspect_error, self.quality_slope, self.quality_knee);
+        let threshold = self.ratio.ln();
+        Some(Verdict { score, threshold, backdoored: score >= threshold })
+    }
+}
+
 /// The log of the references' mask over the suspect's, less what the references' weaker
 /// quality alone accounts for: `slope · max(0, ln(reference error / suspect error) − ln knee)`.
 pub fn quality_adjusted(log_ratio: f64, reference_error: f64, suspect_error: f64, slope: f64, knee: f64) -> f64 {
@@ -267,13 +302,14 @@ impl Detector for Agnostic {
             let reference_error = references.heldout_error_deg();
             let batch = c.search().batch_size;
             let suspect_error = evaluate(&suspect.model, suspect.task, &heldout_part(clean.data()), batch)?.mean_deg;
-            let score = quality_adjusted(log_ratio, reference_error, suspect_error, c.quality_slope, c.quality_knee);
             let signals = &mut finding.detection.signals;
             signals.insert("reference_mask_share".into(), geometric);
             signals.insert("log_ratio".into(), log_ratio);
             signals.insert("reference_error_deg".into(), reference_error);
             signals.insert("suspect_error_deg".into(), suspect_error);
             signals.insert("quality_log_ratio".into(), quality_log_ratio(reference_error, suspect_error));
+            let verdict = c.decide(signals).ok_or_else(|| Error::Numerical("the calibrated verdict's signals are missing".into()))?;
+            let score = verdict.score;
             signals.insert("score".into(), score);
             finding.rows.push((
                 format!("the same search on each of the {} references, against the others", theirs.len()),
@@ -295,7 +331,7 @@ impl Detector for Agnostic {
             // Its time includes the references' own scores, computed by the first scan of a task
             // and clean set and read from the cache afterwards.
             d.elapsed_s = started.elapsed().as_secs_f64();
-            let decided = super::Detection::decide("agnostic", score, self.config.ratio.ln(), false, d.elapsed_s, serde_json::Value::Null);
+            let decided = super::Detection::decide("agnostic", score, verdict.threshold, false, d.elapsed_s, serde_json::Value::Null);
             (d.score, d.threshold, d.margin, d.suspicion, d.backdoored) = (decided.score, decided.threshold, decided.margin, decided.suspicion, decided.backdoored);
         }
         finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
@@ -330,5 +366,22 @@ mod tests {
         assert!((adjusted - (0.7 - 1.25 * 2f64.ln())).abs() < 1e-12);
         // Slope 0: the plain log ratio.
         assert_eq!(quality_adjusted(0.7, 18.0, 3.0, 0.0, 3.0), 0.7);
+    }
+
+    #[test]
+    fn a_scans_signals_are_decided_under_the_current_verdict_settings_and_keyed_without_them() {
+        let signals: std::collections::BTreeMap<String, f64> =
+            [("log_ratio", 0.9), ("reference_error_deg", 18.0), ("suspect_error_deg", 3.0)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let c = AgnosticConfig::default();
+        let v = c.decide(&signals).unwrap();
+        assert_eq!(v.score, quality_adjusted(0.9, 18.0, 3.0, c.quality_slope, c.quality_knee));
+        assert_eq!((v.threshold, v.backdoored), (c.ratio.ln(), v.score >= c.ratio.ln()));
+        let strict = AgnosticConfig { ratio: 3.0, quality_slope: 0.0, ..c.clone() };
+        assert_eq!(strict.decide(&signals), Some(Verdict { score: 0.9, threshold: 3f64.ln(), backdoored: false }));
+        assert_eq!(strict.keyed(), c.keyed(), "the verdict's settings are not in the key");
+        assert_ne!(AgnosticConfig { steps: 10, ..c.clone() }.keyed(), c.keyed());
+        let mut missing = signals.clone();
+        missing.remove("suspect_error_deg");
+        assert_eq!(c.decide(&missing), None);
     }
 }

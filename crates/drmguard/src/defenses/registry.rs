@@ -179,13 +179,18 @@ mitigators! {
 }
 
 impl DetectorConfigs {
-    /// The settings detector `kind` reads, and only those (e.g. for cache keys): its own config,
-    /// and for DRMGuard's calibrated verdict the input-agnostic reversal's too.
+    /// The settings detector `kind`'s measurements read, and only those (for cache keys): its
+    /// own config, and for DRMGuard's calibrated verdict the input-agnostic reversal's too. The
+    /// input-agnostic reversal's verdict settings stand at fixed values
+    /// ([`AgnosticConfig::keyed`]): a cached scan is re-decided under the current ones
+    /// ([`AgnosticConfig::decide`]).
     pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
-        let own = self.own_settings(kind);
         match kind {
-            DetectorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic }),
-            _ => own,
+            DetectorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => {
+                serde_json::json!({ "drmguard": self.own_settings(kind), "agnostic": self.agnostic.keyed() })
+            }
+            DetectorKind::Agnostic => serde_json::json!(self.agnostic.keyed()),
+            _ => self.own_settings(kind),
         }
     }
 
@@ -226,11 +231,12 @@ impl DetectorConfigs {
 impl MitigatorConfigs {
     /// The settings mitigator `kind` reads, and only those (e.g. for cache keys): the configs
     /// its registry line names, and for DRMGuard's calibrated verdict the input-agnostic
-    /// reversal's too.
+    /// reversal's search settings too (a repair unlearns what the search found, whatever the
+    /// verdict).
     pub fn settings_of(&self, kind: MitigatorKind) -> serde_json::Value {
         let own = self.own_settings(kind);
         match kind {
-            MitigatorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic }),
+            MitigatorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic.keyed() }),
             _ => own,
         }
     }
@@ -292,9 +298,14 @@ mod tests {
         assert_eq!(c.drmguard.test, DrmGuardTest::Verdict);
         assert_eq!(c.build(DetectorKind::Drmguard).name(), "drmguard");
         let verdict = c.settings_of(DetectorKind::Drmguard);
-        assert_eq!(verdict["agnostic"], serde_json::json!(c.agnostic));
+        assert_eq!(verdict["agnostic"], serde_json::json!(c.agnostic.keyed()));
+        c.set("agnostic.steps=20").unwrap();
+        assert_ne!(c.settings_of(DetectorKind::Drmguard), verdict, "a search setting rescans");
+        let searched = c.settings_of(DetectorKind::Drmguard);
         c.set("agnostic.ratio=2.0").unwrap();
-        assert_ne!(c.settings_of(DetectorKind::Drmguard), verdict, "a verdict setting rescans");
+        c.set("agnostic.quality_slope=0.5").unwrap();
+        assert_eq!(c.settings_of(DetectorKind::Drmguard), searched, "the verdict's settings re-decide a cached scan");
+        assert_eq!(c.settings_of(DetectorKind::Agnostic), serde_json::json!(c.agnostic.keyed()));
         c.set("drmguard.test=generator").unwrap();
         // The generator test hashes as configs from before the switch did.
         assert_eq!(c.settings_of(DetectorKind::Drmguard), serde_json::json!(c.drmguard));
