@@ -123,6 +123,24 @@ fn window_masks(windows: &[Window], side: usize, device: &Device) -> Tensor<4> {
     Tensor::<1>::from_floats(m.as_slice(), device).reshape([windows.len(), 1, side, side])
 }
 
+/// The most pixels that go through the models at once: the test bed's 49 windows of 8 images
+/// at 64 × 64. Larger images optimise their windows in chunks of this size, one after the
+/// other, each window on the same batches, so that memory stays where the test bed measured it.
+const PROBE_PIXELS: usize = 49 * PROBE_BATCH * 64 * 64;
+
+/// What the windows' optimisation reads besides the windows themselves.
+struct Probe<'a> {
+    model: &'a Model,
+    references: Option<&'a [Model]>,
+    clean: &'a CleanSet,
+    units: f64,
+    side: usize,
+    seed: u64,
+}
+
+/// One window's optimised pattern (squashed, `3·S·S`), target and objective.
+type Optimised = (Vec<f32>, Vec<f32>, f64);
+
 impl NeuralCleanse {
     /// Every window of [`window_grid`] optimised for the search's objective against `model`
     /// (frozen, on the autodiff device `ad`) and `references` (likewise; none: fit alone),
@@ -140,33 +158,48 @@ impl NeuralCleanse {
         seed: u64,
         ad: &Device,
     ) -> Result<Vec<WindowSeed>> {
-        let c = &self.config;
         let windows = window_grid(side, cell);
-        let (n, d) = (windows.len(), initial_target.len());
-        let masks = window_masks(&windows, side, ad);
-        let mut patterns = init_seeded(ad, seed, || {
-            let u = Tensor::<4>::random([n, 3, side, side], Distribution::Uniform(0.0, 1.0), ad);
-            Patterns { raw: Param::from_tensor(inverse_squash(u)) }
-        });
+        let n = windows.len();
+        // Every window's starting pattern is drawn at once, whatever the chunks.
+        let start = init_seeded(ad, seed, || inverse_squash(Tensor::<4>::random([n, 3, side, side], Distribution::Uniform(0.0, 1.0), ad)));
+        let probe = Probe { model, references, clean, units: task.units_per_label(), side, seed };
+        let chunk = (PROBE_PIXELS / (PROBE_BATCH * side * side)).max(1);
+        let mut seeds = Vec::with_capacity(n);
+        for first in (0..n).step_by(chunk) {
+            let part = &windows[first..(first + chunk).min(n)];
+            let raw = start.clone().slice([first..first + part.len()]);
+            let optimised = self.optimise_windows(&probe, part, raw, initial_target, ad)?;
+            seeds.extend(part.iter().zip(optimised).map(|(&window, (pattern, target, objective))| WindowSeed { window, objective, pattern, target }));
+        }
+        seeds.sort_by(|a, b| a.objective.total_cmp(&b.objective));
+        Ok(seeds)
+    }
+
+    /// `windows` optimised side by side in one batch from the patterns `raw` (`[W, 3, S, S]`,
+    /// before squashing).
+    fn optimise_windows(&self, probe: &Probe<'_>, windows: &[Window], raw: Tensor<4>, initial_target: &[f32], ad: &Device) -> Result<Vec<Optimised>> {
+        let c = &self.config;
+        let (n, d, side) = (windows.len(), initial_target.len(), probe.side);
+        let masks = window_masks(windows, side, ad);
+        let mut patterns = Patterns { raw: Param::from_tensor(raw) };
         let rows: Vec<f32> = (0..n).flat_map(|_| initial_target.iter().copied()).collect();
         let mut targets = Targets { value: Param::from_tensor(Tensor::<1>::from_floats(rows.as_slice(), ad).reshape([n, d])) };
         let adam = || AdamConfig::new().with_beta_1(0.5).with_beta_2(0.9);
         let (mut pattern_optim, mut target_optim) = (adam().init(), adam().init());
-        let mut batches = BatchCursor::new(clean.len(), PROBE_BATCH, seed ^ 0x7769_6e64_6f77);
-        let units = task.units_per_label();
+        let mut batches = BatchCursor::new(probe.clean.len(), PROBE_BATCH, probe.seed ^ 0x7769_6e64_6f77);
         let scored_from = PROBE_STEPS - ((PROBE_STEPS as f64 * SCORED_SHARE).ceil() as usize).max(1);
         let mut scored = vec![0.0f64; n];
         for step in 0..PROBE_STEPS {
-            let (x, _) = clean.batch(batches.next_batch(), ad);
+            let (x, _) = probe.clean.batch(batches.next_batch(), ad);
             let b = x.dims()[0];
             let per_window = |t: Tensor<4>, channels: usize| t.unsqueeze_dim::<5>(1).expand([n, b, channels, side, side]).reshape([n * b, channels, side, side]);
             let m = per_window(masks.clone(), 1);
             let p = per_window(squash(patterns.raw.val()), 3);
             let xs = x.clone().unsqueeze_dim::<5>(0).expand([n, b, 3, side, side]).reshape([n * b, 3, side, side]);
             let stamped = xs * (m.clone().neg() + 1.0) + m * p;
-            let y = model.forward(stamped.clone()).reshape([n, b, d]);
-            let mut objective = (y - targets.value.val().reshape([n, 1, d])).abs().mean_dim(2).mean_dim(1).reshape([n]) * units;
-            if let Some(references) = references.filter(|r| !r.is_empty()) {
+            let y = probe.model.forward(stamped.clone()).reshape([n, b, d]);
+            let mut objective = (y - targets.value.val().reshape([n, 1, d])).abs().mean_dim(2).mean_dim(1).reshape([n]) * probe.units;
+            if let Some(references) = probe.references.filter(|r| !r.is_empty()) {
                 let mut shift: Option<Tensor<1>> = None;
                 for reference in references {
                     let before = reference.forward(x.clone()).detach().reshape([1, b, d]);
@@ -178,7 +211,7 @@ impl NeuralCleanse {
                     });
                 }
                 if let Some(shift) = shift {
-                    objective = objective + shift * (units * c.neutral_weight / references.len() as f64);
+                    objective = objective + shift * (probe.units * c.neutral_weight / references.len() as f64);
                 }
             }
             if step >= scored_from {
@@ -186,6 +219,7 @@ impl NeuralCleanse {
                     *total += v as f64;
                 }
             }
+            // Each window's pattern and target move with its own objective only.
             let loss = objective.sum();
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
@@ -201,18 +235,7 @@ impl NeuralCleanse {
         let pattern_values = values(squash(patterns.raw.val()))?;
         let target_values = values(targets.value.val())?;
         let plane = 3 * side * side;
-        let mut seeds: Vec<WindowSeed> = windows
-            .iter()
-            .enumerate()
-            .map(|(k, &window)| WindowSeed {
-                window,
-                objective: scored[k] / counted,
-                pattern: pattern_values[k * plane..(k + 1) * plane].to_vec(),
-                target: target_values[k * d..(k + 1) * d].to_vec(),
-            })
-            .collect();
-        seeds.sort_by(|a, b| a.objective.total_cmp(&b.objective));
-        Ok(seeds)
+        Ok((0..n).map(|k| (pattern_values[k * plane..(k + 1) * plane].to_vec(), target_values[k * d..(k + 1) * d].to_vec(), scored[k] / counted)).collect())
     }
 }
 
