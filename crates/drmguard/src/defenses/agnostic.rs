@@ -44,9 +44,9 @@ pub const DEFAULT_MASK_CELL: usize = 4;
 pub const DEFAULT_RESTARTS: usize = 3;
 
 /// Starts seeded by the best window of a coarse grid, beside the random starts: on the test
-/// bed's head-pose BadNets models the random starts settled on the face and missed the 8 × 8
-/// corner patch on two of four, which the window start found on each (mask 0.006–0.007 against
-/// the random starts' 0.032–0.048), while benign models kept their scores (docs/testbed.md).
+/// bed's head-pose BadNets models three random starts settled on the face on three of four
+/// (masks 0.031–0.037), and the window start found the 8 × 8 corner patch on all four (0.006–0.007),
+/// while the benign models' masks stayed where they were (docs/testbed.md).
 pub const DEFAULT_WINDOW_STARTS: usize = 1;
 
 /// The calibrated verdict's ratio: the model is flagged when its mask is at least this many
