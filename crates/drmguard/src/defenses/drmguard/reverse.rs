@@ -67,9 +67,9 @@ impl<'a> Optimisation<'a> {
         l1
     }
 
-    /// One step of the full objective on batch `x`: the MTR's attention map moves, G takes
-    /// its step, and the step's terms come back.
-    fn step(&mut self, x: Tensor<4>, step: usize) -> Result<StepRecord> {
+    /// One step of the full objective on batch `x`: the MTR's attention map moves and G takes
+    /// its step; with `record`, the step's terms come back (read from the device only then).
+    fn step(&mut self, x: Tensor<4>, step: usize, record: bool) -> Result<Option<StepRecord>> {
         let c = self.config;
         let pixel_weight = match c.mtr {
             Mtr::Off => None,
@@ -126,7 +126,7 @@ impl<'a> Optimisation<'a> {
                 "DRMGuard's loss became {loss_value} at step {step} (are the model's outputs finite on the clean set?)"
             )));
         }
-        let record = StepRecord {
+        let record = record.then(|| StepRecord {
             step,
             loss: loss_value,
             output_variance: scalar(output_variance),
@@ -134,7 +134,7 @@ impl<'a> Optimisation<'a> {
             l1: scalar(l1),
             feature_term: feature_term.map(scalar).unwrap_or(0.0),
             contrast: contrast.map(scalar).unwrap_or(0.0),
-        };
+        });
         self.update(loss);
         Ok(record)
     }
@@ -176,8 +176,7 @@ pub(super) fn reverse_once(
     let mut summary = loop {
         while step < planned {
             let (x, _) = clean.batch(batches.next_batch(), &ad);
-            let record = run.step(x, step)?;
-            if step % log_every == 0 || step + 1 == planned {
+            if let Some(record) = run.step(x, step, step % log_every == 0 || step + 1 == planned)? {
                 // The bar is hidden when stderr is not a terminal: log a tenth of the way too.
                 if step % (log_every * 4) == 0 {
                     tracing::info!(step, l1 = record.l1, output_variance = record.output_variance, feature_term = record.feature_term, "drmguard");
