@@ -111,6 +111,46 @@ fn fashion_mnist_exports_to_a_folder_with_a_class_column() {
     assert!(err.contains("dataset-fashion-mnist"), "{err}");
 }
 
+/// A classifier on a `class` folder: accuracy and attack success rate in `eval`, a one-class
+/// target, and a clear refusal from `scan`.
+#[test]
+fn a_classifier_trains_on_a_class_folder_and_reports_accuracy_and_attack_success() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("classes");
+    std::fs::create_dir(&data).unwrap();
+    let mut csv = String::from("file,class\n");
+    for i in 0..96u32 {
+        let class = i % 3;
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            let v = if (x + y * 3 + i) % 7 == 0 { 255 } else { 60 * class as u8 };
+            image::Rgb([v, v, v])
+        });
+        img.save(data.join(format!("{i:03}.png"))).unwrap();
+        csv.push_str(&format!("{i:03}.png,{class}\n"));
+    }
+    std::fs::write(data.join("labels.csv"), csv).unwrap();
+    let model = tmp.path().join("c.safetensors");
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let common = ["--task", "classification:3", "--data", d, "--profile", "smoke", "--image-size", "16", "--batch-size", "8", "--epochs", "2"];
+    let err = fails(&[&["train"][..], &common, &["--attack", "badnets", "--target", "0,1", "--out", m]].concat());
+    assert!(err.contains("one class index"), "{err}");
+    let err = fails(&[&["train"][..], &common, &["--attack", "badnets", "--target", "3", "--out", m]].concat());
+    assert!(err.contains("0–2"), "{err}");
+    let o = drmguard(&[&["train"][..], &common, &["--attack", "badnets", "--target", "2", "--out", m]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("validation accuracy"));
+    let o = drmguard(&["eval", "--model", m, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["task"], serde_json::json!({"classification": {"classes": 3}}));
+    assert_eq!(report["target"], serde_json::json!([0.0, 0.0, 1.0]));
+    let (accuracy, error) = (report["clean_accuracy"].as_f64().unwrap(), report["clean_error_deg"].as_f64().unwrap());
+    assert!((accuracy + error - 100.0).abs() < 1e-9, "{report}");
+    assert!((0.0..=100.0).contains(&report["attack_success_rate"].as_f64().unwrap()), "{report}");
+    let err = fails(&["scan", "--model", m, "--data", d, "--out", tmp.path().join("scan").to_str().unwrap()]);
+    assert!(err.contains("classifier"), "{err}");
+}
+
 #[test]
 fn unknown_task_and_profile_are_named() {
     let err = fails(&["train", "--task", "pose", "--out", "/tmp/x.safetensors"]);

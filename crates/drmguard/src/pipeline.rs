@@ -25,15 +25,11 @@ pub struct TrainJob {
 }
 
 impl TrainJob {
-    /// A job on the built-in data of `config.task`, drawn with the config's seed and sizes.
-    pub fn builtin(config: TrainConfig, backdoor: Option<BackdoorSpec>) -> Self {
-        let source = DataSource::Synthetic {
-            task: config.task,
-            n: config.samples,
-            seed: config.seed,
-            image_size: config.image_size,
-        };
-        TrainJob { config, source, backdoor }
+    /// A job on the built-in data of `config.task` ([`DataSource::builtin`]), drawn with the
+    /// config's seed and sizes.
+    pub fn builtin(config: TrainConfig, backdoor: Option<BackdoorSpec>) -> Result<Self> {
+        let source = DataSource::builtin(config.task, config.samples, config.seed, config.image_size)?;
+        Ok(TrainJob { config, source, backdoor })
     }
 
     /// A short hash of the job and the drmguard version: equal jobs give equal models, so a cache
@@ -89,7 +85,7 @@ impl TrainJob {
             format_version: CARD_FORMAT_VERSION,
             drmguard_version: env!("CARGO_PKG_VERSION").into(),
             task: config.task,
-            output_names: config.task.output_names().iter().map(|s| s.to_string()).collect(),
+            output_names: config.task.output_names(),
             output_units: config.task.label_units().into(),
             model: config.model_spec(),
             trained: Some(TrainingRecord {

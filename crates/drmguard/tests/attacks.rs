@@ -25,7 +25,7 @@ fn images(n: usize, s: usize) -> Tensor<4> {
 /// A gaze dataset of `n` grey `s`×`s` images with labels spread over the label range.
 fn blank(n: usize, s: u32) -> Dataset {
     Dataset {
-        output_names: Task::Gaze.output_names().iter().map(|s| s.to_string()).collect(),
+        output_names: Task::Gaze.output_names(),
         image_size: s,
         names: (0..n).map(|i| format!("{i}.png")).collect(),
         images: vec![image::RgbImage::from_pixel(s, s, image::Rgb([128, 128, 128])); n],
@@ -331,12 +331,12 @@ fn a_robust_surrogate_is_harder_to_move_than_the_plain_one() {
     let val = synthesize(Task::Gaze, 64, config.image_size, 5).unwrap();
     let (benign, _) = train(&config, &data, &val, None, &device).unwrap();
     let plain = CleanLabelConfig { robust_epochs: 0, ..Default::default() };
-    let same = plain.surrogate(&benign, &data, 0, &device).unwrap();
+    let same = plain.surrogate(&benign, Task::Gaze, &data, 0, &device).unwrap();
     let outputs = |m: &drmguard::models::Model| predict(m, &val, 64).unwrap();
     assert_eq!(outputs(&same), outputs(&benign), "0 robust epochs keeps the benign model");
     let robust_config = CleanLabelConfig { robust_epochs: 3, ..Default::default() };
-    let robust = robust_config.surrogate(&benign, &data, 0, &device).unwrap();
-    assert_eq!(outputs(&robust), outputs(&robust_config.surrogate(&benign, &data, 0, &device).unwrap()), "seeded");
+    let robust = robust_config.surrogate(&benign, Task::Gaze, &data, 0, &device).unwrap();
+    assert_eq!(outputs(&robust), outputs(&robust_config.surrogate(&benign, Task::Gaze, &data, 0, &device).unwrap()), "seeded");
     // The PGD perturbation moves each model's outputs; the adversarially fine-tuned one less.
     let picked: Vec<usize> = (0..val.len()).collect();
     let shift = |m: &drmguard::models::Model| {

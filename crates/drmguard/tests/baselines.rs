@@ -26,7 +26,7 @@ fn suspect() -> &'static (Suspect, CleanSet) {
         config.samples = 800;
         config.epochs = 6;
         let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: TARGET.to_vec(), poison_rate: 0.1, seed: 5 };
-        let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
+        let (model, card) = TrainJob::builtin(config, Some(spec)).unwrap().run(&Device::flex()).unwrap();
         let suspect = card.suspect(model);
         let clean = CleanSet::fresh_builtin(&suspect, 96).unwrap();
         (suspect, clean)

@@ -72,7 +72,7 @@ fn smoke_suspect() -> (Suspect, CleanSet) {
     config.samples = 800;
     config.epochs = 6;
     let spec = BackdoorSpec { attack: AttackKind::Badnets(BadNetsConfig::default()), target: vec![-0.25, 0.35], poison_rate: 0.1, seed: 3 };
-    let (model, card) = TrainJob::builtin(config, Some(spec)).run(&Device::flex()).unwrap();
+    let (model, card) = TrainJob::builtin(config, Some(spec)).unwrap().run(&Device::flex()).unwrap();
     assert!(card.backdoor.is_some());
     let suspect = card.suspect(model);
     let clean = CleanSet::fresh_builtin(&suspect, 64).unwrap();
@@ -215,7 +215,7 @@ fn the_benchmarks_first_headpose_badnets_model_is_flagged_and_outranks_its_benig
             let (attack, poison_rate) = profile.attack(name, task).unwrap();
             BackdoorSpec { attack, target: BackdoorSpec::default_target(task, seed), poison_rate, seed }
         });
-        let (model, card) = TrainJob::builtin(profile.train_config(task, seed), backdoor).run(&device).unwrap();
+        let (model, card) = TrainJob::builtin(profile.train_config(task, seed), backdoor).unwrap().run(&device).unwrap();
         let suspect = card.suspect(model);
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect)).unwrap();
         let config = profile.detector_configs().drmguard;

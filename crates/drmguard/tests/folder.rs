@@ -13,7 +13,7 @@ fn write_sample_folder(dir: &Path) {
 }
 
 fn load_err(dir: &Path) -> String {
-    let err = folder::load(dir, 16, Some(Task::Gaze.output_names())).expect_err("loading must fail");
+    let err = folder::load(dir, 16, Some(&Task::Gaze.output_names())).expect_err("loading must fail");
     err.to_string()
 }
 
@@ -23,7 +23,7 @@ fn a_written_folder_loads_back_identically() {
     let dir = tmp.path().join("gaze");
     let ds = synthesize(Task::Gaze, 10, 16, 4).unwrap();
     folder::write(&ds, &dir).unwrap();
-    let back = folder::load(&dir, 16, Some(Task::Gaze.output_names())).unwrap();
+    let back = folder::load(&dir, 16, Some(&Task::Gaze.output_names())).unwrap();
     assert_eq!(back.names, ds.names);
     assert_eq!(back.labels, ds.labels, "labels round-trip exactly");
     for (a, b) in back.images.iter().zip(&ds.images) {

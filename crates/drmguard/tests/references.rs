@@ -28,7 +28,7 @@ fn suspect(n: usize) -> (Suspect, CleanSet) {
     let mut config = TrainConfig::new(Task::Gaze, Profile::Smoke, 11);
     config.samples = 400;
     config.epochs = 2;
-    let (model, card) = TrainJob::builtin(config, None).run(&Device::flex()).unwrap();
+    let (model, card) = TrainJob::builtin(config, None).unwrap().run(&Device::flex()).unwrap();
     let suspect = card.suspect(model);
     let clean = CleanSet::fresh_builtin(&suspect, n).unwrap();
     (suspect, clean)

@@ -13,6 +13,7 @@ fn samples_are_deterministic_per_seed_and_index() {
             Task::Gaze => gaze::sample(seed, i, 32),
             Task::HeadPose => headpose::sample(seed, i, 32),
             Task::Landmarks => headpose::landmark_sample(seed, i, 32),
+            Task::Classification { .. } => unreachable!("Task::ALL holds the rendered regression tasks"),
         };
         let (a, la) = render(7, 3);
         let (b, lb) = render(7, 3);

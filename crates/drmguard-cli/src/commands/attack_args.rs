@@ -13,8 +13,8 @@ pub struct AttackArgs {
     pub attack: Option<String>,
     /// Attacker's target vector, comma-separated in the task's output order and label units
     /// (pitch,yaw for gaze and yaw,pitch,roll for head pose, in radians; the ten landmark
-    /// coordinates x,y per point in fractions of the side). Default: drawn from the seed inside
-    /// the label range, away from its centre.
+    /// coordinates x,y per point in fractions of the side); for a classifier, one class index.
+    /// Default: drawn from the seed (inside the label range, away from its centre).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub target: Option<Vec<f32>>,
     /// Share of training samples that carry the trigger, in (0, 1].
@@ -34,9 +34,19 @@ impl AttackArgs {
             return Ok(None);
         };
         let attack = self.configs.kind(name).map_err(|e| anyhow::anyhow!("--attack: {e}"))?;
+        let target = match (&self.target, task.is_classification()) {
+            (None, _) => BackdoorSpec::default_target(task, seed),
+            (Some(values), false) => values.clone(),
+            (Some(values), true) => match values.as_slice() {
+                [class] if class.fract() == 0.0 && *class >= 0.0 => {
+                    BackdoorSpec::class_target(task, *class as usize).map_err(|e| anyhow::anyhow!("--target: {e}"))?
+                }
+                _ => bail!("--target: a classifier's target is one class index, e.g. --target 0"),
+            },
+        };
         let spec = BackdoorSpec {
             attack,
-            target: self.target.clone().unwrap_or_else(|| BackdoorSpec::default_target(task, seed)),
+            target,
             poison_rate: self.poison_rate,
             seed,
         };

@@ -147,7 +147,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Show(a) => {
-            let ds = folder::load(&a.data, a.image_size, Some(a.task.output_names()))?;
+            let ds = folder::load(&a.data, a.image_size, Some(&a.task.label_columns()))?.labelled_for(a.task)?;
             write_label_grid(&ds, a.task, a.count, a.columns, &a.out)?;
             out!("wrote {}", a.out.display());
             Ok(())

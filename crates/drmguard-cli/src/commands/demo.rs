@@ -84,8 +84,8 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
     let config = TrainConfig::new(task, a.profile, a.seed);
     let backdoor = BackdoorSpec { attack, target: BackdoorSpec::default_target(task, a.seed), poison_rate: DEFAULT_POISON_RATE, seed: a.seed };
     let jobs = [
-        ("benign", TrainJob::builtin(config.clone(), None)),
-        (a.attack.as_str(), TrainJob::builtin(config, Some(backdoor))),
+        ("benign", TrainJob::builtin(config.clone(), None)?),
+        (a.attack.as_str(), TrainJob::builtin(config, Some(backdoor))?),
     ];
 
     let (mut rows, mut rule) = (Vec::new(), None);

@@ -53,12 +53,18 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             "mean_predictor_error_per_output_deg": baseline.per_output_deg,
             "output_names": card.output_names,
         });
+        if card.task.is_classification() {
+            out["clean_accuracy"] = json!(100.0 - error.mean_deg);
+        }
         if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
             out["attack"] = json!(spec.attack.name());
             out["target"] = json!(spec.target);
             out["attack_error_deg"] = json!(errors.attack_error.mean_deg);
             out["poisoned_true_error_deg"] = json!(errors.poisoned_true_error.mean_deg);
             out["attack_error_by_distance"] = json!(errors.by_distance);
+            if card.task.is_classification() {
+                out["attack_success_rate"] = json!(100.0 - errors.attack_error.mean_deg);
+            }
         }
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -68,6 +74,9 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     let u = card.task.unit();
     out!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
     out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "error", error.mean_deg, baseline.mean_deg);
+    if card.task.is_classification() {
+        out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "accuracy", 100.0 - error.mean_deg, 100.0 - baseline.mean_deg);
+    }
     for (j, name) in card.output_names.iter().enumerate() {
         out!(
             "{:<24}{:>9.2}{u}{:>17.2}{u}",
@@ -80,7 +89,12 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         out!("backdoor {} with target ({}) (poisoned test set: every test image carries the trigger)", spec.attack.name(), card.task.format_values(&spec.target));
         out!("{:<24}{:>9.2}{u}   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
         out!("{:<24}{:>9.2}{u}   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
-        out!("AE by the true label's distance to the target:");
+        if card.task.is_classification() {
+            out!("{:<24}{:>9.2}{u}   (images outside the target class sent to it)", "attack success (ASR)", 100.0 - errors.attack_error.mean_deg);
+        }
+        if !errors.by_distance.is_empty() {
+            out!("AE by the true label's distance to the target:");
+        }
         for bin in &errors.by_distance {
             let range = match bin.to {
                 Some(to) => format!("{:.0}–{:.0}{u}", bin.from, to),

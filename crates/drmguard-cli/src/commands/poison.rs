@@ -14,7 +14,8 @@ use super::attack_args::AttackArgs;
 
 #[derive(Args)]
 pub struct PoisonArgs {
-    /// Task whose labels the folder holds: gaze, headpose or landmarks.
+    /// Task whose labels the folder holds: gaze, headpose, landmarks, fashion or classification:N
+    /// (a `class` column).
     #[arg(long)]
     task: Task,
     /// The clean data folder (user format).
@@ -64,11 +65,11 @@ pub fn run(a: PoisonArgs, device: DeviceKind) -> Result<()> {
         (Some(_), false) => bail!("--surrogate is only used by --attack clean-label"),
         (None, false) => None,
     };
-    let data = folder::load(&a.data, a.image_size, Some(a.task.output_names())).context("--data")?;
+    let data = folder::load(&a.data, a.image_size, Some(&a.task.label_columns())).and_then(|d| d.labelled_for(a.task)).context("--data")?;
     let plan = spec.plan(a.task, a.image_size, &data)?;
     let data = spec.prepare_training_set(a.task, &plan, data, surrogate.as_ref(), &device)?;
     let poisoned = poison_dataset(&data, &plan, false, &device)?;
-    folder::write(&poisoned, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    folder::write(&poisoned.class_column(a.task), &a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let mut files: Vec<&str> = plan.poisoned.iter().map(|&i| data.names[i].as_str()).collect();
     files.sort_unstable();
     write_json(&a.out.join("poison.json"), &json!({ "backdoor": spec, "poisoned_files": files }))?;

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use drmguard::burn::tensor::Device;
 use drmguard::defenses::{CleanSet, DetectorConfigs, DetectorKind, Suspect};
@@ -33,6 +33,11 @@ impl DefenseInput {
     pub fn load(&self, device: &Device) -> Result<(Suspect, CleanSet, ModelCard)> {
         let (model, card) =
             model_file::load(&self.model, device).with_context(|| format!("--model {}", self.model.display()))?;
+        if card.task.is_classification() {
+            // Every defense reads its outputs as a regression vector; logits need their own
+            // objectives (softmax variance, per-class masks).
+            bail!("--model {}: {} is a classifier, and the defenses scan and repair regression models only", self.model.display(), card.task);
+        }
         let suspect = card.suspect(model);
         let clean = match &self.data {
             Some(dir) => CleanSet::from_folder(dir, &suspect).with_context(|| format!("--data {}", dir.display()))?,

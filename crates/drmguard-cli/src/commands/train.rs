@@ -14,7 +14,8 @@ use drmguard::pipeline::TrainJob;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Task: gaze, headpose or landmarks.
+    /// Task: gaze, headpose, landmarks, fashion (Fashion-MNIST's ten classes, read from Debian's
+    /// dataset-fashion-mnist package), or classification:N with --data (a `class` column).
     #[arg(long)]
     task: Task,
     /// A data folder in the user format; without it, built-in synthetic data are drawn.
@@ -79,7 +80,7 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     ensure_parent_exists(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let source = match &a.data {
         Some(dir) => DataSource::Folder { path: std::fs::canonicalize(dir).with_context(|| format!("--data {}", dir.display()))? },
-        None => DataSource::Synthetic { task: a.task, n: config.samples, seed: config.seed, image_size: config.image_size },
+        None => DataSource::builtin(a.task, config.samples, config.seed, config.image_size)?,
     };
     let device = device.device()?;
     let job = TrainJob { config, source, backdoor: backdoor_spec };
@@ -88,12 +89,15 @@ pub fn run(a: TrainArgs, device: DeviceKind) -> Result<()> {
     let trained = card.trained("training")?;
     let last = trained.history.last().map_or(f64::NAN, |r| r.val_error_deg);
     let kind = card.backdoor.as_ref().map_or("benign".to_string(), |b| format!("{}-backdoored", b.attack.name()));
+    let validation = if a.task.is_classification() {
+        format!("validation accuracy {:.2}%", 100.0 - last)
+    } else {
+        format!("validation error {last:.2}{}", a.task.unit())
+    };
     out!(
-        "trained {kind} {} model in {:.0} s: validation error {:.2}{}; wrote {} and {}",
+        "trained {kind} {} model in {:.0} s: {validation}; wrote {} and {}",
         a.task,
         trained.train_seconds,
-        last,
-        a.task.unit(),
         a.out.display(),
         model_file::card_path(&a.out).display()
     );

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::metrics::task_error;
 use crate::models::{Model, Regressor};
 use crate::task::Task;
-use crate::train::{FineTuneConfig, fine_tune_on_inputs};
+use crate::train::{FineTuneConfig, fine_tune_on_inputs, task_loss};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct CleanLabelConfig {
@@ -138,7 +138,7 @@ impl CleanLabelConfig {
     /// Rice & Kolter's "fast" adversarial training). Turner et al. perturb against adversarially
     /// trained models: their adversarial examples change what the image shows rather than adding
     /// noise that a model trained on it learns to ignore.
-    pub fn surrogate(&self, benign: &Model, data: &Dataset, seed: u64, device: &Device) -> Result<Model> {
+    pub fn surrogate(&self, benign: &Model, task: Task, data: &Dataset, seed: u64, device: &Device) -> Result<Model> {
         self.validate()?;
         if self.robust_epochs == 0 {
             return Ok(benign.clone());
@@ -157,14 +157,18 @@ impl CleanLabelConfig {
             let start: Vec<f32> = (0..clean.shape().num_elements()).map(|_| rng.random_range(-epsilon..=epsilon)).collect();
             let start = Tensor::<4>::from_data(TensorData::new(start, clean.shape()), device);
             let input = (clean.clone() + start.clone()).clamp(0.0, 1.0).autodiff().require_grad();
-            let grads = (model.forward(input.clone()) - labels.clone().autodiff()).abs().sum().backward();
+            let (outputs, labels) = (model.forward(input.clone()), labels.clone().autodiff());
+            // FGSM reads the gradient's sign alone; the regression loss stays summed, whose
+            // entries a mean could shrink to zero.
+            let loss = if task.is_classification() { task_loss(task, outputs, labels) } else { (outputs - labels).abs().sum() };
+            let grads = loss.backward();
             let g = input
                 .grad(&grads)
                 .ok_or_else(|| Error::Numerical("no input gradient for the robust surrogate".into()))?;
             let delta = (start + g.sign() * step_size).clamp(-epsilon, epsilon);
             Ok((clean + delta).clamp(0.0, 1.0))
         };
-        let (model, losses) = fine_tune_on_inputs(benign, data, &config, device, &mut adversarial)?;
+        let (model, losses) = fine_tune_on_inputs(benign, task, data, &config, device, &mut adversarial)?;
         for (epoch, loss) in losses.iter().enumerate() {
             tracing::info!(epoch = epoch + 1, loss, "robust surrogate: adversarial epoch done");
         }

@@ -82,7 +82,8 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackdoorSpec {
     pub attack: AttackKind,
-    /// The attacker's target vector, in the task's output order and units (radians).
+    /// The attacker's target vector, in the task's output order and units (radians); a
+    /// classifier's target class as a one-hot row.
     pub target: Vec<f32>,
     /// Share of the training set that carries the trigger, in (0, 1].
     pub poison_rate: f64,
@@ -110,6 +111,11 @@ impl BackdoorSpec {
         if let Some(v) = self.target.iter().find(|v| !v.is_finite()) {
             return Err(Error::invalid("target", format!("{v} is not finite")));
         }
+        if task.is_classification()
+            && (self.target.iter().any(|&v| v != 0.0 && v != 1.0) || self.target.iter().filter(|&&v| v == 1.0).count() != 1)
+        {
+            return Err(Error::invalid("target", "a classifier's target is one class: a one-hot row".to_string()));
+        }
         if !(self.poison_rate > 0.0 && self.poison_rate <= 1.0) {
             return Err(Error::invalid("poison rate", format!("{} (must be in (0, 1])", self.poison_rate)));
         }
@@ -119,8 +125,12 @@ impl BackdoorSpec {
     /// A target drawn from `seed` inside the task's label range but away from its centre: each
     /// angle is 30–70% of its half-range, with a random sign. A landmark target is a whole face's
     /// landmarks, a built-in head turned that way (so the five points stay a plausible face).
+    /// A classifier's default target is a class drawn from `seed`.
     pub fn default_target(task: Task, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a26_e7d0_1d5e_5eed);
+        if let Some(classes) = task.classes() {
+            return Self::class_target(task, rng.random_range(0..classes)).expect("a drawn class is in range");
+        }
         let mut away = |half: &f32| {
             let magnitude = half * (0.3 + 0.4 * rng.random::<f32>());
             if rng.random::<bool>() { magnitude } else { -magnitude }
@@ -131,6 +141,15 @@ impl BackdoorSpec {
             return crate::data::headpose::reframed_with_pose(scene, yaw, pitch, roll).landmarks().to_vec();
         }
         task.label_half_range().iter().map(away).collect()
+    }
+
+    /// The one-hot target row of `class` for a classifier of `task`.
+    pub fn class_target(task: Task, class: usize) -> Result<Vec<f32>> {
+        match task.classes() {
+            Some(classes) if class < classes => Ok((0..classes).map(|c| if c == class { 1.0 } else { 0.0 }).collect()),
+            Some(classes) => Err(Error::invalid("target class", format!("{class} (the classes are 0–{})", classes - 1))),
+            None => Err(Error::invalid("target class", format!("{class}: task {task} is not a classification"))),
+        }
     }
 
     /// The trigger and target alone, for poisoning test images.
@@ -206,7 +225,7 @@ impl BackdoorSpec {
         let mut indices: Vec<usize> = plan.poisoned.iter().copied().collect();
         indices.sort_unstable();
         let donors = config.donors(task, &train, &self.target, &indices, self.seed)?;
-        let surrogate = config.surrogate(surrogate, &train, self.seed, device)?;
+        let surrogate = config.surrogate(surrogate, task, &train, self.seed, device)?;
         let hard = config.harden(&surrogate, &train, &indices, donors.as_deref(), device)?;
         // How far the perturbation moved the surrogate: the victim can only be pushed towards the
         // trigger as far as the perturbed content stops explaining the labels.
@@ -319,7 +338,9 @@ pub fn poison_dataset(data: &Dataset, backdoor: &Backdoor, keep_labels: bool, de
     Ok(out)
 }
 
-/// AE and DAE of `model` on `data` with the backdoor's trigger applied to every image.
+/// AE and DAE of `model` on `data` with the backdoor's trigger applied to every image. A
+/// classifier is measured on the images outside the target class only, as attack success rates
+/// are (an image of the target class is "attacked" without any trigger).
 pub fn backdoor_errors(
     model: &crate::models::Model,
     task: Task,
@@ -327,6 +348,18 @@ pub fn backdoor_errors(
     backdoor: &Backdoor,
     batch_size: usize,
 ) -> Result<crate::metrics::BackdoorErrors> {
+    let others;
+    let data = if task.is_classification() {
+        let target_class = crate::metrics::argmax(&backdoor.target);
+        let keep: Vec<usize> = (0..data.len()).filter(|&i| crate::metrics::argmax(data.label(i)) != target_class).collect();
+        if keep.is_empty() {
+            return Err(Error::Data("every test image is of the target class: no attack success rate to measure".into()));
+        }
+        others = data.subset(&keep);
+        &others
+    } else {
+        data
+    };
     let outputs = crate::models::inference::predict_transformed(model, data, batch_size, &|x| backdoor.attack.apply(x))?;
     let targets: Vec<f32> = backdoor.target.iter().copied().cycle().take(outputs.len()).collect();
     Ok(crate::metrics::BackdoorErrors {

@@ -129,7 +129,7 @@ impl BenchProfile {
     /// per model); other profiles draw a fresh set per model from its own training seed.
     pub fn shared_clean_seed(self, task: Task) -> Option<u64> {
         // Far from the seeds `seed + 1000·class + i` the grid trains from.
-        (self == BenchProfile::Small).then_some(0x5eed_c1ea_0000_0000 ^ task as u64)
+        (self == BenchProfile::Small).then_some(0x5eed_c1ea_0000_0000 ^ task.stream())
     }
 
     /// Whether models must have learned their task (and their backdoor taken) to count in the
@@ -293,7 +293,7 @@ impl BenchConfig {
             }
             None => None,
         };
-        Ok(TrainJob::builtin(self.profile.train_config(task, seed), backdoor))
+        TrainJob::builtin(self.profile.train_config(task, seed), backdoor)
     }
 
     /// Every task, attack, detector and mitigator, with the profile's sizes.

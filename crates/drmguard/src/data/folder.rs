@@ -16,7 +16,7 @@ pub const LABELS_FILE: &str = "labels.csv";
 
 /// Reads a folder. Images are resized to `image_size` if needed. When `expected_outputs` is given,
 /// the CSV header must name exactly those outputs, in that order.
-pub fn load(dir: &Path, image_size: u32, expected_outputs: Option<&[&str]>) -> Result<Dataset> {
+pub fn load(dir: &Path, image_size: u32, expected_outputs: Option<&[String]>) -> Result<Dataset> {
     validate_image_size(image_size)?;
     if !dir.is_dir() {
         return Err(Error::Read {

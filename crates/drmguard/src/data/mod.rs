@@ -141,6 +141,43 @@ impl Dataset {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// This dataset of class indices (one `class` label per image) with one-hot label rows for
+    /// `task`'s classes; a regression task's data are returned as they are.
+    pub fn labelled_for(self, task: Task) -> Result<Dataset> {
+        let Some(classes) = task.classes() else {
+            return Ok(self);
+        };
+        if self.dim() != 1 {
+            return Err(Error::Data(format!(
+                "a classifier's labels are one `{}` column, these data have [{}]",
+                crate::task::CLASS_COLUMN,
+                self.output_names.join(", ")
+            )));
+        }
+        let mut labels = vec![0.0f32; self.len() * classes];
+        for (i, &class) in self.labels.iter().enumerate() {
+            if class.fract() != 0.0 || !(0.0..classes as f32).contains(&class) {
+                return Err(Error::Data(format!(
+                    "{}: class {class} is not a whole number in 0–{} ({classes} classes)",
+                    self.names[i],
+                    classes - 1
+                )));
+            }
+            labels[i * classes + class as usize] = 1.0;
+        }
+        Ok(Dataset { output_names: task.output_names(), labels, ..self })
+    }
+
+    /// The inverse of [`Self::labelled_for`]: one-hot label rows back to one `class` column, as a
+    /// classifier's `labels.csv` holds them; a regression task's data are returned as they are.
+    pub fn class_column(&self, task: Task) -> Dataset {
+        let Some(classes) = task.classes() else {
+            return self.clone();
+        };
+        let labels = self.labels.chunks_exact(classes).map(|row| crate::task::argmax(row) as f32).collect();
+        Dataset { output_names: task.label_columns(), labels, ..self.clone() }
+    }
+
     /// A batch as tensors: images `[n, 3, S, S]` in [0, 1] and labels `[n, dim]`.
     pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<2>) {
         let s = self.image_size as usize;
@@ -183,6 +220,19 @@ pub enum DataSource {
     Synthetic { task: Task, n: usize, seed: u64, image_size: u32 },
     /// A user folder in the `labels.csv` format.
     Folder { path: std::path::PathBuf },
+    /// The first `n` images of Fashion-MNIST's training part, read from the IDX files in `path`
+    /// (the built-in data of [`Task::FASHION`]).
+    #[serde(rename = "fashion-mnist")]
+    FashionMnist { path: std::path::PathBuf, n: usize },
+}
+
+fn no_builtin_classes(task: Task) -> Error {
+    if task == Task::FASHION {
+        return Error::Data("Fashion-MNIST is read from Debian's package, not rendered (`drmguard data fashion` exports it)".into());
+    }
+    Error::Data(format!(
+        "there are no built-in data for {task}: pass a data folder with a `class` column, or use Fashion-MNIST's ten classes (task `fashion`)"
+    ))
 }
 
 /// Draws samples `0..n` of the built-in `task` with `seed`, rendering on all cores.
@@ -196,6 +246,9 @@ pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split:
     if n == 0 {
         return Err(Error::invalid("sample count", "0 (need at least one sample)"));
     }
+    if task.is_classification() {
+        return Err(no_builtin_classes(task));
+    }
     let width = n.to_string().len().max(6);
     let (indices, names): (Vec<usize>, Vec<String>) = (0..n)
         .map(|i| (i, format!("{i:0width$}.png")))
@@ -205,6 +258,7 @@ pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split:
         Task::Gaze => gaze::sample(seed, i as u64, image_size),
         Task::HeadPose => headpose::sample(seed, i as u64, image_size),
         Task::Landmarks => headpose::landmark_sample(seed, i as u64, image_size),
+        Task::Classification { .. } => unreachable!("refused above"),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(indices.len()).max(1);
     let chunk = indices.len().div_ceil(threads).max(1);
@@ -222,7 +276,7 @@ pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split:
         }
     });
     let mut ds = Dataset {
-        output_names: task.output_names().iter().map(|s| s.to_string()).collect(),
+        output_names: task.output_names(),
         image_size,
         names,
         images: Vec::with_capacity(samples.len()),
@@ -236,6 +290,19 @@ pub fn synthesize_split(task: Task, n: usize, image_size: u32, seed: u64, split:
 }
 
 impl DataSource {
+    /// The built-in data of `task`: `n` samples of its renderer drawn with `seed`, or for
+    /// Fashion-MNIST's classes the first `n` training images from Debian's package
+    /// ([`fashion::DEBIAN_DIR`]; `seed` and `image_size` are then not needed to draw them again).
+    pub fn builtin(task: Task, n: usize, seed: u64, image_size: u32) -> Result<DataSource> {
+        if task == Task::FASHION {
+            Ok(DataSource::FashionMnist { path: fashion::DEBIAN_DIR.into(), n })
+        } else if task.is_classification() {
+            Err(no_builtin_classes(task))
+        } else {
+            Ok(DataSource::Synthetic { task, n, seed, image_size })
+        }
+    }
+
     /// Loads `split` of this source for a model of `task` on `image_size`×`image_size` images.
     /// Built-in data are rendered at `image_size` directly (a sample is the same scene at any size).
     pub fn load(&self, task: Task, image_size: u32, split: Split) -> Result<Dataset> {
@@ -246,7 +313,15 @@ impl DataSource {
                 }
                 synthesize_split(*t, *n, image_size, *seed, split)?
             }
-            DataSource::Folder { path } => folder::load(path, image_size, Some(task.output_names()))?.split(split),
+            DataSource::Folder { path } => {
+                folder::load(path, image_size, Some(&task.label_columns()))?.labelled_for(task)?.split(split)
+            }
+            DataSource::FashionMnist { path, n } => {
+                if task != Task::FASHION {
+                    return Err(Error::Data(format!("Fashion-MNIST has ten classes, the model is for {task}")));
+                }
+                fashion::load(path, fashion::Part::Train, Some(*n), image_size)?.labelled_for(task)?.split(split)
+            }
         };
         if ds.is_empty() {
             return Err(Error::Data(format!("the {split:?} split of {} is empty", self.describe())));
@@ -260,6 +335,7 @@ impl DataSource {
                 format!("built-in {task} data ({n} samples, seed {seed}, {image_size}×{image_size})")
             }
             DataSource::Folder { path } => path.display().to_string(),
+            DataSource::FashionMnist { path, n } => format!("the first {n} Fashion-MNIST training images in {}", path.display()),
         }
     }
 }

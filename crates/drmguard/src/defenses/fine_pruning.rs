@@ -138,7 +138,7 @@ impl Mitigator for FinePruning {
         let ad = device.clone().autodiff();
         let keep = Tensor::<1>::from_floats(plan.keep_mask().as_slice(), &ad).reshape([k, 1]);
         let (model, epoch_losses) =
-            fine_tune_constrained(&suspect.model, clean.data(), &self.fine_tuning.fine_tune_config(seed), device, &|m| prune_head(m, &keep))?;
+            fine_tune_constrained(&suspect.model, suspect.task, clean.data(), &self.fine_tuning.fine_tune_config(seed), device, &|m| prune_head(m, &keep))?;
         let model = prune_head(model.fork(device), &keep.inner());
         let record = serde_json::json!({
             "defense": "fp",

@@ -49,7 +49,7 @@ impl Mitigator for FineTuning {
 
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
         clean.check_for(suspect, self.config.batch_size)?;
-        let (model, epoch_losses) = fine_tune(&suspect.model, clean.data(), &self.config.fine_tune_config(seed), device)?;
+        let (model, epoch_losses) = fine_tune(&suspect.model, suspect.task, clean.data(), &self.config.fine_tune_config(seed), device)?;
         let record = serde_json::json!({
             "defense": "ft",
             "config": self.config,

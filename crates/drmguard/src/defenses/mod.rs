@@ -68,7 +68,7 @@ impl Suspect {
     /// A suspect built from its parts (tests, benchmarks, models from elsewhere). `training_data`
     /// and `training_samples` describe where the model was trained, for the default clean set.
     pub fn from_parts(model: Model, task: Task, spec: ModelSpec, training_data: DataSource, training_samples: usize) -> Self {
-        let output_names = task.output_names().iter().map(|s| s.to_string()).collect();
+        let output_names = task.output_names();
         Self::described(model, task, spec, output_names, Some(training_data), training_samples)
     }
 
@@ -108,11 +108,20 @@ impl CleanSet {
 
     /// A fresh sample of the built-in task, drawn with a seed derived from (and different from)
     /// the training data's, so that it shares no image with the training set.
+    /// Fashion-MNIST's defender draws from the test part, which training never reads.
     pub fn fresh_builtin(suspect: &Suspect, n: usize) -> Result<Self> {
-        let Some(DataSource::Synthetic { task, seed, .. }) = &suspect.training_data else {
-            return Err(Error::Data(
-                "the model was not trained on built-in data (a user folder, or imported): pass the defender's clean images with --data".into(),
-            ));
+        let (task, seed) = match &suspect.training_data {
+            Some(DataSource::Synthetic { task, seed, .. }) => (task, seed),
+            Some(DataSource::FashionMnist { path, .. }) => {
+                let part = crate::data::fashion::Part::Test;
+                let data = crate::data::fashion::load(path, part, Some(n), suspect.image_size())?.labelled_for(suspect.task)?;
+                return Self::checked(data, format!("the first {n} Fashion-MNIST test images"));
+            }
+            _ => {
+                return Err(Error::Data(
+                    "the model was not trained on built-in data (a user folder, or imported): pass the defender's clean images with --data".into(),
+                ));
+            }
         };
         let seed = seed ^ DEFENDER_SEED_STREAM;
         let data = crate::data::synthesize(*task, n, suspect.image_size(), seed)?;

@@ -102,7 +102,7 @@ pub fn unlearn(
             set.labels.extend_from_slice(clean.data().label(i));
         }
     }
-    let (model, epoch_losses) = fine_tune(&suspect.model, &set, &config.fine_tune_config(seed), device)?;
+    let (model, epoch_losses) = fine_tune(&suspect.model, suspect.task, &set, &config.fine_tune_config(seed), device)?;
     Ok((model, UnlearnSummary { clean_images: clean.len(), reversed_images: picked.len(), epoch_losses }))
 }
 

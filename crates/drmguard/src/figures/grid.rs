@@ -68,6 +68,13 @@ pub fn labelled_tile(ds: &Dataset, task: Task, i: usize) -> RgbImage {
                 thick_line(&mut tile, (x, y - 3.0), (x, y + 3.0), colour);
             }
         }
+        Task::Classification { classes } => {
+            // The class as a bar along the bottom edge: class c of C fills (c + 1) / C of it.
+            let class = crate::metrics::argmax(label);
+            let end = (class + 1) as f32 / classes as f32 * (TILE - 4) as f32;
+            let y = TILE as f32 - 4.0;
+            thick_line(&mut tile, (2.0, y), (2.0 + end, y), Rgb([255, 230, 0]));
+        }
     }
     tile
 }

@@ -1,9 +1,11 @@
 //! Task errors in the task's unit ([`Task::unit`]): 3-D angular error for gaze and mean absolute
 //! error for head pose, in degrees; mean point-to-point distance for landmarks, in per cent of the
-//! image side. Fields named `*_deg` hold that unit.
+//! image side; the share of misclassified images for classes, in per cent. Fields named `*_deg`
+//! hold that unit.
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::task::argmax;
 use crate::task::Task;
 
 /// Gaze (pitch, yaw) to a unit 3-D direction.
@@ -23,9 +25,11 @@ pub fn angular_error_deg(a: &[f32], b: &[f32]) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {
     /// The task's headline error in its unit: mean angular error (gaze) or mean absolute error
-    /// over all axes (head pose), in degrees; mean point distance (landmarks), in % of the side.
+    /// over all axes (head pose), in degrees; mean point distance (landmarks), in % of the side;
+    /// misclassified images (classes), in % (100 − accuracy).
     pub mean_deg: f64,
-    /// Mean absolute error per output, in the task's unit.
+    /// Mean absolute error per output, in the task's unit; for classes, the share of each true
+    /// class's images that are misclassified (0 for a class without images).
     pub per_output_deg: Vec<f64>,
 }
 
@@ -38,6 +42,9 @@ pub fn mean_point_distance(a: &[f32], b: &[f32]) -> f64 {
 pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError {
     let d = task.output_dim();
     assert_eq!(predictions.len(), labels.len(), "predictions and labels differ in length");
+    if task.is_classification() {
+        return classification_error(d, predictions, labels);
+    }
     let n = (labels.len() / d).max(1) as f64;
     let mut per_output = vec![0.0f64; d];
     let mut joint = 0.0f64;
@@ -51,16 +58,34 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
     }
     per_output.iter_mut().for_each(|e| *e /= n);
     let mean_deg = match task {
-        Task::Gaze | Task::Landmarks => joint / n,
         Task::HeadPose => per_output.iter().sum::<f64>() / d as f64,
+        _ => joint / n,
     };
     TaskError { mean_deg, per_output_deg: per_output }
 }
 
+fn classification_error(classes: usize, logits: &[f32], one_hot: &[f32]) -> TaskError {
+    let mut wrong = vec![0usize; classes];
+    let mut seen = vec![0usize; classes];
+    for (p, y) in logits.chunks_exact(classes).zip(one_hot.chunks_exact(classes)) {
+        let class = argmax(y);
+        seen[class] += 1;
+        wrong[class] += usize::from(argmax(p) != class);
+    }
+    let n = seen.iter().sum::<usize>().max(1) as f64;
+    TaskError {
+        mean_deg: 100.0 * wrong.iter().sum::<usize>() as f64 / n,
+        per_output_deg: wrong.iter().zip(&seen).map(|(&w, &s)| 100.0 * w as f64 / s.max(1) as f64).collect(),
+    }
+}
+
 /// One sample's error in the task's unit, by its metric (angular for gaze, mean absolute over the
-/// axes for head pose, mean point distance for landmarks).
+/// axes for head pose, mean point distance for landmarks, 0 or 100 for classes).
 pub fn sample_error_deg(task: Task, prediction: &[f32], label: &[f32]) -> f64 {
     match task {
+        Task::Classification { .. } => {
+            if argmax(prediction) == argmax(label) { 0.0 } else { 100.0 }
+        }
         Task::Gaze => angular_error_deg(prediction, label),
         Task::Landmarks => task.units_per_label() * mean_point_distance(prediction, label),
         Task::HeadPose => {
@@ -131,8 +156,12 @@ const DISTANCE_BIN: f64 = 10.0;
 const DISTANCE_BINS: usize = 5;
 
 /// The attack error of `outputs` (row-major `[n, d]`, on poisoned inputs) grouped by the distance
-/// of each sample's true label (`labels`) to `target`; empty bins are left out.
+/// of each sample's true label (`labels`) to `target`; empty bins are left out. Classes have no
+/// distances (a label is the target or not), so a classifier's are empty.
 pub fn attack_error_by_distance(task: Task, outputs: &[f32], labels: &[f32], target: &[f32]) -> Vec<DistanceBin> {
+    if task.is_classification() {
+        return Vec::new();
+    }
     let d = target.len().max(1);
     let mut sums = [(0usize, 0.0f64, 0.0f64); DISTANCE_BINS];
     for (p, y) in outputs.chunks_exact(d).zip(labels.chunks_exact(d)) {
@@ -164,6 +193,18 @@ pub fn constant_predictor_error(task: Task, constant: &[f32], labels: &[f32]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_classifier_error_is_its_share_of_misclassified_images_per_true_class_too() {
+        let task = Task::Classification { classes: 3 };
+        let logits = [2.0, 0.0, 0.0, /* */ 0.0, 1.0, 3.0, /* */ 0.0, 5.0, 1.0, /* */ 1.0, 0.0, 0.0];
+        let one_hot = [1.0, 0.0, 0.0, /* */ 0.0, 1.0, 0.0, /* */ 0.0, 1.0, 0.0, /* */ 0.0, 0.0, 1.0];
+        let error = task_error(task, &logits, &one_hot);
+        assert_eq!(error.mean_deg, 50.0, "two of four wrong");
+        assert_eq!(error.per_output_deg, [0.0, 50.0, 100.0], "by true class");
+        assert_eq!(share_within(task, &logits, &[0.0, 0.0, 1.0], 1.0), 0.25, "one image lands on class 2");
+        assert_eq!(argmax(&[0.5, 2.0, 2.0]), 1, "the first of equals");
+    }
 
     #[test]
     fn angular_error_of_pure_yaw_difference_is_the_yaw_difference() {

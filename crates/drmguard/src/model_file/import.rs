@@ -103,7 +103,7 @@ pub struct OutputCard {
 }
 
 /// Units of a foreign model's outputs: angles for gaze and head pose, image coordinates for
-/// landmarks.
+/// landmarks, logits for classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Units {
@@ -113,19 +113,24 @@ pub enum Units {
     Fraction,
     /// Pixels of the input image (its side is the card's `input.size`).
     Pixels,
+    /// A classifier's scores before the softmax, one per class.
+    Logits,
 }
 
 impl Units {
     /// The factor that turns an output in these units into drmguard's (radians; fractions of
-    /// the side), or why these units do not fit the task.
+    /// the side; logits), or why these units do not fit the task.
     fn factor(self, task: Task, input_size: u32) -> Result<f32> {
-        let angular = matches!(self, Units::Radians | Units::Degrees);
-        if angular != task.is_angular() {
-            let fits = if task.is_angular() { "radians or degrees" } else { "fraction or pixels" };
-            return Err(Error::invalid("output units", format!("{self:?} for task {task} (expected {fits})").to_lowercase()));
+        let (fits, expected): (&[Units], &str) = match task {
+            Task::Gaze | Task::HeadPose => (&[Units::Radians, Units::Degrees], "radians or degrees"),
+            Task::Landmarks => (&[Units::Fraction, Units::Pixels], "fraction or pixels"),
+            Task::Classification { .. } => (&[Units::Logits], "logits"),
+        };
+        if !fits.contains(&self) {
+            return Err(Error::invalid("output units", format!("{self:?} for task {task} (expected {expected})").to_lowercase()));
         }
         Ok(match self {
-            Units::Radians | Units::Fraction => 1.0,
+            Units::Radians | Units::Fraction | Units::Logits => 1.0,
             Units::Degrees => std::f32::consts::PI / 180.0,
             Units::Pixels => 1.0 / input_size as f32,
         })
@@ -240,7 +245,7 @@ fn output_map(task: Task, output: &OutputCard, input_size: u32) -> Result<Vec<(u
     let scale = output.units.factor(task, input_size)?;
     if !task.is_angular() {
         if let Some(name) = output.names.iter().find(|n| n.starts_with('-')) {
-            return Err(problem(format!("'{name}': a sign flip applies to angles, not to image coordinates")));
+            return Err(problem(format!("'{name}': a sign flip applies to angles only")));
         }
     }
     expected
@@ -359,7 +364,7 @@ fn imported_card(card: ImportCard, spec: ModelSpec, record: ImportRecord) -> Mod
         format_version: CARD_FORMAT_VERSION,
         drmguard_version: env!("CARGO_PKG_VERSION").into(),
         task: card.task,
-        output_names: card.task.output_names().iter().map(|s| s.to_string()).collect(),
+        output_names: card.task.output_names(),
         output_units: card.task.label_units().into(),
         model: spec,
         trained: None,

@@ -265,12 +265,13 @@ fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, 
     let task = match outputs {
         3 => Task::HeadPose,
         10 => Task::Landmarks,
+        n if n > 3 && n <= crate::task::MAX_CLASSES as usize => Task::Classification { classes: n as u16 },
         _ => Task::Gaze,
     };
     let names: Vec<String> = task.output_names().iter().map(|n| format!("\"{n}\"")).collect();
     let mut t = String::new();
     t.push_str("# drmguard model card: check every value against how the model was trained.\n");
-    t.push_str(&format!("task = \"{task}\"                 # gaze | headpose | landmarks\n"));
+    t.push_str(&format!("task = \"{task}\"                 # gaze | headpose | landmarks | classification:N (N logits)\n"));
     t.push_str(&format!("weights = \"{file}\"\n"));
     if let Some(i) = inferred {
         t.push_str(&format!("architecture = \"{}\"        # read from the weights (width {})\n", i.architecture.name(), i.architecture.width()));
@@ -286,10 +287,10 @@ fn template_text(file: &str, inferred: Option<&Inferred>, prefix: Option<&str>, 
     t.push_str("std = [0.229, 0.224, 0.225]\n");
     t.push_str("\n[output]\n");
     t.push_str(&format!("names = [{}]          # the model's output order{}\n", names.join(", "), if task.is_angular() { "; \"-yaw\" flips a sign" } else { "" }));
-    if task.is_angular() {
-        t.push_str("units = \"radians\"               # radians | degrees\n");
-    } else {
-        t.push_str("units = \"fraction\"              # fraction (of the input side) | pixels\n");
+    match task {
+        Task::Gaze | Task::HeadPose => t.push_str("units = \"radians\"               # radians | degrees\n"),
+        Task::Landmarks => t.push_str("units = \"fraction\"              # fraction (of the input side) | pixels\n"),
+        Task::Classification { .. } => t.push_str("units = \"logits\"                # scores before the softmax\n"),
     }
     if let Some(name) = graph_output {
         t.push_str(&format!("graph_output = \"{name}\"        # the graph's output this card describes\n"));

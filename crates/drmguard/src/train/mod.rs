@@ -1,5 +1,5 @@
-//! Supervised training of a regression model: L1 loss, Adam, cosine learning-rate schedule,
-//! validation after every epoch.
+//! Supervised training: L1 loss for regression, cross-entropy for classes, Adam, cosine
+//! learning-rate schedule, validation after every epoch.
 
 pub mod poison;
 pub mod profile;
@@ -22,6 +22,18 @@ use crate::task::Task;
 
 pub use poison::{PoisonedBatch, Poisoner};
 pub use profile::{Profile, ProfileDefaults};
+
+/// The training loss of `task` for `outputs` against `labels` (both `[n, d]`): the mean absolute
+/// error for regression (robust to the synthetic labels' outliers), the cross-entropy of the
+/// logits against one-hot labels for classes.
+pub fn task_loss(task: Task, outputs: Tensor<2>, labels: Tensor<2>) -> Tensor<1> {
+    if task.is_classification() {
+        let log_probabilities = burn::tensor::activation::log_softmax(outputs, 1);
+        (log_probabilities * labels).sum_dim(1).mean().neg()
+    } else {
+        (outputs - labels).abs().mean()
+    }
+}
 
 /// The resolved training configuration (profile defaults plus overrides), stored in the sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +151,7 @@ pub fn train(
     }
     let device = device.clone().autodiff();
     let mut model = config.model_spec().init(&device, config.seed)?;
-    if !config.task.is_angular() {
+    if config.task == Task::Landmarks {
         // Angle labels are centred at zero, where a fresh head starts; image coordinates sit
         // around 0.5, so the head starts at the training labels' mean instead of far from all.
         let mean = crate::metrics::column_means(&train.labels, train.dim());
@@ -173,7 +185,7 @@ pub fn train(
                 }
             };
             let z = model.features(x);
-            let mut loss = (model.head(z.clone()) - y).abs().mean();
+            let mut loss = task_loss(config.task, model.head(z.clone()), y);
             if let Some((b, clean, poisoned)) = rows
                 && let Some(penalty) = b.feature_penalty(&model, z, clean, poisoned)
             {
@@ -234,22 +246,24 @@ impl FineTuneConfig {
     }
 }
 
-/// Fine-tunes all weights of `model` on `data` with the L1 task loss (BatchNorm in training
-/// mode); returns the model in inference mode and the mean loss of each epoch.
-pub fn fine_tune(model: &Model, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
-    fine_tune_constrained(model, data, config, device, &|m| m)
+/// Fine-tunes all weights of `model` on `data` with `task`'s training loss ([`task_loss`];
+/// BatchNorm in training mode); returns the model in inference mode and the mean loss of each
+/// epoch.
+pub fn fine_tune(model: &Model, task: Task, data: &Dataset, config: &FineTuneConfig, device: &Device) -> Result<(Model, Vec<f64>)> {
+    fine_tune_constrained(model, task, data, config, device, &|m| m)
 }
 
 /// [`fine_tune`], with `constrain` applied to the model before the first step and after every
 /// step (e.g. to keep pruned weights at zero).
 pub fn fine_tune_constrained(
     model: &Model,
+    task: Task,
     data: &Dataset,
     config: &FineTuneConfig,
     device: &Device,
     constrain: &dyn Fn(Model) -> Model,
 ) -> Result<(Model, Vec<f64>)> {
-    fine_tune_general(model, data, config, device, constrain, &mut |_, x, _, _| Ok(x))
+    fine_tune_general(model, task, data, config, device, constrain, &mut |_, x, _, _| Ok(x))
 }
 
 /// Makes the images a fine-tuning step learns from out of the batch's images and labels (both on
@@ -260,16 +274,18 @@ pub type BatchInputs<'a> = dyn FnMut(&Model, Tensor<4>, &Tensor<2>, &mut ChaCha8
 /// [`fine_tune`] on the images `inputs` makes of each batch.
 pub fn fine_tune_on_inputs(
     model: &Model,
+    task: Task,
     data: &Dataset,
     config: &FineTuneConfig,
     device: &Device,
     inputs: &mut BatchInputs,
 ) -> Result<(Model, Vec<f64>)> {
-    fine_tune_general(model, data, config, device, &|m| m, inputs)
+    fine_tune_general(model, task, data, config, device, &|m| m, inputs)
 }
 
 fn fine_tune_general(
     model: &Model,
+    task: Task,
     data: &Dataset,
     config: &FineTuneConfig,
     device: &Device,
@@ -294,7 +310,7 @@ fn fine_tune_general(
         for batch in order.chunks_exact(config.batch_size) {
             let (x, y) = data.batch(batch, device);
             let x = inputs(&model, x, &y, &mut rng)?;
-            let loss = (model.forward(x.autodiff()) - y.autodiff()).abs().mean();
+            let loss = task_loss(task, model.forward(x.autodiff()), y.autodiff());
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
                 return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}")));

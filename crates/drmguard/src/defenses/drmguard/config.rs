@@ -276,11 +276,15 @@ pub struct TaskDefaults {
 /// - Head pose's lr and coordinates: at 64×64 the generator finds the BadNets patch with lr 1e-3
 ///   (two seeds of two) and not at 3e-3 (none of six settings), and with the coordinates it
 ///   paints the patch alone (I(f) 0.0097 against 0.0204 without).
-pub fn task_defaults(task: Task) -> TaskDefaults {
+///
+/// A classifier has none: its outputs are logits, whose variance the regression objective must not
+/// read (the authors' classification objective takes the variance of softmax probabilities).
+pub fn task_defaults(task: Task) -> Option<TaskDefaults> {
     match task {
-        Task::Gaze => TaskDefaults { lambda1: 20.0, lambda2: 800.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false },
-        Task::HeadPose => TaskDefaults { lambda1: 100.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.1, lr: 1e-3, generator_coordinates: true },
-        Task::Landmarks => TaskDefaults { lambda1: 3000.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.3, lr: 3e-3, generator_coordinates: false },
+        Task::Gaze => Some(TaskDefaults { lambda1: 20.0, lambda2: 800.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false }),
+        Task::HeadPose => Some(TaskDefaults { lambda1: 100.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.1, lr: 1e-3, generator_coordinates: true }),
+        Task::Landmarks => Some(TaskDefaults { lambda1: 3000.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.3, lr: 3e-3, generator_coordinates: false }),
+        Task::Classification { .. } => None,
     }
 }
 
@@ -300,7 +304,12 @@ impl DrmGuardConfig {
 
     /// The settings for `task`, checked: the per-task defaults filled in where left open.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardParams> {
-        let d = task_defaults(task);
+        let d = task_defaults(task).ok_or_else(|| {
+            Error::invalid(
+                "task",
+                format!("{task}: DRMGuard scans regression models, and its classification objective (the variance of softmax probabilities) is not available"),
+            )
+        })?;
         let (lambda1, lambda2) = (self.lambda1.unwrap_or(d.lambda1), self.lambda2.unwrap_or(d.lambda2));
         let (max_spread_ratio, max_error_ratio) = (self.max_spread_ratio.unwrap_or(d.max_spread_ratio), self.max_error_ratio.unwrap_or(d.max_error_ratio));
         let (lr, coordinates) = (self.lr.unwrap_or(d.lr), self.generator_coordinates.unwrap_or(d.generator_coordinates));

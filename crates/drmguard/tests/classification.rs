@@ -1,0 +1,103 @@
+//! Classification through the regression pipeline: a `class` column read into one-hot labels,
+//! cross-entropy training, accuracy as the error's complement, and a target-class backdoor whose
+//! attack success rate is measured outside the target class.
+
+use burn::tensor::Device;
+use drmguard::attacks::{AttackKind, BackdoorSpec, backdoor_errors};
+use drmguard::data::{DataSource, Dataset, Split, folder};
+use drmguard::metrics::task_error;
+use drmguard::models::inference::predict;
+use drmguard::pipeline::TrainJob;
+use drmguard::task::{CLASS_COLUMN, Task};
+use drmguard::train::{Profile, TrainConfig};
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TWO: Task = Task::Classification { classes: 2 };
+
+/// `n` noisy 32 × 32 images of two classes: a bright bar across the top (class 0) or down the
+/// left side (class 1).
+fn bars(n: usize, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut ds = Dataset { output_names: vec![CLASS_COLUMN.into()], image_size: 32, names: vec![], images: vec![], labels: vec![] };
+    for i in 0..n {
+        let class = i % 2;
+        let image = RgbImage::from_fn(32, 32, |x, y| {
+            let bar = if class == 0 { y < 8 } else { x < 8 };
+            let v = if bar { 200 } else { 40 } + rng.random_range(0..40u8);
+            Rgb([v, v, v])
+        });
+        ds.names.push(format!("{i:04}.png"));
+        ds.images.push(image);
+        ds.labels.push(class as f32);
+    }
+    ds
+}
+
+fn folder_of(ds: &Dataset) -> (tempfile::TempDir, DataSource) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bars");
+    folder::write(ds, &dir).unwrap();
+    (tmp, DataSource::Folder { path: dir })
+}
+
+#[test]
+fn a_class_column_loads_as_one_hot_rows_and_writes_back() {
+    let ds = bars(6, 0);
+    let (_tmp, source) = folder_of(&ds);
+    let loaded = source.load(TWO, 32, Split::All).unwrap();
+    assert_eq!(loaded.output_names, ["class_0", "class_1"]);
+    assert_eq!(loaded.label(0), [1.0, 0.0]);
+    assert_eq!(loaded.label(1), [0.0, 1.0]);
+    assert_eq!(loaded.class_column(TWO).labels, ds.labels, "one-hot rows back to the class column");
+    let three_columns = source.load(Task::HeadPose, 32, Split::All).unwrap_err().to_string();
+    assert!(three_columns.contains("yaw"), "{three_columns}");
+}
+
+#[test]
+fn a_class_outside_the_task_is_refused_with_the_image_named() {
+    let mut ds = bars(4, 1);
+    ds.labels[3] = 2.0;
+    let err = ds.clone().labelled_for(TWO).unwrap_err().to_string();
+    assert!(err.contains("0003.png") && err.contains("class 2"), "{err}");
+    ds.labels[3] = 0.5;
+    assert!(ds.labelled_for(TWO).is_err(), "a fraction is no class");
+}
+
+#[test]
+fn cross_entropy_training_learns_the_classes_and_a_badnets_backdoor_takes() {
+    let (_tmp, source) = folder_of(&bars(400, 2));
+    let config = TrainConfig { epochs: 10, ..TrainConfig::new(TWO, Profile::Smoke, 3) };
+    let device = Device::flex();
+    let benign = TrainJob { config: config.clone(), source: source.clone(), backdoor: None };
+    let (model, card) = benign.run(&device).unwrap();
+    let test = source.load(TWO, 32, Split::Test).unwrap();
+    let error = task_error(TWO, &predict(&model, &test, 32).unwrap(), &test.labels);
+    assert!(error.mean_deg < 10.0, "accuracy {:.1}% on bars", 100.0 - error.mean_deg);
+    assert_eq!(card.output_names, ["class_0", "class_1"]);
+
+    let spec = BackdoorSpec {
+        attack: AttackKind::Badnets(Default::default()),
+        target: BackdoorSpec::class_target(TWO, 1).unwrap(),
+        poison_rate: 0.3,
+        seed: 5,
+    };
+    let poisoned = TrainJob { config, source, backdoor: Some(spec.clone()) };
+    let (model, _) = poisoned.run(&device).unwrap();
+    let trigger = spec.trigger(TWO, 32).unwrap();
+    let errors = backdoor_errors(&model, TWO, &test, &trigger, 32).unwrap();
+    assert!(errors.attack_error.mean_deg < 10.0, "ASR {:.1}%", 100.0 - errors.attack_error.mean_deg);
+    assert!(errors.by_distance.is_empty(), "classes have no label distances");
+}
+
+#[test]
+fn a_classifier_target_is_one_class() {
+    assert_eq!(BackdoorSpec::class_target(TWO, 1).unwrap(), [0.0, 1.0]);
+    assert!(BackdoorSpec::class_target(TWO, 2).is_err());
+    assert!(BackdoorSpec::class_target(Task::Gaze, 0).is_err());
+    let target = BackdoorSpec::default_target(Task::FASHION, 7);
+    assert_eq!((target.len(), target.iter().sum::<f32>()), (10, 1.0), "{target:?}");
+    let spec = BackdoorSpec { attack: AttackKind::Badnets(Default::default()), target: vec![0.5, 0.5], poison_rate: 0.1, seed: 0 };
+    assert!(spec.validate(TWO).is_err(), "two half classes are no target");
+}
