@@ -142,7 +142,7 @@ fn a_classifier_trains_on_a_class_folder_and_reports_accuracy_and_attack_success
     let o = drmguard(&["eval", "--model", m, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(report["task"], serde_json::json!({"classification": {"classes": 3}}));
+    assert_eq!(report["task"], "classification:3");
     assert_eq!(report["target"], serde_json::json!([0.0, 0.0, 1.0]));
     let (accuracy, error) = (report["clean_accuracy"].as_f64().unwrap(), report["clean_error_deg"].as_f64().unwrap());
     assert!((accuracy + error - 100.0).abs() < 1e-9, "{report}");
@@ -165,6 +165,8 @@ fn unknown_task_and_profile_are_named() {
 fn bad_benchmark_options_are_refused() {
     let err = fails(&["bench", "--profile", "smoke", "--attacks", "badnets,trojan", "--out", "/tmp/x"]);
     assert!(err.contains("--attacks") && err.contains("unknown attack 'trojan'"), "{err}");
+    let err = fails(&["bench", "--profile", "smoke", "--tasks", "gaze,fashion", "--out", "/tmp/x"]);
+    assert!(err.contains("classification:10") && err.contains("regression models only"), "{err}");
     let err = fails(&["bench", "--profile", "smoke", "--jobs", "0", "--out", "/tmp/x"]);
     assert!(err.contains("--jobs must be at least 1"), "{err}");
 }

@@ -6,15 +6,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// A model's task. Angle labels are stored in radians, landmark labels in fractions of the image
-/// side, class labels one-hot.
+/// side, class labels one-hot. Cards, configs and reports hold it as its name (`"gaze"`,
+/// `"classification:10"`), the form the command line reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "String", try_from = "String")]
 pub enum Task {
     /// Gaze direction (pitch, yaw). Yaw > 0 looks towards the image's right, pitch > 0 looks up.
     Gaze,
     /// Head pose (yaw, pitch, roll). Yaw > 0 turns the face towards the image's right, pitch > 0
     /// tilts it up, roll > 0 tilts the top of the head towards the image's right.
-    #[serde(rename = "headpose")]
     HeadPose,
     /// Five facial landmarks (left eye, right eye, nose tip, left and right mouth corner; left is
     /// the image's left), as image coordinates x (right) and y (down) in fractions of the image
@@ -199,6 +199,19 @@ impl std::str::FromStr for Task {
     }
 }
 
+impl From<Task> for String {
+    fn from(task: Task) -> String {
+        task.to_string()
+    }
+}
+
+impl TryFrom<String> for Task {
+    type Error = Error;
+    fn try_from(name: String) -> Result<Self> {
+        name.parse()
+    }
+}
+
 impl std::fmt::Display for Task {
     /// The name [`FromStr`](std::str::FromStr) reads back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,5 +249,8 @@ mod tests {
         let streams: std::collections::HashSet<u64> = [Task::Gaze, Task::HeadPose, Task::Landmarks, three, Task::FASHION].map(Task::stream).into();
         assert_eq!(streams.len(), 5);
         assert_eq!(Task::HeadPose.stream(), 1, "cached seeds derive from it");
+        assert_eq!(serde_json::to_string(&[Task::HeadPose, three]).unwrap(), r#"["headpose","classification:3"]"#, "names, as before for regression");
+        assert_eq!(serde_json::from_str::<Task>(r#""classification:3""#).unwrap(), three);
+        assert!(serde_json::from_str::<Task>(r#""pose""#).is_err());
     }
 }

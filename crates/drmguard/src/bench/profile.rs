@@ -318,6 +318,10 @@ impl BenchConfig {
         if self.tasks.is_empty() {
             return Err(Error::invalid("benchmark tasks", "none"));
         }
+        if let Some(task) = self.tasks.iter().find(|t| t.is_classification()) {
+            // The detectors read outputs as regression vectors: a classifier's row would be noise.
+            return Err(Error::invalid("benchmark tasks", format!("{task}: the test bed scans regression models only")));
+        }
         if self.models_per_class == 0 {
             return Err(Error::invalid("models per class", "0"));
         }

@@ -4,7 +4,7 @@
 //! last layer must be linear), described by a TOML card the user writes beside them:
 //!
 //! ```toml
-//! task = "gaze"                  # gaze | headpose | landmarks
+//! task = "gaze"                  # gaze | headpose | landmarks | classification:N
 //! weights = "gaze_resnet18.pth"  # relative to the card
 //! architecture = "resnet18"      # optional: inferred from the weights
 //! state_dict_key = "state_dict"  # optional: the checkpoint entry holding the state dict
@@ -19,7 +19,7 @@
 //!
 //! [output]
 //! names = ["pitch", "yaw"]       # the model's output order; "-yaw" if its sign is opposite
-//! units = "radians"              # radians | degrees (angles); fraction | pixels (landmarks)
+//! units = "radians"              # radians | degrees (angles); fraction | pixels (landmarks); logits
 //! graph_output = "landmarks"     # optional: which output of a multi-output ONNX graph
 //! features = "gemm2_out1"        # optional: where an ONNX graph's affine head starts
 //! ```
