@@ -54,7 +54,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             "output_names": card.output_names,
         });
         if card.task.is_classification() {
-            out["clean_accuracy"] = json!(100.0 - error.mean_deg);
+            out["clean_accuracy"] = json!(error.accuracy());
         }
         if let (Some(spec), Some(errors)) = (&card.backdoor, &backdoor) {
             out["attack"] = json!(spec.attack.name());
@@ -63,7 +63,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
             out["poisoned_true_error_deg"] = json!(errors.poisoned_true_error.mean_deg);
             out["attack_error_by_distance"] = json!(errors.by_distance);
             if card.task.is_classification() {
-                out["attack_success_rate"] = json!(100.0 - errors.attack_error.mean_deg);
+                out["attack_success_rate"] = json!(errors.attack_error.accuracy());
             }
         }
         out!("{}", serde_json::to_string_pretty(&out)?);
@@ -75,7 +75,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
     out!("{:<24}{:>10}{:>18}", "", "model", "mean predictor");
     out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "error", error.mean_deg, baseline.mean_deg);
     if card.task.is_classification() {
-        out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "accuracy", 100.0 - error.mean_deg, 100.0 - baseline.mean_deg);
+        out!("{:<24}{:>9.2}{u}{:>17.2}{u}", "accuracy", error.accuracy(), baseline.accuracy());
     }
     for (j, name) in card.output_names.iter().enumerate() {
         out!(
@@ -90,7 +90,7 @@ pub fn run(a: EvalArgs, device: DeviceKind) -> Result<()> {
         out!("{:<24}{:>9.2}{u}   (error to the target: low means the attack works)", "attack error (AE)", errors.attack_error.mean_deg);
         out!("{:<24}{:>9.2}{u}   (error to the true labels: low means no backdoor)", "poisoned true (DAE)", errors.poisoned_true_error.mean_deg);
         if card.task.is_classification() {
-            out!("{:<24}{:>9.2}{u}   (images outside the target class sent to it)", "attack success (ASR)", 100.0 - errors.attack_error.mean_deg);
+            out!("{:<24}{:>9.2}{u}   (images outside the target class sent to it)", "attack success (ASR)", errors.attack_error.accuracy());
         }
         if !errors.by_distance.is_empty() {
             out!("AE by the true label's distance to the target:");

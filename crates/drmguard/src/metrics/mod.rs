@@ -64,6 +64,14 @@ pub fn task_error(task: Task, predictions: &[f32], labels: &[f32]) -> TaskError 
     TaskError { mean_deg, per_output_deg: per_output }
 }
 
+impl TaskError {
+    /// A classifier's accuracy in per cent: the complement of its error (for a backdoor's attack
+    /// error, the attack success rate).
+    pub fn accuracy(&self) -> f64 {
+        100.0 - self.mean_deg
+    }
+}
+
 fn classification_error(classes: usize, logits: &[f32], one_hot: &[f32]) -> TaskError {
     let mut wrong = vec![0usize; classes];
     let mut seen = vec![0usize; classes];
