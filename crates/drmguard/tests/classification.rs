@@ -5,6 +5,8 @@
 use burn::tensor::Device;
 use drmguard::attacks::{AttackKind, BackdoorSpec, backdoor_errors};
 use drmguard::data::{DataSource, Dataset, Split, folder};
+use drmguard::defenses::drmguard::DrmGuardTest;
+use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, NeuralCleanse, NeuralCleanseConfig};
 use drmguard::metrics::task_error;
 use drmguard::models::inference::predict;
 use drmguard::pipeline::TrainJob;
@@ -83,12 +85,33 @@ fn cross_entropy_training_learns_the_classes_and_a_badnets_backdoor_takes() {
         poison_rate: 0.3,
         seed: 5,
     };
-    let poisoned = TrainJob { config, source, backdoor: Some(spec.clone()) };
-    let (model, _) = poisoned.run(&device).unwrap();
+    let poisoned = TrainJob { config, source: source.clone(), backdoor: Some(spec.clone()) };
+    let (model, card) = poisoned.run(&device).unwrap();
     let trigger = spec.trigger(TWO, 32).unwrap();
     let errors = backdoor_errors(&model, TWO, &test, &trigger, 32).unwrap();
     assert!(errors.attack_error.mean_deg < 10.0, "ASR {:.1}%", 100.0 - errors.attack_error.mean_deg);
     assert!(errors.by_distance.is_empty(), "classes have no label distances");
+
+    // Neural Cleanse's per-class search names the target class by its smaller mask: a bar
+    // covers a quarter of the image, the corner patch far less.
+    let DataSource::Folder { path } = &source else { unreachable!() };
+    let suspect = card.suspect(model);
+    let clean = CleanSet::from_folder(path, &suspect).unwrap();
+    let nc = NeuralCleanse { config: NeuralCleanseConfig { steps: 200, batch_size: 16, ..Default::default() } };
+    let finding = nc.detect(&suspect, &clean, 0, &device).unwrap();
+    let details = &finding.detection.details;
+    let shares: Vec<f64> = details["classes"].as_array().unwrap().iter().map(|c| c["mask_share"].as_f64().unwrap()).collect();
+    assert_eq!(details["estimated_target_class"], 1, "{details}");
+    assert!(shares[1] < shares[0], "the target's mask is the smaller: {shares:?}");
+    assert_eq!(finding.figures.len(), 2);
+
+    // The authors' classification objective runs on it and reads probabilities: their spread
+    // on the clean set is that of confident one-hot rows, within [0, 0.5] per class.
+    let generator = DrmGuard::new(DrmGuardConfig { test: DrmGuardTest::Generator, steps: 20, extra_steps: 0, batch_size: 16, ..Default::default() });
+    let finding = generator.detect(&suspect, &clean, 0, &device).unwrap();
+    let spread: Vec<f64> = serde_json::from_value(finding.detection.details["clean_output_spread_deg"].clone()).unwrap();
+    assert!(spread.iter().all(|s| (0.0..=50.0).contains(s)), "probabilities' spread in percentage points: {spread:?}");
+    assert!(finding.detection.score.is_finite());
 }
 
 #[test]

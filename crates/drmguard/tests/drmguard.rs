@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Tensor};
 use drmguard::attacks::badnets::BadNetsConfig;
 use drmguard::attacks::{AttackKind, BackdoorSpec};
-use drmguard::defenses::drmguard::Collapse;
+use drmguard::defenses::drmguard::{Collapse, FeatureReg, Mtr};
 use drmguard::defenses::{CleanSet, DrmGuard, DrmGuardConfig, Suspect};
 use drmguard::models::generator::{Generator, GeneratorKind};
 use drmguard::models::Regressor;
@@ -63,7 +63,11 @@ fn per_task_defaults_fill_only_what_the_user_left_open() {
     let chosen = DrmGuardConfig { lr: Some(5e-4), generator_coordinates: Some(false), max_spread_ratio: Some(0.25), ..open.clone() };
     let chosen = chosen.resolved(Task::HeadPose).unwrap();
     assert_eq!((chosen.lr, chosen.coordinates, chosen.max_spread_ratio), (5e-4, false, 0.25));
-    assert!(DrmGuardConfig { lr: Some(0.0), ..open }.resolved(Task::Gaze).is_err());
+    assert!(DrmGuardConfig { lr: Some(0.0), ..open.clone() }.resolved(Task::Gaze).is_err());
+    // A classifier gets the authors' classification objective: no feature term, no MTR, and the
+    // collapse read on the probabilities' spread; reference models measure regression outputs only.
+    let classifier = DrmGuardConfig { references: 2, ..open }.resolved(Task::FASHION).unwrap();
+    assert_eq!((classifier.feature_reg, classifier.mtr, classifier.collapse, classifier.lambda1, classifier.references), (FeatureReg::Off, Mtr::Off, Collapse::Spread, 100.0, 0));
 }
 
 /// A smoke-profile gaze model with a BadNets backdoor, and a defender's clean set.

@@ -127,8 +127,12 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     let mut config = BenchConfig::new(a.profile);
     config.tasks = a.tasks.clone();
     config.attacks = list(&a.attacks, config.attacks.clone(), |n| Ok(AttackKind::by_name(n)?.name().to_string())).context("--attacks")?;
-    config.detectors = list(&a.detectors, config.detectors.clone(), value_enum::<DetectorKind>).context("--detectors")?;
-    config.mitigators = list(&a.mitigators, config.mitigators.clone(), value_enum::<MitigatorKind>).context("--mitigators")?;
+    // `all`: those that handle every task of the run (classifiers have fewer).
+    let every_task = |handles: &dyn Fn(Task) -> bool| a.tasks.iter().all(|&t| handles(t));
+    let detectors = config.detectors.iter().copied().filter(|k| every_task(&|t| k.handles(t))).collect();
+    let mitigators = config.mitigators.iter().copied().filter(|k| every_task(&|t| k.handles(t))).collect();
+    config.detectors = list(&a.detectors, detectors, value_enum::<DetectorKind>).context("--detectors")?;
+    config.mitigators = list(&a.mitigators, mitigators, value_enum::<MitigatorKind>).context("--mitigators")?;
     if let Some(n) = a.models_per_class {
         config.models_per_class = n;
         config.benign_per_class = n;

@@ -7,6 +7,12 @@ use drmguard::defenses::{CleanSet, DetectorConfigs, DetectorKind, Suspect};
 use drmguard::device::DeviceKind;
 use drmguard::model_file::{self, ModelCard};
 use drmguard::report::scan::write_scan_report;
+use drmguard::task::Task;
+
+/// A defense's `--defense` name.
+pub fn name_of(kind: impl clap::ValueEnum) -> String {
+    kind.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+}
 
 /// What every defense command needs: the suspect model and the defender's clean images.
 #[derive(Args, Clone)]
@@ -30,13 +36,13 @@ pub struct DefenseInput {
 
 impl DefenseInput {
     /// Loads the model as a defense may see it (its card without the attack) and the clean set.
-    pub fn load(&self, device: &Device) -> Result<(Suspect, CleanSet, ModelCard)> {
+    /// `defense` names the defense, and `able` lists those that handle the model's task, for the
+    /// error when `handles` refuses it.
+    pub fn load(&self, device: &Device, defense: &str, handles: impl Fn(Task) -> bool, able: impl Fn(Task) -> Vec<String>) -> Result<(Suspect, CleanSet, ModelCard)> {
         let (model, card) =
             model_file::load(&self.model, device).with_context(|| format!("--model {}", self.model.display()))?;
-        if card.task.is_classification() {
-            // Every defense reads its outputs as a regression vector; logits need their own
-            // objectives (softmax variance, per-class masks).
-            bail!("--model {}: {} is a classifier, and the defenses scan and repair regression models only", self.model.display(), card.task);
+        if !handles(card.task) {
+            bail!("--model {}: --defense {defense} does not handle {} models (these do: {})", self.model.display(), card.task, able(card.task).join(", "));
         }
         let suspect = card.suspect(model);
         let clean = match &self.data {
@@ -77,7 +83,8 @@ pub const BACKDOOR_EXIT: u8 = 2;
 pub fn run(a: ScanArgs, device: DeviceKind) -> Result<Option<u8>> {
     let device = device.device()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
-    let (suspect, clean, _) = a.input.load(&device)?;
+    let able = |task| DetectorKind::ALL.iter().filter(|k| k.handles(task)).map(|k| name_of(*k)).collect();
+    let (suspect, clean, _) = a.input.load(&device, &name_of(a.defense), |task| a.defense.handles(task), able)?;
     let detector = a.configs.build(a.defense);
     let finding = detector.detect(&suspect, &clean, a.input.seed, &device).with_context(|| format!("{} scan", a.defense))?;
     write_scan_report(&a.out, &a.input.model, &suspect, &clean, &finding)?;

@@ -37,6 +37,14 @@ impl BenchProfile {
                 c.epochs = 6;
                 c
             }
+            BenchProfile::Small if task.is_classification() => {
+                // Fashion-MNIST's 28×28 images gain nothing at 64×64; 20 000 images reach 89%
+                // accuracy where 10 000 reach 87.6%, close to the 85% gate (docs/training.md).
+                let mut c = TrainConfig::new(task, Profile::Small, seed);
+                c.image_size = 32;
+                c.samples = 20_000;
+                c
+            }
             BenchProfile::Small => TrainConfig::new(task, Profile::Small, seed),
             BenchProfile::Tiny => {
                 // ResNet-18 width 16 at 32×32: ≈ 1 min per model on 2 cores, and it learns a
@@ -60,6 +68,12 @@ impl BenchProfile {
         let mut attack = AttackKind::by_name(name)?;
         let mut poison_rate = DEFAULT_POISON_RATE;
         match (self, &mut attack) {
+            (BenchProfile::Small, AttackKind::Wanet(c)) if task.is_classification() => {
+                // On Fashion-MNIST the default warp reaches an ASR of 74%; a stronger one on
+                // more samples reaches 94% (docs/training.md).
+                c.s = 1.0;
+                poison_rate = 0.2;
+            }
             (BenchProfile::Small, AttackKind::Wanet(c)) => {
                 // k 4, s 0.5 leave head pose's AE far above 3°, and gaze's too at some seeds (27.8°
                 // at seed 3000); a finer, stronger warp on more samples takes on head pose.
@@ -128,8 +142,9 @@ impl BenchProfile {
     /// shares one (the test bed: its reference models are then trained once per task, not once
     /// per model); other profiles draw a fresh set per model from its own training seed.
     pub fn shared_clean_seed(self, task: Task) -> Option<u64> {
-        // Far from the seeds `seed + 1000·class + i` the grid trains from.
-        (self == BenchProfile::Small).then_some(0x5eed_c1ea_0000_0000 ^ task.stream())
+        // Far from the seeds `seed + 1000·class + i` the grid trains from. A classifier's
+        // defender reads Fashion-MNIST's test part, the same images for every model already.
+        (self == BenchProfile::Small && !task.is_classification()).then_some(0x5eed_c1ea_0000_0000 ^ task.stream())
     }
 
     /// Whether models must have learned their task (and their backdoor taken) to count in the
@@ -318,9 +333,13 @@ impl BenchConfig {
         if self.tasks.is_empty() {
             return Err(Error::invalid("benchmark tasks", "none"));
         }
-        if let Some(task) = self.tasks.iter().find(|t| t.is_classification()) {
-            // The detectors read outputs as regression vectors: a classifier's row would be noise.
-            return Err(Error::invalid("benchmark tasks", format!("{task}: the test bed scans regression models only")));
+        for &task in &self.tasks {
+            if let Some(kind) = self.detectors.iter().find(|k| !k.handles(task)) {
+                return Err(Error::invalid("benchmark detectors", format!("{kind:?} does not scan {task} models")));
+            }
+            if let Some(kind) = self.mitigators.iter().find(|k| !k.handles(task)) {
+                return Err(Error::invalid("benchmark mitigators", format!("{kind:?} does not repair {task} models")));
+            }
         }
         if self.models_per_class == 0 {
             return Err(Error::invalid("models per class", "0"));

@@ -18,6 +18,25 @@ pub const LEARNED_RATIO: f64 = 0.25;
 /// A backdoor counts as having taken when its attack error is at most this, in the task's unit.
 pub const TOOK_AE: f64 = 3.0;
 
+/// A classifier counts as having learned its task at this accuracy (%) or more: its mean
+/// predictor's error (90% on ten balanced classes) would let a quarter of it pass a model that
+/// misses one image in five.
+pub const LEARNED_ACCURACY: f64 = 85.0;
+
+/// A classifier's backdoor counts as having taken when at least this share (%) of the triggered
+/// images of other classes reach the target class.
+pub const TOOK_ASR: f64 = 90.0;
+
+/// The largest clean error and attack error with which a model of `task` counts, in the task's
+/// unit (a classifier's: % misclassified, and % of triggered images missing the target).
+pub fn gates(task: Task, mean_predictor: f64) -> (f64, f64) {
+    if task.is_classification() {
+        (100.0 - LEARNED_ACCURACY, 100.0 - TOOK_ASR)
+    } else {
+        (LEARNED_RATIO * mean_predictor, TOOK_AE)
+    }
+}
+
 /// Which half of the seeds a model belongs to: anything fit to data (thresholds, weights) is fit
 /// on the calibration half, and the tables report the test half beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,9 +68,11 @@ impl std::fmt::Display for Half {
 pub enum Standing {
     /// It learned its task and, if backdoored, its backdoor took.
     Usable,
-    /// Clean error above [`LEARNED_RATIO`] × the mean predictor's.
+    /// Clean error above [`LEARNED_RATIO`] × the mean predictor's (a classifier: accuracy below
+    /// [`LEARNED_ACCURACY`]).
     DidNotLearn,
-    /// Backdoored, but its attack error is above [`TOOK_AE`].
+    /// Backdoored, but its attack error is above [`TOOK_AE`] (a classifier: ASR below
+    /// [`TOOK_ASR`]).
     DidNotTake,
     /// Not checked: the profile's models are not meant to learn (smoke), so its tables are a
     /// schema check.
@@ -59,12 +80,13 @@ pub enum Standing {
 }
 
 impl Standing {
-    pub fn of(errors: &Errors, gated: bool) -> Self {
+    pub fn of(task: Task, errors: &Errors, gated: bool) -> Self {
+        let (max_clean, max_ae) = gates(task, errors.mean_predictor_deg);
         if !gated {
             Standing::Unchecked
-        } else if !(errors.clean_deg <= LEARNED_RATIO * errors.mean_predictor_deg) {
+        } else if !(errors.clean_deg <= max_clean) {
             Standing::DidNotLearn
-        } else if errors.ae_deg.is_some_and(|ae| !(ae <= TOOK_AE)) {
+        } else if errors.ae_deg.is_some_and(|ae| !(ae <= max_ae)) {
             Standing::DidNotTake
         } else {
             Standing::Usable

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::scoring::roc_curve;
-use super::{BenchResults, DetectionSummary, Half, LEARNED_RATIO, TOOK_AE, mean};
+use super::{BenchResults, DetectionSummary, Half, LEARNED_ACCURACY, LEARNED_RATIO, TOOK_AE, TOOK_ASR, mean};
 use crate::defenses::DetectorKind;
 use crate::error::Result;
 use crate::io::{write_atomic, write_json};
@@ -137,8 +137,9 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
         md.push_str(&verdict_table(r, task));
         md.push_str(&diagnostic_table(r, task));
         let unit = task.unit_name();
+        let read = if task.is_classification() { "; a classifier's clean error is 100 − its accuracy, its AE 100 − its ASR" } else { "" };
         md.push_str(&format!(
-            "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after)\n\n\
+            "\n### Mitigation (mean over the attack's repaired models: clean error / AE / DAE in {unit}, before → after{read})\n\n\
              | attack | mitigator | models | clean | AE | DAE | time |\n|---|---|---|---|---|---|---|\n",
         ));
         let repaired: Vec<_> = r.mitigation_summary.iter().filter(|s| s.task == task).collect();
@@ -160,10 +161,10 @@ fn markdown(r: &BenchResults, figures: &[String]) -> String {
                 s.mean_seconds
             ));
         }
-        md.push_str(
-            "\n### Models (clean error against the mean predictor's, AE / DAE, training time, half, standing)\n\n\
+        md.push_str(&format!(
+            "\n### Models (clean error against the mean predictor's, AE / DAE, training time, half, standing{read})\n\n\
              | model | clean | mean predictor | AE | DAE | train | half | standing |\n|---|---|---|---|---|---|---|---|\n",
-        );
+        ));
         for m in r.models.iter().filter(|m| m.task == task) {
             let e = &m.errors;
             md.push_str(&format!(
@@ -298,7 +299,7 @@ fn split_note(r: &BenchResults) -> String {
     let gate = if r.config.profile.gated() {
         format!(
             "A model counts only if it learned its task (clean error ≤ {LEARNED_RATIO} × the mean predictor's) and, if backdoored, \
-             its backdoor took (AE ≤ {TOOK_AE}); the others are listed here and in the models tables, and counted nowhere else. \
+             its backdoor took (AE ≤ {TOOK_AE}; a classifier: accuracy ≥ {LEARNED_ACCURACY}% and ASR ≥ {TOOK_ASR}%); the others are listed here and in the models tables, and counted nowhere else. \
              Left out: {}.",
             if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") }
         )

@@ -235,7 +235,7 @@ impl Bench {
             attack: attack.map(str::to_string),
             seed,
             half: Half::of_index(index),
-            standing: Standing::of(&errors, c.profile.gated()),
+            standing: Standing::of(task, &errors, c.profile.gated()),
             target: card.backdoor.as_ref().map(|b| b.target.clone()),
             path,
             train_s: card.trained("the benchmark")?.train_seconds,

@@ -17,9 +17,21 @@ use super::{BenchConfig, DetectionRecord, Half, ModelRecord};
 use crate::defenses::DetectorKind;
 use crate::task::Task;
 
-/// The signals the verdict combines, each suspicious when low: the input-agnostic reversal's
-/// successful mask share (1 when no mask succeeded) and the spread ratio under neuron noise.
+/// The signals the verdict combines on regression models, each suspicious when low: the
+/// input-agnostic reversal's successful mask share (1 when no mask succeeded) and the spread
+/// ratio under neuron noise.
 pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Noise, "spread_ratio")];
+
+/// The signals the verdict combines on classifiers, each suspicious when low: the smallest of
+/// Neural Cleanse's per-class masks (the input-agnostic reversal on a classifier, compared here
+/// across models where NC's anomaly index compares it across classes), and how close DRMGuard's
+/// generator came to its verdict under the classification objective.
+pub const CLASSIFIER_VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Nc, "mask_share"), (DetectorKind::Drmguard, "closeness")];
+
+/// The signals the verdict combines on models of `task`.
+pub fn verdict_signals(task: Task) -> &'static [(DetectorKind, &'static str)] {
+    if task.is_classification() { &CLASSIFIER_VERDICT_SIGNALS } else { &VERDICT_SIGNALS }
+}
 
 /// The smallest standard deviation (of a signal's logarithm) a standardisation divides by: with
 /// four benign models the sample's own may be near zero by chance.
@@ -73,27 +85,28 @@ pub struct TaskVerdict {
     pub summaries: Vec<VerdictSummary>,
 }
 
-/// The combined verdict of every task whose detectors include all of [`VERDICT_SIGNALS`]
-/// (none where one was not run). A model is scored on the signals it has (neuron noise needs
+/// The combined verdict of every task whose detectors include all of its signals
+/// ([`verdict_signals`]; none where one was not run). A model is scored on the signals it has (neuron noise needs
 /// BatchNorm layers, which an ONNX export folds away); a signal is standardised only where the
 /// calibration half has at least two benign models with it.
 pub fn combine(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<TaskVerdict> {
-    if !VERDICT_SIGNALS.iter().all(|(d, _)| c.detectors.contains(d)) {
-        return Vec::new();
-    }
     let value = |model: &str, detector: DetectorKind, signal: &str| {
         detections.iter().find(|d| d.model == model && d.detector == detector).and_then(|d| d.signals.get(signal).copied()).filter(|v| *v > 0.0 && v.is_finite())
     };
     let mut out = Vec::new();
     for &task in &c.tasks {
+        let signals = verdict_signals(task);
+        if !signals.iter().all(|(d, _)| c.detectors.contains(d)) {
+            continue;
+        }
         // Usable models, with the log of each signal they have.
         let counted: Vec<(&ModelRecord, Vec<Option<f64>>)> = models
             .iter()
             .filter(|m| m.task == task && m.standing.counts())
             .filter(|m| m.attack.as_ref().is_none_or(|a| c.attacks.contains(a)))
-            .map(|m| (m, VERDICT_SIGNALS.iter().map(|&(d, s)| value(&m.id, d, s).map(f64::ln)).collect()))
+            .map(|m| (m, signals.iter().map(|&(d, s)| value(&m.id, d, s).map(f64::ln)).collect()))
             .collect();
-        let calibrations: Vec<Option<SignalCalibration>> = VERDICT_SIGNALS
+        let calibrations: Vec<Option<SignalCalibration>> = signals
             .iter()
             .enumerate()
             .map(|(i, &(detector, signal))| {

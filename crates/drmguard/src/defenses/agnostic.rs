@@ -164,6 +164,19 @@ impl AgnosticConfig {
         }
     }
 
+    /// The search these settings run on a `task` model. A classifier's is Neural Cleanse's
+    /// original per-class search (per pixel, no smoothness, no neutrality: each class is a fixed
+    /// target, so no free target can drift onto an edit that moves every model); the references
+    /// then serve the calibration alone.
+    pub fn search_for(&self, task: crate::task::Task) -> NeuralCleanseConfig {
+        if task.is_classification() { self.class_search() } else { self.search() }
+    }
+
+    /// The per-class search these settings run on a classifier.
+    pub fn class_search(&self) -> NeuralCleanseConfig {
+        NeuralCleanseConfig { steps: self.steps, ..NeuralCleanseConfig::default() }
+    }
+
     /// Whether the verdict reads the suspect's mask against the references' own.
     pub fn calibrated(&self) -> bool {
         self.calibrate && self.references >= 2
@@ -255,7 +268,7 @@ impl Agnostic {
         let c = &self.config;
         let reference_config = ReferenceConfig::new(c.references);
         let key = References::cache_key(suspect, clean, &reference_config);
-        let nc = NeuralCleanse { config: c.search() };
+        let nc = NeuralCleanse { config: c.search_for(suspect.task) };
         let mut scores = Vec::with_capacity(references.models.len());
         for (k, model) in references.models.iter().enumerate() {
             let path = References::cache_dir().join(format!("{}-{key}-agnostic-{}.json", suspect.task, short_hash(&(&nc.config, seed, k))));
@@ -266,8 +279,16 @@ impl Agnostic {
                 Err(_) => {
                     let others: Vec<_> = references.models.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, m)| m.clone()).collect();
                     tracing::info!(reference = k, "scoring a reference model with the input-agnostic reversal");
-                    let r = nc.reverse_against(&suspect.with_model(model.clone()), clean, &others, seed, device)?;
-                    let score = ReferenceScore { mask_share: r.mask_share, succeeded: r.succeeded };
+                    let reference = suspect.with_model(model.clone());
+                    let score = if suspect.task.is_classification() {
+                        // The smallest successful class mask, as the suspect is scored.
+                        let classes = nc.reverse_classes(&reference, clean, seed, device)?;
+                        let smallest = classes.iter().filter(|r| r.succeeded).map(|r| r.mask_share).reduce(f64::min);
+                        ReferenceScore { mask_share: smallest.unwrap_or(1.0), succeeded: smallest.is_some() }
+                    } else {
+                        let r = nc.reverse_against(&reference, clean, &others, seed, device)?;
+                        ReferenceScore { mask_share: r.mask_share, succeeded: r.succeeded }
+                    };
                     write_json(&path, &score)?;
                     score
                 }
@@ -286,10 +307,16 @@ impl Detector for Agnostic {
     fn detect(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
         self.config.validate()?;
         let started = std::time::Instant::now();
-        let mut finding = NeuralCleanse { config: self.config.search() }.finding("agnostic", suspect, clean, seed, device)?;
+        let mut finding = NeuralCleanse { config: self.config.search_for(suspect.task) }.finding("agnostic", suspect, clean, seed, device)?;
         // The search's own score, before any calibration: the successful mask's share, 1 when
-        // no mask succeeded.
-        let mask_score = finding.detection.score;
+        // no mask succeeded (a classifier's: its smallest class mask's, beside the anomaly index
+        // that scores the per-class search).
+        let mask_score = if suspect.task.is_classification() {
+            let d = &finding.detection.details;
+            if d["classes"].as_array().is_some_and(|classes| classes.iter().any(|c| c["succeeded"] == true)) { d["mask_share"].as_f64().unwrap_or(1.0) } else { 1.0 }
+        } else {
+            finding.detection.score
+        };
         finding.detection.signals.insert("mask_score".into(), mask_score);
         if self.config.calibrated() {
             let c = &self.config;
@@ -300,7 +327,7 @@ impl Detector for Agnostic {
             let log_ratio = geometric.ln() - own.ln();
             // Both errors on the held-out fifth of the clean set, where the references are measured.
             let reference_error = references.heldout_error_deg();
-            let batch = c.search().batch_size;
+            let batch = c.search_for(suspect.task).batch_size;
             let suspect_error = evaluate(&suspect.model, suspect.task, &heldout_part(clean.data()), batch)?.mean_deg;
             let signals = &mut finding.detection.signals;
             signals.insert("reference_mask_share".into(), geometric);
@@ -336,11 +363,18 @@ impl Detector for Agnostic {
         }
         finding.config = serde_json::to_value(&self.config).map_err(|e| Error::Numerical(e.to_string()))?;
         let c = &self.config;
-        let search = format!(
-            "one mask that collapses the suspect while keeping {} reference models' outputs (neutrality weight {}, smoothness {})",
-            c.references, c.neutral_weight, c.smoothness
-        );
-        finding.rule = if c.calibrated() {
+        let search = if suspect.task.is_classification() {
+            "the smallest of the masks that send 99% of the clean images to each class".to_string()
+        } else {
+            format!(
+                "one mask that collapses the suspect while keeping {} reference models' outputs (neutrality weight {}, smoothness {})",
+                c.references, c.neutral_weight, c.smoothness
+            )
+        };
+        finding.rule = if suspect.task.is_classification() && !c.calibrated() {
+            // Uncalibrated, a classifier is decided as Neural Cleanse decides it.
+            finding.rule
+        } else if c.calibrated() {
             format!(
                 "score = ln(the references' mask share / the suspect's) − {} · max(0, ln(the references' held-out error / the suspect's) − ln {}), each mask the share of the image covered by {search}; backdoored iff score ≥ ln {}",
                 c.quality_slope, c.quality_knee, c.ratio

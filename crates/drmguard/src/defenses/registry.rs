@@ -8,6 +8,7 @@ use super::{
     DrmGuardTest, FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
 };
 use crate::error::{Error, Result};
+use crate::task::Task;
 
 /// The detectors' registry: one line per detector gives its kind (`--defense` name), its
 /// config's field in [`DetectorConfigs`] and type, the heading of its options in `--help`, and
@@ -170,13 +171,35 @@ mitigators! {
         Anp reads [anp], checks |c| c.anp.validate(), builds |c| Anp { config: c.anp.clone() };
         /// Neural Cleanse unlearning with its reversed trigger.
         Nc reads [nc, unlearn], checks |c| c.nc.validate().and_then(|()| c.unlearn.validate()),
-            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), unlearn: c.unlearn.clone() };
+            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), class_nc: None, unlearn: c.unlearn.clone() };
         /// Unlearning the input-agnostic reversal's trigger: the search of `scan --defense
         /// agnostic` (against the reference models), then Neural Cleanse's unlearning.
         Agnostic reads [agnostic, unlearn], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()),
-            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), unlearn: c.unlearn.clone() };
+            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), class_nc: Some(c.agnostic.class_search()), unlearn: c.unlearn.clone() };
     }
 }
+
+impl DetectorKind {
+    /// Whether the detector scans models of `task`. Every detector scans regression models;
+    /// of the classifiers' detectors, each has its classification objective.
+    pub fn handles(self, task: Task) -> bool {
+        !task.is_classification() || CLASSIFIER_DETECTORS.contains(&self)
+    }
+}
+
+/// The detectors with a classification objective.
+const CLASSIFIER_DETECTORS: &[DetectorKind] = &[DetectorKind::Drmguard, DetectorKind::Nc, DetectorKind::Agnostic];
+
+impl MitigatorKind {
+    /// Whether the mitigator repairs models of `task`: fine-tuning and pruning read the task's
+    /// loss; the others repair what their detector reversed.
+    pub fn handles(self, task: Task) -> bool {
+        !task.is_classification() || CLASSIFIER_MITIGATORS.contains(&self)
+    }
+}
+
+/// The mitigators that repair classifiers.
+const CLASSIFIER_MITIGATORS: &[MitigatorKind] = &[MitigatorKind::Drmguard, MitigatorKind::Ft, MitigatorKind::Fp, MitigatorKind::Nc, MitigatorKind::Agnostic];
 
 impl DetectorConfigs {
     /// The settings detector `kind`'s measurements read, and only those (for cache keys): its

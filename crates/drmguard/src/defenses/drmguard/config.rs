@@ -168,7 +168,8 @@ pub struct DrmGuardConfig {
     /// 16, 40 epochs on four fifths of it, cached per task and clean set); 0: none. With
     /// references, G is also penalised for collapsing them (`--contrast-weight`), and the
     /// report gives the contrast: the suspect's spread ratio over the references'. An edit that
-    /// collapses every model of the task is the task's own feature, not a trigger.
+    /// collapses every model of the task is the task's own feature, not a trigger. Regression
+    /// models only: a classifier's scan ignores it.
     #[arg(long, default_value_t = 0)]
     #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
     pub references: usize,
@@ -277,14 +278,17 @@ pub struct TaskDefaults {
 ///   (two seeds of two) and not at 3e-3 (none of six settings), and with the coordinates it
 ///   paints the patch alone (I(f) 0.0097 against 0.0204 without).
 ///
-/// A classifier has none: its outputs are logits, whose variance the regression objective must not
-/// read (the authors' classification objective takes the variance of softmax probabilities).
-pub fn task_defaults(task: Task) -> Option<TaskDefaults> {
+/// - A classifier: the authors' classification objective (λ1 · the variance of the softmax
+///   probability vectors, plus the plain L1 term: no feature term, no MTR). The rebuttal gives no
+///   λ1. On a Fashion-MNIST BadNets model and a benign twin (docs/classifiers.md), G stays at the
+///   identity at λ1 10 (and at 100 with the MTR); at 100 it collapses both (spread ratio 0.02)
+///   by repainting the whole image, I(f) 0.25 and 0.29; at 1000, 0.32 and 0.29. ρ 0.2 as gaze's.
+pub fn task_defaults(task: Task) -> TaskDefaults {
     match task {
-        Task::Gaze => Some(TaskDefaults { lambda1: 20.0, lambda2: 800.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false }),
-        Task::HeadPose => Some(TaskDefaults { lambda1: 100.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.1, lr: 1e-3, generator_coordinates: true }),
-        Task::Landmarks => Some(TaskDefaults { lambda1: 3000.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.3, lr: 3e-3, generator_coordinates: false }),
-        Task::Classification { .. } => None,
+        Task::Gaze => TaskDefaults { lambda1: 20.0, lambda2: 800.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false },
+        Task::HeadPose => TaskDefaults { lambda1: 100.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.1, lr: 1e-3, generator_coordinates: true },
+        Task::Landmarks => TaskDefaults { lambda1: 3000.0, lambda2: 100.0, max_error_ratio: 0.45, max_spread_ratio: 0.3, lr: 3e-3, generator_coordinates: false },
+        Task::Classification { .. } => TaskDefaults { lambda1: 100.0, lambda2: 0.0, max_error_ratio: 0.45, max_spread_ratio: 0.2, lr: 3e-3, generator_coordinates: false },
     }
 }
 
@@ -304,12 +308,7 @@ impl DrmGuardConfig {
 
     /// The settings for `task`, checked: the per-task defaults filled in where left open.
     pub fn resolved(&self, task: Task) -> Result<DrmGuardParams> {
-        let d = task_defaults(task).ok_or_else(|| {
-            Error::invalid(
-                "task",
-                format!("{task}: DRMGuard scans regression models, and its classification objective (the variance of softmax probabilities) is not available"),
-            )
-        })?;
+        let d = task_defaults(task);
         let (lambda1, lambda2) = (self.lambda1.unwrap_or(d.lambda1), self.lambda2.unwrap_or(d.lambda2));
         let (max_spread_ratio, max_error_ratio) = (self.max_spread_ratio.unwrap_or(d.max_spread_ratio), self.max_error_ratio.unwrap_or(d.max_error_ratio));
         let (lr, coordinates) = (self.lr.unwrap_or(d.lr), self.generator_coordinates.unwrap_or(d.generator_coordinates));
@@ -321,6 +320,16 @@ impl DrmGuardConfig {
             lr: Some(lr),
             generator_coordinates: Some(coordinates),
             ..self.clone()
+        };
+        // The classification objective, as the authors state it: no feature term (a classifier's
+        // features behave otherwise) and a plain L1 term (no MTR), with the collapse read on the
+        // probabilities' spread, since their error to the true labels grows as they gather on
+        // the target class. Reference models measure regression outputs: a classifier's scan
+        // has none.
+        let c = if task.is_classification() {
+            DrmGuardConfig { feature_reg: FeatureReg::Off, mtr: Mtr::Off, collapse: Collapse::Spread, references: 0, ..c }
+        } else {
+            c
         };
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         if !finite_nonneg(lambda1) || !finite_nonneg(lambda2) {

@@ -94,7 +94,7 @@ impl DrmGuard {
     fn prepare(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<(DrmGuardParams, SetStats, Option<References>)> {
         let config = self.config.resolved(suspect.task)?;
         clean.check_for(suspect, config.batch_size)?;
-        let clean_stats = angle_and_output_stats(&suspect.model, clean, None, config.batch_size)?;
+        let clean_stats = angle_and_output_stats(suspect, clean, None, config.batch_size)?;
         let references = match config.references {
             0 => None,
             n => Some(References::get(suspect, clean, &ReferenceConfig::new(n), reference_seed(seed), device)?),

@@ -37,6 +37,8 @@ struct Optimisation<'a> {
     generator: Generator,
     optim: ModuleOptimizer,
     attention: Option<Tensor<2>>,
+    /// The suspect is a classifier: the variance term reads its softmax probabilities.
+    probabilities: bool,
 }
 
 impl<'a> Optimisation<'a> {
@@ -52,7 +54,7 @@ impl<'a> Optimisation<'a> {
                 Generator::new(config.generator, config.generator_width, config.residual(), ad)
             }
         });
-        Optimisation { config, model, references, head_weight, angle_var_clean, generator, optim: AdamConfig::new().init(), attention: None }
+        Optimisation { config, model, references, head_weight, angle_var_clean, generator, optim: AdamConfig::new().init(), attention: None, probabilities: suspect.task.is_classification() }
     }
 
     fn update(&mut self, loss: Tensor<1>) {
@@ -97,6 +99,9 @@ impl<'a> Optimisation<'a> {
         };
         let z = self.model.features(into_model);
         let y = self.model.head(z.clone());
+        // A classifier's outputs are logits: the authors' classification objective takes the
+        // variance of its probability vectors, which a trigger makes near-identical.
+        let y = if self.probabilities { burn::tensor::activation::softmax(y, 1) } else { y };
         let output_variance = y.var_bias(0).mean();
         let contrast = self.references.as_ref().map(|refs| contrast_penalty(refs, x.clone(), reversed.clone(), c.contrast_floor));
         let diff = (reversed - x).abs();
@@ -223,7 +228,7 @@ pub(super) fn measure(
     references: Option<&References>,
     edit: &dyn Fn(Tensor<4>) -> Tensor<4>,
 ) -> Result<ReversalSummary> {
-    let reversed_stats = angle_and_output_stats(&suspect.model, clean, Some(edit), config.batch_size)?;
+    let reversed_stats = angle_and_output_stats(suspect, clean, Some(edit), config.batch_size)?;
     let rav_per_output: Vec<f64> = reversed_stats
         .angle_var
         .iter()

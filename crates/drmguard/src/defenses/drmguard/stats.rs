@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::defenses::{CleanSet, scalar, values};
+use crate::defenses::{CleanSet, Suspect, scalar, values};
 use crate::error::{Error, Result};
 use crate::metrics::column_mean_var;
 use crate::models::inference::model_device;
@@ -38,7 +38,9 @@ pub(super) struct SetStats {
     pub(super) feature_var: Vec<f64>,
 }
 
-pub(super) fn angle_and_output_stats(model: &Model, clean: &CleanSet, edit: Option<&dyn Fn(Tensor<4>) -> Tensor<4>>, batch_size: usize) -> Result<SetStats> {
+/// A classifier's outputs are read as softmax probabilities, as its variance term reads them.
+pub(super) fn angle_and_output_stats(suspect: &Suspect, clean: &CleanSet, edit: Option<&dyn Fn(Tensor<4>) -> Tensor<4>>, batch_size: usize) -> Result<SetStats> {
+    let model = &suspect.model;
     let device = model_device(model);
     let weight = model.head_weight();
     let indices: Vec<usize> = (0..clean.len()).collect();
@@ -56,7 +58,9 @@ pub(super) fn angle_and_output_stats(model: &Model, clean: &CleanSet, edit: Opti
             None => x,
         };
         let z = model.features(input);
-        outputs.extend(values(model.head(z.clone()))?);
+        let y = model.head(z.clone());
+        let y = if suspect.task.is_classification() { burn::tensor::activation::softmax(y, 1) } else { y };
+        outputs.extend(values(y)?);
         features.extend(values(z.clone())?);
         angle_values.extend(values(feature_angles(z, weight.clone()))?);
     }

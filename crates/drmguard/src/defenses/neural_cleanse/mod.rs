@@ -8,6 +8,7 @@
 //! Mitigation (`--defense nc`) unlearns the reversed trigger: fine-tuning on the clean set plus
 //! stamped copies of a share of it, with their true labels (BackdoorBench's recipe).
 
+mod per_class;
 mod repair;
 mod search;
 mod windows;
@@ -23,6 +24,7 @@ use super::{CleanSet, Detection, Detector, Figure, Finding, Suspect};
 use crate::error::{Error, Result};
 use crate::figures::reversed::{map_figure, reversal_figure};
 pub use repair::NcUnlearning;
+pub use per_class::{ClassMask, smallest_anomaly};
 pub use search::{NcEpoch, NcReversal};
 
 /// Neural Cleanse settings: the original's optimiser and cost schedule; steps, success and
@@ -65,9 +67,19 @@ pub struct NeuralCleanseConfig {
     /// its benign twin).
     #[arg(id = "nc_threshold", long = "nc-threshold", default_value_t = 0.025)]
     pub threshold: f64,
+    /// NC on a classifier: share of stamped images that must reach the target class for the
+    /// trigger to succeed (the original's).
+    #[arg(id = "nc_class_success", long = "nc-class-success", default_value_t = DEFAULT_CLASS_SUCCESS)]
+    #[serde(default = "default_class_success", skip_serializing_if = "is_default_class_success")]
+    pub class_success: f64,
+    /// NC on a classifier: flag it when the smallest of the classes' masks lies more than this
+    /// many median absolute deviations (×1.4826) below their median (the original's anomaly index).
+    #[arg(id = "nc_anomaly_threshold", long = "nc-anomaly-threshold", default_value_t = DEFAULT_ANOMALY_THRESHOLD)]
+    #[serde(default = "default_anomaly_threshold", skip_serializing_if = "is_default_anomaly_threshold")]
+    pub anomaly_threshold: f64,
     /// NC: benign reference models trained from the clean set alone (as DRMGuard's
     /// `--references`, and shared with it); with them, the report adds how far the reversed
-    /// trigger collapses the suspect and the references (the contrast). 0: none.
+    /// trigger collapses the suspect and the references (the contrast). 0: none. Regression models only.
     #[arg(id = "nc_references", long = "nc-references", default_value_t = 0)]
     // Left out at 0, so that configs (and the benchmark's cache keys) from before the option
     // read and hash as they did.
@@ -77,7 +89,7 @@ pub struct NeuralCleanseConfig {
     /// outputs where the clean images put them (mean absolute change, in degrees). A trigger is
     /// neutral to a model that never learned it; a natural feature of the task (a gaze model's
     /// eyes) moves every model of the task, so the search must look elsewhere. Needs
-    /// `--nc-references`. 0: the original objective.
+    /// `--nc-references`. 0: the original objective. Regression models only.
     #[arg(id = "nc_neutral_weight", long = "nc-neutral-weight", default_value_t = 0.0)]
     #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero_f64")]
     pub neutral_weight: f64,
@@ -89,13 +101,14 @@ pub struct NeuralCleanseConfig {
     pub smoothness: f64,
     /// NC: searches from independent random starts; the smallest successful mask is kept. The
     /// first starts y_t at the mean output, the others where `--nc-restart-targets` says.
+    /// Regression models only: a classifier's search runs once per class.
     #[arg(id = "nc_restarts", long = "nc-restarts", default_value_t = 1)]
     #[serde(default = "crate::io::serde_compat::one", skip_serializing_if = "crate::io::serde_compat::is_one")]
     pub restarts: usize,
     /// NC: where each start after the first puts y_t: `spread`, at the clean label farthest
     /// from the starts before it; `mean`, at the mean output again, with a fresh random mask,
     /// pattern and batch order; `exclude`, as `mean` with the cells of the earlier starts' masks
-    /// closed to it.
+    /// closed to it. Regression models only.
     #[arg(id = "nc_restart_targets", long = "nc-restart-targets", value_enum, default_value_t = RestartTargets::Spread)]
     #[serde(default, skip_serializing_if = "RestartTargets::is_spread")]
     pub restart_targets: RestartTargets,
@@ -110,9 +123,34 @@ pub struct NeuralCleanseConfig {
     /// quarter of the image side, every half window) first gets a pattern optimised inside it
     /// alone for the search's objective; the windows that reach the lowest objective each start
     /// a search with the mask on the window and the window's pattern and target. 0: none.
+    /// Regression models only.
     #[arg(id = "nc_window_starts", long = "nc-window-starts", default_value_t = 0)]
     #[serde(default, skip_serializing_if = "crate::io::serde_compat::is_zero")]
     pub window_starts: usize,
+}
+
+/// The original's success rate on a classifier.
+const DEFAULT_CLASS_SUCCESS: f64 = 0.99;
+
+/// The original's anomaly index threshold.
+const DEFAULT_ANOMALY_THRESHOLD: f64 = 2.0;
+
+// Left out of configs at their defaults, so that regression scans' configs (and the benchmark's
+// cache keys) read and hash as before these settings existed.
+fn default_class_success() -> f64 {
+    DEFAULT_CLASS_SUCCESS
+}
+
+fn is_default_class_success(v: &f64) -> bool {
+    *v == DEFAULT_CLASS_SUCCESS
+}
+
+fn default_anomaly_threshold() -> f64 {
+    DEFAULT_ANOMALY_THRESHOLD
+}
+
+fn is_default_anomaly_threshold(v: &f64) -> bool {
+    *v == DEFAULT_ANOMALY_THRESHOLD
 }
 
 impl Default for NeuralCleanseConfig {
@@ -142,6 +180,9 @@ impl NeuralCleanseConfig {
                 format!("{} / {} / {}", self.tolerance_deg, self.success, self.threshold),
             ));
         }
+        if !(self.class_success > 0.0 && self.class_success <= 1.0 && positive(self.anomaly_threshold)) {
+            return Err(Error::invalid("Neural Cleanse class success / anomaly threshold", format!("{} / {} (success in (0, 1], threshold > 0)", self.class_success, self.anomaly_threshold)));
+        }
         if self.mask_cell == 0 {
             return Err(Error::invalid("Neural Cleanse mask cell", "0 (at least 1 pixel)"));
         }
@@ -161,6 +202,14 @@ impl NeuralCleanseConfig {
             return Err(Error::invalid("Neural Cleanse window starts", format!("{} (at most 16)", self.window_starts)));
         }
         Ok(())
+    }
+}
+
+impl NeuralCleanseConfig {
+    /// The share of stamped images that must reach the target for a trigger of a `task` model
+    /// to succeed.
+    pub fn required_success(&self, task: crate::task::Task) -> f64 {
+        if task.is_classification() { self.class_success } else { self.success }
     }
 }
 
@@ -212,6 +261,9 @@ impl NeuralCleanse {
     /// The search and its report, under the detector name `name` (the input-agnostic
     /// reversal of [`super::agnostic`] runs the same search with its own settings).
     pub(crate) fn finding(&self, name: &str, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Finding> {
+        if suspect.task.is_classification() {
+            return self.class_finding(name, suspect, clean, seed, device);
+        }
         let started = Instant::now();
         let r = self.reverse(suspect, clean, seed, device)?;
         let c = &self.config;

@@ -15,6 +15,9 @@ pub struct NcUnlearning {
     /// search settings.
     pub defense: &'static str,
     pub nc: NeuralCleanseConfig,
+    /// The search on a classifier, where it differs from `nc`'s (the input-agnostic reversal's
+    /// per-class search).
+    pub class_nc: Option<NeuralCleanseConfig>,
     pub unlearn: UnlearnConfig,
 }
 
@@ -24,7 +27,11 @@ impl Mitigator for NcUnlearning {
     }
 
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
-        let finding = NeuralCleanse { config: self.nc.clone() }.finding(self.defense, suspect, clean, seed, device)?;
+        let config = match &self.class_nc {
+            Some(class_nc) if suspect.task.is_classification() => class_nc.clone(),
+            _ => self.nc.clone(),
+        };
+        let finding = NeuralCleanse { config }.finding(self.defense, suspect, clean, seed, device)?;
         tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
         repair_finding(&finding, suspect, clean, &self.unlearn, device)
     }

@@ -58,7 +58,7 @@ pub struct NcReversal {
 
 /// Where one start of the search begins.
 #[derive(Clone, Copy)]
-enum Start<'a> {
+pub(super) enum Start<'a> {
     /// A random mask and pattern (NC's start), y_t at the given target.
     Random(&'a [f32]),
     /// The mask on a window, with the window's pattern and target.
@@ -114,7 +114,7 @@ fn mask_cell(side: usize, setting: usize) -> usize {
 }
 
 /// The seed of restart `k`: restart 0 keeps the scan's seed.
-fn restart_seed(seed: u64, k: u64) -> u64 {
+pub(super) fn restart_seed(seed: u64, k: u64) -> u64 {
     seed.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
@@ -238,7 +238,7 @@ impl NeuralCleanse {
     /// autodiff device) add the neutrality term, and `closed` (one flag per mask cell) the cost
     /// of the cells an earlier start covered.
     #[allow(clippy::too_many_arguments)]
-    fn optimise(&self, suspect: &Suspect, clean: &CleanSet, start: Start<'_>, seed: u64, references: Option<&[Model]>, closed: Option<&[f32]>, device: &Device) -> Result<NcReversal> {
+    pub(super) fn optimise(&self, suspect: &Suspect, clean: &CleanSet, start: Start<'_>, seed: u64, references: Option<&[Model]>, closed: Option<&[f32]>, device: &Device) -> Result<NcReversal> {
         let c = &self.config;
         let task = suspect.task;
         let ad = device.clone().autodiff();
@@ -265,6 +265,7 @@ impl NeuralCleanse {
         let (mut best, mut best_share) = (None::<(MaskTrigger, Vec<f32>)>, f64::INFINITY);
         let (mut early_best, mut early_counter) = (f64::INFINITY, 0usize);
         let mut history = Vec::new();
+        let required = c.required_success(task);
         let bar = progress_bar("neural cleanse", c.steps);
         let started = Instant::now();
         let mut step = 0;
@@ -280,9 +281,14 @@ impl NeuralCleanse {
                 hits += share_within(task, &y_values, &t_values, c.tolerance_deg) * y.dims()[0] as f64;
                 error_sum += mean_error_to(task, &y_values, &t_values) * y.dims()[0] as f64;
                 seen += y.dims()[0];
-                // Mean absolute error in degrees (landmarks: % of the side): the scale of a
-                // classifier's cross-entropy, so that NC's cost constants keep their meaning.
-                let fit = (y - target.row()).abs().mean() * task.units_per_label();
+                let fit = if task.is_classification() {
+                    // The original: cross-entropy to the target class, whose one-hot row stays.
+                    crate::train::task_loss(task, y, target.row().detach())
+                } else {
+                    // Mean absolute error in degrees (landmarks: % of the side): the scale of a
+                    // classifier's cross-entropy, so that NC's cost constants keep their meaning.
+                    (y - target.row()).abs().mean() * task.units_per_label()
+                };
                 let mut loss = fit + trigger.mask_share() * (cost * (side * side) as f64 / 3.0);
                 if c.smoothness > 0.0 {
                     loss = loss + trigger.mask_variation() * c.smoothness;
@@ -303,7 +309,9 @@ impl NeuralCleanse {
                 let trigger_grads = GradientsParams::from_module(&mut grads, &trigger);
                 let target_grads = GradientsParams::from_module(&mut grads, &target);
                 trigger = optim.step(c.lr, trigger, trigger_grads);
-                target = target_optim.step(c.target_lr, target, target_grads);
+                if !task.is_classification() {
+                    target = target_optim.step(c.target_lr, target, target_grads);
+                }
                 step += 1;
                 bar.inc(1);
             }
@@ -312,7 +320,7 @@ impl NeuralCleanse {
             let (error_deg, reference_shift_deg) = (error_sum / seen.max(1) as f64, neutral_sum / seen.max(1) as f64);
             history.push(NcEpoch { epoch: history.len(), cost, success, mask_share: share, error_deg, reference_shift_deg });
             bar.set_message(format!("success {success:.2}, mask {share:.4}, cost {cost:.1e}"));
-            if success >= c.success && share < best_share {
+            if success >= required && share < best_share {
                 best_share = share;
                 best = Some((trigger.clone(), target.values()?));
             }
@@ -333,12 +341,12 @@ impl NeuralCleanse {
             // The cost schedule: start it once the trigger succeeds, then raise it while it keeps
             // succeeding and lower it while it fails.
             if cost == 0.0 {
-                cost_set_counter = if success >= c.success { cost_set_counter + 1 } else { 0 };
+                cost_set_counter = if success >= required { cost_set_counter + 1 } else { 0 };
                 if cost_set_counter >= c.patience {
                     cost = c.init_cost;
                     (up, down, up_flag, down_flag) = (0, 0, false, false);
                 }
-            } else if success >= c.success {
+            } else if success >= required {
                 (up, down) = (up + 1, 0);
                 if up >= c.patience {
                     up = 0;
