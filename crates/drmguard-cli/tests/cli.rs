@@ -112,7 +112,8 @@ fn fashion_mnist_exports_to_a_folder_with_a_class_column() {
 }
 
 /// A classifier on a `class` folder: accuracy and attack success rate in `eval`, a one-class
-/// target, and a clear refusal from `scan`.
+/// target, Neural Cleanse's per-class scan, and a clear refusal from the defenses that read
+/// regression outputs.
 #[test]
 fn a_classifier_trains_on_a_class_folder_and_reports_accuracy_and_attack_success() {
     let tmp = tempfile::tempdir().unwrap();
@@ -147,8 +148,19 @@ fn a_classifier_trains_on_a_class_folder_and_reports_accuracy_and_attack_success
     let (accuracy, error) = (report["clean_accuracy"].as_f64().unwrap(), report["clean_error_deg"].as_f64().unwrap());
     assert!((accuracy + error - 100.0).abs() < 1e-9, "{report}");
     assert!((0.0..=100.0).contains(&report["attack_success_rate"].as_f64().unwrap()), "{report}");
-    let err = fails(&["scan", "--model", m, "--data", d, "--out", tmp.path().join("scan").to_str().unwrap()]);
-    assert!(err.contains("classifier"), "{err}");
+    let scan = tmp.path().join("scan");
+    let err = fails(&["scan", "--model", m, "--data", d, "--defense", "abs", "--out", scan.to_str().unwrap()]);
+    assert!(err.contains("--defense abs does not handle classification:3 models") && err.contains("nc"), "{err}");
+    assert!(!scan.exists(), "a refused scan writes nothing");
+    // Neural Cleanse in its original form: one mask per class, the smallest one's anomaly index.
+    let o = drmguard(&["scan", "--model", m, "--data", d, "--defense", "nc", "--nc-steps", "20", "--nc-batch-size", "8", "--out", scan.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(scan.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["classes"].as_array().map(Vec::len), Some(3), "{report}");
+    assert_eq!(report["threshold"], 2.0, "the original's anomaly threshold");
+    assert!(report["signals"]["anomaly_index"].as_f64().is_some_and(|v| v >= 0.0), "{report}");
+    let err = fails(&["mitigate", "--model", m, "--data", d, "--defense", "anp", "--out", tmp.path().join("r.safetensors").to_str().unwrap()]);
+    assert!(err.contains("--defense anp does not handle classification:3 models") && err.contains("ft"), "{err}");
 }
 
 #[test]
@@ -165,8 +177,8 @@ fn unknown_task_and_profile_are_named() {
 fn bad_benchmark_options_are_refused() {
     let err = fails(&["bench", "--profile", "smoke", "--attacks", "badnets,trojan", "--out", "/tmp/x"]);
     assert!(err.contains("--attacks") && err.contains("unknown attack 'trojan'"), "{err}");
-    let err = fails(&["bench", "--profile", "smoke", "--tasks", "gaze,fashion", "--out", "/tmp/x"]);
-    assert!(err.contains("classification:10") && err.contains("regression models only"), "{err}");
+    let err = fails(&["bench", "--profile", "smoke", "--tasks", "gaze,fashion", "--detectors", "abs", "--out", "/tmp/x"]);
+    assert!(err.contains("abs does not scan classification:10 models"), "{err}");
     let err = fails(&["bench", "--profile", "smoke", "--jobs", "0", "--out", "/tmp/x"]);
     assert!(err.contains("--jobs must be at least 1"), "{err}");
 }

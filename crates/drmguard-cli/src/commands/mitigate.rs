@@ -32,8 +32,8 @@ pub fn run(a: MitigateArgs, device: DeviceKind) -> Result<()> {
     drmguard::io::ensure_parent_exists(&a.out).context("--out")?;
     a.configs.validate(a.defense).with_context(|| format!("{} mitigation settings", a.defense))?;
     let started = Instant::now();
-    let able = |task| MitigatorKind::ALL.iter().filter(|k| k.handles(task)).map(|k| super::scan::name_of(*k)).collect();
-    let (suspect, clean, card) = a.input.load(&device, &super::scan::name_of(a.defense), |task| a.defense.handles(task), able)?;
+    let able = |task| MitigatorKind::ALL.iter().filter(|k| k.handles(task)).map(ToString::to_string).collect();
+    let (suspect, clean, card) = a.input.load(&device, &a.defense.to_string(), |task| a.defense.handles(task), able)?;
     let mitigator = a.configs.build(a.defense);
     let repair = mitigator.mitigate(&suspect, &clean, a.input.seed, &device).with_context(|| format!("{} mitigation", a.defense))?;
     let mut record = repair.record;

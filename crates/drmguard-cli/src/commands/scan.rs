@@ -9,11 +9,6 @@ use drmguard::model_file::{self, ModelCard};
 use drmguard::report::scan::write_scan_report;
 use drmguard::task::Task;
 
-/// A defense's `--defense` name.
-pub fn name_of(kind: impl clap::ValueEnum) -> String {
-    kind.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
-}
-
 /// What every defense command needs: the suspect model and the defender's clean images.
 #[derive(Args, Clone)]
 pub struct DefenseInput {
@@ -82,9 +77,9 @@ pub const BACKDOOR_EXIT: u8 = 2;
 
 pub fn run(a: ScanArgs, device: DeviceKind) -> Result<Option<u8>> {
     let device = device.device()?;
+    let able = |task| DetectorKind::ALL.iter().filter(|k| k.handles(task)).map(ToString::to_string).collect();
+    let (suspect, clean, _) = a.input.load(&device, &a.defense.to_string(), |task| a.defense.handles(task), able)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
-    let able = |task| DetectorKind::ALL.iter().filter(|k| k.handles(task)).map(|k| name_of(*k)).collect();
-    let (suspect, clean, _) = a.input.load(&device, &name_of(a.defense), |task| a.defense.handles(task), able)?;
     let detector = a.configs.build(a.defense);
     let finding = detector.detect(&suspect, &clean, a.input.seed, &device).with_context(|| format!("{} scan", a.defense))?;
     write_scan_report(&a.out, &a.input.model, &suspect, &clean, &finding)?;

@@ -335,10 +335,10 @@ impl BenchConfig {
         }
         for &task in &self.tasks {
             if let Some(kind) = self.detectors.iter().find(|k| !k.handles(task)) {
-                return Err(Error::invalid("benchmark detectors", format!("{kind:?} does not scan {task} models")));
+                return Err(Error::invalid("benchmark detectors", format!("{kind} does not scan {task} models")));
             }
             if let Some(kind) = self.mitigators.iter().find(|k| !k.handles(task)) {
-                return Err(Error::invalid("benchmark mitigators", format!("{kind:?} does not repair {task} models")));
+                return Err(Error::invalid("benchmark mitigators", format!("{kind} does not repair {task} models")));
             }
         }
         if self.models_per_class == 0 {

@@ -312,8 +312,7 @@ impl Detector for Agnostic {
         // no mask succeeded (a classifier's: its smallest class mask's, beside the anomaly index
         // that scores the per-class search).
         let mask_score = if suspect.task.is_classification() {
-            let d = &finding.detection.details;
-            if d["classes"].as_array().is_some_and(|classes| classes.iter().any(|c| c["succeeded"] == true)) { d["mask_share"].as_f64().unwrap_or(1.0) } else { 1.0 }
+            finding.detection.signals.get("mask_share").copied().unwrap_or(1.0)
         } else {
             finding.detection.score
         };

@@ -3,7 +3,8 @@
 //! and y_t are optimised jointly so that stamped images x' = (1 − m) ⊙ x + m ⊙ p reach y_t,
 //! with NC's cost schedule on the mask's L1 norm. A backdoored model needs only a small mask:
 //! the score is the share of the image the best successful mask covers (small = suspicious; 1
-//! when no mask succeeded).
+//! when no mask succeeded). On a classifier it is the original ([`per_class`]): a mask per
+//! class, and the anomaly index of the smallest.
 //!
 //! Mitigation (`--defense nc`) unlearns the reversed trigger: fine-tuning on the clean set plus
 //! stamped copies of a share of it, with their true labels (BackdoorBench's recipe).
@@ -79,7 +80,8 @@ pub struct NeuralCleanseConfig {
     pub anomaly_threshold: f64,
     /// NC: benign reference models trained from the clean set alone (as DRMGuard's
     /// `--references`, and shared with it); with them, the report adds how far the reversed
-    /// trigger collapses the suspect and the references (the contrast). 0: none. Regression models only.
+    /// trigger collapses the suspect and the references (the contrast). 0: none. Regression
+    /// models only.
     #[arg(id = "nc_references", long = "nc-references", default_value_t = 0)]
     // Left out at 0, so that configs (and the benchmark's cache keys) from before the option
     // read and hash as they did.
@@ -203,9 +205,7 @@ impl NeuralCleanseConfig {
         }
         Ok(())
     }
-}
 
-impl NeuralCleanseConfig {
     /// The share of stamped images that must reach the target for a trigger of a `task` model
     /// to succeed.
     pub fn required_success(&self, task: crate::task::Task) -> f64 {

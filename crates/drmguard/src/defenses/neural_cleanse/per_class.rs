@@ -25,8 +25,8 @@ const MAD_CONSISTENCY: f64 = 1.4826;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMask {
     pub class: usize,
-    /// The mask's share of the image: its L1 norm over the image's area. 1 when no trigger
-    /// reached the success rate.
+    /// The mask's share of the image: its L1 norm over the image's area; 1 when no trigger
+    /// reached the success rate (the original keeps an infinite norm then).
     pub mask_share: f64,
     pub succeeded: bool,
     /// Share of the whole clean set that the trigger sends to the class.
