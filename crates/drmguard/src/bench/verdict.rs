@@ -23,10 +23,10 @@ use crate::task::Task;
 pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Noise, "spread_ratio")];
 
 /// The signals the verdict combines on classifiers, each suspicious when low: the smallest of
-/// Neural Cleanse's per-class masks (the input-agnostic reversal on a classifier, compared here
-/// across models where NC's anomaly index compares it across classes), and how close DRMGuard's
-/// generator came to its verdict under the classification objective.
-pub const CLASSIFIER_VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Nc, "mask_share"), (DetectorKind::Drmguard, "closeness")];
+/// the input-agnostic reversal's per-class masks (compared here across models, where NC's
+/// anomaly index compares it across classes and the scan's verdict with reference models), and
+/// how close DRMGuard's generator came to its verdict under the classification objective.
+pub const CLASSIFIER_VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Drmguard, "closeness")];
 
 /// The signals the verdict combines on models of `task`.
 pub fn verdict_signals(task: Task) -> &'static [(DetectorKind, &'static str)] {
