@@ -191,8 +191,10 @@ impl DetectorKind {
 const CLASSIFIER_DETECTORS: &[DetectorKind] = &[DetectorKind::Drmguard, DetectorKind::Nc, DetectorKind::Agnostic];
 
 impl MitigatorKind {
-    /// Whether the mitigator repairs models of `task`: fine-tuning and pruning read the task's
-    /// loss; the others repair what their detector reversed.
+    /// Whether the mitigator repairs models of `task`. Every mitigator repairs regression models;
+    /// a classifier is repaired by fine-tuning and fine-pruning (they train with the task's loss)
+    /// and by unlearning the trigger of a detector that scans classifiers. ANP's pruning search
+    /// reads regression errors.
     pub fn handles(self, task: Task) -> bool {
         !task.is_classification() || CLASSIFIER_MITIGATORS.contains(&self)
     }
