@@ -6,7 +6,9 @@ use burn::tensor::Device;
 use drmguard::attacks::{AttackKind, BackdoorSpec, backdoor_errors};
 use drmguard::data::{DataSource, Dataset, Split, folder};
 use drmguard::defenses::drmguard::DrmGuardTest;
-use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, NeuralCleanse, NeuralCleanseConfig};
+use drmguard::attacks::wanet::WanetConfig;
+use drmguard::defenses::warp::{WarpConfig, repair_with_warp, reverse_class_warps, warp_target};
+use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, NeuralCleanse, NeuralCleanseConfig, UnlearnConfig};
 use drmguard::metrics::task_error;
 use drmguard::models::inference::predict;
 use drmguard::pipeline::TrainJob;
@@ -112,6 +114,49 @@ fn cross_entropy_training_learns_the_classes_and_a_badnets_backdoor_takes() {
     let spread: Vec<f64> = serde_json::from_value(finding.detection.details["clean_output_spread_deg"].clone()).unwrap();
     assert!(spread.iter().all(|s| (0.0..=50.0).contains(s)), "probabilities' spread in percentage points: {spread:?}");
     assert!(finding.detection.score.is_finite());
+}
+
+#[test]
+fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
+    let (_tmp, source) = folder_of(&bars(400, 4));
+    let config = TrainConfig { epochs: 10, ..TrainConfig::new(TWO, Profile::Smoke, 3) };
+    let device = Device::flex();
+    // A strong warp (up to a few pixels), so that the smoke network learns it in ten epochs.
+    let spec = BackdoorSpec {
+        attack: AttackKind::Wanet(WanetConfig { s: 4.0, ..Default::default() }),
+        target: BackdoorSpec::class_target(TWO, 1).unwrap(),
+        poison_rate: 0.3,
+        seed: 5,
+    };
+    let (model, card) = TrainJob { config, source: source.clone(), backdoor: Some(spec.clone()) }.run(&device).unwrap();
+    let test = source.load(TWO, 32, Split::Test).unwrap();
+    let trigger = spec.trigger(TWO, 32).unwrap();
+    let asr = |m: &drmguard::models::Model| 100.0 - backdoor_errors(m, TWO, &test, &trigger, 32).unwrap().attack_error.mean_deg;
+    let before = asr(&model);
+    assert!(before > 80.0, "the warp backdoor took: ASR {before:.1}%");
+
+    // The target's warp sends the other class's images there; the other class's warp, against
+    // the bars, does far less.
+    let DataSource::Folder { path } = &source else { unreachable!() };
+    let suspect = card.suspect(model);
+    let clean = CleanSet::from_folder(path, &suspect).unwrap();
+    let warp = WarpConfig { steps: 100, batch_size: 16, ..Default::default() };
+    let warps = reverse_class_warps(&suspect, &clean, &warp, 0, &device).unwrap();
+    let successes: Vec<f64> = warps.iter().map(|w| w.success).collect();
+    assert_eq!(warp_target(&warps), Some(1), "{successes:?}");
+    assert!(warps.iter().all(|w| w.mean_shift <= warp.max_shift), "displacements stay within the bound");
+
+    // Unlearning it beside Neural Cleanse's mask removes the backdoor, where the same unlearning
+    // of the mask alone (a stamp is no warp) leaves it.
+    let nc = NeuralCleanse { config: NeuralCleanseConfig { steps: 100, batch_size: 16, ..Default::default() } };
+    let finding = nc.detect(&suspect, &clean, 0, &device).unwrap();
+    let unlearn = UnlearnConfig { epochs: 5, batch_size: 16, learning_rate: Some(3e-4), ..Default::default() };
+    let mask_only = asr(&drmguard::defenses::repair_finding(&finding, &suspect, &clean, &unlearn, &device).unwrap().model);
+    let repair = repair_with_warp(finding, &suspect, &clean, &unlearn, &warp, &device).unwrap();
+    assert_eq!(repair.record["warp"]["class"], 1, "{}", repair.record["warp"]);
+    assert_eq!(repair.record["warp"]["classes"].as_array().map(Vec::len), Some(2));
+    let after = asr(&repair.model);
+    assert!(after < 10.0 && mask_only > 50.0, "ASR {before:.1}% → {after:.1}% (mask alone: {mask_only:.1}%)");
 }
 
 #[test]

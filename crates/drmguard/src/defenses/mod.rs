@@ -19,6 +19,7 @@ pub mod references;
 pub mod registry;
 pub mod trigger;
 pub mod unlearn;
+pub mod warp;
 
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;

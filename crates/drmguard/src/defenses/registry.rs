@@ -7,6 +7,7 @@ use super::{
     Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
     DrmGuardTest, FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
 };
+use super::warp::WarpConfig;
 use crate::error::{Error, Result};
 use crate::task::Task;
 
@@ -155,14 +156,16 @@ mitigators! {
         anp: AnpConfig, "ANP (--defense anp)";
         nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)";
         agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)";
+        warp: WarpConfig, "Warp reversal, unlearnt beside the mask on a classifier (--defense drmguard, agnostic)";
     }
     kinds {
         /// DRMGuard: reverse-engineer a trigger (the calibrated verdict's, or with
         /// `--drmguard-test generator` the generator's), then unlearn it (fine-tune on reversed
-        /// images with their true labels).
-        Drmguard reads [drmguard, unlearn],
-            checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }.and_then(|()| c.unlearn.validate()),
-            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone() };
+        /// images with their true labels); on a classifier, the verdict's mask with the best
+        /// class warp beside it (`--warp`).
+        Drmguard reads [drmguard, unlearn, warp],
+            checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }.and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
+            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone(), warp: c.warp.clone() };
         /// Fine-tuning on the clean set (the reference).
         Ft reads [ft], checks |_c| Ok(()), builds |c| FineTuning { config: c.ft.clone() };
         /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
@@ -171,11 +174,12 @@ mitigators! {
         Anp reads [anp], checks |c| c.anp.validate(), builds |c| Anp { config: c.anp.clone() };
         /// Neural Cleanse unlearning with its reversed trigger.
         Nc reads [nc, unlearn], checks |c| c.nc.validate().and_then(|()| c.unlearn.validate()),
-            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), class_nc: None, unlearn: c.unlearn.clone() };
+            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), class_nc: None, unlearn: c.unlearn.clone(), warp: None };
         /// Unlearning the input-agnostic reversal's trigger: the search of `scan --defense
-        /// agnostic` (against the reference models), then Neural Cleanse's unlearning.
-        Agnostic reads [agnostic, unlearn], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()),
-            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), class_nc: Some(c.agnostic.class_search()), unlearn: c.unlearn.clone() };
+        /// agnostic` (against the reference models), then Neural Cleanse's unlearning; on a
+        /// classifier, with the best class warp beside the mask (`--warp`).
+        Agnostic reads [agnostic, unlearn, warp], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
+            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), class_nc: Some(c.agnostic.class_search()), unlearn: c.unlearn.clone(), warp: Some(c.warp.clone()) };
     }
 }
 

@@ -33,6 +33,38 @@ impl ReversedTrigger for MaskTrigger {
     }
 }
 
+/// Several reversed triggers sharing one unlearning run: image i of a batch gets trigger
+/// i mod k. Each keeps its own share of the clean set, so the shares add up (to at most all of
+/// it).
+#[derive(Debug)]
+pub struct Alternating(pub Vec<std::sync::Arc<dyn ReversedTrigger>>);
+
+impl ReversedTrigger for Alternating {
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let k = self.0.len();
+        if k == 1 {
+            return self.0[0].apply(x);
+        }
+        let n = x.dims()[0];
+        let device = x.device();
+        let mut out: Option<Tensor<4>> = None;
+        for (i, trigger) in self.0.iter().enumerate() {
+            let rows: Vec<f32> = (0..n).map(|r| if r % k == i { 1.0 } else { 0.0 }).collect();
+            let rows = Tensor::<1>::from_floats(rows.as_slice(), &device).reshape([n, 1, 1, 1]);
+            let part = trigger.apply(x.clone()) * rows;
+            out = Some(match out {
+                Some(o) => o + part,
+                None => part,
+            });
+        }
+        out.unwrap_or(x)
+    }
+
+    fn unlearn_ratio(&self) -> f64 {
+        self.0.iter().map(|t| t.unlearn_ratio()).sum::<f64>().min(1.0)
+    }
+}
+
 /// ε of NC's parameterisation: keeps tanh's argument finite at the ends of [0, 1].
 const EPSILON: f32 = 1e-7;
 
@@ -153,5 +185,39 @@ impl FreeTarget {
 
     pub fn values(&self) -> Result<Vec<f32>> {
         values(self.value.val())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A trigger that paints every pixel one value, with a chosen unlearning share.
+    #[derive(Debug)]
+    struct Paint(f32, f64);
+
+    impl ReversedTrigger for Paint {
+        fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+            x.zeros_like() + self.0
+        }
+
+        fn unlearn_ratio(&self) -> f64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn alternating_triggers_take_turns_over_the_batch_and_add_their_shares() {
+        let device = Device::flex();
+        let both = Alternating(vec![Arc::new(Paint(1.0, 0.2)), Arc::new(Paint(2.0, 0.2))]);
+        let out = values(both.apply(Tensor::<4>::zeros([5, 1, 2, 2], &device))).unwrap();
+        let firsts: Vec<f32> = out.chunks(4).map(|image| image[0]).collect();
+        assert_eq!(firsts, vec![1.0, 2.0, 1.0, 2.0, 1.0]);
+        assert!(out.chunks(4).all(|image| image.iter().all(|&v| v == image[0])));
+        assert!((both.unlearn_ratio() - 0.4).abs() < 1e-12);
+        let greedy = Alternating(vec![Arc::new(Paint(1.0, 0.7)), Arc::new(Paint(2.0, 0.7))]);
+        assert_eq!(greedy.unlearn_ratio(), 1.0);
     }
 }

@@ -5,7 +5,8 @@ use burn::tensor::{Device, Tensor};
 
 use super::{DrmGuard, DrmGuardConfig, DrmGuardTest, Reversal};
 use crate::defenses::agnostic::AgnosticConfig;
-use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, repair_finding, unlearn};
+use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
+use crate::defenses::warp::{WarpConfig, repair_with_warp};
 use crate::defenses::{CleanSet, Detection, Detector, Mitigator, Repair, ReversedTrigger, Suspect};
 use crate::models::generator::Generator;
 use crate::error::Result;
@@ -19,13 +20,15 @@ pub struct DrmGuardRepair {
     /// The calibrated verdict's settings (read when `drmguard.test` is the verdict).
     pub verdict: AgnosticConfig,
     pub unlearn: UnlearnConfig,
+    /// On a classifier, the warp toward the verdict's class, unlearnt beside its mask.
+    pub warp: WarpConfig,
 }
 
 impl DrmGuardRepair {
     /// Unlearns the trigger of an existing reversal (e.g. one a scan just made).
     pub fn repair(&self, suspect: &Suspect, clean: &CleanSet, detection: &Detection, reversal: &Reversal, device: &Device) -> Result<Repair> {
         let generator = reversal.generator.clone().to_device(device);
-        let config = self.unlearn.with_default_ratio(DRMGUARD_UNLEARN_RATIO);
+        let config = self.unlearn.resolved(suspect.task, DRMGUARD_UNLEARN_RATIO);
         let (model, summary) = unlearn(suspect, clean, &|x| generator.forward(x), &config, reversal.seed, device)?;
         let record = serde_json::json!({
             "defense": "drmguard",
@@ -54,7 +57,7 @@ impl Mitigator for DrmGuardRepair {
         if self.drmguard.test == DrmGuardTest::Verdict {
             let finding = DrmGuard::with_verdict(self.drmguard.clone(), self.verdict.clone()).detect(suspect, clean, seed, device)?;
             tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
-            return repair_finding(&finding, suspect, clean, &self.unlearn, device);
+            return repair_with_warp(finding, suspect, clean, &self.unlearn, &self.warp, device);
         }
         let (detection, reversal) = DrmGuard::new(self.drmguard.clone()).detect_with_reversal(suspect, clean, seed, device)?;
         tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");

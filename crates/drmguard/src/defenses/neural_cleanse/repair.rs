@@ -4,6 +4,7 @@ use burn::tensor::Device;
 
 use super::{NeuralCleanse, NeuralCleanseConfig};
 use crate::defenses::unlearn::{UnlearnConfig, repair_finding};
+use crate::defenses::warp::{WarpConfig, repair_with_warp};
 use crate::defenses::{CleanSet, Mitigator, Repair, Suspect};
 use crate::error::Result;
 
@@ -19,6 +20,9 @@ pub struct NcUnlearning {
     /// per-class search).
     pub class_nc: Option<NeuralCleanseConfig>,
     pub unlearn: UnlearnConfig,
+    /// The warp reversed toward the class the search names, unlearnt beside its mask on a
+    /// classifier (none: the mask alone, as the original unlearns).
+    pub warp: Option<WarpConfig>,
 }
 
 impl Mitigator for NcUnlearning {
@@ -33,6 +37,9 @@ impl Mitigator for NcUnlearning {
         };
         let finding = NeuralCleanse { config }.finding(self.defense, suspect, clean, seed, device)?;
         tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
-        repair_finding(&finding, suspect, clean, &self.unlearn, device)
+        match &self.warp {
+            Some(warp) => repair_with_warp(finding, suspect, clean, &self.unlearn, warp, device),
+            None => repair_finding(&finding, suspect, clean, &self.unlearn, device),
+        }
     }
 }
