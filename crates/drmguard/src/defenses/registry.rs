@@ -266,6 +266,8 @@ impl MitigatorConfigs {
         let own = self.own_settings(kind);
         match kind {
             MitigatorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic.keyed() }),
+            // The generator's edit is unlearnt alone: the warp settings do not key it.
+            MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
             _ => own,
         }
     }
