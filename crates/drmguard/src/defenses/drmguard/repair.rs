@@ -20,7 +20,8 @@ pub struct DrmGuardRepair {
     /// The calibrated verdict's settings (read when `drmguard.test` is the verdict).
     pub verdict: AgnosticConfig,
     pub unlearn: UnlearnConfig,
-    /// On a classifier, the warp toward the verdict's class, unlearnt beside its mask.
+    /// On a classifier, the class warp that reaches its class best, unlearnt beside the
+    /// verdict's mask.
     pub warp: WarpConfig,
 }
 

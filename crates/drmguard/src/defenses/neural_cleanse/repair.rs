@@ -20,8 +20,8 @@ pub struct NcUnlearning {
     /// per-class search).
     pub class_nc: Option<NeuralCleanseConfig>,
     pub unlearn: UnlearnConfig,
-    /// The warp reversed toward the class the search names, unlearnt beside its mask on a
-    /// classifier (none: the mask alone, as the original unlearns).
+    /// On a classifier, the class warp that reaches its class best, unlearnt beside the mask
+    /// (none: the mask alone, as the original unlearns).
     pub warp: Option<WarpConfig>,
 }
 
