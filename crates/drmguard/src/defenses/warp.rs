@@ -20,6 +20,7 @@ use super::trigger::ReversedTrigger;
 use super::unlearn::{NC_UNLEARN_RATIO, UnlearnConfig, repair_finding};
 use super::{BatchCursor, CleanSet, Finding, Repair, Suspect, values};
 use crate::error::{Error, Result};
+use crate::task::argmax;
 use crate::models::resize::resize_bilinear;
 use crate::models::{Regressor, init_seeded};
 use crate::parallel::{map_in_pools, workers_for};
@@ -120,37 +121,43 @@ impl WarpTrigger {
     /// Warps images `[n, c, S, S]`: bilinear sampling at the displaced positions, clamped to the
     /// image's border.
     pub fn warp(&self, x: Tensor<4>) -> Tensor<4> {
-        let [n, c, h, w] = x.dims();
-        assert_eq!(h, w, "warp triggers take square images");
-        let side = h;
-        let device = x.device();
-        let last = (side - 1) as f32;
-        let field = self.displacement(side);
-        let along = |axis: usize| field.clone().slice([0..1, axis..axis + 1, 0..side, 0..side]).reshape([side, side]);
-        let positions: Vec<f32> = (0..side).map(|i| i as f32).collect();
-        let coordinate = Tensor::<1>::from_floats(positions.as_slice(), &device);
-        let columns = coordinate.clone().reshape([1, side]).expand([side, side]);
-        let rows = coordinate.reshape([side, 1]).expand([side, side]);
-        let u = (columns + along(0)).clamp(0.0, last);
-        let v = (rows + along(1)).clamp(0.0, last);
-        // The lower corner stays one pixel inside, so that the upper one exists and the weights
-        // stay in [0, 1] even on the last row and column.
-        let top = (last - 1.0).max(0.0);
-        let u0 = u.clone().detach().floor().clamp(0.0, top);
-        let v0 = v.clone().detach().floor().clamp(0.0, top);
-        let (wu, wv) = (u - u0.clone(), v - v0.clone());
-        let step = if side > 1 { 1 } else { 0 };
-        let index = |dv: usize, du: usize| -> Tensor<3, Int> {
-            let flat = (v0.clone() + (dv * step) as f32) * side as f32 + (u0.clone() + (du * step) as f32);
-            flat.int().reshape([1, 1, side * side]).expand([n, c, side * side])
-        };
-        let flat = x.reshape([n, c, side * side]);
-        let read = |dv, du| flat.clone().gather(2, index(dv, du)).reshape([n, c, side, side]);
-        let (wu, wv) = (wu.reshape([1, 1, side, side]), wv.reshape([1, 1, side, side]));
-        let top_row = read(0, 0) * (wu.clone().neg() + 1.0) + read(0, 1) * wu.clone();
-        let bottom_row = read(1, 0) * (wu.clone().neg() + 1.0) + read(1, 1) * wu;
-        top_row * (wv.clone().neg() + 1.0) + bottom_row * wv
+        let side = x.dims()[2];
+        displace(x, self.displacement(side))
     }
+}
+
+/// Images `[n, c, S, S]` sampled bilinearly at their pixels' positions plus `field`
+/// (`[1, 2, S, S]`, pixels), clamped to the image's border.
+fn displace(x: Tensor<4>, field: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    assert_eq!(h, w, "warp triggers take square images");
+    let side = h;
+    let device = x.device();
+    let last = (side - 1) as f32;
+    let along = |axis: usize| field.clone().slice([0..1, axis..axis + 1, 0..side, 0..side]).reshape([side, side]);
+    let positions: Vec<f32> = (0..side).map(|i| i as f32).collect();
+    let coordinate = Tensor::<1>::from_floats(positions.as_slice(), &device);
+    let columns = coordinate.clone().reshape([1, side]).expand([side, side]);
+    let rows = coordinate.reshape([side, 1]).expand([side, side]);
+    let u = (columns + along(0)).clamp(0.0, last);
+    let v = (rows + along(1)).clamp(0.0, last);
+    // The lower corner stays one pixel inside, so that the upper one exists and the weights
+    // stay in [0, 1] even on the last row and column.
+    let top = (last - 1.0).max(0.0);
+    let u0 = u.clone().detach().floor().clamp(0.0, top);
+    let v0 = v.clone().detach().floor().clamp(0.0, top);
+    let (wu, wv) = (u - u0.clone(), v - v0.clone());
+    let step = if side > 1 { 1 } else { 0 };
+    let index = |dv: usize, du: usize| -> Tensor<3, Int> {
+        let flat = (v0.clone() + (dv * step) as f32) * side as f32 + (u0.clone() + (du * step) as f32);
+        flat.int().reshape([1, 1, side * side]).expand([n, c, side * side])
+    };
+    let flat = x.reshape([n, c, side * side]);
+    let read = |dv, du| flat.clone().gather(2, index(dv, du)).reshape([n, c, side, side]);
+    let (wu, wv) = (wu.reshape([1, 1, side, side]), wv.reshape([1, 1, side, side]));
+    let top_row = read(0, 0) * (wu.clone().neg() + 1.0) + read(0, 1) * wu.clone();
+    let bottom_row = read(1, 0) * (wu.clone().neg() + 1.0) + read(1, 1) * wu;
+    top_row * (wv.clone().neg() + 1.0) + bottom_row * wv
 }
 
 impl ReversedTrigger for WarpTrigger {
@@ -187,8 +194,7 @@ pub fn reverse_warp(suspect: &Suspect, clean: &CleanSet, class: usize, config: &
         return Err(Error::invalid("warp target class", format!("{class} (the model has {classes} classes)")));
     }
     clean.check_for(suspect, config.batch_size)?;
-    let labels = &clean.data().labels;
-    let others: Vec<usize> = (0..clean.len()).filter(|&i| labels[i * classes + class] < 0.5).collect();
+    let others: Vec<usize> = (0..clean.len()).filter(|&i| argmax(clean.data().label(i)) != class).collect();
     if others.is_empty() {
         return Err(Error::Data(format!("every clean image is of class {class}: no image to warp into it")));
     }
@@ -206,10 +212,12 @@ pub fn reverse_warp(suspect: &Suspect, clean: &CleanSet, class: usize, config: &
     for step in 0..config.steps {
         let picked: Vec<usize> = batches.next_batch().iter().map(|&k| others[k]).collect();
         let (x, _) = clean.batch(&picked, &ad);
-        let y = model.forward(trigger.warp(x));
+        // One displacement per step, for the warp and for its cost.
+        let field = trigger.displacement(side);
+        let y = model.forward(displace(x, field.clone()));
         let n = y.dims()[0];
         let fit = crate::train::task_loss(suspect.task, y, target.clone().expand([n, classes]));
-        let loss = fit + trigger.mean_shift(side) * config.cost;
+        let loss = fit + field.abs().mean() * config.cost;
         let value = loss.clone().into_scalar::<f32>();
         if !value.is_finite() {
             return Err(Error::Numerical(format!("the warp reversal's loss became {value} at step {step}")));
@@ -268,8 +276,8 @@ pub fn with_warp(mut finding: Finding, suspect: &Suspect, clean: &CleanSet, conf
     Ok((finding, Some(summary)))
 }
 
-/// [`repair_finding`] with the warp toward the finding's class beside its trigger (see
-/// [`with_warp`]); the warp's summary joins the record.
+/// [`repair_finding`] with the best class warp beside the finding's trigger (see
+/// [`with_warp`]); the warps' summary joins the record.
 pub fn repair_with_warp(finding: Finding, suspect: &Suspect, clean: &CleanSet, unlearn: &UnlearnConfig, warp: &WarpConfig, device: &Device) -> Result<Repair> {
     let (finding, summary) = with_warp(finding, suspect, clean, warp, device)?;
     let mut repair = repair_finding(&finding, suspect, clean, unlearn, device)?;
@@ -286,10 +294,7 @@ fn class_share(suspect: &Suspect, clean: &CleanSet, picked: &[usize], class: usi
     for chunk in picked.chunks(batch_size) {
         let (x, _) = clean.batch(chunk, device);
         let logits = values(suspect.model.forward(trigger.warp(x)))?;
-        hits += logits
-            .chunks_exact(classes)
-            .filter(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| k) == Some(class))
-            .count();
+        hits += logits.chunks_exact(classes).filter(|row| argmax(row) == class).count();
     }
     Ok(hits as f64 / picked.len().max(1) as f64)
 }
