@@ -5,7 +5,7 @@
 //! Cleanse, ABS, the input-agnostic reversal).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use super::unlearn::NC_UNLEARN_RATIO;
 use super::values;
@@ -35,29 +35,35 @@ impl ReversedTrigger for MaskTrigger {
 
 /// Several reversed triggers sharing one unlearning run: image i of a batch gets trigger
 /// i mod k. Each keeps its own share of the clean set, so the shares add up (to at most all of
-/// it).
+/// it). Each trigger sees only its own images, so that an `Alternating` inside another one
+/// still spreads its images over all of its triggers.
 #[derive(Debug)]
 pub struct Alternating(pub Vec<std::sync::Arc<dyn ReversedTrigger>>);
 
 impl ReversedTrigger for Alternating {
     fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let k = self.0.len();
-        if k == 1 {
-            return self.0[0].apply(x);
-        }
         let n = x.dims()[0];
-        let device = x.device();
-        let mut out: Option<Tensor<4>> = None;
-        for (i, trigger) in self.0.iter().enumerate() {
-            let rows: Vec<f32> = (0..n).map(|r| if r % k == i { 1.0 } else { 0.0 }).collect();
-            let rows = Tensor::<1>::from_floats(rows.as_slice(), &device).reshape([n, 1, 1, 1]);
-            let part = trigger.apply(x.clone()) * rows;
-            out = Some(match out {
-                Some(o) => o + part,
-                None => part,
-            });
+        if k <= 1 || n == 0 {
+            return self.0.first().map_or(x.clone(), |t| t.apply(x));
         }
-        out.unwrap_or(x)
+        let device = x.device();
+        let mut order: Vec<i32> = Vec::with_capacity(n);
+        let mut parts = Vec::with_capacity(k);
+        for (i, trigger) in self.0.iter().enumerate() {
+            let rows: Vec<i32> = (i..n).step_by(k).map(|r| r as i32).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            parts.push(trigger.apply(x.clone().select(0, Tensor::<1, Int>::from_ints(rows.as_slice(), &device))));
+            order.extend(rows);
+        }
+        // Back to the batch's order: row r of the output is the part row that came from r.
+        let mut inverse = vec![0i32; n];
+        for (j, &r) in order.iter().enumerate() {
+            inverse[r as usize] = j as i32;
+        }
+        Tensor::cat(parts, 0).select(0, Tensor::<1, Int>::from_ints(inverse.as_slice(), &device))
     }
 
     fn unlearn_ratio(&self) -> f64 {
@@ -194,13 +200,13 @@ mod tests {
 
     use super::*;
 
-    /// A trigger that paints every pixel one value, with a chosen unlearning share.
+    /// A trigger that adds one value to every pixel, with a chosen unlearning share.
     #[derive(Debug)]
     struct Paint(f32, f64);
 
     impl ReversedTrigger for Paint {
         fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-            x.zeros_like() + self.0
+            x + self.0
         }
 
         fn unlearn_ratio(&self) -> f64 {
@@ -219,5 +225,17 @@ mod tests {
         assert!((both.unlearn_ratio() - 0.4).abs() < 1e-12);
         let greedy = Alternating(vec![Arc::new(Paint(1.0, 0.7)), Arc::new(Paint(2.0, 0.7))]);
         assert_eq!(greedy.unlearn_ratio(), 1.0);
+    }
+
+    #[test]
+    fn an_alternating_inside_another_uses_all_of_its_triggers_and_images_keep_their_rows() {
+        let device = Device::flex();
+        let inner = Alternating((1..=4).map(|v| Arc::new(Paint(v as f32, 0.2)) as Arc<dyn ReversedTrigger>).collect());
+        let outer = Alternating(vec![Arc::new(inner), Arc::new(Paint(9.0, 0.2))]);
+        // Image r holds 100·r, so the output says which image each row came from.
+        let rows: Vec<f32> = (0..8).flat_map(|r| [100.0 * r as f32; 4]).collect();
+        let x = Tensor::<1>::from_floats(rows.as_slice(), &device).reshape([8, 1, 2, 2]);
+        let firsts: Vec<f32> = values(outer.apply(x)).unwrap().chunks(4).map(|image| image[0]).collect();
+        assert_eq!(firsts, vec![1.0, 109.0, 202.0, 309.0, 403.0, 509.0, 604.0, 709.0]);
     }
 }
