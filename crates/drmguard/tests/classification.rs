@@ -7,7 +7,9 @@ use drmguard::attacks::{AttackKind, BackdoorSpec, backdoor_errors};
 use drmguard::data::{DataSource, Dataset, Split, folder};
 use drmguard::defenses::drmguard::DrmGuardTest;
 use drmguard::attacks::wanet::WanetConfig;
-use drmguard::defenses::warp::{WarpConfig, repair_with_warp, reverse_class_warps, warp_target};
+use drmguard::defenses::blend::{blend_target, reverse_class_blends};
+use drmguard::defenses::class_repair::{Shapes, repair_with_shapes};
+use drmguard::defenses::warp::{WarpConfig, reverse_class_warps, warp_target};
 use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, NeuralCleanse, NeuralCleanseConfig, UnlearnConfig};
 use drmguard::metrics::task_error;
 use drmguard::models::inference::predict;
@@ -116,30 +118,41 @@ fn cross_entropy_training_learns_the_classes_and_a_badnets_backdoor_takes() {
     assert!(finding.detection.score.is_finite());
 }
 
-#[test]
-fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
-    let (_tmp, source) = folder_of(&bars(400, 4));
+/// A smoke classifier of the bars (data seed `data_seed`) with `attack`'s backdoor toward
+/// class 1, as a suspect with its clean folder; and the attack success rate (%) of a model
+/// on the bars' test split, which must be above 80% for the suspect.
+struct Backdoored {
+    _tmp: tempfile::TempDir,
+    suspect: drmguard::defenses::Suspect,
+    clean: CleanSet,
+    asr: Box<dyn Fn(&drmguard::models::Model) -> f64>,
+    before: f64,
+}
+
+fn backdoored_bars(attack: AttackKind, poison_rate: f64, data_seed: u64, attack_seed: u64) -> Backdoored {
+    let (tmp, source) = folder_of(&bars(400, data_seed));
     let config = TrainConfig { epochs: 10, ..TrainConfig::new(TWO, Profile::Smoke, 3) };
-    let device = Device::flex();
-    // A strong warp (up to a few pixels), so that the smoke network learns it in ten epochs.
-    let spec = BackdoorSpec {
-        attack: AttackKind::Wanet(WanetConfig { s: 4.0, ..Default::default() }),
-        target: BackdoorSpec::class_target(TWO, 1).unwrap(),
-        poison_rate: 0.3,
-        seed: 5,
-    };
-    let (model, card) = TrainJob { config, source: source.clone(), backdoor: Some(spec.clone()) }.run(&device).unwrap();
+    let spec = BackdoorSpec { attack, target: BackdoorSpec::class_target(TWO, 1).unwrap(), poison_rate, seed: attack_seed };
+    let (model, card) = TrainJob { config, source: source.clone(), backdoor: Some(spec.clone()) }.run(&Device::flex()).unwrap();
     let test = source.load(TWO, 32, Split::Test).unwrap();
     let trigger = spec.trigger(TWO, 32).unwrap();
-    let asr = |m: &drmguard::models::Model| 100.0 - backdoor_errors(m, TWO, &test, &trigger, 32).unwrap().attack_error.mean_deg;
+    let asr = Box::new(move |m: &drmguard::models::Model| 100.0 - backdoor_errors(m, TWO, &test, &trigger, 32).unwrap().attack_error.mean_deg);
     let before = asr(&model);
-    assert!(before > 80.0, "the warp backdoor took: ASR {before:.1}%");
-
-    // The target's warp sends the other class's images there; the other class's warp, against
-    // the bars, does far less.
+    assert!(before > 80.0, "the {} backdoor took: ASR {before:.1}%", spec.attack.name());
     let DataSource::Folder { path } = &source else { unreachable!() };
     let suspect = card.suspect(model);
     let clean = CleanSet::from_folder(path, &suspect).unwrap();
+    Backdoored { _tmp: tmp, suspect, clean, asr, before }
+}
+
+#[test]
+fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
+    // A strong warp (up to a few pixels), so that the smoke network learns it in ten epochs.
+    let Backdoored { suspect, clean, asr, before, .. } = backdoored_bars(AttackKind::Wanet(WanetConfig { s: 4.0, ..Default::default() }), 0.3, 4, 5);
+    let device = Device::flex();
+
+    // The target's warp sends the other class's images there; the other class's warp, against
+    // the bars, does far less.
     let warp = WarpConfig { steps: 100, batch_size: 16, ..Default::default() };
     let warps = reverse_class_warps(&suspect, &clean, &warp, 0, &device).unwrap();
     let successes: Vec<f64> = warps.iter().map(|w| w.success).collect();
@@ -152,11 +165,32 @@ fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
     let finding = nc.detect(&suspect, &clean, 0, &device).unwrap();
     let unlearn = UnlearnConfig { epochs: 5, batch_size: 16, learning_rate: Some(3e-4), ..Default::default() };
     let mask_only = asr(&drmguard::defenses::repair_finding(&finding, &suspect, &clean, &unlearn, &device).unwrap().model);
-    let repair = repair_with_warp(finding, &suspect, &clean, &unlearn, &warp, &device).unwrap();
+    let shapes = Shapes { warp: Some(warp.clone()), blend: false };
+    let repair = repair_with_shapes(finding, &suspect, &clean, &unlearn, &nc.config, &shapes, &device).unwrap();
     assert_eq!(repair.record["warp"]["class"], 1, "{}", repair.record["warp"]);
     assert_eq!(repair.record["warp"]["classes"].as_array().map(Vec::len), Some(2));
     let after = asr(&repair.model);
     assert!(after < 10.0 && mask_only > 50.0, "ASR {before:.1}% → {after:.1}% (mask alone: {mask_only:.1}%)");
+}
+
+#[test]
+fn a_blend_backdoor_is_found_by_its_class_blend_and_unlearnt() {
+    let Backdoored { suspect, clean, asr, before, .. } = backdoored_bars(AttackKind::Blended(Default::default()), 0.2, 6, 7);
+    let device = Device::flex();
+
+    // The target's blend needs the smaller weight (measured: 0.037 against 0.147), and unlearning
+    // it beside the mask removes the backdoor.
+    let search = NeuralCleanseConfig { steps: 100, batch_size: 16, ..Default::default() };
+    let blends = reverse_class_blends(&search, &suspect, &clean, 0, &device).unwrap();
+    let alphas: Vec<(bool, f64)> = blends.iter().map(|b| (b.succeeded, b.mask_share)).collect();
+    assert_eq!(blend_target(&blends), Some(1), "{alphas:?}");
+    let finding = NeuralCleanse { config: search.clone() }.detect(&suspect, &clean, 0, &device).unwrap();
+    let unlearn = UnlearnConfig { epochs: 5, batch_size: 16, learning_rate: Some(3e-4), ..Default::default() };
+    let shapes = Shapes { blend: true, warp: None };
+    let repair = repair_with_shapes(finding, &suspect, &clean, &unlearn, &search, &shapes, &device).unwrap();
+    assert_eq!(repair.record["blend"]["class"], 1, "{}", repair.record["blend"]);
+    let after = asr(&repair.model);
+    assert!(after < 10.0, "ASR {before:.1}% → {after:.1}%");
 }
 
 #[test]

@@ -335,7 +335,7 @@ impl Bench {
         device: &Device,
     ) -> Result<Option<MitigationRecord>> {
         let c = &self.config;
-        let key = short_hash(&(&t.record.path, kind, c.mitigator_configs.settings_of(kind), c.seed, clean.describe()));
+        let key = short_hash(&(&t.record.path, kind, c.mitigator_configs.for_task(suspect.task).settings_of(kind), c.seed, clean.describe()));
         self.step(&self.cache.join("results").join(format!("mitigate-{}-{kind}-{key}.json", t.record.id)), || {
             let started = Instant::now();
             let shared = kind == MitigatorKind::Drmguard && c.mitigator_configs.drmguard == c.detector_configs.drmguard;
@@ -344,7 +344,7 @@ impl Bench {
                 let (detection, rev) = self.drmguard_reversal(reversal, suspect, clean, device)?;
                 let unlearning = Instant::now();
                 let m = &c.mitigator_configs;
-                let repairer = DrmGuardRepair { drmguard: m.drmguard.clone(), verdict: m.agnostic.clone(), unlearn: m.unlearn.clone(), warp: m.warp.clone() };
+                let repairer = DrmGuardRepair { drmguard: m.drmguard.clone(), verdict: m.agnostic.clone(), unlearn: m.unlearn.clone(), warp: m.warp.clone(), blend: m.blend.clone() };
                 let repair = repairer.repair(suspect, clean, detection, rev, device)?;
                 (repair, detection.elapsed_s + unlearning.elapsed().as_secs_f64())
             } else {

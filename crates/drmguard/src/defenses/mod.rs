@@ -9,6 +9,8 @@
 pub mod abs;
 pub mod agnostic;
 pub mod anp;
+pub mod blend;
+pub mod class_repair;
 pub mod drmguard;
 pub mod feature_re;
 pub mod fine_pruning;

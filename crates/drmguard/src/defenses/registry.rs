@@ -7,6 +7,8 @@ use super::{
     Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
     DrmGuardTest, FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
 };
+use super::blend::BlendConfig;
+use super::class_repair::Shapes;
 use super::warp::WarpConfig;
 use crate::error::{Error, Result};
 use crate::task::Task;
@@ -112,6 +114,14 @@ macro_rules! mitigators {
         }
 
         impl MitigatorConfigs {
+    /// These settings with the defaults that depend on the task filled in (the unlearning
+    /// learning rate), so that a cache key changes with them.
+    pub fn for_task(&self, task: Task) -> MitigatorConfigs {
+        let mut c = self.clone();
+        c.unlearn.learning_rate = Some(c.unlearn.learning_rate.unwrap_or_else(|| super::unlearn::default_learning_rate(task)));
+        c
+    }
+
             /// Refuses the settings mitigator `kind` reads where no run could use them, so that a
             /// bad value stops a run before its reverse engineering or pruning spends time.
             pub fn validate(&self, kind: MitigatorKind) -> Result<()> {
@@ -157,15 +167,16 @@ mitigators! {
         nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)";
         agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)";
         warp: WarpConfig, "Warp reversal, unlearnt beside the mask on a classifier (--defense drmguard, agnostic)";
+        blend: BlendConfig, "Blend reversal, unlearnt beside the mask on a classifier (--defense drmguard, agnostic)";
     }
     kinds {
         /// DRMGuard: reverse-engineer a trigger (the calibrated verdict's, or with
         /// `--drmguard-test generator` the generator's), then unlearn it (fine-tune on reversed
         /// images with their true labels); on a classifier, the verdict's mask with the best
-        /// class warp beside it (`--warp`).
-        Drmguard reads [drmguard, unlearn, warp],
+        /// class blend and warp beside it (`--blend`, `--warp`).
+        Drmguard reads [drmguard, unlearn, warp, blend],
             checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }.and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
-            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone(), warp: c.warp.clone() };
+            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone(), warp: c.warp.clone(), blend: c.blend.clone() };
         /// Fine-tuning on the clean set (the reference).
         Ft reads [ft], checks |_c| Ok(()), builds |c| FineTuning { config: c.ft.clone() };
         /// Fine-pruning: prune dormant last-layer channels, then fine-tune.
@@ -174,12 +185,12 @@ mitigators! {
         Anp reads [anp], checks |c| c.anp.validate(), builds |c| Anp { config: c.anp.clone() };
         /// Neural Cleanse unlearning with its reversed trigger.
         Nc reads [nc, unlearn], checks |c| c.nc.validate().and_then(|()| c.unlearn.validate()),
-            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), class_nc: None, unlearn: c.unlearn.clone(), warp: None };
+            builds |c| NcUnlearning { defense: "nc", nc: c.nc.clone(), class_nc: None, unlearn: c.unlearn.clone(), shapes: Shapes::default() };
         /// Unlearning the input-agnostic reversal's trigger: the search of `scan --defense
         /// agnostic` (against the reference models), then Neural Cleanse's unlearning; on a
-        /// classifier, with the best class warp beside the mask (`--warp`).
-        Agnostic reads [agnostic, unlearn, warp], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
-            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), class_nc: Some(c.agnostic.class_search()), unlearn: c.unlearn.clone(), warp: Some(c.warp.clone()) };
+        /// classifier, with the best class blend and warp beside the mask (`--blend`, `--warp`).
+        Agnostic reads [agnostic, unlearn, warp, blend], checks |c| c.agnostic.validate().and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
+            builds |c| NcUnlearning { defense: "agnostic", nc: c.agnostic.search(), class_nc: Some(c.agnostic.class_search()), unlearn: c.unlearn.clone(), shapes: Shapes::both(&c.blend, &c.warp) };
     }
 }
 
@@ -266,7 +277,7 @@ impl MitigatorConfigs {
         let own = self.own_settings(kind);
         match kind {
             MitigatorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => serde_json::json!({ "drmguard": own, "agnostic": self.agnostic.keyed() }),
-            // The generator's edit is unlearnt alone: the warp settings do not key it.
+            // The generator's edit is unlearnt alone: the blend and warp settings do not key it.
             MitigatorKind::Drmguard => serde_json::json!([self.drmguard, self.unlearn]),
             _ => own,
         }
@@ -320,6 +331,18 @@ mod tests {
             assert!(c.set(bad).is_err(), "{bad}");
             assert_eq!(c, before, "{bad} changed the settings");
         }
+    }
+
+    #[test]
+    fn a_repairs_key_sees_the_learning_rate_its_task_resolves_to() {
+        use super::MitigatorKind;
+        use crate::task::Task;
+        let c = MitigatorConfigs::default();
+        let (fashion, gaze) = (c.for_task(Task::FASHION), c.for_task(Task::Gaze));
+        assert_ne!(fashion.settings_of(MitigatorKind::Agnostic), gaze.settings_of(MitigatorKind::Agnostic));
+        assert_eq!(fashion.settings_of(MitigatorKind::Ft), gaze.settings_of(MitigatorKind::Ft));
+        let chosen = MitigatorConfigs { unlearn: crate::defenses::UnlearnConfig { learning_rate: Some(5e-5), ..Default::default() }, ..Default::default() };
+        assert_eq!(chosen.for_task(Task::FASHION), chosen, "a rate the user chose stays");
     }
 
     #[test]

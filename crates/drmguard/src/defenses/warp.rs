@@ -3,7 +3,7 @@
 //! its pattern would have to be the image itself), so unlearning only the mask trigger of Neural
 //! Cleanse or the input-agnostic reversal leaves a warp backdoor in place. On a classifier, the
 //! warp that sends clean images to each class is reversed here, and unlearning adds the one that
-//! reaches its class best to the mask trigger.
+//! reaches its class best to the mask trigger ([`super::class_repair`]).
 //!
 //! The field lives on a coarse control grid, upsampled bilinearly to the image, so that it stays
 //! smooth as a warp trigger is; each pixel is sampled bilinearly at its displaced position, built
@@ -17,8 +17,8 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::trigger::ReversedTrigger;
-use super::unlearn::{NC_UNLEARN_RATIO, UnlearnConfig, repair_finding};
-use super::{BatchCursor, CleanSet, Finding, Repair, Suspect, values};
+use super::unlearn::NC_UNLEARN_RATIO;
+use super::{BatchCursor, CleanSet, Suspect, values};
 use crate::error::{Error, Result};
 use crate::task::argmax;
 use crate::models::resize::resize_bilinear;
@@ -246,45 +246,6 @@ pub fn reverse_class_warps(suspect: &Suspect, clean: &CleanSet, config: &WarpCon
 /// names need not be it: on WaNet models the smallest class mask is often another class's.
 pub fn warp_target(warps: &[WarpReversal]) -> Option<usize> {
     warps.iter().enumerate().max_by(|(_, a), (_, b)| a.success.total_cmp(&b.success).then(b.mean_shift.total_cmp(&a.mean_shift))).map(|(k, _)| k)
-}
-
-/// `finding`'s trigger joined by a warp, when the suspect is a classifier, the finding carries a
-/// trigger and the warp is enabled: every class's warp is reversed and the one that reaches its
-/// class best ([`warp_target`]) is unlearnt beside the trigger. With the warps' summary for the
-/// repair's record (None when nothing was added).
-pub fn with_warp(mut finding: Finding, suspect: &Suspect, clean: &CleanSet, config: &WarpConfig, device: &Device) -> Result<(Finding, Option<serde_json::Value>)> {
-    let Some(mask) = finding.trigger.clone() else {
-        return Ok((finding, None));
-    };
-    if !config.enabled || !suspect.task.is_classification() {
-        return Ok((finding, None));
-    }
-    let started = Instant::now();
-    let warps = reverse_class_warps(suspect, clean, config, finding.seed, device)?;
-    let chosen = warp_target(&warps).ok_or_else(|| Error::Numerical("the warp reversal searched no class".into()))?;
-    let summary = serde_json::json!({
-        "class": chosen,
-        "success": warps[chosen].success,
-        "mean_shift_px": warps[chosen].mean_shift,
-        "classes": warps.iter().map(|w| serde_json::json!({ "class": w.class, "success": w.success, "mean_shift_px": w.mean_shift })).collect::<Vec<_>>(),
-        "seconds": started.elapsed().as_secs_f64(),
-        "config": config,
-    });
-    tracing::info!(class = chosen, success = warps[chosen].success, "warp chosen for unlearning");
-    let warp = warps.into_iter().nth(chosen).expect("the chosen class indexes the warps");
-    finding.trigger = Some(std::sync::Arc::new(super::trigger::Alternating(vec![mask, std::sync::Arc::new(warp.trigger)])));
-    Ok((finding, Some(summary)))
-}
-
-/// [`repair_finding`] with the best class warp beside the finding's trigger (see
-/// [`with_warp`]); the warps' summary joins the record.
-pub fn repair_with_warp(finding: Finding, suspect: &Suspect, clean: &CleanSet, unlearn: &UnlearnConfig, warp: &WarpConfig, device: &Device) -> Result<Repair> {
-    let (finding, summary) = with_warp(finding, suspect, clean, warp, device)?;
-    let mut repair = repair_finding(&finding, suspect, clean, unlearn, device)?;
-    if let (Some(summary), Some(record)) = (summary, repair.record.as_object_mut()) {
-        record.insert("warp".into(), summary);
-    }
-    Ok(repair)
 }
 
 /// Share of the images `picked` that the suspect puts in `class` once warped.

@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor};
 use super::{DrmGuard, DrmGuardConfig, DrmGuardTest, Reversal};
 use crate::defenses::agnostic::AgnosticConfig;
 use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
-use crate::defenses::warp::{WarpConfig, repair_with_warp};
+use crate::defenses::blend::BlendConfig;
+use crate::defenses::class_repair::{Shapes, repair_with_shapes};
+use crate::defenses::warp::WarpConfig;
 use crate::defenses::{CleanSet, Detection, Detector, Mitigator, Repair, ReversedTrigger, Suspect};
 use crate::models::generator::Generator;
 use crate::error::Result;
@@ -23,6 +25,9 @@ pub struct DrmGuardRepair {
     /// On a classifier, the class warp that reaches its class best, unlearnt beside the
     /// verdict's mask.
     pub warp: WarpConfig,
+    /// On a classifier, the class blend with the smallest weight, unlearnt beside the verdict's
+    /// mask.
+    pub blend: BlendConfig,
 }
 
 impl DrmGuardRepair {
@@ -58,7 +63,7 @@ impl Mitigator for DrmGuardRepair {
         if self.drmguard.test == DrmGuardTest::Verdict {
             let finding = DrmGuard::with_verdict(self.drmguard.clone(), self.verdict.clone()).detect(suspect, clean, seed, device)?;
             tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
-            return repair_with_warp(finding, suspect, clean, &self.unlearn, &self.warp, device);
+            return repair_with_shapes(finding, suspect, clean, &self.unlearn, &self.verdict.class_search(), &Shapes::both(&self.blend, &self.warp), device);
         }
         let (detection, reversal) = DrmGuard::new(self.drmguard.clone()).detect_with_reversal(suspect, clean, seed, device)?;
         tracing::info!(score = detection.score, backdoored = detection.backdoored, "reverse engineering done; unlearning");

@@ -3,8 +3,8 @@
 use burn::tensor::Device;
 
 use super::{NeuralCleanse, NeuralCleanseConfig};
-use crate::defenses::unlearn::{UnlearnConfig, repair_finding};
-use crate::defenses::warp::{WarpConfig, repair_with_warp};
+use crate::defenses::unlearn::UnlearnConfig;
+use crate::defenses::class_repair::{Shapes, repair_with_shapes};
 use crate::defenses::{CleanSet, Mitigator, Repair, Suspect};
 use crate::error::Result;
 
@@ -20,9 +20,9 @@ pub struct NcUnlearning {
     /// per-class search).
     pub class_nc: Option<NeuralCleanseConfig>,
     pub unlearn: UnlearnConfig,
-    /// On a classifier, the class warp that reaches its class best, unlearnt beside the mask
-    /// (none: the mask alone, as the original unlearns).
-    pub warp: Option<WarpConfig>,
+    /// On a classifier, the class blend and warp unlearnt beside the mask (none: the mask alone,
+    /// as the original unlearns).
+    pub shapes: Shapes,
 }
 
 impl Mitigator for NcUnlearning {
@@ -35,11 +35,8 @@ impl Mitigator for NcUnlearning {
             Some(class_nc) if suspect.task.is_classification() => class_nc.clone(),
             _ => self.nc.clone(),
         };
-        let finding = NeuralCleanse { config }.finding(self.defense, suspect, clean, seed, device)?;
+        let finding = NeuralCleanse { config: config.clone() }.finding(self.defense, suspect, clean, seed, device)?;
         tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
-        match &self.warp {
-            Some(warp) => repair_with_warp(finding, suspect, clean, &self.unlearn, warp, device),
-            None => repair_finding(&finding, suspect, clean, &self.unlearn, device),
-        }
+        repair_with_shapes(finding, suspect, clean, &self.unlearn, &config, &self.shapes, device)
     }
 }
