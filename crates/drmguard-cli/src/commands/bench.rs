@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// all of them, 1 for the small profile.
     #[arg(long = "mitigated-per-class")]
     mitigated_per_class: Option<usize>,
+    /// Leave out the models before this index in every class (e.g. `--from-model 5` with
+    /// `--models-per-class 10` trains, scans and repairs models 5–9 only, for a second machine
+    /// or for the repairs a first run left); the tables hold only the models run.
+    #[arg(long = "from-model", default_value_t = 0)]
+    from_model: usize,
     /// Base seed of the models and defenses.
     #[arg(id = "bench_seed", long = "seed", default_value_t = 0)]
     seed: u64,
@@ -139,6 +144,7 @@ pub fn run(a: BenchArgs, device_kind: DeviceKind) -> Result<()> {
     }
     config.benign_per_class = a.benign_per_class.unwrap_or(config.benign_per_class);
     config.mitigated_per_class = a.mitigated_per_class.unwrap_or(config.mitigated_per_class).min(config.models_per_class);
+    config.first_model = a.from_model;
     config.seed = a.seed;
     apply_settings(&mut config.detector_configs, &a.set)?;
     config.validate()?;

@@ -95,4 +95,13 @@ mod tests {
         // The repairs reuse the scans' DRMGuard reversal only when both have the same settings.
         assert_eq!(c.detector_configs.drmguard, c.mitigator_configs.drmguard);
     }
+
+    #[test]
+    fn a_run_from_a_later_model_must_leave_one_to_run() {
+        let mut c = BenchConfig::new(BenchProfile::Small);
+        c.first_model = c.benign_per_class - 1;
+        assert!(c.validate().is_ok());
+        c.first_model = c.benign_per_class;
+        assert!(c.validate().unwrap_err().to_string().contains("first model"));
+    }
 }

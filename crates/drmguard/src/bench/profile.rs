@@ -278,6 +278,10 @@ pub struct BenchConfig {
     pub benign_per_class: usize,
     /// The first this many backdoored models of each attack are repaired by every mitigator.
     pub mitigated_per_class: usize,
+    /// Models before this index in every class are left out of the run (to fill the rest of a
+    /// grid elsewhere, or to repair the models a first run left): 0 runs them all.
+    #[serde(default)]
+    pub first_model: usize,
     /// Images in the defender's clean set (`None`: 5% of the training set, at least 500).
     pub clean_size: Option<usize>,
     /// Model i of a class uses seed `seed + 1000·class + i` (class 0 is benign, class k the k-th
@@ -323,6 +327,7 @@ impl BenchConfig {
             models_per_class: profile.models_per_class(),
             benign_per_class: profile.benign_per_class(),
             mitigated_per_class: profile.mitigated_per_class(),
+            first_model: 0,
             clean_size: profile.clean_size(),
             seed: 0,
             detector_configs: profile.detector_configs(),
@@ -347,6 +352,9 @@ impl BenchConfig {
         }
         if self.benign_per_class == 0 {
             return Err(Error::invalid("benign models per class", "0"));
+        }
+        if self.first_model >= self.models_per_class.max(self.benign_per_class) {
+            return Err(Error::invalid("first model", format!("{} leaves no model of {} per class", self.first_model, self.models_per_class.max(self.benign_per_class))));
         }
         for name in &self.attacks {
             for &task in &self.tasks {

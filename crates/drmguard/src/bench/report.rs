@@ -62,12 +62,13 @@ fn detector_header(detectors: &[DetectorKind]) -> String {
 fn markdown(r: &BenchResults, figures: &[String]) -> String {
     let c = &r.config;
     let mut md = format!(
-        "# drmguard benchmark ({} profile)\n\n{} benign models per task and {} per attack ({} repaired per attack); tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
+        "# drmguard benchmark ({} profile)\n\n{} benign models per task and {} per attack ({} repaired per attack){}; tasks {}; attacks {}; drmguard {}; {}; {:.0} s this run \
          (cached steps are free). Every number is recomputable from `results.json`.\n",
         c.profile,
         c.benign_per_class,
         c.models_per_class,
         c.mitigated_per_class,
+        if c.first_model > 0 { format!(", from model {} of each class on", c.first_model) } else { String::new() },
         c.tasks.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
         c.attacks.join(", "),
         r.drmguard_version,

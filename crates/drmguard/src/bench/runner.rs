@@ -94,7 +94,7 @@ impl Bench {
         // Model-major order (every class's model 0, then every class's model 1, …), so that a
         // run stopped early leaves a balanced grid to resume from.
         let mut units = Vec::new();
-        for index in 0..c.models_per_class.max(c.benign_per_class) {
+        for index in c.first_model..c.models_per_class.max(c.benign_per_class) {
             for &task in &c.tasks {
                 for attack in &classes {
                     let count = if attack.is_some() { c.models_per_class } else { c.benign_per_class };
