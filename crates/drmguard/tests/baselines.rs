@@ -12,6 +12,7 @@ use drmguard::defenses::trigger::MaskTrigger;
 use drmguard::defenses::{
     Abs, AbsConfig, Anp, AnpConfig, CleanSet, Detector, DrmGuardTest, FeatureRe, FeatureReConfig, FinePruning, FinePruningConfig, FineTuningConfig,
     MitigatorConfigs, MitigatorKind, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, Suspect,
+    WarpCollapseConfig, WarpCollapseSearch,
 };
 use drmguard::models::Regressor;
 use drmguard::pipeline::TrainJob;
@@ -149,6 +150,22 @@ fn neuron_noise_collapses_the_outputs_more_the_larger_its_bound() {
     assert_eq!(finding.detection.signals["score"], finding.detection.signals["spread_ratio"]);
     assert_eq!(finding.detection.backdoored, finding.detection.score < 0.3);
     assert!(NeuronNoiseConfig { eps: 0.0, ..NeuronNoiseConfig::default() }.validate().is_err());
+}
+
+#[test]
+fn the_warp_collapse_shrinks_the_outputs_more_the_larger_its_bound() {
+    let (suspect, clean) = suspect();
+    let device = Device::flex();
+    let search = |max_shift: f64| WarpCollapseSearch { config: WarpCollapseConfig { max_shift, cost: 0.0, steps: 30, batch_size: 32, ..WarpCollapseConfig::default() } };
+    let tiny = search(0.01).collapse(&suspect.model, clean, 3, &device).unwrap();
+    let large = search(6.0).collapse(&suspect.model, clean, 3, &device).unwrap();
+    assert!(tiny.spread_ratio > 0.9 && tiny.spread_ratio < 1.1, "a warp of a hundredth of a pixel leaves the outputs' spread as it was: {}", tiny.spread_ratio);
+    assert!(large.spread_ratio < 0.8 * tiny.spread_ratio, "a warp of 6 pixels collapses them: {} against {}", large.spread_ratio, tiny.spread_ratio);
+    assert!(tiny.mean_shift <= 0.01 && large.mean_shift > tiny.mean_shift && large.mean_shift <= 6.0, "shifts {} and {}", tiny.mean_shift, large.mean_shift);
+    let finding = search(2.0).detect(suspect, clean, 0, &device).unwrap();
+    assert_eq!(finding.detection.signals["score"], finding.detection.signals["spread_ratio"]);
+    assert_eq!(finding.detection.backdoored, finding.detection.score < WarpCollapseConfig::default().threshold);
+    assert!(WarpCollapseConfig { max_shift: 0.0, ..WarpCollapseConfig::default() }.validate().is_err());
 }
 
 #[test]

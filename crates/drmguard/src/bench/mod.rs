@@ -67,7 +67,7 @@ mod tests {
             .map(|&k| (k.to_string(), crate::io::short_hash(&c.mitigator_configs.settings_of(k))))
             .collect();
         let pinned = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
-        assert_eq!(detectors, pinned(&[("drmguard", "c07851c4b5c5fecd"), ("nc", "6e194b55888895e2"), ("featurere", "6336f2edc3f12e20"), ("abs", "a606d73d554d209c"), ("noise", "cc03a8408df06433"), ("agnostic", "7588562fd7fbfbf7")]));
+        assert_eq!(detectors, pinned(&[("drmguard", "c07851c4b5c5fecd"), ("nc", "6e194b55888895e2"), ("featurere", "6336f2edc3f12e20"), ("abs", "a606d73d554d209c"), ("noise", "cc03a8408df06433"), ("agnostic", "7588562fd7fbfbf7"), ("warp", "b4b9a22fb27ca1bf")]));
         assert_eq!(mitigators, pinned(&[("drmguard", "1cedad5cee6207a1"), ("ft", "2327d72182d37a5e"), ("fp", "0ef0288a9cfd549d"), ("anp", "ebd313277cd24e75"), ("nc", "fccc64a5b6eb62cf")]));
     }
 

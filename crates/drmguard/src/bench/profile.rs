@@ -226,6 +226,8 @@ impl BenchProfile {
             c.abs.seed_images = 16;
             c.noise.steps = 10;
             c.noise.batch_size = 16;
+            c.warp.steps = 20;
+            c.warp.batch_size = 16;
         }
         c
     }

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod trigger;
 pub mod unlearn;
 pub mod warp;
+pub mod warp_collapse;
 
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
@@ -46,6 +47,7 @@ pub use neuron_noise::{NeuronNoise, NeuronNoiseConfig};
 pub use registry::{DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind};
 pub use trigger::ReversedTrigger;
 pub use unlearn::{UnlearnConfig, repair_finding};
+pub use warp_collapse::{WarpCollapseConfig, WarpCollapseSearch};
 
 /// A model under suspicion, as a defense sees it.
 #[derive(Debug, Clone)]

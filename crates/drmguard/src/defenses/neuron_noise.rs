@@ -136,7 +136,7 @@ fn output_std(model: &Model, clean: &CleanSet, forward: Option<&dyn Fn(Tensor<4>
 
 /// Each output's standard deviation and mean over the clean set, through `forward` (default:
 /// the model's own).
-fn output_stats(model: &Model, clean: &CleanSet, forward: Option<&dyn Fn(Tensor<4>) -> Tensor<2>>, batch_size: usize) -> Result<(Vec<f64>, Vec<f32>)> {
+pub(super) fn output_stats(model: &Model, clean: &CleanSet, forward: Option<&dyn Fn(Tensor<4>) -> Tensor<2>>, batch_size: usize) -> Result<(Vec<f64>, Vec<f32>)> {
     let device = model_device(model);
     let indices: Vec<usize> = (0..clean.len()).collect();
     let mut outputs = Vec::new();

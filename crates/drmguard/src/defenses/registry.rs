@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Abs, AbsConfig, Agnostic, AgnosticConfig, Anp, AnpConfig, Detector, DrmGuard, DrmGuardConfig, DrmGuardRepair, FeatureRe, FeatureReConfig, FinePruning,
     DrmGuardTest, FinePruningConfig, FineTuning, FineTuningConfig, Mitigator, NcUnlearning, NeuralCleanse, NeuralCleanseConfig, NeuronNoise, NeuronNoiseConfig, UnlearnConfig,
+    WarpCollapseConfig, WarpCollapseSearch,
 };
 use super::blend::BlendConfig;
 use super::class_repair::Shapes;
@@ -79,6 +80,9 @@ detectors! {
     /// Input-agnostic reversal: one mask and pattern that collapse the suspect but not the
     /// defender's reference models, kept smooth; score = the mask's share of the image.
     Agnostic => agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)", |c, _| Agnostic { config: c };
+    /// Warp collapse: the smooth bounded warp of the images (a warp trigger's shape, which no
+    /// mask expresses) that collapses the outputs best; score = the spread ratio it reaches.
+    Warp => warp: WarpCollapseConfig, "Warp collapse (--defense warp)", |c, _| WarpCollapseSearch { config: c };
 }
 
 /// The mitigators' registry. The settings come first, one line each with its heading in

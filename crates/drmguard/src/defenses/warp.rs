@@ -128,7 +128,7 @@ impl WarpTrigger {
 
 /// Images `[n, c, S, S]` sampled bilinearly at their pixels' positions plus `field`
 /// (`[1, 2, S, S]`, pixels), clamped to the image's border.
-fn displace(x: Tensor<4>, field: Tensor<4>) -> Tensor<4> {
+pub(super) fn displace(x: Tensor<4>, field: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     assert_eq!(h, w, "warp triggers take square images");
     let side = h;
