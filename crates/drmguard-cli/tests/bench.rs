@@ -31,7 +31,7 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     let (tasks, attacks) = (config["tasks"].as_array().unwrap().len(), config["attacks"].as_array().unwrap().len());
     let (detectors, mitigators) = (config["detectors"].as_array().unwrap().len(), config["mitigators"].as_array().unwrap().len());
     let n = config["models_per_class"].as_u64().unwrap() as usize;
-    assert_eq!((tasks, attacks, detectors, mitigators, n), (2, 7, 5, 5, 2), "smoke runs every task, attack and defense (the input-agnostic reversal needs a shared clean set)");
+    assert_eq!((tasks, attacks, detectors, mitigators, n), (2, 7, 6, 5, 2), "smoke runs every task, attack and defense (the input-agnostic reversal needs a shared clean set)");
     let models = results["models"].as_array().unwrap();
     assert_eq!(models.len(), tasks * (attacks + 1) * n);
     for m in models {
