@@ -8,7 +8,7 @@ use drmguard::data::{DataSource, Dataset, Split, folder};
 use drmguard::defenses::drmguard::DrmGuardTest;
 use drmguard::attacks::wanet::WanetConfig;
 use drmguard::defenses::blend::{blend_target, reverse_class_blends};
-use drmguard::defenses::class_repair::{Shapes, repair_with_shapes};
+use drmguard::defenses::class_repair::{Shapes, repair_with_shapes, with_shapes};
 use drmguard::defenses::warp::{WarpConfig, reverse_class_warps, warp_target};
 use drmguard::defenses::{CleanSet, Detector, DrmGuard, DrmGuardConfig, NeuralCleanse, NeuralCleanseConfig, UnlearnConfig};
 use drmguard::metrics::task_error;
@@ -165,9 +165,16 @@ fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
     let finding = nc.detect(&suspect, &clean, 0, &device).unwrap();
     let unlearn = UnlearnConfig { epochs: 5, batch_size: 16, learning_rate: Some(3e-4), ..Default::default() };
     let mask_only = asr(&drmguard::defenses::repair_finding(&finding, &suspect, &clean, &unlearn, &device).unwrap().model);
+    // A warp under `--warp-min-success` stays out of the unlearning, and the record says so.
+    let gated = Shapes { warp: Some(WarpConfig { min_success: Some(1.0), ..warp.clone() }), blend: false };
+    let (kept, summaries) = with_shapes(finding.clone(), &suspect, &clean, &nc.config, &gated, &device).unwrap();
+    let reached_all = summaries[0].1["success"].as_f64().unwrap() >= 1.0;
+    assert_eq!(summaries[0].1["unlearnt"], reached_all, "{}", summaries[0].1);
+    assert_eq!(format!("{:?}", kept.trigger).contains("Alternating"), reached_all, "only an unlearnt warp joins the mask");
     let shapes = Shapes { warp: Some(warp.clone()), blend: false };
     let repair = repair_with_shapes(finding, &suspect, &clean, &unlearn, &nc.config, &shapes, &device).unwrap();
     assert_eq!(repair.record["warp"]["class"], 1, "{}", repair.record["warp"]);
+    assert_eq!(repair.record["warp"]["unlearnt"], true, "without a minimum every chosen warp is unlearnt");
     assert_eq!(repair.record["warp"]["classes"].as_array().map(Vec::len), Some(2));
     let after = asr(&repair.model);
     assert!(after < 10.0 && mask_only > 50.0, "ASR {before:.1}% → {after:.1}% (mask alone: {mask_only:.1}%)");

@@ -70,11 +70,13 @@ pub fn with_shapes(mut finding: Finding, suspect: &Suspect, clean: &CleanSet, se
         let started = Instant::now();
         let warps = reverse_class_warps(suspect, clean, config, finding.seed, device)?;
         let chosen = warp_target(&warps).ok_or_else(|| Error::Numerical("the warp reversal searched no class".into()))?;
-        tracing::info!(class = chosen, success = warps[chosen].success, "warp chosen for unlearning");
+        let unlearnt = config.min_success.is_none_or(|least| warps[chosen].success >= least);
+        tracing::info!(class = chosen, success = warps[chosen].success, unlearnt, "warp chosen for unlearning");
         summaries.push((
             "warp",
             serde_json::json!({
                 "class": chosen,
+                "unlearnt": unlearnt,
                 "success": warps[chosen].success,
                 "mean_shift_px": warps[chosen].mean_shift,
                 "classes": warps.iter().map(|w| serde_json::json!({ "class": w.class, "success": w.success, "mean_shift_px": w.mean_shift })).collect::<Vec<_>>(),
@@ -82,8 +84,10 @@ pub fn with_shapes(mut finding: Finding, suspect: &Suspect, clean: &CleanSet, se
                 "config": config,
             }),
         ));
-        let warp = warps.into_iter().nth(chosen).expect("the chosen class indexes the warps");
-        triggers.push(Arc::new(warp.trigger));
+        if unlearnt {
+            let warp = warps.into_iter().nth(chosen).expect("the chosen class indexes the warps");
+            triggers.push(Arc::new(warp.trigger));
+        }
     }
     if triggers.len() > 1 {
         finding.trigger = Some(Arc::new(Alternating(triggers)));
