@@ -152,6 +152,38 @@ pub(super) fn output_stats(model: &Model, clean: &CleanSet, forward: Option<&dyn
     Ok((var.iter().map(|v| v.sqrt()).collect(), mean.iter().map(|&m| m as f32).collect()))
 }
 
+/// A collapse search run again on `count` reference models trained from the clean set, for the
+/// contrast of the suspect's spread ratio against theirs.
+pub(super) struct ReferenceSearch<'a> {
+    pub count: usize,
+    /// The search's name in the report row.
+    pub search: &'static str,
+    pub suspect: &'a Suspect,
+    pub clean: &'a CleanSet,
+    pub seed: u64,
+    pub device: &'a Device,
+}
+
+impl ReferenceSearch<'_> {
+    /// The references' spread ratios by `ratio_of` (none when `count` is 0), with their mean and
+    /// the suspect's `own` ratio over it added to `signals` and a row to `rows`.
+    pub fn contrast(&self, own: f64, signals: &mut Vec<(&'static str, f64)>, rows: &mut Vec<(String, String)>, ratio_of: impl Fn(&Model) -> Result<f64>) -> Result<Vec<f64>> {
+        if self.count == 0 {
+            return Ok(Vec::new());
+        }
+        let references = References::get(self.suspect, self.clean, &ReferenceConfig::new(self.count), reference_seed(self.seed), self.device)?;
+        let theirs = references.models.iter().map(ratio_of).collect::<Result<Vec<f64>>>()?;
+        let mean = theirs.iter().sum::<f64>() / theirs.len().max(1) as f64;
+        let contrast = own / mean.max(1e-9);
+        signals.extend([("reference_spread_ratio", mean), ("contrast", contrast)]);
+        rows.push((
+            format!("the same {} search on {} references trained from the clean set", self.search, theirs.len()),
+            format!("{} (contrast {contrast:.3}: far below 1, the suspect collapses where benign models of its task do not)", theirs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")),
+        ));
+        Ok(theirs)
+    }
+}
+
 impl Detector for NeuronNoise {
     fn name(&self) -> &'static str {
         "noise"
@@ -169,20 +201,8 @@ impl Detector for NeuronNoise {
             ("spread ratio of the outputs under the noise".into(), format!("{:.3}", own.spread_ratio)),
             ("mean output under the noise".into(), suspect.task.format_values(&own.target)),
         ];
-        let mut theirs = Vec::new();
-        if c.references > 0 {
-            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
-            for model in &references.models {
-                theirs.push(self.collapse(model, clean, seed, device)?.spread_ratio);
-            }
-            let mean = theirs.iter().sum::<f64>() / theirs.len().max(1) as f64;
-            let contrast = own.spread_ratio / mean.max(1e-9);
-            signals.extend([("reference_spread_ratio", mean), ("contrast", contrast)]);
-            rows.push((
-                format!("the same noise search on {} references trained from the clean set", theirs.len()),
-                format!("{} (contrast {contrast:.3}: far below 1, the suspect collapses where benign models of its task do not)", theirs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")),
-            ));
-        }
+        let reference = ReferenceSearch { count: c.references, search: "noise", suspect, clean, seed, device };
+        let theirs = reference.contrast(own.spread_ratio, &mut signals, &mut rows, |model| Ok(self.collapse(model, clean, seed, device)?.spread_ratio))?;
         let details = serde_json::json!({
             "spread_ratio": own.spread_ratio,
             "target": own.target,

@@ -22,8 +22,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::neuron_noise::output_stats;
-use super::references::{ReferenceConfig, References, reference_seed};
+use super::neuron_noise::{ReferenceSearch, output_stats};
 use super::warp::{WarpTrigger, displace};
 use super::{BatchCursor, CleanSet, Detection, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
@@ -177,20 +176,8 @@ impl Detector for WarpCollapseSearch {
             ("spread ratio of the outputs on the warped images".into(), format!("{:.3} (mean shift {:.2} px)", own.spread_ratio, own.mean_shift)),
             ("mean output on the warped images".into(), suspect.task.format_values(&own.target)),
         ];
-        let mut theirs = Vec::new();
-        if c.references > 0 {
-            let references = References::get(suspect, clean, &ReferenceConfig::new(c.references), reference_seed(seed), device)?;
-            for model in &references.models {
-                theirs.push(self.collapse(model, clean, seed, device)?.spread_ratio);
-            }
-            let mean = theirs.iter().sum::<f64>() / theirs.len().max(1) as f64;
-            let contrast = own.spread_ratio / mean.max(1e-9);
-            signals.extend([("reference_spread_ratio", mean), ("contrast", contrast)]);
-            rows.push((
-                format!("the same warp search on {} references trained from the clean set", theirs.len()),
-                format!("{} (contrast {contrast:.3}: far below 1, the suspect collapses where benign models of its task do not)", theirs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")),
-            ));
-        }
+        let reference = ReferenceSearch { count: c.references, search: "warp", suspect, clean, seed, device };
+        let theirs = reference.contrast(own.spread_ratio, &mut signals, &mut rows, |model| Ok(self.collapse(model, clean, seed, device)?.spread_ratio))?;
         let details = serde_json::json!({
             "spread_ratio": own.spread_ratio,
             "mean_shift_px": own.mean_shift,
