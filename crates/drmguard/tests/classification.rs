@@ -153,7 +153,7 @@ fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
 
     // The target's warp sends the other class's images there; the other class's warp, against
     // the bars, does far less.
-    let warp = WarpConfig { steps: 100, batch_size: 16, ..Default::default() };
+    let warp = WarpConfig { steps: 100, batch_size: 16, min_success: 0.0, ..Default::default() };
     let warps = reverse_class_warps(&suspect, &clean, &warp, 0, &device).unwrap();
     let successes: Vec<f64> = warps.iter().map(|w| w.success).collect();
     assert_eq!(warp_target(&warps), Some(1), "{successes:?}");
@@ -166,7 +166,7 @@ fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
     let unlearn = UnlearnConfig { epochs: 5, batch_size: 16, learning_rate: Some(3e-4), ..Default::default() };
     let mask_only = asr(&drmguard::defenses::repair_finding(&finding, &suspect, &clean, &unlearn, &device).unwrap().model);
     // A warp under `--warp-min-success` stays out of the unlearning, and the record says so.
-    let gated = Shapes { warp: Some(WarpConfig { min_success: Some(1.0), ..warp.clone() }), blend: false };
+    let gated = Shapes { warp: Some(WarpConfig { min_success: 1.0, ..warp.clone() }), blend: false };
     let (kept, summaries) = with_shapes(finding.clone(), &suspect, &clean, &nc.config, &gated, &device).unwrap();
     let reached_all = summaries[0].1["success"].as_f64().unwrap() >= 1.0;
     assert_eq!(summaries[0].1["unlearnt"], reached_all, "{}", summaries[0].1);
@@ -174,7 +174,7 @@ fn a_warp_backdoor_is_found_by_its_class_warp_and_unlearnt() {
     let shapes = Shapes { warp: Some(warp.clone()), blend: false };
     let repair = repair_with_shapes(finding, &suspect, &clean, &unlearn, &nc.config, &shapes, &device).unwrap();
     assert_eq!(repair.record["warp"]["class"], 1, "{}", repair.record["warp"]);
-    assert_eq!(repair.record["warp"]["unlearnt"], true, "without a minimum every chosen warp is unlearnt");
+    assert_eq!(repair.record["warp"]["unlearnt"], true, "with a minimum of 0 every chosen warp is unlearnt");
     assert_eq!(repair.record["warp"]["classes"].as_array().map(Vec::len), Some(2));
     let after = asr(&repair.model);
     assert!(after < 10.0 && mask_only > 50.0, "ASR {before:.1}% → {after:.1}% (mask alone: {mask_only:.1}%)");

@@ -70,7 +70,7 @@ pub fn with_shapes(mut finding: Finding, suspect: &Suspect, clean: &CleanSet, se
         let started = Instant::now();
         let warps = reverse_class_warps(suspect, clean, config, finding.seed, device)?;
         let chosen = warp_target(&warps).ok_or_else(|| Error::Numerical("the warp reversal searched no class".into()))?;
-        let unlearnt = config.min_success.is_none_or(|least| warps[chosen].success >= least);
+        let unlearnt = warps[chosen].success >= config.min_success;
         tracing::info!(class = chosen, success = warps[chosen].success, unlearnt, "warp chosen for unlearning");
         summaries.push((
             "warp",
