@@ -18,9 +18,11 @@ use crate::defenses::DetectorKind;
 use crate::task::Task;
 
 /// The signals the verdict combines on regression models, each suspicious when low: the
-/// input-agnostic reversal's successful mask share (1 when no mask succeeded) and the spread
-/// ratio under neuron noise.
-pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Noise, "spread_ratio")];
+/// input-agnostic reversal's successful mask share (1 when no mask succeeded), for triggers a
+/// mask expresses, and the spread ratio under the best small warp, for warp triggers, which no
+/// mask expresses. Neuron noise stays out: on the test bed it ranked benign models above
+/// backdoored ones (docs/testbed.md), and it reads nothing from an ONNX export.
+pub const VERDICT_SIGNALS: [(DetectorKind, &str); 2] = [(DetectorKind::Agnostic, "mask_score"), (DetectorKind::Warp, "spread_ratio")];
 
 /// The signals the verdict combines on classifiers, each suspicious when low: the smallest of
 /// the input-agnostic reversal's per-class masks (compared here across models, where NC's
@@ -86,9 +88,9 @@ pub struct TaskVerdict {
 }
 
 /// The combined verdict of every task whose detectors include all of its signals
-/// ([`verdict_signals`]; none where one was not run). A model is scored on the signals it has (neuron noise needs
-/// BatchNorm layers, which an ONNX export folds away); a signal is standardised only where the
-/// calibration half has at least two benign models with it.
+/// ([`verdict_signals`]; none where one was not run). A model is scored on the signals it has (a
+/// scan that failed leaves its signal out); a signal is standardised only where the calibration
+/// half has at least two benign models with it.
 pub fn combine(c: &BenchConfig, models: &[ModelRecord], detections: &[DetectionRecord]) -> Vec<TaskVerdict> {
     let value = |model: &str, detector: DetectorKind, signal: &str| {
         detections.iter().find(|d| d.model == model && d.detector == detector).and_then(|d| d.signals.get(signal).copied()).filter(|v| *v > 0.0 && v.is_finite())
@@ -230,7 +232,7 @@ mod tests {
             elapsed_s: 0.0,
             signals: [(signal.to_string(), v)].into(),
         };
-        [scan(DetectorKind::Agnostic, "mask_score", mask_score), scan(DetectorKind::Noise, "spread_ratio", spread_ratio)]
+        [scan(DetectorKind::Agnostic, "mask_score", mask_score), scan(DetectorKind::Warp, "spread_ratio", spread_ratio)]
     }
 
     #[test]
@@ -259,7 +261,7 @@ mod tests {
         ]
         .into_iter()
         .flatten()
-        // b3 has no BatchNorm to perturb: its neuron-noise scan is missing.
+        // b3's warp scan failed: it is missing.
         .chain([scans("b3", 0.08, 0.0)[0].clone()])
         .collect();
         let v = combine(&c, &models, &detections);
@@ -280,7 +282,7 @@ mod tests {
         // above them.
         assert!(s.held_out_threshold > score("b0").max(score("b2")));
         // A run without one of the signals' detectors gives no verdict.
-        c.detectors.retain(|d| *d != DetectorKind::Noise);
+        c.detectors.retain(|d| *d != DetectorKind::Warp);
         assert!(combine(&c, &models, &detections).is_empty());
     }
 
