@@ -65,15 +65,20 @@ fn the_default_scan_is_drmguards_calibrated_verdict() {
     let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
         .env("DRMGUARD_CACHE", tmp.path().join("cache"))
         .args(["scan", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--clean-size", "40", "--agnostic-steps", "4", "--agnostic-restarts", "1"])
+        .args(["--warp-collapse-steps", "5", "--warp-collapse-batch-size", "8"])
         .output()
         .expect("the binary runs");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["defense"], "drmguard");
     assert_eq!(report["config"]["test"], "verdict", "{}", report["config"]);
-    for signal in ["log_ratio", "reference_error_deg", "suspect_error_deg", "mask_score"] {
+    for signal in ["log_ratio", "reference_error_deg", "suspect_error_deg", "mask_score", "mask_margin", "warp_spread_ratio", "warp_margin"] {
         assert!(report["signals"][signal].as_f64().is_some_and(f64::is_finite), "no {signal}: {}", report["signals"]);
     }
+    // Either test flags the model; the score is the larger margin, 0 where the verdict turns.
+    let signal = |name: &str| report["signals"][name].as_f64().unwrap();
+    assert_eq!(report["score"].as_f64().unwrap(), signal("mask_margin").max(signal("warp_margin")));
+    assert_eq!(report["backdoored"].as_bool().unwrap(), report["score"].as_f64().unwrap() >= 0.0);
     assert!(out.join("mask.png").is_file());
 }
 

@@ -8,3 +8,13 @@ pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     let matches = command.try_get_matches_from(std::iter::empty::<String>()).unwrap_or_else(|e| panic!("{} has a required option without a default: {e}", std::any::type_name::<T>()));
     T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{}'s defaults do not parse: {e}", std::any::type_name::<T>()))
 }
+
+/// `true`, for `#[serde(default = …)]` on switches that are on by default.
+pub fn yes() -> bool {
+    true
+}
+
+/// Whether a switch is at `true`, for `#[serde(skip_serializing_if = …)]`.
+pub fn is_yes(v: &bool) -> bool {
+    *v
+}

@@ -166,24 +166,26 @@ pub struct DetectionRecord {
 
 impl DetectionRecord {
     /// The record decided under `configs`' current verdict settings: a scan of the input-agnostic
-    /// reversal is cached under its search settings alone ([`DetectorConfigs::settings_of`]),
-    /// and its score and decision follow from its signals. Other detectors' records are kept.
+    /// reversal or the warp collapse is cached under its search settings alone
+    /// ([`DetectorConfigs::settings_of`]), and its score and decision follow from its signals.
+    /// Other detectors' records are kept.
     pub fn redecided(mut self, configs: &DetectorConfigs) -> Self {
         if let Some(v) = redecide(configs, self.detector, &mut self.signals) {
-            (self.score, self.suspicion, self.threshold, self.backdoored) = (v.score, v.score, v.threshold, v.backdoored);
+            (self.score, self.suspicion, self.threshold, self.backdoored) = (v.score, v.suspicion, v.threshold, v.backdoored);
         }
         self
     }
 }
 
-/// The input-agnostic reversal's verdict on a cached scan's `signals` under `configs` (its
-/// `score` signal updated); `None` for other detectors and for scans without the calibrated
-/// signals.
+/// The verdict on a cached scan's `signals` under `configs`, for the detectors whose threshold
+/// their cache key leaves out (the input-agnostic reversal, its `score` signal updated, and the
+/// warp collapse); `None` for other detectors and for scans without the signals it reads.
 pub(crate) fn redecide(configs: &DetectorConfigs, detector: DetectorKind, signals: &mut std::collections::BTreeMap<String, f64>) -> Option<Verdict> {
-    if detector != DetectorKind::Agnostic {
-        return None;
-    }
-    let verdict = configs.agnostic.decide(signals)?;
+    let verdict = match detector {
+        DetectorKind::Agnostic => configs.agnostic.decide(signals)?,
+        DetectorKind::Warp => return configs.warp.decide(signals),
+        _ => return None,
+    };
     signals.insert("score".into(), verdict.score);
     Some(verdict)
 }

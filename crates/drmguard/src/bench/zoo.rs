@@ -212,7 +212,7 @@ impl ZooConfig {
             // decide (the cache key leaves them out).
             let scan = scan.map(|mut scan| {
                 if let Some(v) = redecide(&self.detector_configs, kind, &mut scan.signals) {
-                    (scan.score, scan.suspicion, scan.threshold, scan.flagged) = (v.score, v.score, v.threshold, v.backdoored);
+                    (scan.score, scan.suspicion, scan.threshold, scan.flagged) = (v.score, v.suspicion, v.threshold, v.backdoored);
                 }
                 ZooScan { model: entry.model.clone(), backdoored: entry.backdoored, attack: entry.attack.clone(), ..scan }
             });

@@ -209,13 +209,17 @@ fn default_quality_knee() -> f64 {
 /// rather than run again. Fixed at the values the test bed's cached scans were keyed under.
 const KEYED_VERDICT: (f64, f64, f64) = (1.5, 1.25, 3.0);
 
-/// A calibrated verdict on a scan's signals.
+/// A verdict on a cached scan's signals under the current settings (a detector whose threshold
+/// is left out of its cache key re-decides its scans with it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
-    /// ln(the references' mask / the suspect's), less what their weaker quality explains.
+    /// The detector's score (here: ln(the references' mask / the suspect's), less what their
+    /// weaker quality explains).
     pub score: f64,
-    /// ln of the ratio: flagged from here.
+    /// Where the score is flagged from (here: ln of the ratio).
     pub threshold: f64,
+    /// The score oriented so that larger is more suspicious.
+    pub suspicion: f64,
     pub backdoored: bool,
 }
 
@@ -234,7 +238,7 @@ impl AgnosticConfig {
         let (log_ratio, reference_error, suspect_error) = (signals.get("log_ratio")?, signals.get("reference_error_deg")?, signals.get("suspect_error_deg")?);
         let score = quality_adjusted(*log_ratio, *reference_error, *suspect_error, self.quality_slope, self.quality_knee);
         let threshold = self.ratio.ln();
-        Some(Verdict { score, threshold, backdoored: score >= threshold })
+        Some(Verdict { score, threshold, suspicion: score, backdoored: score >= threshold })
     }
 }
 
@@ -410,7 +414,7 @@ mod tests {
         assert_eq!(v.score, quality_adjusted(0.9, 18.0, 3.0, c.quality_slope, c.quality_knee));
         assert_eq!((v.threshold, v.backdoored), (c.ratio.ln(), v.score >= c.ratio.ln()));
         let strict = AgnosticConfig { ratio: 3.0, quality_slope: 0.0, ..c.clone() };
-        assert_eq!(strict.decide(&signals), Some(Verdict { score: 0.9, threshold: 3f64.ln(), backdoored: false }));
+        assert_eq!(strict.decide(&signals), Some(Verdict { score: 0.9, threshold: 3f64.ln(), suspicion: 0.9, backdoored: false }));
         assert_eq!(strict.keyed(), c.keyed(), "the verdict's settings are not in the key");
         assert_ne!(AgnosticConfig { steps: 10, ..c.clone() }.keyed(), c.keyed());
         let mut missing = signals.clone();

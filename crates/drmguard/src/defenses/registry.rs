@@ -67,7 +67,10 @@ detectors! {
     /// DRMGuard: by default its calibrated verdict (the input-agnostic reversal against reference
     /// models, scaled to the suspect's quality); `--drmguard-test generator`, the paper's test
     /// (a generator that collapses the outputs with a small edit).
-    Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c, all| DrmGuard::with_verdict(c, all.agnostic.clone());
+    Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c, all| {
+        let warp = c.warp_signal.then(|| all.warp.clone());
+        DrmGuard::with_verdict(c, all.agnostic.clone()).with_warp(warp)
+    };
     /// Neural Cleanse: mask, pattern and a free target vector; score = the mask's share of the image.
     Nc => nc: NeuralCleanseConfig, "Neural Cleanse (--defense nc)", |c, _| NeuralCleanse { config: c };
     /// FeatureRE: an input transform plus a feature-space mask towards a free target vector.
@@ -231,9 +234,14 @@ impl DetectorConfigs {
     pub fn settings_of(&self, kind: DetectorKind) -> serde_json::Value {
         match kind {
             DetectorKind::Drmguard if self.drmguard.test == DrmGuardTest::Verdict => {
-                serde_json::json!({ "drmguard": self.own_settings(kind), "agnostic": self.agnostic.keyed() })
+                let mut keyed = serde_json::json!({ "drmguard": self.own_settings(kind), "agnostic": self.agnostic.keyed() });
+                if self.drmguard.warp_signal {
+                    keyed["warp"] = serde_json::json!(self.warp.keyed());
+                }
+                keyed
             }
             DetectorKind::Agnostic => serde_json::json!(self.agnostic.keyed()),
+            DetectorKind::Warp => serde_json::json!(self.warp.keyed()),
             _ => self.own_settings(kind),
         }
     }

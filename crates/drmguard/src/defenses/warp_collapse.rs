@@ -22,6 +22,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::agnostic::Verdict;
 use super::neuron_noise::{ReferenceSearch, output_stats};
 use super::warp::{WarpTrigger, displace};
 use super::{BatchCursor, CleanSet, Detection, Detector, Finding, Suspect};
@@ -67,7 +68,23 @@ impl Default for WarpCollapseConfig {
     }
 }
 
+/// The threshold a cache key holds the warp collapse's at, whatever the current one: a cached
+/// scan is re-decided under the current threshold ([`WarpCollapseConfig::decide`]).
+const KEYED_THRESHOLD: f64 = 0.3;
+
 impl WarpCollapseConfig {
+    /// These settings with the threshold at a fixed value, for cache keys: the search does not
+    /// read it.
+    pub fn keyed(&self) -> WarpCollapseConfig {
+        WarpCollapseConfig { threshold: KEYED_THRESHOLD, ..self.clone() }
+    }
+
+    /// The verdict on a scan's `spread_ratio` signal under this threshold; `None` without it.
+    pub fn decide(&self, signals: &std::collections::BTreeMap<String, f64>) -> Option<Verdict> {
+        let ratio = *signals.get("spread_ratio")?;
+        Some(Verdict { score: ratio, threshold: self.threshold, suspicion: -ratio, backdoored: ratio < self.threshold })
+    }
+
     pub fn validate(&self) -> Result<()> {
         let ok = self.grid >= 2
             && self.max_shift > 0.0

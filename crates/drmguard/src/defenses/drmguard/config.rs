@@ -69,6 +69,13 @@ pub struct DrmGuardConfig {
     // before the switch read and hash as they did.
     #[serde(default = "DrmGuardTest::generator", skip_serializing_if = "DrmGuardTest::is_generator")]
     pub test: DrmGuardTest,
+    /// The calibrated verdict on a regression model also reads the warp collapse (the
+    /// `--warp-collapse-*` options) and flags the model when either test does: a warp trigger
+    /// (WaNet) is no mask, and the mask search misses it on some models.
+    #[arg(long = "drmguard-warp", value_name = "BOOL", num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    // Left out at its default, so that the generator test's configs and cache keys stay as they were.
+    #[serde(default = "crate::settings::yes", skip_serializing_if = "crate::settings::is_yes")]
+    pub warp_signal: bool,
     /// Generator architecture.
     #[arg(long, value_enum, default_value_t = GeneratorKind::Unet)]
     pub generator: GeneratorKind,

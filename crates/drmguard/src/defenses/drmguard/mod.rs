@@ -26,6 +26,7 @@ use reverse::{measure, reverse_once};
 use stats::{SetStats, angle_and_output_stats};
 
 use super::agnostic::{Agnostic, AgnosticConfig};
+use super::warp_collapse::{WarpCollapseConfig, WarpCollapseSearch};
 use super::references::{ReferenceConfig, References, reference_seed};
 use super::{CleanSet, Detection, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
@@ -36,17 +37,25 @@ pub struct DrmGuard {
     pub config: DrmGuardConfig,
     /// The settings of the calibrated verdict (`DrmGuardTest::Verdict`).
     pub verdict: AgnosticConfig,
+    /// The warp collapse the verdict also reads on a regression model, when it does.
+    pub warp: Option<WarpCollapseConfig>,
 }
 
 impl DrmGuard {
     /// DRMGuard with the verdict's default settings.
     pub fn new(config: DrmGuardConfig) -> Self {
-        DrmGuard { config, verdict: AgnosticConfig::default() }
+        DrmGuard { config, verdict: AgnosticConfig::default(), warp: None }
     }
 
     /// DRMGuard whose verdict (`DrmGuardTest::Verdict`) reads `verdict`.
     pub fn with_verdict(config: DrmGuardConfig, verdict: AgnosticConfig) -> Self {
-        DrmGuard { config, verdict }
+        DrmGuard { config, verdict, warp: None }
+    }
+
+    /// This DRMGuard with its verdict also reading the warp collapse under `warp` (none: the
+    /// mask test alone).
+    pub fn with_warp(self, warp: Option<WarpCollapseConfig>) -> Self {
+        DrmGuard { warp, ..self }
     }
 
     /// Reverse-engineers a trigger and decides; the reversal is kept for mitigation.
@@ -142,11 +151,56 @@ impl Detector for DrmGuard {
             }
             DrmGuardTest::Verdict => {
                 let mut finding = Agnostic { config: self.verdict.clone() }.detect(suspect, clean, seed, device)?;
-                finding.detection.defense = self.name().into();
                 finding.config = serde_json::json!({ "test": self.config.test, "verdict": finding.config });
                 finding.rule = format!("the calibrated verdict of the input-agnostic reversal: {}", finding.rule);
+                if let Some(warp) = self.warp.as_ref().filter(|_| !suspect.task.is_classification()) {
+                    let warped = WarpCollapseSearch { config: warp.clone() }.detect(suspect, clean, seed, device)?;
+                    finding = with_warp_test(finding, warped);
+                }
+                finding.detection.defense = self.name().into();
                 Ok(finding)
             }
         }
     }
+}
+
+/// The mask test's finding with the warp test beside it: flagged when either flags, scored by the
+/// larger of the two margins, each in log units past its own threshold (the mask's
+/// quality-adjusted log ratio less ln of its ratio; ln(the warp threshold / the spread ratio)),
+/// so that 0 is where the verdict turns. The mask's trigger stays the one a repair unlearns.
+fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
+    let (m, w) = (&mask.detection, &warp.detection);
+    let mask_margin = m.score - m.threshold;
+    let warp_margin = (w.threshold / w.score.max(1e-12)).ln();
+    let score = mask_margin.max(warp_margin);
+    let mut details = mask.details_object();
+    details.insert("warp".into(), w.details.clone());
+    let mut detection = Detection {
+        defense: m.defense.clone(),
+        backdoored: m.backdoored || w.backdoored,
+        score,
+        threshold: 0.0,
+        margin: -score,
+        suspicion: score,
+        elapsed_s: m.elapsed_s + w.elapsed_s,
+        details: serde_json::Value::Object(details),
+        signals: m.signals.clone(),
+    };
+    detection.signals.insert("mask_margin".into(), mask_margin);
+    detection.signals.insert("warp_margin".into(), warp_margin);
+    for (name, value) in &w.signals {
+        if name != "score" {
+            detection.signals.insert(format!("warp_{name}"), *value);
+        }
+    }
+    detection.signals.insert("score".into(), score);
+    mask.detection = detection;
+    mask.rows.push(("warp test".into(), format!("spread ratio {:.3} against {} ({})", w.score, w.threshold, if w.backdoored { "flagged" } else { "not flagged" })));
+    mask.rows.extend(warp.rows.into_iter().map(|(name, value)| (format!("warp: {name}"), value)));
+    mask.rows.push(("verdict".into(), format!("score {score:+.3} = max(mask {mask_margin:+.3}, warp {warp_margin:+.3}); flagged from 0 by either test")));
+    if let Some(config) = mask.config.as_object_mut() {
+        config.insert("warp".into(), warp.config);
+    }
+    mask.rule = format!("{}; and the warp test: {}; backdoored iff either test flags", mask.rule, warp.rule);
+    mask
 }
