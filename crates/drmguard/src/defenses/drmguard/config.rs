@@ -37,9 +37,10 @@ pub enum Mtr {
 pub enum DrmGuardTest {
     /// The calibrated verdict: the input-agnostic reversal against reference models trained from
     /// the clean set, read against what the references themselves need and scaled to the
-    /// suspect's quality (the `--agnostic-*` options; [`crate::defenses::agnostic`]). On the
-    /// 64×64 test bed it separates benign from backdoored models where the generator test
-    /// flags every gaze model's eyes or none (docs/testbed.md).
+    /// suspect's quality (the `--agnostic-*` options; [`crate::defenses::agnostic`]), and on a
+    /// regression model the warp collapse beside it (`--drmguard-warp`). On the 64×64 test bed
+    /// it separates benign from backdoored models where the generator test flags every gaze
+    /// model's eyes or none (docs/testbed.md).
     Verdict,
     /// The paper's single test: a generator G that collapses the outputs with a small edit,
     /// I(f) < ε (the options below).
