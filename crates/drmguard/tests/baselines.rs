@@ -165,6 +165,11 @@ fn the_warp_collapse_shrinks_the_outputs_more_the_larger_its_bound() {
     let finding = search(2.0).detect(suspect, clean, 0, &device).unwrap();
     assert_eq!(finding.detection.signals["score"], finding.detection.signals["spread_ratio"]);
     assert_eq!(finding.detection.backdoored, finding.detection.score < WarpCollapseConfig::default().threshold);
+    // The warp it found is the trigger a repair can unlearn: it moves pixels, never adds any.
+    let (x, _) = clean.batch(&[0, 1], &device);
+    let warped = finding.trigger.as_ref().expect("the warp").apply(x.clone());
+    assert_eq!(warped.dims(), x.dims());
+    assert!(warped.clone().max().into_scalar::<f32>() <= x.clone().max().into_scalar::<f32>() + 1e-5);
     assert!(WarpCollapseConfig { max_shift: 0.0, ..WarpCollapseConfig::default() }.validate().is_err());
 }
 

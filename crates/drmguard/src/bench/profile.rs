@@ -236,7 +236,7 @@ impl BenchProfile {
     /// and Neural Cleanse's reversals are the detectors' own.
     pub fn mitigator_configs(self) -> MitigatorConfigs {
         let detectors = self.detector_configs();
-        let mut c = MitigatorConfigs { drmguard: detectors.drmguard, nc: detectors.nc, ..MitigatorConfigs::default() };
+        let mut c = MitigatorConfigs { drmguard: detectors.drmguard.clone(), nc: detectors.nc.clone(), ..MitigatorConfigs::default() };
         if matches!(self, BenchProfile::Small | BenchProfile::Tiny) {
             c.unlearn.epochs = 10;
             c.ft.epochs = 10;
@@ -249,6 +249,7 @@ impl BenchProfile {
             c.ft.batch_size = 16;
             c.anp.steps = 20;
             c.anp.batch_size = 16;
+            c.warp_collapse = detectors.warp.clone();
         }
         c
     }

@@ -344,7 +344,14 @@ impl Bench {
                 let (detection, rev) = self.drmguard_reversal(reversal, suspect, clean, device)?;
                 let unlearning = Instant::now();
                 let m = &c.mitigator_configs;
-                let repairer = DrmGuardRepair { drmguard: m.drmguard.clone(), verdict: m.agnostic.clone(), unlearn: m.unlearn.clone(), warp: m.warp.clone(), blend: m.blend.clone() };
+                let repairer = DrmGuardRepair {
+                    drmguard: m.drmguard.clone(),
+                    verdict: m.agnostic.clone(),
+                    unlearn: m.unlearn.clone(),
+                    warp: m.warp.clone(),
+                    blend: m.blend.clone(),
+                    warp_collapse: m.warp_collapse.clone(),
+                };
                 let repair = repairer.repair(suspect, clean, detection, rev, device)?;
                 (repair, detection.elapsed_s + unlearning.elapsed().as_secs_f64())
             } else {

@@ -175,15 +175,27 @@ mitigators! {
         agnostic: AgnosticConfig, "Input-agnostic reversal (--defense agnostic)";
         warp: WarpConfig, "Warp reversal, unlearnt beside the mask on a classifier (--defense drmguard, agnostic)";
         blend: BlendConfig, "Blend reversal, unlearnt beside the mask on a classifier (--defense drmguard, agnostic)";
+        warp_collapse: WarpCollapseConfig, "Warp collapse, unlearnt beside the mask on a regression model when its test flags (--defense drmguard)";
     }
     kinds {
         /// DRMGuard: reverse-engineer a trigger (the calibrated verdict's, or with
         /// `--drmguard-test generator` the generator's), then unlearn it (fine-tune on reversed
         /// images with their true labels); on a classifier, the verdict's mask with the best
-        /// class blend and warp beside it (`--blend`, `--warp`).
-        Drmguard reads [drmguard, unlearn, warp, blend],
-            checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }.and_then(|()| c.unlearn.validate()).and_then(|()| c.warp.validate()),
-            builds |c| DrmGuardRepair { drmguard: c.drmguard.clone(), verdict: c.agnostic.clone(), unlearn: c.unlearn.clone(), warp: c.warp.clone(), blend: c.blend.clone() };
+        /// class blend and warp beside it (`--blend`, `--warp`); on a regression model, with
+        /// the warp collapse's warp beside it when its test flags (`--drmguard-warp`).
+        Drmguard reads [drmguard, unlearn, warp, blend, warp_collapse],
+            checks |c| if c.drmguard.test == DrmGuardTest::Verdict { c.agnostic.validate() } else { Ok(()) }
+                .and_then(|()| c.unlearn.validate())
+                .and_then(|()| c.warp.validate())
+                .and_then(|()| c.warp_collapse.validate()),
+            builds |c| DrmGuardRepair {
+                drmguard: c.drmguard.clone(),
+                verdict: c.agnostic.clone(),
+                unlearn: c.unlearn.clone(),
+                warp: c.warp.clone(),
+                blend: c.blend.clone(),
+                warp_collapse: c.warp_collapse.clone(),
+            };
         /// Fine-tuning on the clean set (the reference).
         Ft reads [ft], checks |_c| Ok(()), builds |c| FineTuning { config: c.ft.clone() };
         /// Fine-pruning: prune dormant last-layer channels, then fine-tune.

@@ -130,6 +130,12 @@ pub struct WarpCollapseSearch {
 impl WarpCollapseSearch {
     /// The warp search on `model`, from `seed`.
     pub fn collapse(&self, model: &Model, clean: &CleanSet, seed: u64, device: &Device) -> Result<WarpCollapse> {
+        Ok(self.search(model, clean, seed, device)?.0)
+    }
+
+    /// The warp search on `model`, from `seed`, with the warp it found (on `device`), which
+    /// unlearning can use.
+    pub fn search(&self, model: &Model, clean: &CleanSet, seed: u64, device: &Device) -> Result<(WarpCollapse, WarpTrigger)> {
         let c = &self.config;
         let (clean_std, _) = output_stats(model, clean, None, c.batch_size)?;
         let side = clean.data().image_size as usize;
@@ -163,7 +169,7 @@ impl WarpCollapseSearch {
         let (warped_std, target) = output_stats(model, clean, Some(&warped), c.batch_size)?;
         let spread_ratio = warped_std.iter().zip(&clean_std).map(|(a, b)| a / b.max(1e-9)).sum::<f64>() / clean_std.len().max(1) as f64;
         tracing::info!(spread_ratio, mean_shift, "warp collapse done");
-        Ok(WarpCollapse { spread_ratio, mean_shift, target })
+        Ok((WarpCollapse { spread_ratio, mean_shift, target }, trigger))
     }
 }
 
@@ -183,7 +189,7 @@ impl Detector for WarpCollapseSearch {
             return Err(Error::Data("the warp-collapse search needs images of at least 2 × 2 pixels".into()));
         }
         let started = Instant::now();
-        let own = self.collapse(&suspect.model, clean, seed, device)?;
+        let (own, warp) = self.search(&suspect.model, clean, seed, device)?;
         let mut signals = vec![("score", own.spread_ratio), ("spread_ratio", own.spread_ratio), ("mean_shift_px", own.mean_shift)];
         let mut rows = vec![
             (
@@ -210,7 +216,7 @@ impl Detector for WarpCollapseSearch {
             rule: "score = spread ratio of the outputs on clean images under the smooth bounded warp that collapses them best; backdoored iff score < threshold".into(),
             rows,
             figures: Vec::new(),
-            trigger: None,
+            trigger: Some(std::sync::Arc::new(warp)),
         })
     }
 }

@@ -15,6 +15,7 @@ mod report;
 mod reverse;
 mod stats;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
@@ -28,6 +29,7 @@ use stats::{SetStats, angle_and_output_stats};
 use super::agnostic::{Agnostic, AgnosticConfig};
 use super::warp_collapse::{WarpCollapseConfig, WarpCollapseSearch};
 use super::references::{ReferenceConfig, References, reference_seed};
+use super::trigger::Alternating;
 use super::{CleanSet, Detection, Detector, Finding, Suspect};
 use crate::error::{Error, Result};
 
@@ -167,7 +169,8 @@ impl Detector for DrmGuard {
 /// The mask test's finding with the warp test beside it: flagged when either flags, scored by the
 /// larger of the two margins, each in log units past its own threshold (the mask's
 /// quality-adjusted log ratio less ln of its ratio; ln(the warp threshold / the spread ratio)),
-/// so that 0 is where the verdict turns. The mask's trigger stays the one a repair unlearns.
+/// so that 0 is where the verdict turns. A repair unlearns the mask's trigger, and the warp beside
+/// it when the warp test flags (a warp backdoor survives the mask's unlearning).
 fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
     let (m, w) = (&mask.detection, &warp.detection);
     let mask_margin = m.score - m.threshold;
@@ -194,6 +197,12 @@ fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
         }
     }
     detection.signals.insert("score".into(), score);
+    if detection.backdoored && w.backdoored {
+        mask.trigger = match (mask.trigger.take(), warp.trigger) {
+            (Some(m), Some(w)) => Some(Arc::new(Alternating(vec![m, w]))),
+            (m, w) => m.or(w),
+        };
+    }
     mask.detection = detection;
     mask.rows.push(("warp test".into(), format!("spread ratio {:.3} against {} ({})", w.score, w.threshold, if w.backdoored { "flagged" } else { "not flagged" })));
     mask.rows.extend(warp.rows.into_iter().map(|(name, value)| (format!("warp: {name}"), value)));
@@ -203,4 +212,56 @@ fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
     }
     mask.rule = format!("{}; and the warp test: {}; backdoored iff either test flags", mask.rule, warp.rule);
     mask
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Tensor;
+
+    use super::*;
+    use crate::defenses::ReversedTrigger;
+
+    #[derive(Debug)]
+    struct Named(&'static str);
+
+    impl ReversedTrigger for Named {
+        fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+            x
+        }
+
+        fn unlearn_ratio(&self) -> f64 {
+            0.2
+        }
+    }
+
+    fn finding(defense: &str, score: f64, threshold: f64, low_is_backdoored: bool, trigger: &'static str) -> Finding {
+        let mut detection = Detection::decide(defense, score, threshold, low_is_backdoored, 1.0, serde_json::json!({ "from": defense }));
+        detection.set_signals(vec![("score", score), ("spread_ratio", score)]);
+        Finding { detection, config: serde_json::json!({ "test": "verdict" }), seed: 0, rule: defense.into(), rows: Vec::new(), figures: Vec::new(), trigger: Some(Arc::new(Named(trigger))) }
+    }
+
+    #[test]
+    fn either_test_flags_the_model_and_a_flagging_warp_is_unlearnt_beside_the_mask() {
+        let threshold = 1.8f64.ln();
+        // The warp collapses the outputs to 5% of their spread, against a threshold of 30%.
+        let both = with_warp_test(finding("agnostic", 0.2, threshold, false, "mask"), finding("warp", 0.05, 0.3, true, "warp"));
+        assert!(both.detection.backdoored);
+        assert!((both.detection.score - 6f64.ln()).abs() < 1e-12, "the larger margin, ln(0.3 / 0.05): {}", both.detection.score);
+        assert_eq!(both.detection.signals["mask_margin"], 0.2 - threshold);
+        assert_eq!(both.detection.signals["warp_spread_ratio"], 0.05);
+        assert_eq!(both.detection.details["warp"]["from"], "warp");
+        assert_eq!(both.config["warp"]["test"], "verdict");
+        let trigger = format!("{:?}", both.trigger);
+        assert!(trigger.contains("Alternating") && trigger.contains("mask") && trigger.contains("warp"), "{trigger}");
+
+        // A warp that leaves 80% of the spread: the mask test alone decides, and only the mask is
+        // unlearnt.
+        let mask_only = with_warp_test(finding("agnostic", 1.5, threshold, false, "mask"), finding("warp", 0.8, 0.3, true, "warp"));
+        assert!(mask_only.detection.backdoored);
+        assert_eq!(mask_only.detection.score, 1.5 - threshold);
+        assert_eq!(format!("{:?}", mask_only.trigger), format!("{:?}", Some(Named("mask"))));
+
+        let neither = with_warp_test(finding("agnostic", 0.2, threshold, false, "mask"), finding("warp", 0.8, 0.3, true, "warp"));
+        assert!(!neither.detection.backdoored && neither.detection.score < 0.0 && neither.detection.suspicion == neither.detection.score);
+    }
 }

@@ -9,6 +9,7 @@ use crate::defenses::unlearn::{DRMGUARD_UNLEARN_RATIO, UnlearnConfig, unlearn};
 use crate::defenses::blend::BlendConfig;
 use crate::defenses::class_repair::{Shapes, repair_with_shapes};
 use crate::defenses::warp::WarpConfig;
+use crate::defenses::warp_collapse::WarpCollapseConfig;
 use crate::defenses::{CleanSet, Detection, Detector, Mitigator, Repair, ReversedTrigger, Suspect};
 use crate::models::generator::Generator;
 use crate::error::Result;
@@ -28,6 +29,9 @@ pub struct DrmGuardRepair {
     /// On a classifier, the class blend with the smallest weight, unlearnt beside the verdict's
     /// mask.
     pub blend: BlendConfig,
+    /// On a regression model, the warp collapse the verdict reads (under `drmguard.warp_signal`),
+    /// whose warp is unlearnt beside the mask when its test flags.
+    pub warp_collapse: WarpCollapseConfig,
 }
 
 impl DrmGuardRepair {
@@ -61,7 +65,8 @@ impl Mitigator for DrmGuardRepair {
 
     fn mitigate(&self, suspect: &Suspect, clean: &CleanSet, seed: u64, device: &Device) -> Result<Repair> {
         if self.drmguard.test == DrmGuardTest::Verdict {
-            let finding = DrmGuard::with_verdict(self.drmguard.clone(), self.verdict.clone()).detect(suspect, clean, seed, device)?;
+            let warp = self.drmguard.warp_signal.then(|| self.warp_collapse.clone());
+            let finding = DrmGuard::with_verdict(self.drmguard.clone(), self.verdict.clone()).with_warp(warp).detect(suspect, clean, seed, device)?;
             tracing::info!(score = finding.detection.score, backdoored = finding.detection.backdoored, "trigger reversed; unlearning");
             return repair_with_shapes(finding, suspect, clean, &self.unlearn, &self.verdict.class_search(), &Shapes::both(&self.blend, &self.warp), device);
         }
