@@ -54,7 +54,9 @@ pub struct WarpCollapseConfig {
     #[arg(id = "warp_collapse_batch_size", long = "warp-collapse-batch-size", default_value_t = 32)]
     pub batch_size: usize,
     /// Warp collapse: flag the model when the warp collapses its outputs below this spread ratio.
-    #[arg(id = "warp_collapse_threshold", long = "warp-collapse-threshold", default_value_t = 0.3)]
+    /// Fitted on the gaze test bed's calibration half: the geometric mean of the benign models'
+    /// smallest ratio (0.862) and the WaNet models' largest (0.023) (docs/testbed.md).
+    #[arg(id = "warp_collapse_threshold", long = "warp-collapse-threshold", default_value_t = 0.14)]
     pub threshold: f64,
     /// Warp collapse: benign reference models trained from the clean set alone (shared with the
     /// other detectors), searched the same way. 0: none.
