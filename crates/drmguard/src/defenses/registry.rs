@@ -65,8 +65,9 @@ macro_rules! detectors {
 
 detectors! {
     /// DRMGuard: by default its calibrated verdict (the input-agnostic reversal against reference
-    /// models, scaled to the suspect's quality); `--drmguard-test generator`, the paper's test
-    /// (a generator that collapses the outputs with a small edit).
+    /// models, scaled to the suspect's quality, and on a regression model the warp collapse
+    /// beside it); `--drmguard-test generator`, the paper's test (a generator that collapses the
+    /// outputs with a small edit).
     Drmguard => drmguard: DrmGuardConfig, "DRMGuard (--defense drmguard)", |c, all| {
         let warp = c.warp_signal.then(|| all.warp.clone());
         DrmGuard::with_verdict(c, all.agnostic.clone()).with_warp(warp)
