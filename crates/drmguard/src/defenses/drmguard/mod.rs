@@ -221,8 +221,14 @@ mod tests {
     use super::*;
     use crate::defenses::ReversedTrigger;
 
-    #[derive(Debug)]
+    /// A trigger that leaves images as they are, known by its name.
     struct Named(&'static str);
+
+    impl std::fmt::Debug for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
 
     impl ReversedTrigger for Named {
         fn apply(&self, x: Tensor<4>) -> Tensor<4> {
@@ -259,7 +265,7 @@ mod tests {
         let mask_only = with_warp_test(finding("agnostic", 1.5, threshold, false, "mask"), finding("warp", 0.8, 0.3, true, "warp"));
         assert!(mask_only.detection.backdoored);
         assert_eq!(mask_only.detection.score, 1.5 - threshold);
-        assert_eq!(format!("{:?}", mask_only.trigger), format!("{:?}", Some(Named("mask"))));
+        assert_eq!(format!("{:?}", mask_only.trigger), "Some(mask)");
 
         let neither = with_warp_test(finding("agnostic", 0.2, threshold, false, "mask"), finding("warp", 0.8, 0.3, true, "warp"));
         assert!(!neither.detection.backdoored && neither.detection.score < 0.0 && neither.detection.suspicion == neither.detection.score);
