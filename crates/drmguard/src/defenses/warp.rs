@@ -61,6 +61,8 @@ pub struct WarpConfig {
     /// an unlearnt warp that names no backdoor still takes its share of the unlearning set and
     /// leaves more of a patch backdoor in place (docs/classifiers.md).
     #[arg(id = "warp_min_success", long = "warp-min-success", default_value_t = 0.9)]
+    // A config written before the gate read as it ran: every chosen warp unlearnt.
+    #[serde(default)]
     pub min_success: f64,
 }
 
