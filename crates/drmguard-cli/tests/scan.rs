@@ -79,7 +79,12 @@ fn the_default_scan_is_drmguards_calibrated_verdict() {
     let signal = |name: &str| report["signals"][name].as_f64().unwrap();
     assert_eq!(report["score"].as_f64().unwrap(), signal("mask_margin").max(signal("warp_margin")));
     assert_eq!(report["backdoored"].as_bool().unwrap(), report["score"].as_f64().unwrap() >= 0.0);
-    assert!(out.join("mask.png").is_file());
+    // A picture of each reversal: the mask's and the warp's.
+    for figure in ["mask.png", "warped.png", "warp-field.png"] {
+        assert!(out.join(figure).is_file(), "no {figure}");
+    }
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("warped.png"), "{markdown}");
 }
 
 #[test]

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use super::agnostic::Verdict;
 use super::neuron_noise::{ReferenceSearch, output_stats};
 use super::warp::{WarpTrigger, displace};
-use super::{BatchCursor, CleanSet, Detection, Detector, Finding, Suspect};
+use super::{BatchCursor, CleanSet, Detection, Detector, Figure, Finding, Suspect, values};
 use crate::error::{Error, Result};
+use crate::figures::reversed::{map_figure, reversal_figure};
 use crate::models::{Model, Regressor, init_seeded};
 use crate::progress::progress_bar;
 
@@ -217,10 +218,33 @@ impl Detector for WarpCollapseSearch {
             seed,
             rule: "score = spread ratio of the outputs on clean images under the smooth bounded warp that collapses them best; backdoored iff score < threshold".into(),
             rows,
-            figures: Vec::new(),
+            figures: warp_figures(&warp, clean, device)?,
             trigger: Some(std::sync::Arc::new(warp)),
         })
     }
+}
+
+/// The warp at work on the first clean images, and where it moves the pixels.
+fn warp_figures(warp: &WarpTrigger, clean: &CleanSet, device: &Device) -> Result<Vec<Figure>> {
+    let shown: Vec<usize> = (0..clean.len().min(8)).collect();
+    let (x, _) = clean.batch(&shown, device);
+    let side = x.dims()[2];
+    let originals = crate::data::to_images(x.clone())?;
+    let warped = crate::data::to_images(warp.warp(x))?;
+    let field = warp.displacement(side);
+    let magnitude = values(field.powf_scalar(2.0).sum_dim(1).sqrt())?;
+    Ok(vec![
+        Figure {
+            file: "warped.png".into(),
+            caption: "Rows: clean images, the same under the warp that collapses the outputs, and the difference (white = 0.25).".into(),
+            image: reversal_figure(&originals, &warped, 0.25)?,
+        },
+        Figure {
+            file: "warp-field.png".into(),
+            caption: format!("How far the warp moves each pixel (white = the largest shift, {:.2} px).", magnitude.iter().copied().fold(0.0f32, f32::max)),
+            image: map_figure(&magnitude, side as u32)?,
+        },
+    ])
 }
 
 #[cfg(test)]

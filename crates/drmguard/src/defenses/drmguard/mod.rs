@@ -206,6 +206,7 @@ fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
     mask.detection = detection;
     mask.rows.push(("warp test".into(), format!("spread ratio {:.3} against {} ({})", w.score, w.threshold, if w.backdoored { "flagged" } else { "not flagged" })));
     mask.rows.extend(warp.rows.into_iter().map(|(name, value)| (format!("warp: {name}"), value)));
+    mask.figures.extend(warp.figures);
     mask.rows.push(("verdict".into(), format!("score {score:+.3} = max(mask {mask_margin:+.3}, warp {warp_margin:+.3}); flagged from 0 by either test")));
     if let Some(config) = mask.config.as_object_mut() {
         config.insert("warp".into(), warp.config);
