@@ -220,7 +220,7 @@ fn the_demo_scans_a_benign_and_a_backdoored_model_and_repairs_the_backdoored_one
     let out = tmp.path().join("demo");
     let o = Command::new(env!("CARGO_BIN_EXE_drmguard"))
         .env("DRMGUARD_CACHE", tmp.path().join("cache"))
-        .args(["demo", "--profile", "smoke", "--agnostic-steps", "10", "--unlearn-epochs", "1", "--out", out.to_str().unwrap()])
+        .args(["demo", "--profile", "smoke", "--agnostic-steps", "10", "--warp-collapse-steps", "5", "--unlearn-epochs", "1", "--out", out.to_str().unwrap()])
         .output()
         .expect("the binary runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -230,7 +230,9 @@ fn the_demo_scans_a_benign_and_a_backdoored_model_and_repairs_the_backdoored_one
     }
     for name in ["benign", "badnets"] {
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(format!("scan-{name}/report.json"))).unwrap()).unwrap();
-        assert_eq!(report["defense"], "agnostic", "{name}");
+        // The verdict `scan` gives by default: the mask test and the warp test beside it.
+        assert_eq!(report["defense"], "drmguard", "{name}");
+        assert!(report["signals"]["warp_margin"].as_f64().is_some_and(f64::is_finite), "{name}: {}", report["signals"]);
     }
     let repaired = out.join("badnets-mitigated.safetensors");
     let o = drmguard(&["eval", "--model", repaired.to_str().unwrap(), "--json"]);

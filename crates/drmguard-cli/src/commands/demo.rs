@@ -1,7 +1,8 @@
 //! `drmguard demo`: the whole story on built-in gaze data. Train (or reuse from the cache) one
-//! benign and one backdoored model, scan both with the input-agnostic reversal against reference
-//! models trained from the clean set, repair the backdoored one by unlearning the trigger its
-//! scan reversed, and print what each step measured.
+//! benign and one backdoored model, scan both with the verdict `drmguard scan` gives by default
+//! (the input-agnostic reversal against reference models trained from the clean set, and the
+//! warp collapse beside it), repair the backdoored one by unlearning what its scan reversed, and
+//! print what each step measured.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use drmguard::attacks::{AttackKind, BackdoorSpec, DEFAULT_POISON_RATE};
 use drmguard::data::Split;
-use drmguard::defenses::{Agnostic, AgnosticConfig, CleanSet, Detector, UnlearnConfig, repair_finding};
+use drmguard::defenses::{AgnosticConfig, CleanSet, Detector, DrmGuard, DrmGuardConfig, UnlearnConfig, WarpCollapseConfig, repair_finding};
 use drmguard::device::DeviceKind;
 use drmguard::io::cache_root;
 use drmguard::metrics::{BackdoorErrors, TaskError};
@@ -43,6 +44,8 @@ pub struct DemoArgs {
     out: PathBuf,
     #[command(flatten)]
     agnostic: AgnosticConfig,
+    #[command(flatten)]
+    warp: WarpCollapseConfig,
     #[command(flatten)]
     unlearn: UnlearnConfig,
 }
@@ -80,6 +83,7 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
     let cache = a.cache.clone().unwrap_or_else(|| cache_root().join("models"));
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     a.agnostic.validate().context("the scan's settings")?;
+    a.warp.validate().context("the warp test's settings")?;
     a.unlearn.validate().context("the repair's settings")?;
     let config = TrainConfig::new(task, a.profile, a.seed);
     let backdoor = BackdoorSpec { attack, target: BackdoorSpec::default_target(task, a.seed), poison_rate: DEFAULT_POISON_RATE, seed: a.seed };
@@ -103,7 +107,8 @@ pub fn run(a: DemoArgs, device: DeviceKind) -> Result<()> {
         // (the same for both models, which share a seed: the references are trained once).
         let suspect = card.suspect(model.clone());
         let clean = CleanSet::fresh_builtin(&suspect, CleanSet::default_size(&suspect))?;
-        let finding = Agnostic { config: a.agnostic.clone() }.detect(&suspect, &clean, a.seed, &device).context("the scan")?;
+        let detector = DrmGuard::with_verdict(DrmGuardConfig::default(), a.agnostic.clone()).with_warp(Some(a.warp.clone()));
+        let finding = detector.detect(&suspect, &clean, a.seed, &device).context("the scan")?;
         let dir = a.out.join(format!("scan-{name}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         write_scan_report(&dir, &path, &suspect, &clean, &finding)?;
