@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::scoring::{Confusion, roc_auc};
 use super::records::redecide;
 use super::{cached, mean};
+use crate::defenses::drmguard::warp_margin;
 use crate::defenses::{CleanSet, DetectorConfigs, DetectorKind};
 use crate::error::{Error, Result};
 use crate::io::short_hash;
@@ -129,7 +130,8 @@ pub struct ZooFailure {
 pub struct ZooSummary {
     pub task: Task,
     pub attack: String,
-    pub detector: DetectorKind,
+    /// A detector's name, or `verdict` for the verdict `drmguard scan` gives ([`ZooVerdict`]).
+    pub detector: String,
     #[serde(flatten)]
     pub confusion: Confusion,
     pub accuracy: f64,
@@ -144,8 +146,64 @@ pub struct ZooResults {
     pub drmguard_version: String,
     pub scans: Vec<ZooScan>,
     pub failures: Vec<ZooFailure>,
+    /// The verdict `drmguard scan` gives, for every model both of its tests scanned.
+    #[serde(default)]
+    pub verdicts: Vec<ZooVerdict>,
     pub summary: Vec<ZooSummary>,
     pub elapsed_s: f64,
+}
+
+/// The verdict `drmguard scan --defense drmguard` gives a regression model at its defaults, read
+/// from the zoo's scans of it by its two tests: the input-agnostic reversal (`agnostic`, the
+/// mask test) and the warp collapse (`warp`). Flagged when either test flags; the suspicion is
+/// the larger of the two margins past their own thresholds, in log units, as the scan scores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZooVerdict {
+    pub model: String,
+    pub task: Task,
+    pub backdoored: bool,
+    pub attack: Option<String>,
+    pub flagged: bool,
+    pub suspicion: f64,
+    pub mask_margin: f64,
+    pub warp_margin: f64,
+    /// Both scans' time.
+    pub elapsed_s: f64,
+}
+
+/// The verdict of every model that both tests scanned, in the scans' order.
+fn verdicts(scans: &[ZooScan]) -> Vec<ZooVerdict> {
+    let of = |model: &str, kind: DetectorKind| scans.iter().find(|s| s.model == model && s.detector == kind);
+    scans
+        .iter()
+        .filter(|s| s.detector == DetectorKind::Agnostic)
+        .filter_map(|mask| {
+            let warp = of(&mask.model, DetectorKind::Warp)?;
+            let (mask_margin, warp_margin) = (mask.score - mask.threshold, warp_margin(warp.score, warp.threshold));
+            Some(ZooVerdict {
+                model: mask.model.clone(),
+                task: mask.task,
+                backdoored: mask.backdoored,
+                attack: mask.attack.clone(),
+                flagged: mask.flagged || warp.flagged,
+                suspicion: mask_margin.max(warp_margin),
+                mask_margin,
+                warp_margin,
+                elapsed_s: mask.elapsed_s + warp.elapsed_s,
+            })
+        })
+        .collect()
+}
+
+/// What a summary row counts of one scan or verdict.
+struct Scored<'a> {
+    detector: String,
+    task: Task,
+    attack: Option<&'a str>,
+    backdoored: bool,
+    flagged: bool,
+    suspicion: f64,
+    elapsed_s: f64,
 }
 
 impl ZooConfig {
@@ -173,8 +231,22 @@ impl ZooConfig {
                 }
             }
         }
-        let summary = summarise(&self.detectors, &scans);
-        Ok(ZooResults { config: self.clone(), drmguard_version: env!("CARGO_PKG_VERSION").into(), scans, failures, summary, elapsed_s: started.elapsed().as_secs_f64() })
+        let verdicts = verdicts(&scans);
+        let mut scored: Vec<Scored> = scans
+            .iter()
+            .map(|s| Scored { detector: s.detector.to_string(), task: s.task, attack: s.attack.as_deref(), backdoored: s.backdoored, flagged: s.flagged, suspicion: s.suspicion, elapsed_s: s.elapsed_s })
+            .collect();
+        scored.extend(verdicts.iter().map(|v| Scored { detector: "verdict".into(), task: v.task, attack: v.attack.as_deref(), backdoored: v.backdoored, flagged: v.flagged, suspicion: v.suspicion, elapsed_s: v.elapsed_s }));
+        let summary = summarise(&scored);
+        Ok(ZooResults {
+            config: self.clone(),
+            drmguard_version: env!("CARGO_PKG_VERSION").into(),
+            scans,
+            failures,
+            verdicts,
+            summary,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// The model's scan by each detector; the outer error is the model's own (it does not load,
@@ -222,23 +294,31 @@ impl ZooConfig {
     }
 }
 
-fn summarise(detectors: &[DetectorKind], scans: &[ZooScan]) -> Vec<ZooSummary> {
-    let mut tasks: Vec<Task> = scans.iter().map(|s| s.task).collect();
+/// Per task, each attack's models (and all backdoored ones, attack `all`) against the task's
+/// benign models, for every detector (and the verdict) in the order they first appear.
+fn summarise(scored: &[Scored]) -> Vec<ZooSummary> {
+    let mut tasks: Vec<Task> = scored.iter().map(|s| s.task).collect();
     tasks.sort_by_key(|t| t.to_string());
     tasks.dedup();
+    let mut detectors: Vec<&str> = Vec::new();
+    for s in scored {
+        if !detectors.contains(&s.detector.as_str()) {
+            detectors.push(&s.detector);
+        }
+    }
     let mut out = Vec::new();
     for task in tasks {
-        let mut attacks: Vec<String> = scans.iter().filter(|s| s.task == task).filter_map(|s| s.attack.clone()).collect();
+        let mut attacks: Vec<&str> = scored.iter().filter(|s| s.task == task).filter_map(|s| s.attack).collect();
         attacks.sort();
         attacks.dedup();
-        attacks.push("all".into());
-        for attack in &attacks {
-            for &detector in detectors {
-                let of = |backdoored: bool| -> Vec<&ZooScan> {
-                    scans
+        attacks.push("all");
+        for &attack in &attacks {
+            for &detector in &detectors {
+                let of = |backdoored: bool| -> Vec<&Scored> {
+                    scored
                         .iter()
                         .filter(|s| s.task == task && s.detector == detector && s.backdoored == backdoored)
-                        .filter(|s| !backdoored || attack == "all" || s.attack.as_ref() == Some(attack))
+                        .filter(|s| !backdoored || attack == "all" || s.attack == Some(attack))
                         .collect()
                 };
                 let (positives, negatives) = (of(true), of(false));
@@ -246,11 +326,11 @@ fn summarise(detectors: &[DetectorKind], scans: &[ZooScan]) -> Vec<ZooSummary> {
                     continue;
                 }
                 let confusion = Confusion::count(positives.iter().chain(&negatives).map(|s| (s.backdoored, s.flagged)));
-                let suspicion = |v: &[&ZooScan]| v.iter().map(|s| s.suspicion).collect::<Vec<_>>();
+                let suspicion = |v: &[&Scored]| v.iter().map(|s| s.suspicion).collect::<Vec<_>>();
                 out.push(ZooSummary {
                     task,
-                    attack: attack.clone(),
-                    detector,
+                    attack: attack.to_string(),
+                    detector: detector.to_string(),
                     accuracy: confusion.accuracy(),
                     confusion,
                     roc_auc: roc_auc(&suspicion(&positives), &suspicion(&negatives)),
@@ -304,6 +384,21 @@ pub fn markdown(r: &ZooResults) -> String {
             s.elapsed_s
         ));
     }
+    if !r.verdicts.is_empty() {
+        md.push_str("\n## The verdict `drmguard scan` gives (flagged when the mask test or the warp test flags; margins in log units past each test's threshold)\n\n| model | task | truth | flagged | mask margin | warp margin | suspicion |\n|---|---|---|---|---|---|---|\n");
+        for v in &r.verdicts {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:+.2} | {:+.2} | {:+.2} |\n",
+                v.model,
+                v.task,
+                v.attack.as_deref().unwrap_or("benign"),
+                if v.flagged { "yes" } else { "no" },
+                v.mask_margin,
+                v.warp_margin,
+                v.suspicion
+            ));
+        }
+    }
     if !r.failures.is_empty() {
         md.push_str("\n## Not scanned\n\n| model | detector | error |\n|---|---|---|\n");
         for f in &r.failures {
@@ -312,4 +407,51 @@ pub fn markdown(r: &ZooResults) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(model: &str, backdoored: bool, detector: DetectorKind, score: f64, threshold: f64, flagged: bool) -> ZooScan {
+        ZooScan {
+            model: model.into(),
+            task: Task::Gaze,
+            backdoored,
+            attack: backdoored.then(|| "wanet".into()),
+            detector,
+            flagged,
+            score,
+            suspicion: score,
+            threshold,
+            elapsed_s: 1.0,
+            signals: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_flags_what_either_test_flags_and_ranks_by_the_larger_margin() {
+        let ln = f64::ln;
+        let scans = vec![
+            scan("benign", false, DetectorKind::Agnostic, 0.1, ln(1.8), false),
+            scan("benign", false, DetectorKind::Warp, 0.9, 0.14, false),
+            scan("warped", true, DetectorKind::Agnostic, 0.3, ln(1.8), false),
+            scan("warped", true, DetectorKind::Warp, 0.02, 0.14, true),
+            scan("mask only", true, DetectorKind::Agnostic, 2.0, ln(1.8), true),
+        ];
+        let v = verdicts(&scans);
+        assert_eq!(v.iter().map(|v| v.model.as_str()).collect::<Vec<_>>(), ["benign", "warped"], "a model needs both tests");
+        assert!(!v[0].flagged && v[1].flagged);
+        assert!((v[1].warp_margin - ln(0.14 / 0.02)).abs() < 1e-12);
+        assert_eq!(v[1].suspicion, v[1].warp_margin.max(v[1].mask_margin));
+        assert!(v[0].suspicion < 0.0 && v[1].suspicion > 0.0, "0 is where the verdict turns");
+
+        let scored: Vec<Scored> = v
+            .iter()
+            .map(|v| Scored { detector: "verdict".into(), task: v.task, attack: v.attack.as_deref(), backdoored: v.backdoored, flagged: v.flagged, suspicion: v.suspicion, elapsed_s: v.elapsed_s })
+            .collect();
+        let summary = summarise(&scored);
+        assert_eq!(summary.iter().map(|s| s.attack.as_str()).collect::<Vec<_>>(), ["wanet", "all"]);
+        assert_eq!((summary[0].accuracy, summary[0].roc_auc), (1.0, Some(1.0)));
+    }
 }

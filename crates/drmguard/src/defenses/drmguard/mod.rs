@@ -166,6 +166,12 @@ impl Detector for DrmGuard {
     }
 }
 
+/// How far past its threshold a warp test's spread ratio is, in log units: ln(threshold / ratio),
+/// positive when the test flags.
+pub fn warp_margin(spread_ratio: f64, threshold: f64) -> f64 {
+    (threshold / spread_ratio.max(1e-12)).ln()
+}
+
 /// The mask test's finding with the warp test beside it: flagged when either flags, scored by the
 /// larger of the two margins, each in log units past its own threshold (the mask's
 /// quality-adjusted log ratio less ln of its ratio; ln(the warp threshold / the spread ratio)),
@@ -174,7 +180,7 @@ impl Detector for DrmGuard {
 fn with_warp_test(mut mask: Finding, warp: Finding) -> Finding {
     let (m, w) = (&mask.detection, &warp.detection);
     let mask_margin = m.score - m.threshold;
-    let warp_margin = (w.threshold / w.score.max(1e-12)).ln();
+    let warp_margin = warp_margin(w.score, w.threshold);
     let score = mask_margin.max(warp_margin);
     let mut details = mask.details_object();
     details.insert("warp".into(), w.details.clone());
