@@ -46,7 +46,8 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
     let diagnostics = results["diagnostics"].as_array().unwrap();
     assert_eq!(diagnostics.len(), tasks * attacks * n, "every backdoored model's true trigger is measured");
     for d in diagnostics {
-        for k in ["score", "error_ratio", "spread_ratio", "rav"] {
+        // DRMGuard's measures of the true trigger, and the warp test's.
+        for k in ["score", "error_ratio", "spread_ratio", "rav", "warp_spread_ratio"] {
             assert!(d["signals"][k].as_f64().is_some_and(f64::is_finite), "{d}");
         }
     }
@@ -70,7 +71,7 @@ fn the_smoke_benchmark_writes_the_tables_and_resumes() {
         keys(s, &["task", "attack", "mitigator", "models", "clean_before_deg", "clean_after_deg", "ae_before_deg", "ae_after_deg", "dae_before_deg", "dae_after_deg", "mean_seconds"], "a mitigation summary");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Each signal alone", "### Search diagnostic", "### Mitigation", "Compute, summed"] {
+    for heading in ["## gaze", "## headpose", "### Models per class", "### Identification", "### ROC-AUC", "### Each signal alone", "### Search diagnostic", "### Warp search diagnostic", "### Mitigation", "Compute, summed"] {
         assert!(md.contains(heading), "results.md lacks {heading}");
     }
     assert!(out.join("config.json").is_file());

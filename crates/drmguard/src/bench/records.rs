@@ -254,7 +254,7 @@ pub struct BenchResults {
     /// `repair MODEL MITIGATOR`): the tables leave them out. Empty for a complete run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
-    /// The search diagnostic: DRMGuard's measures of each backdoored model's true trigger.
+    /// The search diagnostic: the searches' measures of each backdoored model's true trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<TriggerDiagnostic>,
     /// The combined verdict of several detectors' signals, per task ([`verdict`]).
@@ -262,15 +262,20 @@ pub struct BenchResults {
     pub verdicts: Vec<verdict::TaskVerdict>,
 }
 
-/// What DRMGuard's measures read on a backdoored model's true trigger, applied to the clean set
-/// (I(f), the collapse ratios, RAV, the features' dispersion, the references' contrast). Where
-/// a scan's reversal ends worse than this, its search missed a trigger that its objective
-/// would have rewarded. Only the bench, which knows the attack, computes it; no detector sees it.
+/// What the searches' measures read on a backdoored model's true trigger, applied to the clean
+/// set: DRMGuard's (I(f), the collapse ratios, RAV, the features' dispersion, the references'
+/// contrast) and the warp test's spread ratio ([`WARP_DIAGNOSTIC`]). Where a scan's reversal ends
+/// worse than this, its search missed a trigger that its objective would have rewarded. Only the
+/// bench, which knows the attack, computes it; no detector sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerDiagnostic {
     pub model: String,
     pub signals: std::collections::BTreeMap<String, f64>,
 }
+
+/// The diagnostic's signal that the warp test measures on the true trigger: the outputs' spread
+/// ratio under it, as `WarpCollapseSearch` scores the warp it finds.
+pub const WARP_DIAGNOSTIC: &str = "warp_spread_ratio";
 
 /// One signal of one detector, alone, on a task and attack (usable models only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::scoring::roc_curve;
-use super::{BenchResults, DetectionSummary, Half, LEARNED_ACCURACY, LEARNED_RATIO, TOOK_AE, TOOK_ASR, mean};
+use super::{BenchResults, DetectionSummary, Half, LEARNED_ACCURACY, LEARNED_RATIO, TOOK_AE, TOOK_ASR, TriggerDiagnostic, WARP_DIAGNOSTIC, mean};
 use crate::defenses::DetectorKind;
 use crate::error::Result;
 use crate::io::{write_atomic, write_json};
@@ -254,14 +254,16 @@ fn verdict_table(r: &BenchResults, task: Task) -> String {
     md
 }
 
-/// The search diagnostic of a task: for each backdoored model, DRMGuard's measures of the true
-/// trigger beside those of its reversal.
+/// The search diagnostics of a task: for each backdoored model, the warp test's and DRMGuard's
+/// measures of the true trigger beside those of their searches.
 fn diagnostic_table(r: &BenchResults, task: Task) -> String {
     let rows: Vec<_> = r.diagnostics.iter().filter(|d| r.models.iter().any(|m| m.id == d.model && m.task == task)).collect();
+    let mut md = warp_diagnostic_table(r, &rows);
+    let rows: Vec<_> = rows.into_iter().filter(|d| d.signals.contains_key("score")).collect();
     if rows.is_empty() {
-        return String::new();
+        return md;
     }
-    let mut md = String::from(
+    md.push_str(
         "\n### Search diagnostic (DRMGuard's measures of the true trigger, and of the reversal; a reversal that ends with a larger collapse ratio than the trigger's missed it)\n\n\
          | model | trigger: I(f) | error ratio | contrast | reversal: I(f) | error ratio | contrast |\n|---|---|---|---|---|---|---|\n",
     );
@@ -280,6 +282,24 @@ fn diagnostic_table(r: &BenchResults, task: Task) -> String {
             get(rev, "error_ratio"),
             get(rev, "contrast")
         ));
+    }
+    md
+}
+
+/// The warp test's side of the search diagnostic: the spread ratio under each backdoored
+/// model's true trigger beside the one under the warp the search found.
+fn warp_diagnostic_table(r: &BenchResults, rows: &[&TriggerDiagnostic]) -> String {
+    let rows: Vec<_> = rows.iter().filter_map(|d| d.signals.get(WARP_DIAGNOSTIC).map(|v| (d, *v))).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Warp search diagnostic (the outputs' spread ratio under the true trigger and under the warp the search found; a search that ends above the trigger of a warp attack missed it)\n\n\
+         | model | true trigger | warp search |\n|---|---|---|\n",
+    );
+    for (d, truth) in rows {
+        let found = r.detections.iter().find(|x| x.model == d.model && x.detector == DetectorKind::Warp).and_then(|x| x.signals.get("spread_ratio"));
+        md.push_str(&format!("| {} | {truth:.3} | {} |\n", d.model, found.map_or("–".to_string(), |v| format!("{v:.3}"))));
     }
     md
 }

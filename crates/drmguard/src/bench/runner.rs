@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::data::Split;
 use crate::defenses::drmguard::{DrmGuard, DrmGuardRepair, Reversal};
-use crate::defenses::{CleanSet, Detection, DetectorKind, MitigatorKind, Suspect};
+use crate::defenses::{CleanSet, Detection, DetectorKind, MitigatorKind, Suspect, spread_ratio_under};
 use crate::error::{Error, Result};
 use crate::io::{read_json, short_hash, write_json};
 use crate::metrics::constant_predictor_error;
@@ -201,7 +201,7 @@ impl Bench {
                 bar.inc(1);
             }
         }
-        if c.detectors.contains(&DetectorKind::Drmguard) && t.card.backdoor.is_some() {
+        if (c.detectors.contains(&DetectorKind::Drmguard) || c.detectors.contains(&DetectorKind::Warp)) && t.card.backdoor.is_some() {
             bar.set_message(format!("diagnosing the trigger of {}", t.record.id));
             out.diagnostic = self.diagnose(&t, &suspect, &clean, device)?;
         }
@@ -266,32 +266,47 @@ impl Bench {
         Ok(memo.as_ref().expect("filled above"))
     }
 
-    /// The search diagnostic of a backdoored model (see [`TriggerDiagnostic`]), with the
-    /// benchmark's DRMGuard settings.
+    /// The search diagnostic of a backdoored model (see [`TriggerDiagnostic`]): DRMGuard's
+    /// measures of the true trigger, with the benchmark's DRMGuard settings, when DRMGuard runs;
+    /// the warp test's spread ratio under it, when the warp test runs. Each part is cached alone.
     fn diagnose(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Option<TriggerDiagnostic>> {
         let c = &self.config;
         let Some(spec) = &t.card.backdoor else { return Ok(None) };
-        let key = short_hash(&(&t.record.path, c.detector_configs.settings_of(DetectorKind::Drmguard), c.seed, clean.describe()));
-        self.step(&self.cache.join("results").join(format!("diagnostic-{}-{key}.json", t.record.id)), || {
-            let trigger = spec.trigger(t.card.task, t.card.model.input_size)?;
-            let drmguard = DrmGuard::new(c.detector_configs.drmguard.clone());
-            let s = drmguard.assess_edit(suspect, clean, &|x| trigger.attack.apply(x), c.seed, device)?;
-            let mut signals: std::collections::BTreeMap<String, f64> = [
-                ("score", s.score),
-                ("error_ratio", s.error_ratio),
-                ("spread_ratio", s.spread_ratio),
-                ("rav", s.rav),
-                ("feature_dispersion_ratio", s.feature_dispersion_ratio),
-                ("feature_shift", s.feature_shift),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            if let Some(contrast) = s.contrast {
-                signals.insert("contrast".into(), contrast);
-            }
-            Ok(TriggerDiagnostic { model: t.record.id.clone(), signals })
-        })
+        let trigger = spec.trigger(t.card.task, t.card.model.input_size)?;
+        let results = self.cache.join("results");
+        let mut signals = std::collections::BTreeMap::new();
+        if c.detectors.contains(&DetectorKind::Drmguard) {
+            let key = short_hash(&(&t.record.path, c.detector_configs.settings_of(DetectorKind::Drmguard), c.seed, clean.describe()));
+            let found = self.step(&results.join(format!("diagnostic-{}-{key}.json", t.record.id)), || {
+                let drmguard = DrmGuard::new(c.detector_configs.drmguard.clone());
+                let s = drmguard.assess_edit(suspect, clean, &|x| trigger.attack.apply(x), c.seed, device)?;
+                let mut signals: std::collections::BTreeMap<String, f64> = [
+                    ("score", s.score),
+                    ("error_ratio", s.error_ratio),
+                    ("spread_ratio", s.spread_ratio),
+                    ("rav", s.rav),
+                    ("feature_dispersion_ratio", s.feature_dispersion_ratio),
+                    ("feature_shift", s.feature_shift),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                if let Some(contrast) = s.contrast {
+                    signals.insert("contrast".into(), contrast);
+                }
+                Ok(TriggerDiagnostic { model: t.record.id.clone(), signals })
+            })?;
+            signals.extend(found.into_iter().flat_map(|d| d.signals));
+        }
+        if c.detectors.contains(&DetectorKind::Warp) {
+            let key = short_hash(&(&t.record.path, c.seed, clean.describe()));
+            let batch = c.detector_configs.warp.batch_size;
+            let ratio = self.step(&results.join(format!("diagnostic-warp-{}-{key}.json", t.record.id)), || {
+                spread_ratio_under(&suspect.model, clean, &|x| trigger.attack.apply(x), batch)
+            })?;
+            signals.extend(ratio.map(|r| (WARP_DIAGNOSTIC.to_string(), r)));
+        }
+        Ok((!signals.is_empty()).then(|| TriggerDiagnostic { model: t.record.id.clone(), signals }))
     }
 
     fn detect(

@@ -47,7 +47,7 @@ pub use neuron_noise::{NeuronNoise, NeuronNoiseConfig};
 pub use registry::{DetectorConfigs, DetectorKind, MitigatorConfigs, MitigatorKind};
 pub use trigger::ReversedTrigger;
 pub use unlearn::{UnlearnConfig, repair_finding};
-pub use warp_collapse::{WarpCollapseConfig, WarpCollapseSearch};
+pub use warp_collapse::{WarpCollapseConfig, WarpCollapseSearch, spread_ratio_under};
 
 /// A model under suspicion, as a defense sees it.
 #[derive(Debug, Clone)]

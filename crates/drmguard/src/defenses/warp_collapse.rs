@@ -170,10 +170,25 @@ impl WarpCollapseSearch {
         let mean_shift = trigger.mean_shift(side).into_scalar::<f32>() as f64;
         let warped = |x: Tensor<4>| model.forward(trigger.warp(x));
         let (warped_std, target) = output_stats(model, clean, Some(&warped), c.batch_size)?;
-        let spread_ratio = warped_std.iter().zip(&clean_std).map(|(a, b)| a / b.max(1e-9)).sum::<f64>() / clean_std.len().max(1) as f64;
+        let spread_ratio = ratio(&warped_std, &clean_std);
         tracing::info!(spread_ratio, mean_shift, "warp collapse done");
         Ok((WarpCollapse { spread_ratio, mean_shift, target }, trigger))
     }
+}
+
+/// Each output's spread over its clean spread, mean over outputs.
+fn ratio(edited_std: &[f64], clean_std: &[f64]) -> f64 {
+    edited_std.iter().zip(clean_std).map(|(a, b)| a / b.max(1e-9)).sum::<f64>() / clean_std.len().max(1) as f64
+}
+
+/// The warp test's measure of any edit of the images: the spread of `model`'s outputs on the
+/// edited clean set over their spread on the clean set, mean over outputs. The bench reads a
+/// backdoor's true trigger with it, beside what the search found.
+pub fn spread_ratio_under(model: &Model, clean: &CleanSet, edit: &dyn Fn(Tensor<4>) -> Tensor<4>, batch_size: usize) -> Result<f64> {
+    let (clean_std, _) = output_stats(model, clean, None, batch_size)?;
+    let edited = |x: Tensor<4>| model.forward(edit(x));
+    let (edited_std, _) = output_stats(model, clean, Some(&edited), batch_size)?;
+    Ok(ratio(&edited_std, &clean_std))
 }
 
 impl Detector for WarpCollapseSearch {
