@@ -272,12 +272,14 @@ impl Bench {
     fn diagnose(&self, t: &Trained, suspect: &Suspect, clean: &CleanSet, device: &Device) -> Result<Option<TriggerDiagnostic>> {
         let c = &self.config;
         let Some(spec) = &t.card.backdoor else { return Ok(None) };
-        let trigger = spec.trigger(t.card.task, t.card.model.input_size)?;
+        // Built only on a cache miss: some attacks' triggers take work to build.
+        let trigger = || spec.trigger(t.card.task, t.card.model.input_size);
         let results = self.cache.join("results");
         let mut signals = std::collections::BTreeMap::new();
         if c.detectors.contains(&DetectorKind::Drmguard) {
             let key = short_hash(&(&t.record.path, c.detector_configs.settings_of(DetectorKind::Drmguard), c.seed, clean.describe()));
             let found = self.step(&results.join(format!("diagnostic-{}-{key}.json", t.record.id)), || {
+                let trigger = trigger()?;
                 let drmguard = DrmGuard::new(c.detector_configs.drmguard.clone());
                 let s = drmguard.assess_edit(suspect, clean, &|x| trigger.attack.apply(x), c.seed, device)?;
                 let mut signals: std::collections::BTreeMap<String, f64> = [
@@ -302,6 +304,7 @@ impl Bench {
             let key = short_hash(&(&t.record.path, c.seed, clean.describe()));
             let batch = c.detector_configs.warp.batch_size;
             let ratio = self.step(&results.join(format!("diagnostic-warp-{}-{key}.json", t.record.id)), || {
+                let trigger = trigger()?;
                 spread_ratio_under(&suspect.model, clean, &|x| trigger.attack.apply(x), batch)
             })?;
             signals.extend(ratio.map(|r| (WARP_DIAGNOSTIC.to_string(), r)));
