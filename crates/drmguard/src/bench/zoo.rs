@@ -206,6 +206,18 @@ struct Scored<'a> {
     elapsed_s: f64,
 }
 
+impl<'a> From<&'a ZooScan> for Scored<'a> {
+    fn from(s: &'a ZooScan) -> Self {
+        Scored { detector: s.detector.to_string(), task: s.task, attack: s.attack.as_deref(), backdoored: s.backdoored, flagged: s.flagged, suspicion: s.suspicion, elapsed_s: s.elapsed_s }
+    }
+}
+
+impl<'a> From<&'a ZooVerdict> for Scored<'a> {
+    fn from(v: &'a ZooVerdict) -> Self {
+        Scored { detector: "verdict".into(), task: v.task, attack: v.attack.as_deref(), backdoored: v.backdoored, flagged: v.flagged, suspicion: v.suspicion, elapsed_s: v.elapsed_s }
+    }
+}
+
 impl ZooConfig {
     /// Scans every model of `entries` with every detector; scans are cached under `cache`.
     pub fn run(&self, entries: &[ZooEntry], cache: &Path, device: &Device) -> Result<ZooResults> {
@@ -232,11 +244,8 @@ impl ZooConfig {
             }
         }
         let verdicts = verdicts(&scans);
-        let mut scored: Vec<Scored> = scans
-            .iter()
-            .map(|s| Scored { detector: s.detector.to_string(), task: s.task, attack: s.attack.as_deref(), backdoored: s.backdoored, flagged: s.flagged, suspicion: s.suspicion, elapsed_s: s.elapsed_s })
-            .collect();
-        scored.extend(verdicts.iter().map(|v| Scored { detector: "verdict".into(), task: v.task, attack: v.attack.as_deref(), backdoored: v.backdoored, flagged: v.flagged, suspicion: v.suspicion, elapsed_s: v.elapsed_s }));
+        let mut scored: Vec<Scored> = scans.iter().map(Scored::from).collect();
+        scored.extend(verdicts.iter().map(Scored::from));
         let summary = summarise(&scored);
         Ok(ZooResults {
             config: self.clone(),
@@ -446,10 +455,7 @@ mod tests {
         assert_eq!(v[1].suspicion, v[1].warp_margin.max(v[1].mask_margin));
         assert!(v[0].suspicion < 0.0 && v[1].suspicion > 0.0, "0 is where the verdict turns");
 
-        let scored: Vec<Scored> = v
-            .iter()
-            .map(|v| Scored { detector: "verdict".into(), task: v.task, attack: v.attack.as_deref(), backdoored: v.backdoored, flagged: v.flagged, suspicion: v.suspicion, elapsed_s: v.elapsed_s })
-            .collect();
+        let scored: Vec<Scored> = v.iter().map(Scored::from).collect();
         let summary = summarise(&scored);
         assert_eq!(summary.iter().map(|s| s.attack.as_str()).collect::<Vec<_>>(), ["wanet", "all"]);
         assert_eq!((summary[0].accuracy, summary[0].roc_auc), (1.0, Some(1.0)));
