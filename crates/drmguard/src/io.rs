@@ -66,6 +66,113 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// Writes `value` as [`write_json`] does, with its wall-clock fields moved into one `timing`
+/// section ([`timing::separate`]): the rest of the file is then the same, byte for byte, for
+/// every run of the same command and seed.
+pub fn write_json_timed<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut value = serde_json::to_value(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    timing::separate(&mut value);
+    write_json(path, &value)
+}
+
+/// Reads a file [`write_json_timed`] wrote (or one written before it, without a `timing`
+/// section), with the wall-clock fields back in their places.
+pub fn read_json_timed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let mut value: serde_json::Value = read_json(path)?;
+    timing::restore(&mut value);
+    serde_json::from_value(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Wall-clock measurements in JSON outputs. Everything else a run writes follows from its inputs
+/// and seed; how long it took does not. These fields move into one top-level `timing` object,
+/// each under its JSON pointer (RFC 6901), so that two runs' outputs compare equal once that
+/// object is set aside.
+pub mod timing {
+    use serde_json::{Map, Value};
+
+    /// The top-level key of the section.
+    pub const SECTION: &str = "timing";
+
+    /// Field names that hold wall-clock seconds, wherever they stand.
+    pub const FIELDS: [&str; 6] = ["elapsed_s", "mean_seconds", "seconds", "seconds_per_step", "train_s", "train_seconds"];
+
+    /// Moves every number under one of [`FIELDS`] into the `timing` section of `value` (a JSON
+    /// object; anything else is left as it is).
+    pub fn separate(value: &mut Value) {
+        if !value.is_object() {
+            return;
+        }
+        let mut found = Map::new();
+        collect(value, &mut String::new(), &mut found);
+        if let Value::Object(top) = value
+            && !found.is_empty()
+        {
+            top.insert(SECTION.into(), Value::Object(found));
+        }
+    }
+
+    fn collect(value: &mut Value, pointer: &mut String, found: &mut Map<String, Value>) {
+        let start = pointer.len();
+        match value {
+            Value::Object(map) => {
+                let timed: Vec<String> = map.iter().filter(|(k, v)| FIELDS.contains(&k.as_str()) && v.is_number()).map(|(k, _)| k.clone()).collect();
+                for key in timed {
+                    let v = map.remove(&key).expect("the key was just listed");
+                    found.insert(format!("{pointer}/{}", escape(&key)), v);
+                }
+                for (key, child) in map.iter_mut() {
+                    pointer.push('/');
+                    pointer.push_str(&escape(key));
+                    collect(child, pointer, found);
+                    pointer.truncate(start);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter_mut().enumerate() {
+                    pointer.push_str(&format!("/{i}"));
+                    collect(child, pointer, found);
+                    pointer.truncate(start);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts the fields of `value`'s `timing` section back where [`separate`] took them from.
+    pub fn restore(value: &mut Value) {
+        let Some(Value::Object(section)) = value.as_object_mut().and_then(|top| top.remove(SECTION)) else {
+            return;
+        };
+        for (pointer, v) in section {
+            let Some((parent, leaf)) = pointer.rsplit_once('/') else {
+                continue;
+            };
+            if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+                map.insert(leaf.replace("~1", "/").replace("~0", "~"), v);
+            }
+        }
+    }
+
+    /// `value` without its `timing` section: what two runs of one command and seed share.
+    pub fn without(value: &Value) -> Value {
+        let mut value = value.clone();
+        if let Value::Object(top) = &mut value {
+            top.remove(SECTION);
+        }
+        value
+    }
+
+    fn escape(key: &str) -> String {
+        key.replace('~', "~0").replace('/', "~1")
+    }
+}
+
 /// A short hash (16 hex digits of SHA-256) of a value's JSON, for cache file names.
 pub fn short_hash(value: &impl serde::Serialize) -> String {
     use sha2::{Digest, Sha256};
@@ -124,6 +231,30 @@ pub mod serde_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timing_fields_move_to_their_own_section_and_back() {
+        use serde_json::json;
+        let original = json!({
+            "score": 0.5,
+            "elapsed_s": 12.5,
+            "history": [{"epoch": 1, "seconds": 3.0}, {"epoch": 2, "seconds": 4.0}],
+            "search": {"seconds_per_step": 0.1, "steps": 7, "odd/key~": {"seconds": 1.0}},
+            "seconds": "not a number, so not a time",
+        });
+        let mut separated = original.clone();
+        timing::separate(&mut separated);
+        assert_eq!(
+            separated["timing"],
+            json!({"/elapsed_s": 12.5, "/history/0/seconds": 3.0, "/history/1/seconds": 4.0, "/search/seconds_per_step": 0.1, "/search/odd~1key~0/seconds": 1.0})
+        );
+        assert_eq!(
+            timing::without(&separated),
+            json!({"score": 0.5, "history": [{"epoch": 1}, {"epoch": 2}], "search": {"steps": 7, "odd/key~": {}}, "seconds": "not a number, so not a time"})
+        );
+        timing::restore(&mut separated);
+        assert_eq!(separated, original);
+    }
 
     #[test]
     fn one_lock_per_cache_entry() {

@@ -47,7 +47,7 @@ pub fn run(a: MitigateArgs, device: DeviceKind) -> Result<()> {
     repaired.mitigation = Some(record.clone());
     model_file::save(&a.out, &repair.model, &repaired).with_context(|| format!("--out {}", a.out.display()))?;
     let report_path = a.out.with_extension("report.json");
-    drmguard::io::write_json(&report_path, &record)?;
+    drmguard::io::write_json_timed(&report_path, &record)?;
     out!(
         "{}: repaired by {} in {:.0} s; wrote {} and {}",
         a.input.model.display(),

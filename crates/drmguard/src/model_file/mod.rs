@@ -18,7 +18,7 @@ use crate::attacks::{BackdoorSpec, backdoor_errors};
 use crate::data::{DataSource, Dataset};
 use crate::defenses::Suspect;
 use crate::error::{Error, Result};
-use crate::io::{ensure_parent_exists, read_json, write_json};
+use crate::io::{ensure_parent_exists, read_json_timed, write_json_timed};
 use crate::metrics::{BackdoorErrors, TaskError};
 use crate::models::inference::evaluate;
 use crate::models::{Model, ModelSpec};
@@ -139,7 +139,8 @@ pub fn card_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
-/// Saves weights and sidecar; each file is written atomically, the weights first.
+/// Saves weights and sidecar; each file is written atomically, the weights first. The sidecar's
+/// training and repair times stand in its `timing` section.
 pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     if weights.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Err(Error::invalid(
@@ -150,7 +151,12 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     ensure_parent_exists(weights)?;
     // torchvision's names and layouts on disk: BatchNorm `weight`/`bias`, `fc.weight` as
     // [out, in], shortcuts as `downsample.0` / `downsample.1`.
+    // One metadata entry, PyTorch's own (`format: pt`, the layout the adapter writes): burn's
+    // default three entries come out of a HashMap, in another order in every process, and the
+    // same weights would then differ byte for byte between two runs.
     let mut store = SafetensorsStore::from_file(weights)
+        .clear_metadata()
+        .metadata("format", "pt")
         .overwrite(true)
         .skip_enum_variants(true)
         .with_to_adapter(BurnToPyTorchAdapter);
@@ -161,7 +167,7 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     model
         .save_into(&mut store)
         .map_err(|e| Error::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
-    write_json(&card_path(weights), card)
+    write_json_timed(&card_path(weights), card)
 }
 
 /// Loads a model and its sidecar. The weights must match the sidecar's architecture exactly.
@@ -187,7 +193,7 @@ pub fn load(weights: &Path, device: &Device) -> Result<(Model, ModelCard)> {
             ),
         });
     }
-    let card: ModelCard = read_json(&card_file)?;
+    let card: ModelCard = read_json_timed(&card_file)?;
     if card.format_version != CARD_FORMAT_VERSION {
         return Err(Error::Json {
             path: card_file,

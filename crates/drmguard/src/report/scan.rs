@@ -8,14 +8,14 @@ use serde_json::{Map, Value, json};
 use crate::defenses::{CleanSet, Finding, Suspect};
 use crate::error::{Error, Result};
 use crate::figures::reversed::write_png;
-use crate::io::{write_atomic, write_json};
+use crate::io::{write_atomic, write_json, write_json_timed};
 
 /// Writes the report of `finding` on the model at `model_path` into the folder `out`.
 ///
 /// `report.json` holds the common fields (defense, backdoored, score, threshold, margin,
-/// suspicion, elapsed_s, seed, clean set, config, the scalar `signals` where the detector has
-/// them) and, at the top level too, the detector's own
-/// details (DRMGuard's estimated target, RAV, …).
+/// suspicion, seed, clean set, config, the scalar `signals` where the detector has them) and, at
+/// the top level too, the detector's own details (DRMGuard's estimated target, RAV, …); the wall
+/// times (`elapsed_s`, seconds per step) stand apart in its `timing` section.
 pub fn write_scan_report(out: &Path, model_path: &Path, suspect: &Suspect, clean: &CleanSet, finding: &Finding) -> Result<()> {
     let d = &finding.detection;
     let mut report = json!({
@@ -43,7 +43,7 @@ pub fn write_scan_report(out: &Path, model_path: &Path, suspect: &Suspect, clean
         return Err(Error::Numerical(format!("{}'s details are not a JSON object", d.defense)));
     };
     merge_details(common, details);
-    write_json(&out.join("report.json"), &report)?;
+    write_json_timed(&out.join("report.json"), &report)?;
     write_json(&out.join("config.json"), &finding.config)?;
     for figure in &finding.figures {
         write_png(&figure.image, &out.join(&figure.file))?;
