@@ -37,9 +37,12 @@ fn a_scan_writes_its_report_and_mitigation_a_repaired_model() {
     let o = drmguard(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    for key in ["backdoored", "score", "threshold", "defense", "estimated_target", "target_spread_deg", "rav", "steps", "elapsed_s", "seed", "config"] {
+    for key in ["backdoored", "score", "threshold", "defense", "estimated_target", "target_spread_deg", "rav", "steps", "seed", "config"] {
         assert!(report.get(key).is_some(), "report.json lacks {key}: {report}");
     }
+    // The wall times stand apart, so that the rest is the same for every run of the command.
+    assert!(report.get("elapsed_s").is_none());
+    assert!(report["timing"]["/elapsed_s"].as_f64().is_some_and(|s| s > 0.0), "{report}");
     assert_eq!(report["estimated_target"].as_array().unwrap().len(), 2);
     assert!(out.join("report.md").is_file() && out.join("reversed.png").is_file() && out.join("config.json").is_file());
 
@@ -138,6 +141,28 @@ fn a_model_with_nan_outputs_is_refused() {
     let err = fails(&args);
     assert!(err.contains("NaN"), "{err}");
     assert!(!out.join("report.json").exists());
+
+    // The default scan, evaluation and repair stop too, naming the output and the image, and
+    // write nothing.
+    let m = model.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+    let default_scan = Command::new(env!("CARGO_BIN_EXE_drmguard"))
+        .env("DRMGUARD_CACHE", &cache)
+        .args(["scan", "--model", m, "--out", out.to_str().unwrap(), "--clean-size", "40", "--agnostic-steps", "4", "--agnostic-restarts", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&default_scan.stderr).into_owned();
+    assert!(!default_scan.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("is NaN") && err.contains("on image"), "{err}");
+    assert!(!out.join("report.json").exists());
+    let err = fails(&["eval", "--model", m]);
+    assert!(err.contains("output 'pitch' on image 0") && err.contains("is NaN"), "{err}");
+    let repaired = tmp.path().join("fixed.safetensors");
+    let mut args = vec!["mitigate", "--model", m, "--out", repaired.to_str().unwrap(), "--unlearn-epochs", "1", "--unlearn-batch-size", "8"];
+    args.extend(FAST);
+    let err = fails(&args);
+    assert!(err.contains("NaN"), "{err}");
+    assert!(!repaired.exists() && !repaired.with_extension("report.json").exists());
 }
 
 #[test]
@@ -188,7 +213,7 @@ fn every_detector_writes_the_common_report_and_every_mitigator_a_model() {
         let o = drmguard(&args);
         assert!(o.status.success(), "{defense}: {}", String::from_utf8_lossy(&o.stderr));
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-        for key in ["backdoored", "score", "threshold", "margin", "suspicion", "defense", "estimated_target", "elapsed_s", "seed", "config", "figures"] {
+        for key in ["backdoored", "score", "threshold", "margin", "suspicion", "defense", "estimated_target", "seed", "config", "figures", "timing"] {
             assert!(report.get(key).is_some(), "{defense}: report.json lacks {key}");
         }
         assert_eq!(report["defense"], defense);

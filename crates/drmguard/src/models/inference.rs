@@ -32,12 +32,24 @@ pub fn predict_transformed(
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| Error::Numerical(format!("{e:?}")))?;
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!("the model produced {bad} on the data")));
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(non_finite_output(data, batch, &values, i));
         }
         out.extend(values);
     }
     Ok(out)
+}
+
+/// Names the image and the output where a batch's outputs first stopped being finite.
+fn non_finite_output(data: &Dataset, batch: &[usize], values: &[f32], at: usize) -> Error {
+    let width = values.len() / batch.len().max(1);
+    let (image, column) = (batch[at / width.max(1)], at % width.max(1));
+    let output = match data.output_names.get(column) {
+        Some(name) if data.output_names.len() == width => format!("'{name}'"),
+        _ => format!("{column}"),
+    };
+    let named = data.names.get(image).map_or_else(String::new, |name| format!(" ('{name}')"));
+    Error::Numerical(format!("the model's output {output} on image {image}{named} is {}: its weights or its arithmetic are broken", values[at]))
 }
 
 /// The task error of `model` on `data`.
