@@ -59,6 +59,23 @@ fn file_output_names(path: &Path) -> Option<Vec<String>> {
     Some(model.graph.output.iter().map(|o| o.name.clone()).collect())
 }
 
+/// The largest ONNX file read: protobuf's own bound on one message. A larger file is refused
+/// before a byte of it is parsed.
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// The most nodes a graph may have. The image models drmguard scans have a few hundred at most;
+/// the bound keeps a crafted graph from making the compiled program, and each pass through it,
+/// arbitrarily long.
+pub const MAX_NODES: usize = 100_000;
+
+/// Refuses a graph of more than [`MAX_NODES`] nodes.
+fn check_node_count(nodes: usize) -> std::result::Result<(), String> {
+    if nodes > MAX_NODES {
+        return Err(format!("the graph has {nodes} nodes, more than the {MAX_NODES} drmguard reads"));
+    }
+    Ok(())
+}
+
 /// Parses `path` and compiles its graph: the float initializers (trainable) and the program
 /// that interprets the rest; every operator is checked here.
 pub(crate) fn compile(path: &Path, device: &Device) -> Result<(Vec<Param<Tensor<1>>>, Program)> {
@@ -66,10 +83,15 @@ pub(crate) fn compile(path: &Path, device: &Device) -> Result<(Vec<Param<Tensor<
     if !path.is_file() {
         return Err(parse_err("no such file".into()));
     }
+    let bytes = std::fs::metadata(path).map_err(|e| parse_err(e.to_string()))?.len();
+    if bytes > MAX_FILE_BYTES {
+        return Err(parse_err(format!("{bytes} bytes, more than protobuf's limit of {MAX_FILE_BYTES} on one message")));
+    }
     // onnx-ir is third-party code: a crafted file must not crash the process.
     let graph = std::panic::catch_unwind(|| OnnxGraphBuilder::new().parse_file(path))
         .map_err(|_| parse_err("the file is malformed (the parser gave up)".into()))?
         .map_err(|e| parse_err(e.to_string()))?;
+    check_node_count(graph.nodes.len()).map_err(parse_err)?;
     let graph_inputs: Vec<&Argument> = graph.inputs.iter().filter(|a| !a.is_static() && !a.is_constant()).collect();
     let inputs = graph_inputs
         .iter()
@@ -207,3 +229,13 @@ pub(crate) fn compile(path: &Path, device: &Device) -> Result<(Vec<Param<Tensor<
     Ok((params, program))
 }
 
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_graph_beyond_the_node_bound_is_refused() {
+        assert!(super::check_node_count(super::MAX_NODES).is_ok());
+        let err = super::check_node_count(super::MAX_NODES + 1).unwrap_err();
+        assert!(err.contains("100001 nodes"), "{err}");
+    }
+}
