@@ -229,7 +229,6 @@ pub(crate) fn compile(path: &Path, device: &Device) -> Result<(Vec<Param<Tensor<
     Ok((params, program))
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]
