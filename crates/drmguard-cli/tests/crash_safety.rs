@@ -35,16 +35,29 @@ fn run(dir: &Path, args: &[&str]) -> Duration {
     started.elapsed()
 }
 
-/// Files below `dir`, its cache included, scratch files left out.
+/// Files below `dir`, scratch files left out, and the run's cache too unless `with_cache`; paths
+/// relative to `dir`. A folder that is not there yet has none.
+fn files(dir: &Path, with_cache: bool) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, with_cache: bool, found: &mut Vec<PathBuf>) {
+        for path in std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()) {
+            let name = path.file_name().unwrap().to_string_lossy();
+            if is_scratch(&name) || (!with_cache && dir == root && name == "cache") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, with_cache, found);
+            } else {
+                found.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir, dir, with_cache, &mut found);
+    found
+}
+
 fn file_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| !is_scratch(&p.file_name().unwrap().to_string_lossy()))
-            .map(|p| if p.is_dir() { file_count(&p) } else { 1 })
-            .sum()
-    })
+    files(dir, true).len()
 }
 
 /// Starts `args` in `dir` and kills it with SIGKILL at `at` (`took`: an uninterrupted run's
@@ -102,18 +115,12 @@ fn is_scratch(name: &str) -> bool {
 
 /// Every output file below `dir` (the run's cache and scratch files left out), by relative path.
 fn outputs(dir: &Path) -> BTreeMap<PathBuf, Content> {
-    fn walk(root: &Path, dir: &Path, found: &mut BTreeMap<PathBuf, Content>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name == "cache" && dir == root || is_scratch(&name) {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, found);
-                continue;
-            }
+    files(dir, false)
+        .into_iter()
+        .map(|relative| {
+            let path = dir.join(&relative);
             let bytes = std::fs::read(&path).unwrap();
+            let name = relative.to_string_lossy();
             let content = if name.ends_with(".json") {
                 let mut value: serde_json::Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|e| panic!("{} is not complete JSON ({e})", path.display()));
@@ -124,12 +131,9 @@ fn outputs(dir: &Path) -> BTreeMap<PathBuf, Content> {
             } else {
                 Content::Bytes(bytes)
             };
-            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), content);
-        }
-    }
-    let mut found = BTreeMap::new();
-    walk(dir, dir, &mut found);
-    found
+            (relative, content)
+        })
+        .collect()
 }
 
 /// Where two sets of outputs first differ, for a readable failure: the file, and in JSON the

@@ -150,10 +150,9 @@ pub fn save(weights: &Path, model: &Model, card: &ModelCard) -> Result<()> {
     }
     ensure_parent_exists(weights)?;
     // torchvision's names and layouts on disk: BatchNorm `weight`/`bias`, `fc.weight` as
-    // [out, in], shortcuts as `downsample.0` / `downsample.1`.
-    // One metadata entry, PyTorch's own (`format: pt`, the layout the adapter writes): burn's
-    // default three entries come out of a HashMap, in another order in every process, and the
-    // same weights would then differ byte for byte between two runs.
+    // [out, in], shortcuts as `downsample.0` / `downsample.1`. One metadata entry, PyTorch's own
+    // (`format: pt`): burn's default three come out of a HashMap, in another order in every
+    // process, and the same weights would then differ byte for byte between two runs.
     let mut store = SafetensorsStore::from_file(weights)
         .clear_metadata()
         .metadata("format", "pt")

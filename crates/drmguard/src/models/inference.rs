@@ -42,8 +42,8 @@ pub fn predict_transformed(
 
 /// Names the image and the output where a batch's outputs first stopped being finite.
 fn non_finite_output(data: &Dataset, batch: &[usize], values: &[f32], at: usize) -> Error {
-    let width = values.len() / batch.len().max(1);
-    let (image, column) = (batch[at / width.max(1)], at % width.max(1));
+    let width = (values.len() / batch.len().max(1)).max(1);
+    let (image, column) = (batch[at / width], at % width);
     let output = match data.output_names.get(column) {
         Some(name) if data.output_names.len() == width => format!("'{name}'"),
         _ => format!("{column}"),
