@@ -136,6 +136,9 @@ class WaNet:
 
 
 ATTACKS = {"badnets": BadNets, "blended": Blended, "wanet": WaNet}
+# Seeds follow this order whatever `--attacks` lists, so a model keeps its seed in any subset.
+ATTACKS_ORDER = list(ATTACKS)
+WANET_DEFAULTS = {"k": 4, "s": 0.5}
 
 
 def task_error(task, pred, label):
@@ -155,14 +158,14 @@ def predict(model, x, batch=256):
         return torch.cat([model((x[i:i + batch] - MEAN) / STD) for i in range(0, len(x), batch)])
 
 
-def train_model(task, x, y, attack, target, args, seed):
+def train_model(task, x, y, attack, target, args, seed, poison_rate):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = Regressor(args.width, y.shape[1])
     n = len(x)
     poisoned = torch.zeros(n, dtype=torch.bool)
     if attack is not None:
-        poisoned[torch.randperm(n, generator=gen)[: int(round(args.poison_rate * n))]] = True
+        poisoned[torch.randperm(n, generator=gen)[: int(round(poison_rate * n))]] = True
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = args.epochs * (n // args.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=args.lr * 0.01)
@@ -201,6 +204,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--poison-rate", type=float, default=0.1)
+    p.add_argument("--wanet-k", type=int, default=4, help="WaNet: side of the random flow grid")
+    p.add_argument("--wanet-s", type=float, default=0.5, help="WaNet: warp strength")
+    p.add_argument("--wanet-poison-rate", type=float, default=None,
+                   help="WaNet's share of poisoned samples (default: --poison-rate)")
     p.add_argument("--clean-size", type=int, default=500, help="images of the defender's clean folder")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -222,20 +229,29 @@ def main(argv=None):
         jobs = [(None, i) for i in range(args.benign)] + [(a, i) for a in attacks for i in range(args.per_attack)]
         manifest, metrics = [], []
         for attack_name, i in jobs:
-            cls = 0 if attack_name is None else 1 + attacks.index(attack_name)
+            cls = 0 if attack_name is None else 1 + ATTACKS_ORDER.index(attack_name)
             seed = 500_000 + 1000 * cls + i
-            name = f"{task}-{attack_name or 'benign'}-{i}"
+            rate = args.poison_rate
+            settings = {}
+            if attack_name == "wanet":
+                settings = {"k": args.wanet_k, "s": args.wanet_s}
+                rate = args.poison_rate if args.wanet_poison_rate is None else args.wanet_poison_rate
+            # A model whose attack settings differ from the defaults is named by them, so that a
+            # rerun with other settings never reads it back as the default's.
+            tag = "".join(f"-{k}{v:g}" for k, v in settings.items() if v != WANET_DEFAULTS[k])
+            tag += f"-p{rate:g}" if rate != p.get_default("poison_rate") else ""
+            name = f"{task}-{attack_name or 'benign'}{tag}-{i}"
             graph = out / "models" / f"{name}.onnx"
             card = graph.with_suffix(".toml")
             gen = torch.Generator().manual_seed(seed)
-            attack = ATTACKS[attack_name](args.size, gen) if attack_name else None
+            attack = ATTACKS[attack_name](args.size, gen, **settings) if attack_name else None
             target = torch.tensor([h * (0.3 + 0.4 * torch.rand(1, generator=gen).item()) * (1 if torch.rand(1, generator=gen).item() < 0.5 else -1)
                                    for h in LABEL_HALF_RANGE[task]])
             if not card.is_file():
                 data = out / "data" / f"{task}-{seed}"
                 synth(args.drmguard, task, args.samples, args.size, seed, data)
                 x, y = load_folder(data, task)
-                model = train_model(task, x, y, attack, target, args, seed)
+                model = train_model(task, x, y, attack, target, args, seed, rate)
                 export_onnx(model.eval(), out / "models" / name, task=task, input_size=args.size,
                             outputs=TASK_OUTPUTS[task], units="radians")
                 torch.save(model.state_dict(), graph.with_suffix(".pt"))
