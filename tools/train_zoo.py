@@ -238,8 +238,9 @@ def main(argv=None):
                 rate = args.poison_rate if args.wanet_poison_rate is None else args.wanet_poison_rate
             # A model whose attack settings differ from the defaults is named by them, so that a
             # rerun with other settings never reads it back as the default's.
-            tag = "".join(f"-{k}{v:g}" for k, v in settings.items() if v != WANET_DEFAULTS[k])
-            tag += f"-p{rate:g}" if rate != p.get_default("poison_rate") else ""
+            # No dots in names: the exporter treats what follows one as a file extension.
+            tag = "".join(f"-{k}{v:g}".replace(".", "_") for k, v in settings.items() if v != WANET_DEFAULTS[k])
+            tag += f"-p{100 * rate:g}".replace(".", "_") if rate != p.get_default("poison_rate") else ""
             name = f"{task}-{attack_name or 'benign'}{tag}-{i}"
             graph = out / "models" / f"{name}.onnx"
             card = graph.with_suffix(".toml")
@@ -247,17 +248,19 @@ def main(argv=None):
             attack = ATTACKS[attack_name](args.size, gen, **settings) if attack_name else None
             target = torch.tensor([h * (0.3 + 0.4 * torch.rand(1, generator=gen).item()) * (1 if torch.rand(1, generator=gen).item() < 0.5 else -1)
                                    for h in LABEL_HALF_RANGE[task]])
-            if not card.is_file():
+            weights = graph.with_suffix(".pt")
+            if weights.is_file():
+                model = Regressor(args.width, test_y.shape[1])
+                model.load_state_dict(torch.load(weights))
+            else:
                 data = out / "data" / f"{task}-{seed}"
                 synth(args.drmguard, task, args.samples, args.size, seed, data)
                 x, y = load_folder(data, task)
                 model = train_model(task, x, y, attack, target, args, seed, rate)
+                torch.save(model.state_dict(), weights)
+            if not card.is_file():
                 export_onnx(model.eval(), out / "models" / name, task=task, input_size=args.size,
                             outputs=TASK_OUTPUTS[task], units="radians")
-                torch.save(model.state_dict(), graph.with_suffix(".pt"))
-            else:
-                model = Regressor(args.width, test_y.shape[1])
-                model.load_state_dict(torch.load(graph.with_suffix(".pt")))
             clean = task_error(task, predict(model, test_x), test_y)
             ae = task_error(task, predict(model, attack(test_x)), target.expand_as(test_y)) if attack else float("nan")
             print(f"{name}: clean error {clean:.2f}°" + (f", AE {ae:.2f}°" if attack else ""), flush=True)
